@@ -1,0 +1,39 @@
+"""Publishing a step's report dict to KFP output artifacts (duck-typed: no kfp import here)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+
+def flatten(report: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in report.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def publish(report: dict[str, Any], title: str, *, artifacts: Iterable = (), metrics=None, report_md=None,
+            html=None, plot: Path | None = None) -> None:
+    """Numbers go to Metrics and every artifact's metadata; the whole report to Markdown and/or HTML."""
+    from calltune.report import markdown_table, write_html  # lazy: pulls matplotlib only when needed
+
+    flat = flatten(report)
+    numbers = {k: v for k, v in flat.items() if _is_number(v)}
+    for artifact in artifacts:
+        artifact.metadata.update(numbers)
+    if metrics is not None:
+        for key, value in numbers.items():
+            metrics.log_metric(key, value)
+    if report_md is not None:
+        Path(report_md.path).write_text(f"# {title}\n\n{markdown_table(flat)}\n", encoding="utf-8")
+    if html is not None:
+        write_html(Path(html.path), title, flat, plot=plot if plot and Path(plot).exists() else None)

@@ -1,0 +1,157 @@
+"""The `calltune` command: run, prepare, chat, secrets."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from calltune.config import Config, ConfigError, load_config
+
+DEFAULT_CONFIG = Path("configs/local.yaml")
+
+
+def _config(args) -> Config:
+    path = args.config if args.config else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    return load_config(path, args.overrides)
+
+
+def _offline() -> None:
+    # Nothing may download weights at run time; child processes (kfp.local tasks) inherit this.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def cmd_run(args) -> int:
+    from calltune.local_run import run_local
+
+    cfg = _config(args)
+    _offline()
+    out = Path(args.out or Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    summary = run_local(cfg, out)
+    gate = summary["gate"]
+    print(f"\naccuracy {gate['accuracy']:.4f} vs threshold {gate['threshold']}: ", end="")
+    if summary["promoted"]:
+        p = summary["promoted"]
+        print(f"promoted as {p['secret_id']} version {p['version']}")
+    else:
+        prev = summary["serving_version"]
+        print(f"not promoted; {cfg.deploy.secret_id} stays at "
+              f"{'version ' + str(prev) if prev else 'no version (nothing deployed yet)'}")
+    print(f"summary: {out / 'summary.json'}")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from calltune.ingest import resolve_input
+    from calltune.prepare import prepare
+
+    cfg = _config(args)
+    if args.input:
+        cfg.data.input = args.input
+    report = prepare(resolve_input(cfg.data.input), Path(args.out), cfg)
+    keys = ("calls", "examples", "train", "validation", "test", "overlap_calls", "quarantined")
+    print(json.dumps({k: report.get(k) for k in keys}))
+    print(f"wrote {args.out}/train.jsonl, test.jsonl (Vertex), *.messages.jsonl, quarantine.jsonl, report.json")
+    return 0
+
+
+def cmd_secrets(args) -> int:
+    from calltune.backends.registry import open_registry
+
+    cfg = _config(args)
+    registry = open_registry(cfg.deploy, cfg.state_path())
+    secret = args.secret or cfg.deploy.secret_id
+    for action in ("disable", "enable"):
+        if getattr(args, action) is not None:
+            getattr(registry, action)(secret, getattr(args, action))
+            print(f"{secret} version {getattr(args, action)}: {action}d")
+            return 0
+    versions = registry.list_versions(secret)
+    if not versions:
+        print(f"{secret}: no versions")
+        return 0
+    latest = max(v.version for v in versions)
+    print(f"{'version':>7}  {'state':<8}  {'created (UTC)':<19}  annotations")
+    for v in sorted(versions, key=lambda v: v.version):
+        note = ", ".join(f"{k}={val}" for k, val in sorted(v.annotations.items()))
+        mark = " (latest)" if v.version == latest else ""
+        print(f"{v.version:>7}  {v.state:<8}  {str(v.create_time)[:19]:<19}  {note}{mark}")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from calltune.chat import ChatSession
+    from calltune.deploy import model_path_from_endpoint, resolve_endpoint
+
+    cfg = _config(args)
+    _offline()
+    endpoint = resolve_endpoint(cfg.deploy, cfg.state_path(), version=args.version)
+    session = ChatSession(model_path_from_endpoint(endpoint))
+    print(f"Customer model from {cfg.deploy.secret_id} ({args.version}). You are the seller; /quit to leave.")
+    if not args.seller_first:
+        print(f"customer> {session.opening()}")
+    while True:
+        try:
+            line = input("seller> ").strip()
+        except EOFError:
+            break
+        if line in ("/quit", "/exit"):
+            break
+        if line:
+            print(f"customer> {session.reply(line)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="calltune", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--config", type=Path, help=f"YAML config (default: {DEFAULT_CONFIG} when present)")
+        p.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="config overrides, e.g. translate.backend=none tune.max_steps=10")
+        return p
+
+    p = common(sub.add_parser("run", help="run the whole pipeline locally through kfp.local"))
+    p.add_argument("--out", type=Path, help="output folder (default: runs/<UTC time>)")
+    p.set_defaults(func=cmd_run)
+
+    p = common(sub.add_parser("prepare", help="ingest -> translate -> turn-split -> sample, without KFP"))
+    p.add_argument("--input", help="raw data file (default: data.input from the config)")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=cmd_prepare)
+
+    p = common(sub.add_parser("chat", help="talk, as the seller, to the model in the secret's latest version"))
+    p.add_argument("--version", default="latest", help="secret version (default: latest)")
+    p.add_argument("--seller-first", action="store_true", help="start the call yourself")
+    p.set_defaults(func=cmd_chat)
+
+    p = common(sub.add_parser("secrets", help="list a secret's versions; disable or enable one"))
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("--disable", type=int, metavar="VERSION", help="disable a version (it can no longer be read)")
+    action.add_argument("--enable", type=int, metavar="VERSION", help="enable a disabled version again")
+    p.add_argument("--secret", help="secret id (default: deploy.secret_id)")
+    p.set_defaults(func=cmd_secrets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"calltune: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, LookupError, OSError) as exc:  # bad input, unknown secret, missing file: no traceback
+        print(f"calltune: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

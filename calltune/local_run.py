@@ -1,0 +1,69 @@
+"""`calltune run`: the whole pipeline under kfp.local, then a summary.json of what happened."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from calltune.config import Config
+from calltune.io import write_json
+
+
+def run_local(cfg: Config, out: Path) -> dict[str, Any]:
+    from kfp import local
+
+    from calltune.pipelines import build_pipeline
+
+    out.mkdir(parents=True, exist_ok=True)
+    root = (out / "pipeline_root").resolve()
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    build_pipeline("local", cfg)(**cfg.pipeline_params())
+    summary = summarize(cfg, _only_run_dir(root))
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _only_run_dir(root: Path) -> Path:
+    runs = sorted(p for p in root.iterdir() if p.is_dir())
+    if len(runs) != 1:
+        raise RuntimeError(f"expected one pipeline run under {root}, found {len(runs)}")
+    return runs[0]
+
+
+def task_outputs(run_dir: Path, task: str) -> dict[str, Any] | None:
+    """A finished task's parameter outputs and artifact metadata, from its executor output file."""
+    path = run_dir / task / "executor_output.json"
+    if not path.exists():
+        return None
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    out: dict[str, Any] = dict(raw.get("parameterValues", {}))
+    for name, group in raw.get("artifacts", {}).items():
+        out[name] = group["artifacts"][0].get("metadata", {})
+    return out
+
+
+def summarize(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    from calltune.backends.registry import open_registry
+
+    steps = {t: task_outputs(run_dir, t) for t in ("ingest", "translate", "turn-split", "sample", "tune", "evaluate", "deploy")}
+    evaluation = steps["evaluate"] or {}
+    accuracy = evaluation.get("accuracy")
+    deployed = steps["deploy"]
+    versions = open_registry(cfg.deploy, cfg.state_path()).list_versions(cfg.deploy.secret_id)
+    return {
+        "run": run_dir.name,
+        "run_dir": str(run_dir),
+        "counts": {
+            "ingest": (steps["ingest"] or {}).get("metrics", {}),
+            "translate": (steps["translate"] or {}).get("metrics", {}),
+            "turn_split": (steps["turn-split"] or {}).get("metrics", {}),
+            "sample": (steps["sample"] or {}).get("metrics", {}),
+        },
+        "tune": (steps["tune"] or {}).get("metrics", {}),
+        "metrics": evaluation.get("metrics", {}),
+        "gate": {"metric": "accuracy", "accuracy": accuracy, "threshold": cfg.evaluate.threshold,
+                 "passed": deployed is not None},
+        "promoted": ({"secret_id": cfg.deploy.secret_id, "version": deployed["version"],
+                      "endpoint": deployed["endpoint"]} if deployed else None),
+        "serving_version": max((v.version for v in versions), default=None),
+    }

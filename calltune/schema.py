@@ -1,0 +1,39 @@
+"""The data contracts between steps (see README "Data contracts"). Plain dicts on the hot path."""
+from __future__ import annotations
+
+from typing import Literal, NotRequired, TypedDict
+
+Role = Literal["seller", "customer"]
+
+
+class Turn(TypedDict):
+    role: Role
+    text: str
+    text_original: NotRequired[str]  # set by translate: the untranslated text
+
+
+class Call(TypedDict):
+    """One line of calls.jsonl."""
+    call_id: str
+    source_row: int          # 1-based row/line/record number in the input file
+    persona: dict[str, str]
+    system: str              # system instruction rendered from the persona
+    turns: list[Turn]
+
+
+class Example(TypedDict):
+    """One line of examples.jsonl: the customer reply `target` follows the seller's `prompt`."""
+    example_id: str          # f"{call_id}:{turn_index}"
+    call_id: str
+    turn_index: int          # index of the target turn in the call's merged turns
+    system: str
+    history: list[Turn]      # earlier turns, oldest first
+    prompt: str              # the seller turn just before the target (or the opening prompt)
+    target: str              # the customer turn
+
+
+class QuarantineRow(TypedDict):
+    source: str
+    row: int
+    reason: str
+    raw: str

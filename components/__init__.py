@@ -1,0 +1,19 @@
+"""KFP components: typed signatures that call one `calltune` function each.
+
+Parameter names are the flat config names (`<section>_<field>`, see calltune.config), so the
+pipeline factory wires them from the pipeline parameters by name.
+"""
+import os
+
+# The image every component runs in; compile.py can stamp another one through this variable.
+IMAGE = os.environ.get("CALLTUNE_IMAGE", "calltune:latest")
+
+from calltune.components.ingest import ingest  # noqa: E402
+from calltune.components.translate import translate  # noqa: E402
+from calltune.components.turn_split import turn_split  # noqa: E402
+from calltune.components.sample import sample  # noqa: E402
+from calltune.components.tune import tune  # noqa: E402
+from calltune.components.evaluate import evaluate  # noqa: E402
+from calltune.components.deploy import deploy  # noqa: E402
+
+__all__ = ["IMAGE", "ingest", "translate", "turn_split", "sample", "tune", "evaluate", "deploy"]

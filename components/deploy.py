@@ -1,0 +1,27 @@
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Input, Model
+
+from calltune.components import IMAGE
+
+
+@dsl.component(base_image=IMAGE)
+def deploy(
+    model: Input[Model],
+    accuracy: float,
+    deploy_registry: str,
+    deploy_secret_id: str,
+    state_dir: str,
+    run_id: str,
+) -> NamedTuple("Deployed", [("endpoint", str), ("version", int)]):
+    """Publishes the model's endpoint as a new version of the secret (idempotent per run)."""
+    from collections import namedtuple
+    from pathlib import Path
+
+    from calltune.config import DeployConfig
+    from calltune.deploy import deploy as run
+
+    result = run(Path(model.path), DeployConfig.from_params(locals()), Path(state_dir).expanduser(),
+                 run_id=run_id, metrics={"accuracy": accuracy})
+    return namedtuple("Deployed", ["endpoint", "version"])(result["endpoint"], result["version"])

@@ -1,0 +1,28 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Markdown, Metrics, Output
+
+from calltune.components import IMAGE
+
+
+@dsl.component(base_image=IMAGE)
+def ingest(
+    data_input: str,
+    data_format: str,
+    data_role_map: dict,
+    data_qa_input_key: str,
+    data_qa_output_key: str,
+    data_persona_fields: list,
+    data_system_prompt: str,
+    data_max_bad_fraction: float,
+    calls: Output[Dataset],
+    quarantine: Output[Dataset],
+    metrics: Output[Metrics],
+    report: Output[Markdown],
+):
+    """Reads raw calls (seed CSV, calls JSONL, Q&A JSON, chat JSONL) into calls.jsonl; bad rows go to quarantine."""
+    from calltune.artifacts import publish
+    from calltune.config import DataConfig
+    from calltune.ingest import ingest as run, resolve_input
+
+    result = run(resolve_input(data_input), calls.path, quarantine.path, DataConfig.from_params(locals()))
+    publish(result, "Ingest", artifacts=(calls, quarantine), metrics=metrics, report_md=report)

@@ -1,0 +1,27 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Markdown, Metrics, Output
+
+from calltune.components import IMAGE
+
+
+@dsl.component(base_image=IMAGE)
+def translate(
+    calls_in: Input[Dataset],
+    translate_backend: str,
+    translate_source_lang: str,
+    translate_target_lang: str,
+    translate_batch_size: int,
+    state_dir: str,
+    calls: Output[Dataset],
+    metrics: Output[Metrics],
+    report: Output[Markdown],
+):
+    """Translates every turn (originals kept in `text_original`), through the persistent translation cache."""
+    from pathlib import Path
+
+    from calltune.artifacts import publish
+    from calltune.config import TranslateConfig
+    from calltune.translate import translate_calls
+
+    result = translate_calls(calls_in.path, calls.path, TranslateConfig.from_params(locals()), Path(state_dir).expanduser())
+    publish(result, "Translate", artifacts=(calls,), metrics=metrics, report_md=report)

@@ -1,0 +1,3 @@
+from calltune.pipelines.training import build_pipeline
+
+__all__ = ["build_pipeline"]

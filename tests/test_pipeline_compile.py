@@ -1,0 +1,64 @@
+"""The pipeline factory and the compiled YAML (structure only; running it is in test_pipeline_run.py)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from calltune import components
+from calltune.config import Config, load_config
+from calltune.pipelines import build_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _compile(tmp_path, *overrides) -> dict:
+    out = tmp_path / "pipeline.yaml"
+    subprocess.run([sys.executable, "compile.py", "--output", str(out), *overrides], cwd=ROOT, check=True,
+                   capture_output=True)
+    return yaml.safe_load(out.read_text()), out.read_bytes()
+
+
+def test_compiled_yaml_gates_deploy_on_the_threshold_parameter(tmp_path):
+    spec, _ = _compile(tmp_path)
+    tasks = spec["root"]["dag"]["tasks"]
+    gate = next(t for t in tasks.values() if "triggerPolicy" in t)
+    condition = gate["triggerPolicy"]["condition"]
+    assert "evaluate-accuracy" in condition and ">=" in condition and "evaluate_threshold" in condition
+    inner = spec["components"][gate["componentRef"]["name"]]["dag"]["tasks"]
+    assert list(inner) == ["deploy"]
+    # deploy runs only inside the condition
+    assert "deploy" not in tasks
+
+
+def test_every_parameter_has_the_config_default_and_a_description(tmp_path):
+    spec, _ = _compile(tmp_path, "evaluate.threshold=0.6")
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    expected = load_config(ROOT / "configs" / "local.yaml", ["evaluate.threshold=0.6"]).pipeline_params()
+    assert set(params) == set(expected)
+    assert params["evaluate_threshold"]["defaultValue"] == 0.6
+    assert all(p.get("description") for p in params.values())
+
+
+def test_compile_is_deterministic(tmp_path):
+    _, first = _compile(tmp_path)
+    _, second = _compile(tmp_path)
+    assert first == second
+
+
+def test_components_consume_every_config_field_and_nothing_else():
+    params = set(Config().pipeline_params())
+    inputs = set()
+    for name in components.__all__[1:]:
+        inputs |= set(getattr(components, name).component_spec.inputs or {})
+    config_like = {i for i in inputs if i.split("_")[0] in {"data", "translate", "split", "sample", "tune",
+                                                             "evaluate", "deploy", "seed", "state"}}
+    assert config_like <= params, config_like - params            # no component asks for a field that isn't there
+    assert params - inputs == {"evaluate_threshold"}               # the gate's threshold is used by dsl.If itself
+
+
+def test_unknown_target_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="target"):
+        build_pipeline("kubernetes")
