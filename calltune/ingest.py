@@ -1,0 +1,513 @@
+"""Ingest: raw call data in any supported format -> calls.jsonl (schema.Call), bad rows -> quarantine.jsonl.
+
+Formats (`data.format`, or "auto" to detect from the extension and the first record):
+- seed_csv: the seed system's export, one call per row. `transcription` is a Python-literal list of
+  {'message', 'role'} (parsed without eval); roles go through `data.role_map` (bot -> customer, user -> seller).
+  call_id comes from `id`, else `meeting_id`, else the row number; `data.persona_fields` columns form the persona.
+- calls_jsonl: {"call_id", "turns": [{"role", "text"}], "persona"?, "system"?}, roles through `data.role_map`.
+- qa_json: a JSON list of objects; `data.qa_input_key` is the seller's question, `data.qa_output_key` the
+  customer's answer (a two-turn call).
+- acronym: the shape of ../shared/data/acronym/*_dataset.json; conversation i of acronym A is call "A-i".
+- messages (HF {"messages": [{role, content}]}) and vertex ({"systemInstruction"?, "contents": [{role, parts}]})
+  JSONL: one call per line, user -> seller, assistant/model -> customer, the system message -> system.
+
+Every text (persona values included) is repaired (mojibake, HTML entities). The system instruction is
+`data.system_prompt` filled from the persona (missing fields blank) for seed_csv and calls_jsonl; the chat
+formats keep their own; qa_json and acronym, which are not calls, get none.
+Each input unit (CSV row, JSONL line, list item, acronym conversation) becomes exactly one call or one
+quarantine row, so rows = calls + quarantined. Row numbers are 1-based (CSV: data row; JSONL: line).
+The JSON list formats are single documents and are read whole; every other format streams.
+"""
+from __future__ import annotations
+
+import ast
+import csv
+import io
+import json
+import logging
+import multiprocessing
+import os
+import re
+import sys
+from collections import Counter, deque
+from functools import lru_cache
+from importlib import resources
+from itertools import islice
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
+
+from tqdm import tqdm
+
+from calltune.io import atomic_open, dumps
+from calltune.schema import Call
+from calltune.text import repair_text
+
+if TYPE_CHECKING:
+    from calltune.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+RAW_LIMIT = 4000               # characters of a bad row kept in quarantine.jsonl
+FIELD_LIMIT = 64 << 20         # longest CSV record (the csv module's default, 128 KiB, is too small)
+PARALLEL_MIN_BYTES = 32 << 20  # below this, starting parser processes costs more than it saves
+CHUNK_ROWS = 1000              # rows per chunk sent to a parser process
+ROLES = ("seller", "customer")
+_CHAT_ROLES = {"user": "seller", "assistant": "customer", "model": "customer"}
+
+
+class IngestError(ValueError):
+    pass
+
+
+class _Reject(Exception):
+    """A bad row: its reason goes to quarantine.jsonl."""
+
+
+class Quarantine:
+    """Context manager collecting rejected rows in quarantine.jsonl (written atomically on exit)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.count = 0
+        self.by_reason: Counter = Counter()
+
+    def __enter__(self) -> Quarantine:
+        self._cm = atomic_open(self.path)
+        self._fh = self._cm.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> bool | None:
+        return self._cm.__exit__(*exc)
+
+    def add(self, source: str, row: int, reason: str, raw: Any) -> None:
+        raw = raw if isinstance(raw, str) else dumps(raw)
+        self._fh.write(dumps({"source": source, "row": row, "reason": reason, "raw": raw[:RAW_LIMIT]}) + "\n")
+        self.count += 1
+        self.by_reason[reason] += 1
+
+
+def bundled_sample_path() -> Path:
+    return Path(str(resources.files("calltune").joinpath("data", "sample_calls_pt.csv")))
+
+
+def resolve_input(s: str | Path) -> Path:
+    """"" -> the bundled sample; gs://bucket/x -> /gcs/bucket/x (the Vertex GCS FUSE mount); else the path."""
+    s = str(s)
+    if not s:
+        path = bundled_sample_path()
+    elif s.startswith("gs://"):
+        path = Path("/gcs") / s[len("gs://"):]
+    else:
+        path = Path(s).expanduser()
+    if not path.is_file():
+        hint = " (gs:// inputs are read through the /gcs FUSE mount, available on Vertex AI)" if s.startswith("gs://") else ""
+        raise IngestError(f"input file not found: {path}{hint}")
+    return path
+
+
+def detect_format(path: str | Path) -> str:
+    """seed_csv for .csv; otherwise from the first record: a JSON list (acronym or qa_json) or a JSONL object."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        return "seed_csv"
+    with open(path, encoding="utf-8-sig") as fh:
+        first = next((line for line in fh if line.strip()), "")
+    head = first.lstrip()[:1]
+    if head == "[":
+        items = _load_json_list(path)
+        first_item = items[0] if items and isinstance(items[0], dict) else {}
+        return "acronym" if {"acronym", "conversation"} <= first_item.keys() else "qa_json"
+    if head == "{":
+        try:
+            keys = json.loads(first).keys()
+        except (json.JSONDecodeError, AttributeError) as exc:
+            raise IngestError(f"{path}: cannot detect the format, the first line is not a JSON object; set data.format") from exc
+        for key, fmt in (("messages", "messages"), ("contents", "vertex"), ("turns", "calls_jsonl")):
+            if key in keys:
+                return fmt
+        raise IngestError(f"{path}: cannot detect the format from the first record's keys {sorted(keys)}; set data.format")
+    if "transcription" in first:
+        return "seed_csv"
+    raise IngestError(f"{path}: cannot detect the format (empty file, or neither CSV nor JSON); set data.format")
+
+
+# ---------------------------------------------------------------- the input: format, settings, chunks
+
+class Source:
+    """An input file opened for reading: its format, what the parsers need from the config and, for CSV,
+    the columns. Small and picklable: it travels to the parser processes."""
+
+    def __init__(self, path: str | Path, cfg: DataConfig):
+        self.path = Path(path)
+        self.fmt = detect_format(self.path) if cfg.format == "auto" else cfg.format
+        if self.fmt not in _PARSERS:
+            raise IngestError(f"unknown data.format {self.fmt!r}")
+        self.role_map = dict(cfg.role_map)
+        self.persona_fields = list(cfg.persona_fields)
+        self.system_prompt = cfg.system_prompt
+        self.qa_keys = (cfg.qa_input_key, cfg.qa_output_key)
+        bad = {k: v for k, v in self.role_map.items() if v not in ROLES}
+        if bad:
+            raise IngestError(f"data.role_map maps {bad} to roles other than {ROLES}")
+        try:
+            self.system({})
+        except (ValueError, IndexError, KeyError, AttributeError) as exc:
+            raise IngestError(f"data.system_prompt is not a valid template ({exc!r}): {self.system_prompt!r}") from exc
+        self.columns: list[tuple[int, str]] = []  # seed_csv: (index, name) of the columns a call needs
+        self.data_offset = 0
+        if self.fmt == "seed_csv":
+            with open(self.path, "rb") as fh:
+                header = next(csv.reader([_csv_record(fh, self.path, 0).decode("utf-8-sig", "replace")]), [])
+                self.data_offset = fh.tell()
+            if "transcription" not in header:
+                raise IngestError(f"{self.path}: no 'transcription' column (columns: {header})")
+            wanted = {"transcription", "id", "meeting_id", *self.persona_fields}
+            self.columns = [(i, name) for i, name in enumerate(header) if name in wanted]
+
+    def system(self, persona: dict[str, str]) -> str:
+        return _render(self.system_prompt, tuple(persona.items()))
+
+    def chunks(self) -> Iterator[tuple[int, Any]]:
+        """(first row number, payload) for every CHUNK_ROWS rows, read in the parent process. The streaming
+        formats travel as the raw bytes of whole records: cheap to read and send, decoded by the parser."""
+        if self.fmt in ("qa_json", "acronym"):
+            records = _json_records(self.path, self.fmt)
+            while chunk := list(islice(records, CHUNK_ROWS)):
+                yield chunk[0][0], chunk
+            return
+        with open(self.path, "rb") as fh:
+            fh.seek(self.data_offset)
+            row = 1
+            while True:
+                payload = b"".join(_csv_record(fh, self.path, row + i) if self.fmt == "seed_csv" else fh.readline()
+                                   for i in range(CHUNK_ROWS))
+                if not payload:
+                    return
+                yield row, payload
+                row += CHUNK_ROWS
+
+
+class _Blank(dict):
+    def __missing__(self, key):
+        return ""
+
+
+# Personas repeat across calls (a few characters, a few meeting types): render and repair each once.
+@lru_cache(maxsize=4096)
+def _render(template: str, persona: tuple[tuple[str, str], ...]) -> str:
+    return " ".join(template.format_map(_Blank(persona)).split())
+
+
+_repair_field = lru_cache(maxsize=4096)(repair_text)
+
+
+# ---------------------------------------------------------------- parsing one record
+
+
+# Python's repr of the export's list: [{'message': '...', 'role': 'bot'}, ...]. Matched exactly, it is read
+# several times faster than ast.literal_eval (the main cost of ingest); anything else goes to literal_eval.
+_PYSTR = r"""'[^'\\\n]*(?:\\.[^'\\\n]*)*'|"[^"\\\n]*(?:\\.[^"\\\n]*)*\""""
+# group 1: a message in plain quotes, taken as is; group 2: any other string literal; group 3: the role
+_ITEM = re.compile(rf"\{{'message': (?:'([^'\\\n]*)'|({_PYSTR})), 'role': '(\w+)'\}}")
+
+
+def parse_transcript(text: str) -> Any:
+    """The Python literal in `transcription`, read without eval; raises ValueError/SyntaxError if not a literal."""
+    out, pos, end = [], 1, len(text) - 1
+    if text[:1] == "[" and text[end:] == "]":
+        while m := _ITEM.match(text, pos):
+            message = m[1]
+            out.append({"message": ast.literal_eval(m[2]) if message is None else message, "role": m[3]})
+            pos = m.end()
+            if pos == end:
+                return out
+            if not text.startswith(", ", pos):
+                break
+            pos += 2
+    return ast.literal_eval(text)
+
+
+def _turns(items: Any, role_map: dict[str, str], role_key: str, text_key: str) -> list[dict]:
+    if not isinstance(items, list):
+        raise _Reject("unparseable transcript")
+    turns, usable = [], False
+    for item in items:
+        try:
+            role, text = item[role_key], item[text_key]
+        except KeyError as exc:
+            raise _Reject(f"missing field '{exc.args[0]}'") from None
+        except (TypeError, IndexError):  # not a mapping
+            raise _Reject("unparseable transcript") from None
+        mapped = role_map.get(role) if isinstance(role, str) else None
+        if mapped is None:
+            raise _Reject(f"unknown role {role!r}")
+        if not isinstance(text, str):
+            raise _Reject("unparseable transcript")
+        text = repair_text(text)
+        usable = usable or (mapped == "customer" and text != "")
+        turns.append({"role": mapped, "text": text})
+    if not usable:
+        raise _Reject("no usable turn")
+    return turns
+
+
+def _call(call_id: Any, row: int, persona: dict, system: str, turns: list[dict]) -> Call:
+    return {"call_id": str(call_id), "source_row": row, "persona": persona, "system": system, "turns": turns}
+
+
+def _parse_seed_csv(row: int, rec: dict[str, str], src: Source) -> Call:
+    text = rec.get("transcription")
+    if text is None or not text.strip():
+        raise _Reject("missing field 'transcription'")
+    try:
+        items = parse_transcript(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise _Reject("unparseable transcript") from None
+    turns = _turns(items, src.role_map, "role", "message")
+    persona = {f: _repair_field(rec[f]) for f in src.persona_fields if rec.get(f)}
+    call_id = rec.get("id") or rec.get("meeting_id") or f"row-{row}"
+    return _call(call_id, row, persona, src.system(persona), turns)
+
+
+def _json_object(line: str) -> dict:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        raise _Reject("bad JSON line") from None
+    if not isinstance(obj, dict):
+        raise _Reject("bad JSON line")
+    return obj
+
+
+def _parse_calls_jsonl(row: int, line: str, src: Source) -> Call:
+    obj = _json_object(line)
+    if "turns" not in obj:
+        raise _Reject("missing field 'turns'")
+    turns = _turns(obj["turns"], src.role_map, "role", "text")
+    persona = obj.get("persona") or {}
+    if not isinstance(persona, dict):
+        raise _Reject("unparseable transcript")
+    persona = {str(k): repair_text(str(v)) for k, v in persona.items()}
+    system = repair_text(obj["system"]) if isinstance(obj.get("system"), str) else src.system(persona)
+    return _call(obj.get("call_id") or f"row-{row}", row, persona, system, turns)
+
+
+def _parse_messages(row: int, line: str, src: Source) -> Call:
+    obj = _json_object(line)
+    if "messages" not in obj:
+        raise _Reject("missing field 'messages'")
+    messages = obj["messages"]
+    if not isinstance(messages, list):
+        raise _Reject("unparseable transcript")
+    is_system = [isinstance(m, dict) and m.get("role") == "system" for m in messages]
+    turns = _turns([m for m, s in zip(messages, is_system) if not s], _CHAT_ROLES, "role", "content")
+    text = " ".join(m["content"] for m, s in zip(messages, is_system) if s and isinstance(m.get("content"), str))
+    return _call(obj.get("id") or f"row-{row}", row, {}, repair_text(text), turns)
+
+
+def _parts_text(content: Any) -> str:
+    if not isinstance(content, dict) or not isinstance(content.get("parts"), list):
+        raise _Reject("unparseable transcript")
+    return "".join(p["text"] for p in content["parts"] if isinstance(p, dict) and isinstance(p.get("text"), str))
+
+
+def _parse_vertex(row: int, line: str, src: Source) -> Call:
+    obj = _json_object(line)
+    if "contents" not in obj:
+        raise _Reject("missing field 'contents'")
+    contents = obj["contents"]
+    if not isinstance(contents, list):
+        raise _Reject("unparseable transcript")
+    items = [{"role": c.get("role"), "text": _parts_text(c)} if isinstance(c, dict) else c for c in contents]
+    turns = _turns(items, _CHAT_ROLES, "role", "text")
+    system = _parts_text(obj["systemInstruction"]) if obj.get("systemInstruction") else ""
+    return _call(obj.get("id") or f"row-{row}", row, {}, repair_text(system), turns)
+
+
+def _parse_qa(row: int, obj: Any, src: Source) -> Call:
+    if not isinstance(obj, dict):
+        raise _Reject("unparseable transcript")
+    for key in src.qa_keys:
+        if not isinstance(obj.get(key), str):
+            raise _Reject(f"missing field '{key}'")
+    q, a = src.qa_keys
+    turns = _turns([{"role": "seller", "text": obj[q]}, {"role": "customer", "text": obj[a]}],
+                   {"seller": "seller", "customer": "customer"}, "role", "text")
+    return _call(obj.get("id") or f"row-{row}", row, {}, "", turns)
+
+
+def _parse_acronym(row: int, rec: Any, src: Source) -> Call:
+    if not isinstance(rec, tuple):  # the whole entry, lacking a field
+        missing = "acronym" if not isinstance(rec, dict) or "acronym" not in rec else "conversation"
+        raise _Reject(f"missing field '{missing}'")
+    acronym, i, conversation = rec
+    return _call(f"{acronym}-{i}", row, {}, "", _turns(conversation, _CHAT_ROLES, "role", "content"))
+
+
+_PARSERS: dict[str, Callable[[int, Any, Source], Call]] = {
+    "seed_csv": _parse_seed_csv, "calls_jsonl": _parse_calls_jsonl, "messages": _parse_messages,
+    "vertex": _parse_vertex, "qa_json": _parse_qa, "acronym": _parse_acronym}
+
+
+# ---------------------------------------------------------------- reading (in the parent process)
+
+def _csv_record(fh: BinaryIO, path: Path, row: int) -> bytes:
+    """One CSV record as bytes: lines up to one that closes every quote opened (a quote inside a field
+    is doubled, so an even count closes them all); b"" at the end of the file."""
+    record = line = fh.readline()
+    while line and record.count(b'"') % 2:
+        if len(record) > FIELD_LIMIT:
+            raise IngestError(f"{path}: row {row}: a quoted field runs past {FIELD_LIMIT >> 20} MiB (an unclosed quote?)")
+        line = fh.readline()
+        record += line
+    return record
+
+
+def _load_json_list(path: Path) -> list:
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise IngestError(f"{path}: not valid JSON at line {exc.lineno} ({exc.msg})") from exc
+    if not isinstance(data, list):
+        raise IngestError(f"{path}: expected a JSON list of records, found {type(data).__name__}")
+    return data
+
+
+def _json_records(path: Path, fmt: str) -> Iterator[tuple[int, Any]]:
+    items = enumerate(_load_json_list(path), 1)
+    if fmt == "qa_json":
+        yield from items
+        return
+    for row, item in items:  # acronym: one record per conversation
+        if not isinstance(item, dict) or not {"acronym", "conversation"} <= item.keys():
+            yield row, item  # rejected by the parser as a missing field
+            continue
+        conversations = item["conversation"] if isinstance(item["conversation"], list) else [None]
+        for i, conversation in enumerate(conversations, 1):
+            yield row, (item["acronym"], i, conversation)
+
+
+# ---------------------------------------------------------------- parsing a chunk (in the parser processes)
+
+def _decode(src: Source, first_row: int, payload: bytes) -> str:
+    try:
+        return payload.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        row = first_row + payload.count(b"\n", 0, exc.start)
+        raise IngestError(f"{src.path}: row {row} is not UTF-8 text ({exc.reason}); re-export the file as UTF-8") from None
+
+
+def _records(src: Source, first_row: int, payload: Any) -> Iterator[tuple[int, Any]]:
+    """(1-based row number, raw record) for every input unit of a chunk."""
+    if src.fmt in ("qa_json", "acronym"):
+        yield from payload
+        return
+    text = _decode(src, first_row, payload)
+    if src.fmt != "seed_csv":
+        for row, line in enumerate(text.split("\n"), first_row):
+            if line.strip():
+                yield row, line
+        return
+    csv.field_size_limit(FIELD_LIMIT)
+    row = first_row
+    try:
+        for row, values in enumerate(csv.reader(io.StringIO(text)), first_row):
+            if values:
+                yield row, {name: values[i] for i, name in src.columns if i < len(values)}
+    except csv.Error as exc:
+        raise IngestError(f"{src.path}: row {row}: malformed CSV ({exc})") from None
+
+
+def parse_chunk(src: Source, chunk: tuple[int, Any]) -> tuple[list[Call], list[tuple[int, str, Any]]]:
+    """A chunk of Source.chunks -> its calls, and its rejected rows as (row, reason, raw record)."""
+    parse = _PARSERS[src.fmt]
+    calls, rejects = [], []
+    for row, rec in _records(src, *chunk):
+        try:
+            calls.append(parse(row, rec, src))
+        except _Reject as exc:
+            rejects.append((row, str(exc), rec))
+    return calls, rejects
+
+
+def default_workers(path: str | Path) -> int:
+    """All CPUs for a large file; one (no process start-up) for a small one."""
+    return (os.cpu_count() or 1) if Path(path).stat().st_size >= PARALLEL_MIN_BYTES else 1
+
+
+_WORKER_STATE: Any = None
+
+
+def _init_worker(state: Any) -> None:
+    global _WORKER_STATE
+    _WORKER_STATE = state
+
+
+def _in_worker(fn: Callable, chunk: Any, *extra: Any) -> Any:
+    return fn(_WORKER_STATE, chunk, *extra)
+
+
+def map_chunks(fn: Callable, state: Any, chunks: Iterator, workers: int,
+               extra: Callable[[], tuple] = tuple) -> Iterator:
+    """fn(state, chunk, *extra()) for each chunk, in order, on `workers` processes (fn a module-level
+    function; state picklable, sent once to each process); extra() is called as each chunk is sent."""
+    if workers <= 1:
+        for chunk in chunks:
+            yield fn(state, chunk, *extra())
+        return
+    # Spawned, not forked: safe whatever threads the parent runs. At most two chunks per process in
+    # flight, so the reader never runs ahead of the parsers (flat memory).
+    with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (state,)) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.apply_async(_in_worker, (fn, chunk, *extra())))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def iter_calls(path: str | Path, cfg: DataConfig, quarantine: Quarantine, *,
+               workers: int | None = None, stats: dict | None = None) -> Iterator[Call]:
+    """Stream the file's calls, in order; rejected rows go to `quarantine`.
+
+    workers: parser processes (None: default_workers). `stats`, if given, gets "format" and the running "rows".
+    """
+    src = Source(path, cfg)
+    workers = default_workers(src.path) if workers is None else workers
+    stats = {} if stats is None else stats
+    stats.update(format=src.fmt, rows=0)
+    log.info("ingest %s as %s (%d parser process%s)", src.path, src.fmt, workers, "es" if workers > 1 else "")
+    for calls, rejects in map_chunks(parse_chunk, src, src.chunks(), workers):
+        stats["rows"] += len(calls) + len(rejects)
+        for reject in rejects:
+            quarantine.add(str(src.path), *reject)
+        yield from calls
+
+
+def check(path: str | Path, rows: int, calls: int, quarantine: Quarantine, max_bad_fraction: float) -> None:
+    """Raise IngestError when nothing usable is left or too large a share of rows was quarantined."""
+    reasons = ", ".join(f"{r}: {n}" for r, n in quarantine.by_reason.most_common()) or "none"
+    where = f"see {quarantine.path}"
+    if calls == 0:
+        raise IngestError(f"{path}: no usable call in {rows} rows (quarantined by reason: {reasons}; {where})")
+    if rows and quarantine.count / rows > max_bad_fraction:
+        raise IngestError(f"{path}: {quarantine.count} of {rows} rows quarantined ({quarantine.count / rows:.1%}), "
+                          f"more than data.max_bad_fraction={max_bad_fraction:g} (by reason: {reasons}; {where})")
+
+
+def ingest(input_path: str | Path, calls_out: str | Path, quarantine_out: str | Path, cfg: DataConfig) -> dict:
+    """Input file -> calls.jsonl + quarantine.jsonl; returns the report (raises IngestError, see check)."""
+    path = resolve_input(input_path)
+    stats: dict = {}
+    calls = 0
+    with atomic_open(calls_out) as fh:
+        with Quarantine(quarantine_out) as quarantine:
+            for call in tqdm(iter_calls(path, cfg, quarantine, stats=stats), desc="ingest", unit=" calls",
+                             file=sys.stderr, disable=None, mininterval=2):
+                fh.write(dumps(call) + "\n")
+                calls += 1
+        check(path, stats["rows"], calls, quarantine, cfg.max_bad_fraction)  # quarantine kept, calls not
+    return {"input": str(path), "format": stats["format"], "rows": stats["rows"], "calls": calls,
+            "quarantined": quarantine.count, "by_reason": dict(quarantine.by_reason)}
