@@ -1,0 +1,132 @@
+"""Small reports for people: one Markdown and one self-contained HTML file (plots embedded as PNG data URIs).
+
+    r = Report("Evaluation")
+    r.table({"accuracy": 0.52, "examples": 300})
+    r.image(loss_curve_png(log_history, out_dir / "loss_curve.png"), "loss curve")
+    r.write(out_dir)  # -> report.md, report.html
+"""
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+from calltune.io import atomic_open
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class Report:
+    def __init__(self, title: str):
+        self.title = title
+        self._parts: list[tuple[str, Any]] = []
+
+    def heading(self, text: str) -> Report:
+        self._parts.append(("heading", text))
+        return self
+
+    def text(self, text: str) -> Report:
+        self._parts.append(("text", text))
+        return self
+
+    def table(self, rows: dict[str, Any] | list[dict[str, Any]]) -> Report:
+        """A dict is a two-column name/value table; a list of dicts has one column per key."""
+        if isinstance(rows, dict):
+            rows = [{"name": k, "value": v} for k, v in rows.items()]
+        if rows:
+            self._parts.append(("table", rows))
+        return self
+
+    def image(self, png: Path | None, alt: str) -> Report:
+        if png is not None:
+            self._parts.append(("image", (base64.b64encode(Path(png).read_bytes()).decode(), alt)))
+        return self
+
+    def to_markdown(self) -> str:
+        out = [f"# {self.title}", ""]
+        for kind, value in self._parts:
+            if kind == "heading":
+                out += [f"## {value}", ""]
+            elif kind == "text":
+                out += [value, ""]
+            elif kind == "table":
+                cols = list(value[0])
+                out.append("| " + " | ".join(cols) + " |")
+                out.append("|" + "---|" * len(cols))
+                for row in value:
+                    out.append("| " + " | ".join(_md_cell(row.get(c, "")) for c in cols) + " |")
+                out.append("")
+            elif kind == "image":
+                data, alt = value
+                out += [f"![{alt}](data:image/png;base64,{data})", ""]
+        return "\n".join(out)
+
+    def to_html(self) -> str:
+        e = html.escape
+        out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(self.title)}</title>",
+               "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+               "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;"
+               "text-align:left;vertical-align:top;white-space:pre-wrap}</style></head><body>",
+               f"<h1>{e(self.title)}</h1>"]
+        for kind, value in self._parts:
+            if kind == "heading":
+                out.append(f"<h2>{e(value)}</h2>")
+            elif kind == "text":
+                out.append(f"<p>{e(value)}</p>")
+            elif kind == "table":
+                cols = list(value[0])
+                out.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>")
+                for row in value:
+                    out.append("<tr>" + "".join(f"<td>{e(_cell(row.get(c, '')))}</td>" for c in cols) + "</tr>")
+                out.append("</table>")
+            elif kind == "image":
+                data, alt = value
+                out.append(f"<img alt='{e(alt)}' src='data:image/png;base64,{data}'>")
+        out.append("</body></html>")
+        return "\n".join(out)
+
+    def write(self, out_dir: Path, stem: str = "report") -> tuple[Path, Path]:
+        out_dir = Path(out_dir)
+        md, page = out_dir / f"{stem}.md", out_dir / f"{stem}.html"
+        with atomic_open(md) as fh:
+            fh.write(self.to_markdown())
+        with atomic_open(page) as fh:
+            fh.write(self.to_html())
+        return md, page
+
+
+def _md_cell(value: Any) -> str:
+    # A table cell is one line; escape what would break the row.
+    return _cell(value).replace("|", "\\|").replace("\n", "<br>")
+
+
+def loss_curve_png(log_history: list[dict], path: Path) -> Path | None:
+    """Plot train (and eval) loss against the step from a Trainer log history; None when nothing was logged."""
+    train = [(r["step"], r["loss"]) for r in log_history if "loss" in r and "step" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in log_history if "eval_loss" in r and "step" in r]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if train:
+        ax.plot(*zip(*train), marker="." if len(train) < 30 else None, label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), "o", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (customer reply tokens)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,67 @@
+# ---- model fixtures (helper "model": calltune.models / tune / evaluate / chat) ----
+"""Session-wide model fixtures: the bundled SmolLM2 is converted once per test session into a temporary
+state folder, and one tiny tuned model is trained once and shared by the tune, evaluate and chat tests."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before any test module imports transformers: no download, ever
+
+BUNDLED_MODEL = "smollm2-135m-instruct"
+SYSTEM = "You are Ana, a busy customer on a sales call."
+# Short dialogues, so the tiny tuning run and the hand-checked evaluation stay fast.
+TINY_DIALOGUES = [
+    ([], "Hello, is this Ana?", "Yes, speaking. Who is calling?"),
+    ([("seller", "Hi Ana, this is Bruno from Acme."), ("customer", "Hi Bruno.")],
+     "Do you have a minute to talk about insurance?", "Not really, I am driving right now."),
+    ([], "Can we schedule a call for Friday?", "Friday at ten works for me."),
+    ([("seller", "Our plan costs fifty a month.")], "What do you think about the price?",
+     "That is too expensive for me."),
+]
+
+
+def make_example(i: int, history, prompt: str, target: str, system: str = SYSTEM) -> dict:
+    return {"example_id": f"call{i}:{2 * len(history) + 1}", "call_id": f"call{i}", "turn_index": len(history) + 1,
+            "system": system, "history": [{"role": r, "text": t} for r, t in history],
+            "prompt": prompt, "target": target}
+
+
+def write_examples(path: Path, examples) -> Path:
+    path.write_text("".join(json.dumps(e) + "\n" for e in examples), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def base_model_state(tmp_path_factory) -> Path:
+    """A state folder holding the converted bundled base model (converted on first use)."""
+    from calltune.models import resolve_base_model
+
+    state = tmp_path_factory.mktemp("state")
+    resolve_base_model(BUNDLED_MODEL, state)
+    return state
+
+
+@pytest.fixture(scope="session")
+def base_model_dir(base_model_state) -> Path:
+    return base_model_state / "base_models" / BUNDLED_MODEL
+
+
+@pytest.fixture(scope="session")
+def tiny_examples_path(tmp_path_factory) -> Path:
+    examples = [make_example(i, *d) for i, d in enumerate(TINY_DIALOGUES)]
+    return write_examples(tmp_path_factory.mktemp("examples") / "train.examples.jsonl", examples)
+
+
+@pytest.fixture(scope="session")
+def tuned_model(tmp_path_factory, base_model_state, tiny_examples_path) -> tuple[Path, dict]:
+    """(model folder, report) of a short LoRA run that memorises the tiny examples (validated on them too)."""
+    from calltune.config import TuneConfig
+    from calltune.tune import train_lora
+
+    out = tmp_path_factory.mktemp("tuned") / "model"
+    cfg = TuneConfig(max_steps=12, batch_size=4, learning_rate=2e-3, max_seq_len=96, lora_dropout=0.0)
+    report = train_lora(tiny_examples_path, tiny_examples_path, out, cfg, seed=7, state_dir=base_model_state)
+    return out, report
+# ---- end of model fixtures ----
