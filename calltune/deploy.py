@@ -1,7 +1,8 @@
 """Deploy step: copy the model into the content-addressed model store and publish its endpoint as a new secret version.
 
 Apps read the secret's `latest` version (`resolve_endpoint`) to find the model to serve. The store copy means a
-deleted run folder never breaks a published endpoint.
+deleted run folder never breaks a published endpoint. `rollback` re-publishes an earlier version's endpoint as a
+new version, since `latest` is always the most recently created one.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-from calltune.backends.registry import SecretNotFound, open_registry
+from calltune.backends.registry import Registry, SecretNotFound, VersionDisabled, open_registry
 from calltune.config import DeployConfig
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,70 @@ def deploy(model_dir: Path, cfg: DeployConfig, state_dir: Path, *, run_id: str, 
         except SecretNotFound:
             before = set()
         version = registry.add_version(cfg.secret_id, endpoint.encode(), annotations=annotations, request_id=run_id)
+        disabled = disable_old_versions(registry, cfg.secret_id, cfg.keep_enabled_versions)
     created = version.version not in before
     log.info("deploy: model %s -> secret %s version %d (%s)", sha, cfg.secret_id, version.version,
              "added" if created else "already added by this run")
-    return {"secret_id": cfg.secret_id, "version": version.version, "endpoint": endpoint, "model_sha": sha, "created": created}
+    return {"secret_id": cfg.secret_id, "version": version.version, "endpoint": endpoint, "model_sha": sha,
+            "created": created, "disabled": disabled}
+
+
+def disable_old_versions(registry: Registry, secret_id: str, keep: int) -> list[int]:
+    """Disable (never destroy) the enabled versions older than the newest `keep`; 0 disables nothing.
+
+    A disabled version can be enabled again (`calltune secrets --enable N`), so nothing is ever lost.
+    """
+    if keep <= 0:
+        return []
+    old = [v.version for v in registry.list_versions(secret_id)[keep:] if v.state == "ENABLED"]
+    for number in old:
+        registry.disable(secret_id, number)
+    if old:
+        log.info("deploy: disabled %s version(s) %s (deploy.keep_enabled_versions=%d)", secret_id, old, keep)
+    return old
+
+
+def rollback(cfg: DeployConfig, state_dir: Path, to: int | None = None) -> dict:
+    """Publish an earlier version's endpoint again, as a new version: apps following `latest` switch to it.
+
+    By default the target is the newest enabled version before the latest that holds another endpoint and that
+    no earlier rollback moved away from, so a second rollback goes one more model back instead of returning to
+    the model the first one left. The new version records `rollback_from` (the latest before) and `rollback_to`.
+    """
+    with closing(open_registry(cfg, state_dir)) as registry:
+        versions = registry.list_versions(cfg.secret_id)  # newest first
+        if not versions:
+            raise ValueError(f"secret {cfg.secret_id} has no versions: nothing to roll back")
+        latest = versions[0]
+
+        def payload(number: int) -> bytes | None:
+            try:
+                return registry.access(cfg.secret_id, number)
+            except VersionDisabled:
+                return None
+
+        current = payload(latest.version)
+        if to is None:
+            left = {int(v.annotations["rollback_from"]) for v in versions if "rollback_from" in v.annotations}
+            avoid = {current} | {payload(n) for n in left if any(v.version == n for v in versions)}
+            candidates = ((v, payload(v.version)) for v in versions[1:] if v.state == "ENABLED" and v.version not in left)
+            target, endpoint = next(((v, p) for v, p in candidates if p is not None and p not in avoid), (None, None))
+            if target is None:
+                raise ValueError(f"secret {cfg.secret_id}: no earlier enabled version holds another endpoint to roll back "
+                                 f"to (name one with --to; `calltune secrets` lists them)")
+        else:
+            target, endpoint = registry.get_version(cfg.secret_id, to), registry.access(cfg.secret_id, to)
+            if endpoint == current:
+                raise ValueError(f"secret {cfg.secret_id}: version {to} holds the same endpoint as the latest version "
+                                 f"{latest.version}; nothing to roll back")
+        annotations = {**{k: v for k, v in target.annotations.items() if not k.startswith("rollback_")},
+                       "rollback_from": str(latest.version), "rollback_to": str(target.version)}
+        added = registry.add_version(cfg.secret_id, endpoint, annotations=annotations)
+        disabled = disable_old_versions(registry, cfg.secret_id, cfg.keep_enabled_versions)
+    log.info("rollback: secret %s version %d now holds version %d's endpoint (was version %d)",
+             cfg.secret_id, added.version, target.version, latest.version)
+    return {"secret_id": cfg.secret_id, "version": added.version, "rolled_back_to": target.version,
+            "rolled_back_from": latest.version, "disabled": disabled}
 
 
 def resolve_endpoint(cfg: DeployConfig, state_dir: Path, version: str = "latest") -> str:

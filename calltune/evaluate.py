@@ -1,40 +1,51 @@
-"""Evaluate a model on the held-out test examples: teacher-forced token accuracy on the customer replies.
+"""Evaluate the tuned model beside the base model and the champion on the held-out test examples.
 
-accuracy = share of target tokens t where argmax(logits at t-1) == token t (Vertex's "fraction of correct
-next step predictions"); loss = mean negative log-likelihood over the same tokens; perplexity = exp(loss).
-The target tokens come from `calltune.tune.encode_example`, the definition training uses.
+Token accuracy (the gate) = share of target tokens t where argmax(logits at t-1) == token t (Vertex's "fraction
+of correct next step predictions"); loss = mean negative log-likelihood over the same tokens; perplexity =
+exp(loss). The target tokens come from `calltune.tune.encode_example`, the definition training uses. Each model
+also answers every test prompt (calltune.infer), and its replies are scored against the real customer's:
+ROUGE-L, chrF, BLEU, embedding cosine, reply length, distinct-n, and the LLM judge when configured. Every metric
+carries a seeded bootstrap 95% interval over the test examples (calltune.metrics). The gate's decision
+(calltune.gate) and the evidence go into report.html: metric table, bar charts with the intervals, loss curve,
+and side-by-side sample conversations.
 """
 from __future__ import annotations
 
+import functools
+import gc
 import json
 import logging
 import math
 import time
 from pathlib import Path
 
-from calltune.chat import generate_reply
-from calltune.config import EvaluateConfig, TuneConfig
-from calltune.io import write_json
+from calltune import metrics as M
+from calltune.config import DeployConfig, EvaluateConfig, InferConfig, JudgeConfig, TuneConfig
+from calltune.gate import decide
+from calltune.infer import is_vertex, predict, read_predictions
+from calltune.io import write_json, write_jsonl
 from calltune.models import device, load_model, read_model_card, set_threads
-from calltune.render import to_messages
 from calltune.report import Report, loss_curve_png
 from calltune.tune import encode_file, reply_logits
 
 log = logging.getLogger(__name__)
 
-SAMPLES = 3  # test examples shown in the report, with the model's own greedy reply
+# Shown first in tables and charts, in this order; any other metric follows.
+CHART_METRICS = ("accuracy", "rouge_l", "chrf", "bleu", "embedding_cosine", "distinct_2", "persona_fidelity", "realism")
+HEADLINE = ("accuracy", "loss", "perplexity")
 
 
-def score(model, tokenizer, rows: list[dict], batch_size: int) -> dict:
-    """Sums over the target tokens of pre-encoded rows: correct predictions, NLL, token count."""
+def score(model, tokenizer, rows: list[dict], batch_size: int) -> dict[str, list]:
+    """Per row, in the rows' order, over its target tokens: correct predictions, NLL, token count."""
     import torch
 
-    correct, nll, tokens = 0, 0.0, 0
+    out = {"correct": [0] * len(rows), "nll": [0.0] * len(rows), "tokens": [0] * len(rows)}
     # Longest first, so each padded batch wastes little and a memory problem shows at once.
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
     started, done = time.monotonic(), 0
     for b in range(0, len(order), batch_size):
-        batch = [rows[i] for i in order[b:b + batch_size]]
+        index = order[b:b + batch_size]
+        batch = [rows[i] for i in index]
         width = max(len(r["input_ids"]) for r in batch)
         ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
         attention = torch.zeros_like(ids)
@@ -47,66 +58,245 @@ def score(model, tokenizer, rows: list[dict], batch_size: int) -> dict:
         ids, attention, target = ids.to(model.device), attention.to(model.device), target.to(model.device)
         with torch.inference_mode():
             logits, gold = reply_logits(model, ids, attention, target)
-        correct += int((logits.argmax(-1) == gold).sum())
-        nll += float(torch.nn.functional.cross_entropy(logits, gold, reduction="sum"))
-        tokens += int(gold.numel())
+        # reply_logits flattens the target positions row by row; split them back per example.
+        counts = target[:, 1:].sum(1).tolist()
+        hits = (logits.argmax(-1) == gold).split(counts)
+        nll = torch.nn.functional.cross_entropy(logits, gold, reduction="none").split(counts)
+        for i, h, n, c in zip(index, hits, nll, counts):
+            out["correct"][i], out["nll"][i], out["tokens"][i] = int(h.sum()), float(n.sum()), c
         done += len(batch)
-        log.info("evaluated %d/%d examples (%.1f examples/s)", done, len(rows),
+        log.info("scored %d/%d examples (%.1f examples/s)", done, len(rows),
                  done / max(time.monotonic() - started, 1e-9))
-    return {"correct": correct, "nll": nll, "tokens": tokens}
+    return out
 
 
-def evaluate(model_dir: str | Path, test_path: str | Path, out_dir: str | Path, cfg: EvaluateConfig,
-             *, max_seq_len: int | None = None) -> dict:
-    """Score the model folder (tuned or plain base) on the test examples; write metrics.json, report.md,
-    report.html. `max_seq_len` defaults to the one the model was tuned with (else TuneConfig's default)."""
+def current_champion(cfg: DeployConfig, state_dir: Path) -> tuple[str | None, str]:
+    """(the model in the secret's latest version, a note); (None, why) when there is none to compare with."""
+    from calltune.backends.registry import RegistryError
+    from calltune.deploy import model_path_from_endpoint, resolve_endpoint
+
+    try:
+        endpoint = resolve_endpoint(cfg, state_dir)
+    except RegistryError as exc:
+        return None, f"no champion: nothing deployed yet in secret {cfg.secret_id!r} ({exc})"
+    if is_vertex(endpoint):
+        return endpoint, f"champion: Vertex endpoint {endpoint}"
+    try:
+        return str(model_path_from_endpoint(endpoint)), f"champion: {endpoint}"
+    except (ValueError, FileNotFoundError) as exc:
+        return None, f"no champion to compare with: {exc}"
+
+
+@functools.lru_cache(maxsize=1)
+def _embedder(name: str) -> M.Embedder:
+    return M.Embedder(name)
+
+
+def _text(rows: list[dict], key: str) -> list[str]:
+    return [r[key] or "" for r in rows]
+
+
+def _score_model(name: str, source: str | Path, test_path: Path, out_dir: Path, cfg: EvaluateConfig,
+                 infer: InferConfig, *, max_len: int, seed: int, judge_ctx, predictions) -> dict:
+    record: dict = {"source": str(source)}
+    parts = None
+    if is_vertex(source):
+        rows, report = predict(source, test_path, out_dir / "predictions" / name, infer, seed=seed,
+                               limit=cfg.max_examples)
+        record["note"] = "a Vertex endpoint gives no token probabilities: text metrics only"
+    else:
+        model, tokenizer = load_model(Path(source))
+        encoded, examples, skipped = encode_file(test_path, tokenizer, max_len, limit=cfg.max_examples)
+        log.info("evaluating %s (%s) on %d test examples (%d skipped) on %s", name, source, len(encoded),
+                 skipped, device())
+        parts = score(model, tokenizer, encoded, cfg.batch_size)
+        if name == "tuned" and sum(parts["tokens"]) == 0:
+            raise ValueError(f"{test_path}: no customer-reply tokens to score ({len(encoded)} examples usable, "
+                             f"{skipped} longer than max_seq_len={max_len}); the test set is empty")
+        if predictions is not None:
+            rows = read_predictions(predictions)
+            if [r["example_id"] for r in rows] != [e.get("example_id", "") for e in examples]:
+                raise ValueError(f"{predictions}: the predictions are not of the {len(examples)} test examples "
+                                 f"evaluated here (batch inference ran on other examples or another max_seq_len)")
+            report = {"rows": len(rows), "model_sha": rows[0]["model_sha"] if rows else ""}
+        else:
+            rows, report = predict(source, test_path, out_dir / "predictions" / name, infer, seed=seed,
+                                   max_seq_len=max_len, limit=cfg.max_examples, loaded=(model, tokenizer))
+        record.update(skipped=skipped, tokens=sum(parts["tokens"]))
+        del model
+        gc.collect()
+    record.update(examples=len(rows), model_sha=report.get("model_sha", ""), rows=rows)
+    kw = {"samples": cfg.bootstrap_samples, "seed": seed}
+    est: dict[str, M.Estimate] = {}
+    if parts is not None:
+        est["accuracy"] = M.token_accuracy(parts["correct"], parts["tokens"], **kw)
+        est["loss"] = M.loss(parts["nll"], parts["tokens"], **kw)
+        est["perplexity"] = M.perplexity(est["loss"])
+    est.update(M.text_metrics(_text(rows, "candidate_responses"), _text(rows, "target_responses"),
+                              embedder=_embedder(cfg.embedding_model) if cfg.embedding_model else None, **kw))
+    if judge_ctx is not None:
+        from calltune.judge import CRITERIA, judge
+
+        judge_cfg, generator = judge_ctx
+        verdict = judge(rows, judge_cfg, generator, **kw)
+        est.update({c: verdict[c] for c in CRITERIA})
+        record["judge"] = {k: verdict[k] for k in ("requests", "failed", "unparseable")}
+        write_jsonl(out_dir / "judge" / f"{name}.jsonl", verdict["judgments"])
+    record["metrics"] = est
+    return record
+
+
+def evaluate(model_dir: str | Path, test_path: str | Path, out_dir: str | Path, cfg: EvaluateConfig, *,
+             infer: InferConfig | None = None, judge: JudgeConfig | None = None, champion: str | None = None,
+             champion_note: str = "", predictions: str | Path | None = None, seed: int = 42,
+             max_seq_len: int | None = None, state_dir: str | Path = ".") -> dict:
+    """Score the model folder (tuned or plain base) and the models in `cfg.compare` on the test examples: the base
+    model it was tuned from (from its model card) and `champion` (a model folder or Vertex resource; None: skipped,
+    `champion_note` says why). `predictions`: the tuned model's predictions table, when batch inference already
+    ran. Writes metrics.json, comparison.json, report.md/html, charts.png and predictions/<model>/ into out_dir;
+    returns the tuned model's finite metrics (accuracy, loss, ..., base_accuracy, champion_accuracy)."""
     set_threads()
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model_dir, out_dir, test_path = Path(model_dir), Path(out_dir), Path(test_path)
+    infer, judge = infer or InferConfig(), judge or JudgeConfig()
     card = read_model_card(model_dir)
+    # One max_seq_len for every model: the same examples, trimmed the same way.
     max_len = max_seq_len or (card["config"]["max_seq_len"] if card else TuneConfig().max_seq_len)
-    model, tokenizer = load_model(model_dir)
-    rows, examples, skipped = encode_file(test_path, tokenizer, max_len, limit=cfg.max_examples)
-    log.info("evaluating %s on %d test examples from %s (%d skipped) on %s",
-             model_dir, len(rows), test_path, skipped, device())
-    sums = score(model, tokenizer, rows, cfg.batch_size)
-    if sums["tokens"] == 0:
-        raise ValueError(f"{test_path}: no customer-reply tokens to score ({len(rows)} examples usable, "
-                         f"{skipped} longer than max_seq_len={max_len}); the test set is empty")
-    loss = sums["nll"] / sums["tokens"]
-    result = {
-        "accuracy": sums["correct"] / sums["tokens"],
-        "loss": loss,
-        "perplexity": math.exp(min(loss, 700.0)),  # exp overflows a float past ~709
-        "examples": len(rows),
-        "tokens": sums["tokens"],
-    }
+    sources: dict[str, str | Path] = {"tuned": model_dir}
+    skipped: dict[str, str] = {}
+    if "base" in cfg.compare:
+        if card:
+            sources["base"] = card["base_model_path"]
+        else:
+            skipped["base"] = "the evaluated model is itself a base model (no calltune_model.json)"
+    if "champion" in cfg.compare:
+        if champion:
+            sources["champion"] = champion
+        else:
+            skipped["champion"] = champion_note or "no champion given"
+    from calltune.judge import make_judge
+
+    generator = make_judge(judge, state_dir)
+    records = {}
+    for name, source in sources.items():
+        records[name] = _score_model(name, source, test_path, out_dir, cfg, infer, max_len=max_len, seed=seed,
+                                     judge_ctx=(judge, generator) if generator else None,
+                                     predictions=predictions if name == "tuned" else None)
+    if generator is not None:
+        generator.close()
+    accuracy = {n: r["metrics"]["accuracy"].value if "accuracy" in r["metrics"] else None for n, r in records.items()}
+    if "champion" in records and accuracy["champion"] is None:
+        skipped["champion"] = records["champion"]["note"]
+    decision = decide(accuracy, cfg, skipped)
+
+    tuned = records["tuned"]["metrics"]
+    result = {k: tuned[k].value for k in HEADLINE}
+    result.update(examples=records["tuned"]["examples"], tokens=records["tuned"]["tokens"])
+    result.update({k: e.value for k, e in tuned.items() if k not in HEADLINE})
+    result.update({f"{n}_accuracy": accuracy[n] for n in ("base", "champion") if n in records})
+    result = {k: v for k, v in result.items() if v is not None and math.isfinite(v)}  # NaNs stay in comparison.json
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "metrics.json", {**result, "skipped": skipped, "threshold": cfg.threshold,
-                                          "model": str(model_dir), "base_model": (card or {}).get("base_model"),
-                                          "test_path": str(test_path), "max_seq_len": max_len})
-    _report(model, tokenizer, model_dir, examples, result, skipped, cfg, out_dir)
-    log.info("accuracy %.4f, loss %.4f, perplexity %.2f over %d tokens",
-             result["accuracy"], loss, result["perplexity"], result["tokens"])
+    comparison = {
+        "models": {n: {**{k: v for k, v in r.items() if k != "rows"},
+                       "metrics": {k: _finite(e.as_dict()) for k, e in r["metrics"].items()}}
+                   for n, r in records.items()}
+                  | {n: {"skipped": why} for n, why in skipped.items() if n not in records},
+        "gate": decision, "test_path": str(test_path), "max_seq_len": max_len, "seed": seed,
+        "bootstrap_samples": cfg.bootstrap_samples, "confidence": M.LEVEL,
+        "decoding": infer.model_dump(include={"max_new_tokens", "temperature", "top_p"}),
+    }
+    write_json(out_dir / "comparison.json", comparison)
+    write_json(out_dir / "metrics.json", {**result, "skipped": records["tuned"].get("skipped", 0),
+                                          "threshold": cfg.threshold, "model": str(model_dir),
+                                          "base_model": (card or {}).get("base_model"), "test_path": str(test_path),
+                                          "max_seq_len": max_len, "decision": decision["decision"],
+                                          "decided_by": decision["decided_by"]})
+    _report(model_dir, records, skipped, decision, cfg, out_dir)
+    log.info("accuracy %.4f, loss %.4f, perplexity %.2f over %d tokens; gate: %s (%s)", result["accuracy"],
+             result["loss"], result["perplexity"], result["tokens"], decision["decision"], decision["decided_by"])
     return result
 
 
-def _report(model, tokenizer, model_dir: Path, examples: list[dict], result: dict, skipped: int,
-            cfg: EvaluateConfig, out_dir: Path) -> None:
+def _finite(d: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def _cell(e: M.Estimate) -> str:
+    if not math.isfinite(e.value):
+        return "n/a"
+    return f"{e.value:.4g} [{e.low:.4g}, {e.high:.4g}]" if math.isfinite(e.low) else f"{e.value:.4g}"
+
+
+def _report(model_dir: Path, records: dict, skipped: dict, decision: dict, cfg: EvaluateConfig, out_dir: Path) -> None:
     r = Report("calltune evaluation")
-    r.text(f"Model: {model_dir}. Teacher-forced next-token accuracy on the customer replies of the test split "
-           f"(the deploy gate: accuracy >= {cfg.threshold}).")
-    r.table({**result, "skipped (reply longer than max_seq_len)": skipped,
-             "gate passed": result["accuracy"] >= cfg.threshold})
+    verdict = "PROMOTE" if decision["decision"] == "promote" else "KEEP the current model"
+    r.text(f"Decision: {verdict} (decided by: {decision['decided_by']}). Model: {model_dir}.")
+    r.heading("Gate checks")
+    r.table([{"check": c["check"], "result": {True: "pass", False: "FAIL", None: "skipped"}[c["passed"]],
+              "detail": c["detail"]} for c in decision["checks"]])
+    r.heading("Metrics")
+    r.text(f"Every model on the same {records['tuned']['examples']} test examples; value [95% bootstrap interval, "
+           f"{cfg.bootstrap_samples} resamples of the examples]. accuracy = teacher-forced next-token accuracy on "
+           f"the customer replies (the gate metric); the other metrics score each model's generated replies "
+           f"against the real customer's.")
+    names = list(records)
+    keys = list(dict.fromkeys([k for k in CHART_METRICS + HEADLINE if any(k in rec["metrics"] for rec in records.values())]
+                              + [k for rec in records.values() for k in rec["metrics"]]))
+    r.table([{"metric": k, **{n: _cell(records[n]["metrics"].get(k, M.NAN)) for n in names}} for k in keys]
+            + [{"metric": "examples", **{n: records[n]["examples"] for n in names}},
+               {"metric": "model sha", **{n: records[n].get("model_sha", "") for n in names}}])
+    for n, why in skipped.items():
+        r.text(f"{n}: {why}")
+    for n, rec in records.items():
+        if "judge" in rec:
+            j = rec["judge"]
+            r.text(f"judge on {n}: {j['requests']} replies, {j['failed']} failed requests, unparseable answers "
+                   f"(left out) {j['unparseable']}")
+    r.image(_charts([k for k in CHART_METRICS if k in keys], records, out_dir / "charts.png"),
+            "metrics per model with 95% intervals")
     log_file = model_dir / "training_log.json"
     if log_file.is_file():
         r.heading("Training")
         r.image(loss_curve_png(json.loads(log_file.read_text(encoding="utf-8")), out_dir / "loss_curve.png"),
                 "training loss curve")
-    r.heading("Sample test examples")
+    r.heading("Sample conversations")
+    by_id = {n: {row["example_id"]: row for row in rec["rows"]} for n, rec in records.items()}
     samples = []
-    for example in examples[:SAMPLES]:
-        messages = to_messages(example)["messages"][:-1]
-        samples.append({"seller (prompt)": example["prompt"], "customer (target)": example["target"],
-                        "model reply (greedy)": generate_reply(model, tokenizer, messages, max_new_tokens=48)})
+    for row in records["tuned"]["rows"][:cfg.samples]:
+        sample = {"conversation": row["instructions"], "customer (real)": row["target_responses"]}
+        sample.update({n: by_id[n].get(row["example_id"], {}).get("candidate_responses", "") for n in names})
+        samples.append(sample)
     r.table(samples)
     r.write(out_dir)
+
+
+def _charts(keys: list[str], records: dict, path: Path) -> Path | None:
+    if not keys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    from calltune.io import atomic_open
+
+    names = list(records)
+    cols = min(4, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), dpi=100, squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        est = [records[n]["metrics"].get(key, M.NAN) for n in names]
+        values = [e.value if math.isfinite(e.value) else 0.0 for e in est]
+        err = [[max(e.value - e.low, 0) if math.isfinite(e.low) else 0 for e in est],
+               [max(e.high - e.value, 0) if math.isfinite(e.high) else 0 for e in est]]
+        ax.bar(names, values, yerr=err, capsize=4, color=["C0", "C7", "C2"][:len(names)])
+        ax.set_title(key)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png")
+    plt.close(fig)
+    return path

@@ -45,10 +45,16 @@ def task_outputs(run_dir: Path, task: str) -> dict[str, Any] | None:
 def summarize(cfg: Config, run_dir: Path) -> dict[str, Any]:
     from calltune.backends.registry import SecretNotFound, open_registry
 
-    steps = {t: task_outputs(run_dir, t) for t in ("ingest", "translate", "turn-split", "sample", "tune", "evaluate", "deploy")}
+    steps = {t: task_outputs(run_dir, t) for t in ("ingest", "translate", "turn-split", "sample", "tune", "evaluate",
+                                                   "gate", "deploy")}
     evaluation = steps["evaluate"] or {}
     accuracy = evaluation.get("Output")  # the evaluate component's return value, the gate metric
     deployed = steps["deploy"]
+    # The gate step runs only past the threshold; its output is "promote" or the check that failed.
+    verdict = (steps["gate"] or {}).get("Output")
+    decided_by = ("threshold" if verdict is None else "all checks passed" if verdict == "promote" else verdict)
+    comparison = run_dir / "evaluate" / "evaluation" / "comparison.json"
+    checks = json.loads(comparison.read_text(encoding="utf-8"))["gate"]["checks"] if comparison.is_file() else []
     try:
         versions = open_registry(cfg.deploy, cfg.state_path()).list_versions(cfg.deploy.secret_id)
     except SecretNotFound:
@@ -65,7 +71,8 @@ def summarize(cfg: Config, run_dir: Path) -> dict[str, Any]:
         "tune": (steps["tune"] or {}).get("metrics", {}),
         "metrics": evaluation.get("metrics", {}),
         "gate": {"metric": "accuracy", "accuracy": accuracy, "threshold": cfg.evaluate.threshold,
-                 "passed": deployed is not None},
+                 "passed": deployed is not None, "decision": "promote" if deployed else "keep",
+                 "decided_by": decided_by, "checks": checks},
         "promoted": ({"secret_id": cfg.deploy.secret_id, "version": deployed["version"],
                       "endpoint": deployed["endpoint"]} if deployed else None),
         "serving_version": max((v.version for v in versions), default=None),

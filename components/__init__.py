@@ -12,8 +12,11 @@ from calltune.components.ingest import ingest  # noqa: E402
 from calltune.components.translate import translate  # noqa: E402
 from calltune.components.turn_split import turn_split  # noqa: E402
 from calltune.components.sample import sample  # noqa: E402
+from calltune.components.synthesize import synthesize  # noqa: E402
 from calltune.components.tune import tune  # noqa: E402
+from calltune.components.batch_infer import batch_infer  # noqa: E402
 from calltune.components.evaluate import evaluate  # noqa: E402
+from calltune.components.gate import gate  # noqa: E402
 from calltune.components.deploy import deploy  # noqa: E402
 
-__all__ = ["IMAGE", "ingest", "translate", "turn_split", "sample", "tune", "evaluate", "deploy"]
+__all__ = ["IMAGE", "ingest", "translate", "turn_split", "sample", "synthesize", "tune", "batch_infer", "evaluate", "gate", "deploy"]

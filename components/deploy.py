@@ -12,6 +12,12 @@ def deploy(
     accuracy: float,
     deploy_registry: str,
     deploy_secret_id: str,
+    deploy_keep_enabled_versions: int,
+    deploy_project: str,
+    deploy_endpoint: str,
+    deploy_max_retries: int,
+    deploy_retry_backoff_s: float,
+    deploy_timeout_s: float,
     state_dir: str,
     run_id: str,
 ) -> NamedTuple("Deployed", [("endpoint", str), ("version", int)]):

@@ -1,5 +1,5 @@
 from kfp import dsl
-from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 from calltune.components import IMAGE
 
@@ -8,26 +8,68 @@ from calltune.components import IMAGE
 def evaluate(
     model: Input[Model],
     splits: Input[Dataset],
+    predictions: Input[Dataset],
+    evaluate_threshold: float,
+    evaluate_min_gain_over_base: float,
+    evaluate_champion_tolerance: float,
+    evaluate_compare: list,
     evaluate_batch_size: int,
     evaluate_max_examples: int,
+    evaluate_bootstrap_samples: int,
+    evaluate_embedding_model: str,
+    evaluate_samples: int,
+    infer_max_new_tokens: int,
+    infer_temperature: float,
+    infer_top_p: float,
+    infer_batch_size: int,
+    infer_concurrency: int,
+    infer_vertex_base_url: str,
+    judge_backend: str,
+    judge_model: str,
+    judge_base_url: str,
+    judge_api_key_env: str,
+    judge_project: str,
+    judge_location: str,
+    judge_max_examples: int,
+    judge_max_tokens: int,
+    judge_max_concurrency: int,
+    judge_max_retries: int,
+    judge_retry_backoff_s: float,
+    judge_timeout_s: float,
+    deploy_registry: str,
+    deploy_secret_id: str,
+    deploy_keep_enabled_versions: int,
+    deploy_project: str,
+    deploy_endpoint: str,
+    deploy_max_retries: int,
+    deploy_retry_backoff_s: float,
+    deploy_timeout_s: float,
+    seed: int,
+    state_dir: str,
     metrics: Output[Metrics],
     report: Output[HTML],
+    evaluation: Output[Artifact],
 ) -> float:
-    """Scores the model on the test split (never seen in training); returns token accuracy, the gate metric.
+    """Scores the tuned model, the base model and the champion on the test split (never seen in training); returns
+    the tuned model's token accuracy, the first gate metric. `evaluation` holds comparison.json (read by the gate),
+    every model's predictions and the report.
 
     The output is the plain `Output` parameter: kfp.local resolves only that name inside a dsl.If condition.
     """
     from pathlib import Path
     import shutil
-    import tempfile
 
-    from calltune.config import EvaluateConfig
-    from calltune.evaluate import evaluate as run
+    from calltune.config import DeployConfig, EvaluateConfig, InferConfig, JudgeConfig
+    from calltune.evaluate import current_champion, evaluate as run
 
-    cfg = EvaluateConfig.from_params(locals())
-    with tempfile.TemporaryDirectory() as out:
-        result = run(Path(model.path), Path(splits.path) / "test.examples.jsonl", Path(out), cfg)
-        shutil.copyfile(Path(out) / "report.html", report.path)
+    params = locals()
+    state = Path(state_dir).expanduser()
+    champion, note = current_champion(DeployConfig.from_params(params), state)
+    out = Path(evaluation.path)
+    result = run(Path(model.path), Path(splits.path) / "test.examples.jsonl", out, EvaluateConfig.from_params(params),
+                 infer=InferConfig.from_params(params), judge=JudgeConfig.from_params(params), champion=champion,
+                 champion_note=note, predictions=Path(predictions.path), seed=seed, state_dir=state)
+    shutil.copyfile(out / "report.html", report.path)
     for name, value in result.items():
         metrics.log_metric(name, value)
     return result["accuracy"]

@@ -1,21 +1,31 @@
 """The calltune DAG, built by one factory from the shared components.
 
-ingest -> translate -> turn-split -> sample -> tune -> evaluate -> dsl.If(accuracy >= threshold) -> deploy
+ingest -> translate -> turn-split -> sample -> synthesize -> tune -> batch-infer -> evaluate (tuned vs base vs champion)
+  -> dsl.If(accuracy >= threshold) -> gate (margin over base, tolerance to champion) -> dsl.If(gate == promote) -> deploy
 
 Every config field is a pipeline parameter (`<section>_<field>`, see calltune.config) with its
 default and description, and each component receives the parameters named in its signature.
+
+Targets differ only in how steps run, chosen when the pipeline is built (kfp.local cannot run container
+components such as Google Cloud Pipeline Components' CustomJob, so no runtime branch): "local" runs every step
+under kfp.local; "vertex" runs the same components on Vertex AI Pipelines in the component image, and the tune
+component as a Vertex CustomJob on the configured GPU machine, in the trainer image. Images are stamped into
+copies of the components, so the shared ones never change.
 """
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 from kfp import dsl
 
 from calltune import components as c
 from calltune.config import Config
+from calltune.vertex import check_vertex, images
 
 NAME = "calltune"
-TARGETS = ("local",)
+TARGETS = ("local", "vertex")
+STEPS = ("ingest", "translate", "turn_split", "sample", "synthesize", "tune", "batch_infer", "evaluate", "gate", "deploy")
 
 
 def _params_for(component, params: dict) -> dict:
@@ -23,25 +33,61 @@ def _params_for(component, params: dict) -> dict:
     return {name: params[name] for name in component.component_spec.inputs or {} if name in params}
 
 
-def build_pipeline(target: Literal["local"] = "local", config: Config | None = None):
-    """The pipeline for a target ("local" runs under kfp.local); parameter defaults come from `config`."""
+def _stamped(component, image: str):
+    """A copy of `component` that runs in `image` (the component itself when no image is given)."""
+    if not image:
+        return component
+    stamped = copy.deepcopy(component)
+    stamped.component_spec.implementation.container.image = image
+    return stamped
+
+
+def steps_for(target: str, cfg: Config) -> dict:
+    """Step name -> the component that runs it on `target`."""
+    image, trainer_image = images(cfg)
+    steps = {name: _stamped(getattr(c, name), image) for name in STEPS}
+    steps["tune"] = _stamped(c.tune, trainer_image or image)
+    if target == "vertex":
+        from google_cloud_pipeline_components.v1.custom_job import create_custom_training_job_from_component
+
+        g = cfg.gcp
+        steps["tune"] = create_custom_training_job_from_component(
+            steps["tune"], machine_type=g.machine_type, accelerator_type=g.accelerator_type,
+            accelerator_count=g.accelerator_count, service_account=g.service_account, labels=dict(g.labels))
+    return steps
+
+
+def build_pipeline(target: Literal["local", "vertex"] = "local", config: Config | None = None):
+    """The pipeline for a target ("local" runs under kfp.local, "vertex" on Vertex AI Pipelines); parameter
+    defaults come from `config`, and so, for "vertex", do the images and the tune CustomJob's machine."""
     if target not in TARGETS:
         raise ValueError(f"unknown pipeline target {target!r}; expected one of {TARGETS}")
-    signature, docs = (config or Config()).pipeline_signature()
+    cfg = config or Config()
+    if target == "vertex":
+        check_vertex(cfg, compiling=True)
+    s = steps_for(target, cfg)
+    signature, docs = cfg.pipeline_signature()
     names = list(signature.parameters)
 
     def calltune_pipeline(*args):
         p = dict(zip(names, args))
-        ingest = c.ingest(**_params_for(c.ingest, p))
-        translated = c.translate(calls_in=ingest.outputs["calls"], **_params_for(c.translate, p))
-        split = c.turn_split(calls=translated.outputs["calls"], **_params_for(c.turn_split, p))
-        sample = c.sample(examples=split.outputs["examples"], **_params_for(c.sample, p))
-        tune = c.tune(splits=sample.outputs["splits"], **_params_for(c.tune, p))
-        evaluation = c.evaluate(model=tune.outputs["model"], splits=sample.outputs["splits"],
-                                **_params_for(c.evaluate, p))
+        ingest = s["ingest"](**_params_for(s["ingest"], p))
+        translated = s["translate"](calls_in=ingest.outputs["calls"], **_params_for(s["translate"], p))
+        split = s["turn_split"](calls=translated.outputs["calls"], **_params_for(s["turn_split"], p))
+        sample = s["sample"](examples=split.outputs["examples"], **_params_for(s["sample"], p))
+        # synthesize always runs (disabled, it copies the splits): no conditional outputs, which kfp.local cannot run
+        synthesized = s["synthesize"](splits_in=sample.outputs["splits"], **_params_for(s["synthesize"], p))
+        tune = s["tune"](splits=synthesized.outputs["splits"], **_params_for(s["tune"], p))
+        predictions = s["batch_infer"](model=tune.outputs["model"], splits=synthesized.outputs["splits"],
+                                       **_params_for(s["batch_infer"], p))
+        evaluation = s["evaluate"](model=tune.outputs["model"], splits=synthesized.outputs["splits"],
+                                   predictions=predictions.outputs["predictions"], **_params_for(s["evaluate"], p))
+        # Conditions read only plain `Output` values (all kfp.local resolves): the accuracy, then the gate's verdict.
         with dsl.If(evaluation.outputs["Output"] >= p["evaluate_threshold"], name="accuracy-gate"):
-            c.deploy(model=tune.outputs["model"], accuracy=evaluation.outputs["Output"],
-                     run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **_params_for(c.deploy, p))
+            verdict = s["gate"](evaluation=evaluation.outputs["evaluation"], **_params_for(s["gate"], p))
+            with dsl.If(verdict.outputs["Output"] == "promote", name="comparison-gate"):
+                s["deploy"](model=tune.outputs["model"], accuracy=evaluation.outputs["Output"],
+                            run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **_params_for(s["deploy"], p))
 
     calltune_pipeline.__signature__ = signature
     calltune_pipeline.__doc__ = (

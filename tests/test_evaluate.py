@@ -1,13 +1,18 @@
-"""Evaluation: teacher-forced token accuracy on the customer replies, checked against a plain loop."""
+"""Evaluation: teacher-forced token accuracy on the customer replies, checked against a plain loop; the
+comparison of the tuned model with the base model and the champion, and the report."""
 import json
 import math
+from html import escape
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from calltune.config import EvaluateConfig
-from calltune.evaluate import evaluate
+from calltune.config import DeployConfig, EvaluateConfig, InferConfig
+from calltune.deploy import deploy
+from calltune.evaluate import current_champion, evaluate
+from calltune.gate import gate
+from calltune.infer import read_predictions
 from calltune.render import to_messages
 from conftest import SYSTEM, make_example, write_examples
 
@@ -43,7 +48,8 @@ def by_hand(model_dir, examples):
 
 def test_accuracy_is_the_share_of_correct_next_reply_tokens(base_model_dir, tmp_path):
     test = write_examples(tmp_path / "test.examples.jsonl", TEST_EXAMPLES)
-    result = evaluate(base_model_dir, test, tmp_path / "out", EvaluateConfig(batch_size=2, max_examples=2))
+    cfg = EvaluateConfig(batch_size=2, max_examples=2, embedding_model="", bootstrap_samples=100)
+    result = evaluate(base_model_dir, test, tmp_path / "out", cfg, infer=InferConfig(max_new_tokens=4))
 
     correct, total, nll = by_hand(base_model_dir, TEST_EXAMPLES[:2])  # max_examples: the first two only
     assert result["tokens"] == total and result["examples"] == 2
@@ -60,12 +66,55 @@ def test_accuracy_is_the_share_of_correct_next_reply_tokens(base_model_dir, tmp_
     assert f"{result['accuracy']:.4g}" in md
 
 
-def test_tuned_model_report_shows_the_loss_curve(tuned_model, tiny_examples_path, tmp_path):
+def test_tuned_model_is_compared_with_the_base_model_and_the_champion(tuned_model, tiny_examples_path, tmp_path):
     out, _ = tuned_model
-    result = evaluate(out, tiny_examples_path, tmp_path / "out", EvaluateConfig())
-    assert 0 <= result["accuracy"] <= 1 and result["examples"] == 4
-    assert "data:image/png;base64," in (tmp_path / "out" / "report.html").read_text()
-    assert (tmp_path / "out" / "loss_curve.png").is_file()
+    cfg = EvaluateConfig(threshold=0.0, min_gain_over_base=0.05, bootstrap_samples=200, samples=2)
+    # The champion is the tuned model itself here: the same weights score the same.
+    result = evaluate(out, tiny_examples_path, tmp_path / "out", cfg, infer=InferConfig(max_new_tokens=8),
+                      champion=str(out), seed=3)
+    comparison = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    models = comparison["models"]
+    assert set(models) == {"tuned", "base", "champion"}
+    acc = {n: m["metrics"]["accuracy"]["value"] for n, m in models.items()}
+    assert acc["tuned"] == acc["champion"] == result["accuracy"] and result["champion_accuracy"] == acc["champion"]
+    assert acc["tuned"] > acc["base"] + 0.05 and result["base_accuracy"] == acc["base"]  # it learnt these replies
+    assert all(m["examples"] == 4 for m in models.values())
+    for m in models.values():
+        for name, e in m["metrics"].items():
+            if e["value"] is not None and e["low"] is not None:
+                assert e["low"] - 1e-9 <= e["value"] <= e["high"] + 1e-9, name
+    assert {"rouge_l", "chrf", "bleu", "embedding_cosine", "reply_words", "distinct_1", "distinct_2"} <= set(
+        models["base"]["metrics"])
+    assert comparison["gate"]["decision"] == "promote"
+    assert [c["passed"] for c in comparison["gate"]["checks"]] == [True, True, True, True]
+    # The gate step reads the same file; stricter settings keep the current model and name the check.
+    assert gate(tmp_path / "out" / "comparison.json", EvaluateConfig(min_gain_over_base=1.0))["decided_by"] == "base"
+
+    base_rows = read_predictions(tmp_path / "out" / "predictions" / "base")
+    tuned_rows = read_predictions(tmp_path / "out" / "predictions" / "tuned")
+    assert [r["example_id"] for r in base_rows] == [r["example_id"] for r in tuned_rows]
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "Decision: PROMOTE" in html and html.count("data:image/png;base64,") == 2  # charts and loss curve
+    assert "<th>tuned</th><th>base</th><th>champion</th>" in html  # metric table and side-by-side samples
+    assert escape(tuned_rows[0]["candidate_responses"]) in html and escape(base_rows[1]["candidate_responses"]) in html
+
+
+def test_champion_is_the_model_in_the_latest_secret_version(tuned_model, tmp_path):
+    cfg = DeployConfig(secret_id="eval-champion")
+    champion, note = current_champion(cfg, tmp_path)
+    assert champion is None and "nothing deployed" in note
+    deployed = deploy(tuned_model[0], cfg, tmp_path, run_id="run-1", metrics={"accuracy": 0.5})
+    champion, note = current_champion(cfg, tmp_path)
+    assert champion == str(tmp_path.resolve() / "models" / deployed["model_sha"]) and deployed["endpoint"] in note
+
+
+def test_predictions_of_other_examples_are_refused(base_model_dir, tmp_path):
+    test = write_examples(tmp_path / "test.examples.jsonl", TEST_EXAMPLES)
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"example_id": "x", "model_sha": ""}) + "\n")
+    cfg = EvaluateConfig(max_examples=1, embedding_model="")
+    with pytest.raises(ValueError, match="not of the 1 test examples"):
+        evaluate(base_model_dir, test, tmp_path / "out", cfg, predictions=other)
 
 
 def test_no_target_tokens_is_an_error_not_a_number(base_model_dir, tmp_path):

@@ -26,9 +26,13 @@ def test_compiled_yaml_gates_deploy_on_the_threshold_parameter(tmp_path):
     condition = gate["triggerPolicy"]["condition"]
     assert "evaluate-Output" in condition and ">=" in condition and "evaluate_threshold" in condition
     inner = spec["components"][gate["componentRef"]["name"]]["dag"]["tasks"]
-    assert list(inner) == ["deploy"]
-    # deploy runs only inside the condition
-    assert "deploy" not in tasks
+    # inside it, the gate step's verdict (margin over base, tolerance to champion) guards deploy in turn
+    assert inner["gate"]["inputs"]["artifacts"]["evaluation"] == {"componentInputArtifact": "pipelinechannel--evaluate-evaluation"}
+    nested = next(t for name, t in inner.items() if name != "gate")
+    assert "gate-Output" in nested["triggerPolicy"]["condition"] and "promote" in nested["triggerPolicy"]["condition"]
+    assert list(spec["components"][nested["componentRef"]["name"]]["dag"]["tasks"]) == ["deploy"]
+    # deploy and the gate run only inside the conditions
+    assert "deploy" not in tasks and "gate" not in tasks
 
 
 def test_every_parameter_has_the_config_default_and_a_description(tmp_path):
@@ -52,9 +56,10 @@ def test_components_consume_every_config_field_and_nothing_else():
     for name in components.__all__[1:]:
         inputs |= set(getattr(components, name).component_spec.inputs or {})
     config_like = {i for i in inputs if i.split("_")[0] in {"data", "translate", "split", "sample", "tune",
-                                                             "evaluate", "deploy", "seed", "state"}}
+                                                             "infer", "evaluate", "judge", "deploy", "seed",
+                                                             "state"}}
     assert config_like <= params, config_like - params            # no component asks for a field that isn't there
-    assert params - inputs == {"evaluate_threshold"}               # the gate's threshold is used by dsl.If itself
+    assert params - inputs == set()                                # every field is used by some step
 
 
 def test_unknown_target_is_refused():

@@ -9,13 +9,29 @@ from calltune.backends.registry import (RegistryError, RequestIdConflict, Secret
 from calltune.config import DeployConfig
 
 
+@pytest.fixture(params=["sqlite", "secret-manager"])
+def open_reg(request, tmp_path):
+    """Opens registries of one backend over one store (reopening shows what persisted). Both backends must
+    behave alike: Secret Manager runs through the real client against a loopback fake of its REST API."""
+    if request.param == "sqlite":
+        yield lambda: SqliteRegistry(tmp_path / "registry.sqlite")
+        return
+    pytest.importorskip("google.cloud.secretmanager_v1")
+    from fakes.secret_manager import FakeSecretManager
+
+    with FakeSecretManager(lifetime_s=60) as fake:
+        cfg = DeployConfig(registry="secret-manager", project="calltune-test", endpoint=fake.endpoint,
+                           retry_backoff_s=0.01, timeout_s=5)
+        yield lambda: open_registry(cfg, tmp_path)
+
+
 @pytest.fixture
-def reg(tmp_path):
-    with SqliteRegistry(tmp_path / "registry.sqlite") as r:
+def reg(open_reg):
+    with closing(open_reg()) as r:
         yield r
 
 
-def test_versions_are_numbered_and_never_overwritten(reg, tmp_path):
+def test_versions_are_numbered_and_never_overwritten(reg, open_reg):
     for i in range(1, 4):
         v = reg.add_version("llm-endpoint", f"model-{i}".encode(), annotations={"run_id": f"r{i}"})
         assert (v.version, v.state, v.annotations) == (i, "ENABLED", {"run_id": f"r{i}"})
@@ -23,7 +39,7 @@ def test_versions_are_numbered_and_never_overwritten(reg, tmp_path):
     assert reg.access("llm-endpoint") == b"model-3"
     assert [v.version for v in reg.list_versions("llm-endpoint")] == [3, 2, 1]
     assert reg.list_secrets() == ["llm-endpoint"]
-    with SqliteRegistry(tmp_path / "registry.sqlite") as again:  # persisted
+    with closing(open_reg()) as again:  # persisted
         assert again.access("llm-endpoint", 1) == b"model-1"
         assert again.get_version("llm-endpoint").version == 3
 

@@ -1,4 +1,5 @@
-"""Secret registry with Google Secret Manager's semantics, and a local SQLite implementation.
+"""Secret registry with Google Secret Manager's semantics: a local SQLite implementation here, Google Secret
+Manager itself in calltune.backends.secret_manager; `open_registry` picks one by `deploy.registry`.
 
 - A secret holds numbered versions 1, 2, 3, ... that are never overwritten, renumbered or reused.
 - `latest` is the most recently created version. If it is disabled, accessing `latest` fails: like Secret Manager,
@@ -23,8 +24,8 @@ REGISTRY_FILE = "registry.sqlite"
 _SECRET_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")  # Secret Manager's rule for secret ids
 
 
-class RegistryError(Exception):
-    pass
+class RegistryError(LookupError):
+    """A registry request that failed; a LookupError, so the CLI reports it without a traceback."""
 
 
 class SecretNotFound(RegistryError):
@@ -62,6 +63,33 @@ class Registry(Protocol):
     def disable(self, secret_id: str, version: int | str) -> SecretVersion: ...
     def enable(self, secret_id: str, version: int | str) -> SecretVersion: ...
     def close(self) -> None: ...
+
+
+def check_secret_id(secret_id: str) -> str:
+    if not _SECRET_ID.fullmatch(secret_id):
+        raise RegistryError(f"invalid secret id {secret_id!r}: use 1-255 letters, digits, '-' or '_'")
+    return secret_id
+
+
+def check_new_version(secret_id: str, payload: bytes, annotations: dict[str, str] | None) -> dict[str, str]:
+    """The arguments of `add_version`, checked the same way by every backend; returns a copy of the annotations."""
+    check_secret_id(secret_id)
+    if not isinstance(payload, bytes):
+        raise RegistryError(f"secret {secret_id}: payload must be bytes, not {type(payload).__name__}")
+    annotations = dict(annotations or {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()):
+        raise RegistryError(f"secret {secret_id}: annotation keys and values must be strings")
+    return annotations
+
+
+def version_number(secret_id: str, version: int | str) -> int | str:
+    """'latest' or the version as an int (from an int or a digit string)."""
+    if version == "latest":
+        return version
+    try:
+        return int(version)
+    except (TypeError, ValueError):
+        raise RegistryError(f"secret {secret_id}: version must be 'latest' or a number, not {version!r}") from None
 
 
 _COLUMNS = "secret_id, version, state, create_time, annotations"
@@ -102,13 +130,7 @@ class SqliteRegistry:
     def add_version(self, secret_id: str, payload: bytes, *, annotations: dict[str, str] | None = None,
                     request_id: str | None = None) -> SecretVersion:
         """Add the next version (creating the secret if needed); a repeated request_id returns the version it added."""
-        if not _SECRET_ID.fullmatch(secret_id):
-            raise RegistryError(f"invalid secret id {secret_id!r}: use 1-255 letters, digits, '-' or '_'")
-        if not isinstance(payload, bytes):
-            raise RegistryError(f"secret {secret_id}: payload must be bytes, not {type(payload).__name__}")
-        annotations = dict(annotations or {})
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()):
-            raise RegistryError(f"secret {secret_id}: annotation keys and values must be strings")
+        annotations = check_new_version(secret_id, payload, annotations)
         now = datetime.now(timezone.utc).isoformat()
         with write_transaction(self._db) as db:
             if request_id is not None:
@@ -132,10 +154,7 @@ class SqliteRegistry:
             row = db.execute(f"SELECT {columns} FROM versions WHERE secret_id = ? ORDER BY version DESC LIMIT 1",
                              (secret_id,)).fetchone()
         else:
-            try:
-                number = int(version)
-            except (TypeError, ValueError):
-                raise RegistryError(f"secret {secret_id}: version must be 'latest' or a number, not {version!r}") from None
+            number = version_number(secret_id, version)
             row = db.execute(f"SELECT {columns} FROM versions WHERE secret_id = ? AND version = ?",
                              (secret_id, number)).fetchone()
         if row is None:
@@ -180,6 +199,11 @@ class SqliteRegistry:
 
 
 def open_registry(cfg: DeployConfig, state_dir: str | Path) -> Registry:
+    """The registry `deploy.registry` names: sqlite (in state_dir) or secret-manager (in deploy.project)."""
     if cfg.registry == "sqlite":
         return SqliteRegistry(Path(state_dir).expanduser() / REGISTRY_FILE)
+    if cfg.registry == "secret-manager":
+        from calltune.backends.secret_manager import SecretManagerRegistry
+
+        return SecretManagerRegistry(cfg)
     raise ValueError(f"unknown deploy.registry {cfg.registry!r}")

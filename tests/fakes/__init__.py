@@ -167,6 +167,7 @@ class FakeGoogleApi:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as the client's connection pool expects
+            disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
 
             def _handle(self):
                 length = int(self.headers.get("Content-Length") or 0)

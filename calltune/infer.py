@@ -1,0 +1,146 @@
+"""Batch inference: the customer's reply to every test prompt, as a predictions table (Parquet and JSONL).
+
+A local model generates in batches: prompts sorted by length, left-padded (so every row's next token sits in the
+last column), one `generate` call per batch with its KV cache; greedy when `temperature` is 0, else seeded
+sampling. The prompt is exactly the context teacher-forced scoring uses (`calltune.tune.encode_example`: same
+chat rendering, same history trimming to max_seq_len), so both metrics see the same examples. A Vertex AI
+endpoint or tuned Gemini model (`projects/P/locations/L/endpoints/E`) answers through google-genai.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from calltune.config import InferConfig, TuneConfig
+from calltune.io import atomic_open, read_jsonl, write_jsonl
+from calltune.render import to_messages
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("instructions", "target_responses", "candidate_responses", "model_id", "model_sha",
+           "call_id", "turn_index", "example_id")
+
+
+def is_vertex(source: str | Path) -> bool:
+    return str(source).startswith("projects/")
+
+
+def instructions(example: dict) -> str:
+    """The conversation up to the seller's line, as text; the same for every model, so tables line up."""
+    lines = [f"system: {example['system']}"] if example.get("system") else []
+    lines += [f"{t['role']}: {t['text']}" for t in example.get("history", [])]
+    return "\n".join(lines + [f"seller: {example['prompt']}"])
+
+
+def generate_batch(model, tokenizer, prompts: list[list[int]], cfg: InferConfig) -> list[str]:
+    """Replies to already-tokenized prompts, `cfg.batch_size` at a time, in the prompts' order."""
+    import torch
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    sampling = ({"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p}
+                if cfg.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None})
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
+    replies: list[str] = [""] * len(prompts)
+    started = time.monotonic()
+    for b in range(0, len(order), cfg.batch_size):
+        batch = [prompts[i] for i in order[b:b + cfg.batch_size]]
+        width = max(map(len, batch))
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        for i, p in enumerate(batch):  # left padding: generation continues from the last column of every row
+            ids[i, width - len(p):] = torch.tensor(p)
+            attention[i, width - len(p):] = 1
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids.to(model.device), attention_mask=attention.to(model.device),
+                                 max_new_tokens=cfg.max_new_tokens, use_cache=True, top_k=None,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, **sampling)
+        for i, row in zip(order[b:b + cfg.batch_size], out[:, width:]):
+            replies[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+        done = min(b + cfg.batch_size, len(order))
+        log.info("generated %d/%d replies (%.2f replies/s)", done, len(order),
+                 done / max(time.monotonic() - started, 1e-9))
+    return replies
+
+
+def prompt_ids(encoded: list[dict]) -> list[list[int]]:
+    """The prompt part (everything before the target tokens) of each `encode_example` row."""
+    return [r["input_ids"][:r["completion_mask"].index(1)] for r in encoded]
+
+
+def _local(model_dir: Path, test_path: Path, cfg: InferConfig, max_seq_len: int | None, limit: int,
+           seed: int, loaded=None) -> tuple[list[dict], list[str], int, str, str]:
+    from transformers import set_seed
+
+    from calltune.deploy import model_sha
+    from calltune.models import load_model, read_model_card
+    from calltune.tune import encode_file
+
+    card = read_model_card(model_dir)
+    max_len = max_seq_len or (card["config"]["max_seq_len"] if card else TuneConfig().max_seq_len)
+    model, tokenizer = loaded or load_model(model_dir)
+    encoded, examples, skipped = encode_file(test_path, tokenizer, max_len, limit=limit)
+    set_seed(seed)  # only sampling draws from it
+    replies = generate_batch(model, tokenizer, prompt_ids(encoded), cfg)
+    return examples, replies, skipped, str(model_dir), model_sha(model_dir)
+
+
+def _vertex(resource: str, test_path: Path, cfg: InferConfig, limit: int) -> tuple[list[dict], list[str], int, str, str]:
+    from calltune.serve import GeminiResponder
+
+    examples = list(read_jsonl(test_path))[:limit or None]
+    responder = GeminiResponder(resource, cfg.vertex_base_url)
+    messages = [to_messages(e)["messages"][:-1] for e in examples]
+    with ThreadPoolExecutor(cfg.concurrency) as pool:
+        replies = list(pool.map(lambda m: responder.reply(m, cfg.max_new_tokens, cfg.temperature), messages))
+    return examples, replies, 0, resource, ""
+
+
+def predict(source: str | Path, test_path: str | Path, out_dir: str | Path | None, cfg: InferConfig, *,
+            seed: int = 42, max_seq_len: int | None = None, limit: int = 0, loaded=None) -> tuple[list[dict], dict]:
+    """Replies of a model folder or a Vertex resource to every test example; writes predictions.parquet and
+    predictions.jsonl into `out_dir` (when given). Returns (rows, report). `loaded`: an already loaded
+    (model, tokenizer) of the folder, to skip loading it again."""
+    started = time.monotonic()
+    test_path = Path(test_path)
+    if is_vertex(source):
+        examples, replies, skipped, model_id, sha = _vertex(str(source), test_path, cfg, limit)
+    else:
+        examples, replies, skipped, model_id, sha = _local(Path(source), test_path, cfg, max_seq_len, limit, seed, loaded)
+    rows = [{"instructions": instructions(e), "target_responses": e["target"], "candidate_responses": r,
+             "model_id": model_id, "model_sha": sha, "call_id": e.get("call_id", ""),
+             "turn_index": int(e.get("turn_index", -1)), "example_id": e.get("example_id", "")}
+            for e, r in zip(examples, replies)]
+    seconds = time.monotonic() - started
+    report = {"rows": len(rows), "skipped": skipped, "model_id": model_id, "model_sha": sha,
+              "seconds": round(seconds, 2), "replies_per_s": round(len(rows) / max(seconds, 1e-9), 3),
+              "decoding": "sampled" if cfg.temperature > 0 else "greedy"}
+    if out_dir is not None:
+        write_predictions(rows, Path(out_dir))
+    log.info("predictions: %d replies from %s in %.1f s (%d skipped)", len(rows), model_id, seconds, skipped)
+    return rows, report
+
+
+def write_predictions(rows: list[dict], out_dir: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows, schema=pa.schema(
+        [(c, pa.int64() if c == "turn_index" else pa.string()) for c in COLUMNS]))
+    with atomic_open(out_dir / "predictions.parquet", "wb") as fh:
+        pq.write_table(table, fh)
+    write_jsonl(out_dir / "predictions.jsonl", rows)
+
+
+def read_predictions(path: str | Path) -> list[dict]:
+    """Rows of a predictions folder (or its .parquet / .jsonl file)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "predictions.parquet"
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    return list(read_jsonl(path))

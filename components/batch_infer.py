@@ -1,0 +1,32 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from calltune.components import IMAGE
+
+
+@dsl.component(base_image=IMAGE)
+def batch_infer(
+    model: Input[Model],
+    splits: Input[Dataset],
+    infer_max_new_tokens: int,
+    infer_temperature: float,
+    infer_top_p: float,
+    infer_batch_size: int,
+    infer_concurrency: int,
+    infer_vertex_base_url: str,
+    evaluate_max_examples: int,
+    seed: int,
+    predictions: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """The model's customer reply to every test prompt: predictions.parquet and predictions.jsonl (instructions,
+    target_responses, candidate_responses, model_id, model_sha, call_id, turn_index, example_id)."""
+    from pathlib import Path
+
+    from calltune.artifacts import publish
+    from calltune.config import InferConfig
+    from calltune.infer import predict
+
+    _, report = predict(Path(model.path), Path(splits.path) / "test.examples.jsonl", Path(predictions.path),
+                        InferConfig.from_params(locals()), seed=seed, limit=evaluate_max_examples)
+    publish(report, "Batch inference", artifacts=(predictions,), metrics=metrics)

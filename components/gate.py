@@ -1,0 +1,27 @@
+from kfp import dsl
+from kfp.dsl import Artifact, Input
+
+from calltune.components import IMAGE
+
+
+@dsl.component(base_image=IMAGE)
+def gate(
+    evaluation: Input[Artifact],
+    evaluate_threshold: float,
+    evaluate_min_gain_over_base: float,
+    evaluate_champion_tolerance: float,
+    evaluate_compare: list,
+) -> str:
+    """The promotion decision from the evaluate step's comparison: "promote", or the name of the check that failed.
+
+    A plain `Output` string: kfp.local resolves only that name inside a dsl.If condition.
+    """
+    from pathlib import Path
+
+    from calltune.config import EvaluateConfig
+    from calltune.gate import PROMOTE, gate as decide
+
+    decision = decide(Path(evaluation.path) / "comparison.json", EvaluateConfig.from_params(locals()))
+    for c in decision["checks"]:
+        print(f"gate check {c['check']}: {c['passed']} ({c['detail']})")
+    return PROMOTE if decision["decision"] == PROMOTE else decision["decided_by"]

@@ -1,0 +1,28 @@
+"""A fake Vertex AI `generateContent` (REST), the call google-genai makes for an endpoint or a tuned model.
+
+The reply names the model resource's last segment and echoes the last user text (`<id> says: <text>`), so a
+test sees which model answered what. Requests are checked as the service checks them: contents must be
+non-empty and use only the roles user and model, and every part needs text.
+"""
+from __future__ import annotations
+
+from . import ApiError, FakeGoogleApi
+
+
+class FakeVertex(FakeGoogleApi):
+    routes = [("POST", r"/(?P<api>v1|v1beta1)/(?P<model>projects/[^/]+/locations/[^/]+/(endpoints|models)/[^/:]+)"
+                       r":generateContent", "generate_content")]
+
+    def generate_content(self, match, body: dict) -> dict:
+        contents = (body or {}).get("contents") or []
+        if not contents:
+            raise ApiError(400, "contents is required")
+        for c in contents:
+            if c.get("role") not in ("user", "model") or not all("text" in p for p in c.get("parts") or [{}]):
+                raise ApiError(400, f"invalid content {c!r}")
+        if contents[-1]["role"] != "user":
+            raise ApiError(400, "the last content must be the user's")
+        last_user = contents[-1]["parts"][-1]["text"]
+        text = f"{match['model'].rsplit('/', 1)[1]} says: {last_user}"
+        return {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP"}],
+                "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 1}}

@@ -1,0 +1,221 @@
+"""Loopback fakes for delivering the pipeline: Vertex AI PipelineJobs, Cloud Storage buckets and the Artifact
+Registry Kubeflow Pipelines repository (what `kfp.registry.RegistryClient` talks to).
+
+They extend the FakeGoogleApi base with what these three APIs need beyond JSON: the query string (read with
+`query()` inside a handler), PUT, multipart form bodies (handed to the handler as a dict of strings) and non-JSON
+answers (a handler returns `Raw`). Every request is still recorded in `requests`; each fake also keeps what it
+was asked to create, in order, for the tests to assert on.
+"""
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import hashlib
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler
+from typing import NamedTuple
+from urllib.parse import parse_qs, urlsplit
+
+import yaml
+
+from . import ApiError, FakeGoogleApi, _error
+
+
+class Raw(NamedTuple):
+    """A non-JSON answer."""
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+
+
+class LoopbackFake(FakeGoogleApi):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._local = threading.local()
+
+    def query(self) -> dict[str, str]:
+        """The query string of the request being handled (last value of each key)."""
+        return {k: v[-1] for k, v in self._local.query.items()}
+
+    def _serve(self, method: str, path: str, raw: bytes):
+        ctype = self._local.content_type
+        if ctype.startswith("multipart/"):
+            message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+                f"Content-Type: {ctype}\r\n\r\n".encode() + raw)
+            form = {part.get_param("name", header="content-disposition"): part.get_payload(decode=True).decode()
+                    for part in message.iter_parts()}
+            raw = json.dumps(form).encode()
+        return super()._serve(method, path, raw)
+
+    def _handler_class(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _handle(self):
+                url = urlsplit(self.path)
+                fake._local.query = parse_qs(url.query)
+                fake._local.content_type = self.headers.get("Content-Type", "")
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > fake.max_body:
+                    result = 413, _error(413, f"fake: body over {fake.max_body} bytes")
+                else:
+                    result = fake._serve(self.command, url.path, self.rfile.read(length))
+                if result is None:  # hung
+                    self.close_connection = True
+                    return
+                status, payload = result
+                body, ctype = ((payload.body, payload.content_type) if isinstance(payload, Raw)
+                               else (json.dumps(payload).encode(), "application/json; charset=UTF-8"))
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    self.close_connection = True
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
+
+
+class FakePipelineService(LoopbackFake):
+    """Vertex AI PipelineService (REST v1): create and get pipeline jobs.
+
+    A created job is PENDING; each later get moves it one state along `script` (default: RUNNING, SUCCEEDED),
+    and a job that ends FAILED carries `failure` as its error, and the failing task's.
+    """
+    routes = [
+        ("POST", r"/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/pipelineJobs", "create"),
+        ("GET", r"/v1/(?P<name>projects/[^/]+/locations/[^/]+/pipelineJobs/[^/]+)", "get"),
+    ]
+
+    def __init__(self, *, script: tuple[str, ...] = ("RUNNING", "SUCCEEDED"), failure: str = "", **kwargs):
+        super().__init__(**kwargs)
+        self.script, self.failure = script, failure
+        self.created: list[dict] = []  # {"job_id", "parent", "body"}
+        self.jobs: dict[str, dict] = {}
+        self._steps: dict[str, int] = {}
+
+    def create(self, match, body: dict) -> dict:
+        job_id = self.query().get("pipelineJobId")
+        if not job_id:
+            raise ApiError(400, "pipelineJobId is required")
+        name = f"projects/{match['project']}/locations/{match['location']}/pipelineJobs/{job_id}"
+        if name in self.jobs:
+            raise ApiError(409, f"{name} already exists")
+        self.created.append({"job_id": job_id, "parent": name.rsplit("/", 2)[0], "body": body})
+        job = {**body, "name": name, "state": "PIPELINE_STATE_PENDING",
+               "createTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self.jobs[name], self._steps[name] = job, 0
+        return job
+
+    def get(self, match, body) -> dict:
+        job = self.jobs.get(match["name"])
+        if job is None:
+            raise ApiError(404, f"{match['name']} not found")
+        step = self._steps[match["name"]]
+        if step < len(self.script):
+            state = self.script[step]
+            job["state"] = f"PIPELINE_STATE_{state}"
+            if state == "FAILED":
+                job["error"] = {"code": 9, "message": self.failure}
+                job["jobDetail"] = {"taskDetails": [{"taskName": "tune", "state": "FAILED",
+                                                     "error": {"code": 9, "message": self.failure}}]}
+            self._steps[match["name"]] = step + 1
+        return job
+
+
+class FakeStorage(LoopbackFake):
+    """Cloud Storage buckets and their IAM policies (JSON API), for STORAGE_EMULATOR_HOST."""
+    routes = [
+        ("GET", r"/storage/v1/b/(?P<bucket>[^/]+)", "get_bucket"),
+        ("POST", r"/storage/v1/b", "create_bucket"),
+        ("GET", r"/storage/v1/b/(?P<bucket>[^/]+)/iam", "get_iam"),
+        ("PUT", r"/storage/v1/b/(?P<bucket>[^/]+)/iam", "set_iam"),
+    ]
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.buckets: dict[str, dict] = {}
+        self.policies: dict[str, dict] = {}
+
+    def get_bucket(self, match, body) -> dict:
+        if match["bucket"] not in self.buckets:
+            raise ApiError(404, f"bucket {match['bucket']} not found")
+        return self.buckets[match["bucket"]]
+
+    def create_bucket(self, match, body: dict) -> dict:
+        name = body["name"]
+        if name in self.buckets:
+            raise ApiError(409, f"bucket {name} already exists")
+        self.buckets[name] = {"kind": "storage#bucket", "name": name, "id": name, "projectNumber": "123456789",
+                              "location": body.get("location", "US"), "project": self.query().get("project")}
+        return self.buckets[name]
+
+    def get_iam(self, match, body) -> dict:
+        self.get_bucket(match, body)
+        return self.policies.get(match["bucket"], {"kind": "storage#policy", "bindings": [], "etag": "CAE="})
+
+    def set_iam(self, match, body: dict) -> dict:
+        self.get_bucket(match, body)
+        self.policies[match["bucket"]] = {**body, "etag": "CAI="}
+        return self.policies[match["bucket"]]
+
+
+class FakeKfpRegistry(LoopbackFake):
+    """An Artifact Registry Kubeflow Pipelines repository at /{project}/{repo}: upload a template (multipart form:
+    `content`, `tags` comma-separated) and download it by tag or by sha256 version."""
+    routes = [
+        ("POST", r"/(?P<project>[^/]+)/(?P<repo>[^/]+)", "upload"),
+        ("GET", r"/(?P<project>[^/]+)/(?P<repo>[^/]+)/(?P<package>[^/]+)/(?P<ref>[^/]+)", "download"),
+    ]
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.uploads: list[dict] = []  # {"repo", "package", "version", "tags"}
+        self.versions: dict[tuple[str, str, str], bytes] = {}  # (repo, package, version) -> content
+        self.tags: dict[tuple[str, str, str], str] = {}  # (repo, package, tag) -> version
+
+    def host(self, project: str = "test-project", repo: str = "calltune") -> str:
+        return f"{self.endpoint}/{project}/{repo}"
+
+    def upload(self, match, form: dict) -> Raw:
+        content = (form or {}).get("content")
+        if not content:
+            raise ApiError(400, "content is required")
+        try:
+            package = yaml.safe_load(content)["pipelineInfo"]["name"]
+        except (yaml.YAMLError, KeyError, TypeError):
+            raise ApiError(400, "content is not a pipeline template") from None
+        repo = f"{match['project']}/{match['repo']}"
+        version = "sha256:" + hashlib.sha256(content.encode()).hexdigest()
+        tags = [t for t in (form.get("tags") or "").split(",") if t]
+        self.versions[repo, package, version] = content.encode()
+        for tag in tags:
+            self.tags[repo, package, tag] = version
+        self.uploads.append({"repo": repo, "package": package, "version": version, "tags": tags})
+        return Raw(f"{package}/{version}".encode())
+
+    def download(self, match, body) -> Raw:
+        repo, package, ref = f"{match['project']}/{match['repo']}", match["package"], match["ref"]
+        version = ref if ref.startswith("sha256:") else self.tags.get((repo, package, ref))
+        if (repo, package, version) not in self.versions:
+            raise ApiError(404, f"{repo}/{package}/{ref} not found")
+        return Raw(self.versions[repo, package, version], "application/x-yaml")
+
+
+# A config that can run on Vertex AI, as overrides of configs/vertex.yaml (its project-specific values are empty).
+PROJECT, BUCKET, SERVICE_ACCOUNT = "test-project", "test-bucket", "calltune@test-project.iam.gserviceaccount.com"
+IMAGE = f"us-central1-docker.pkg.dev/{PROJECT}/calltune/calltune:abc1234"
+TRAINER_IMAGE = f"us-central1-docker.pkg.dev/{PROJECT}/calltune/calltune-trainer:abc1234"
+VERTEX_OVERRIDES = [f"gcp.project={PROJECT}", f"gcp.pipeline_root=gs://{BUCKET}/pipeline_root",
+                    f"state_dir=/gcs/{BUCKET}/state", f"deploy.project={PROJECT}", f"gcp.service_account={SERVICE_ACCOUNT}",
+                    f"gcp.image={IMAGE}", f"gcp.trainer_image={TRAINER_IMAGE}"]

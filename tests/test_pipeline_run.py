@@ -1,0 +1,58 @@
+"""End to end under kfp.local with the real SmolLM2, on a tiny slice of the bundled calls.
+
+Runs the compiled YAML itself (loaded back with load_component_from_file) with a threshold that
+promotes, then `calltune run` with a threshold no model can reach: the secret must keep its version.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from kfp import components, local
+
+from calltune.backends.registry import open_registry
+from calltune.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["sample.train_size=24", "sample.validation_size=0", "sample.test_size=8", "tune.max_steps=2",
+        "tune.batch_size=4", "tune.max_seq_len=128", "evaluate.max_examples=8"]
+
+
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory, base_model_state):
+    """A state folder that already holds the converted base model (conversion is tested elsewhere)."""
+    return base_model_state
+
+
+def test_compiled_pipeline_promotes_when_accuracy_clears_the_threshold(tmp_path, state_dir):
+    yaml_path = tmp_path / "calltune.yaml"
+    subprocess.run([sys.executable, "compile.py", "--output", str(yaml_path), f"state_dir={state_dir}",
+                    "evaluate.threshold=0.0", *TINY], cwd=ROOT, check=True, capture_output=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    components.load_component_from_file(str(yaml_path))()  # every parameter from the compiled defaults
+
+    cfg = load_config(None, [f"state_dir={state_dir}"])
+    versions = open_registry(cfg.deploy, cfg.state_path()).list_versions(cfg.deploy.secret_id)
+    assert [v.version for v in versions] == [1]
+    assert float(versions[0].annotations["accuracy"]) >= 0.0
+    run_dir = next((tmp_path / "root").iterdir())
+    model_dir = run_dir / "tune" / "model"
+    assert (model_dir / "adapter_model.safetensors").exists()
+
+
+def test_cli_run_keeps_the_serving_version_below_the_threshold(tmp_path, state_dir):
+    cfg = load_config(None, [f"state_dir={state_dir}"])
+    registry = open_registry(cfg.deploy, cfg.state_path())
+    before = max((v.version for v in registry.list_versions(cfg.deploy.secret_id)), default=None)
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "calltune.cli", "run", "--out", str(out), f"state_dir={state_dir}",
+                           "evaluate.threshold=1.01", *TINY], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["gate"]["passed"] is False and summary["promoted"] is None
+    assert 0.0 <= summary["gate"]["accuracy"] <= 1.0
+    assert summary["counts"]["sample"]["overlap_calls"] == 0
+    assert summary["counts"]["ingest"]["quarantined"] > 0  # the bundled sample carries deliberate defects
+    assert summary["serving_version"] == before
+    assert "not promoted" in proc.stdout

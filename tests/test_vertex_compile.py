@@ -1,0 +1,169 @@
+"""compile.py's Vertex variant: stamped images, the tune CustomJob on the configured GPUs, the gate, the
+parameters a console rerun needs, deterministic bytes, and the configs it refuses."""
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from calltune.config import Config, load_config
+from calltune.pipelines.training import STEPS
+from fakes.vertex_pipelines import IMAGE, SERVICE_ACCOUNT, TRAINER_IMAGE, VERTEX_OVERRIDES
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU = ["gcp.machine_type=a3-highgpu-2g", "gcp.accelerator_type=NVIDIA_H100_80GB", "gcp.accelerator_count=2",
+       "gcp.labels={team: sales}"]
+
+
+def _compile_script():
+    spec = importlib.util.spec_from_file_location("calltune_compile", ROOT / "compile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(*args, env=None):
+    return subprocess.run([sys.executable, "compile.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def vertex_spec(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vertex") / "calltune-vertex.yaml"
+    _compile_script().compile_pipeline("vertex", ROOT / "configs" / "vertex.yaml", out, VERTEX_OVERRIDES + GPU)
+    return yaml.safe_load(out.read_text())
+
+
+def _executors(spec) -> dict:
+    return spec["deploymentSpec"]["executors"]
+
+
+def _custom_job(spec) -> dict:
+    """The tune task's CustomJob settings: the defaults of its component's inputs."""
+    tune = spec["root"]["dag"]["tasks"]["tune"]
+    return {k: v.get("defaultValue") for k, v in
+            spec["components"][tune["componentRef"]["name"]]["inputDefinitions"]["parameters"].items()}
+
+
+def test_tune_is_a_custom_job_on_the_configured_gpus_running_the_shared_component(vertex_spec, tmp_path):
+    job = _custom_job(vertex_spec)
+    [pool] = job["worker_pool_specs"]  # one machine: the tuner spreads over its GPUs itself
+    assert pool["machine_spec"] == {"machine_type": "a3-highgpu-2g", "accelerator_type": "NVIDIA_H100_80GB",
+                                    "accelerator_count": 2}
+    assert pool["replica_count"] == 1
+    assert pool["container_spec"]["image_uri"] == TRAINER_IMAGE
+    assert job["service_account"] == SERVICE_ACCOUNT
+    assert job["labels"] == {"team": "sales"}
+    # The CustomJob runs the same tune component as the local variant: same program, same function.
+    local = tmp_path / "local.yaml"
+    _compile_script().compile_pipeline("local", None, local)
+    local_tune = yaml.safe_load(local.read_text())["deploymentSpec"]["executors"]["exec-tune"]["container"]
+    assert pool["container_spec"]["command"] == local_tune["command"]
+    assert pool["container_spec"]["args"][pool["container_spec"]["args"].index("--function_to_execute") + 1] == "tune"
+    # ...and the task still hands its Model to evaluate and deploy.
+    assert vertex_spec["root"]["dag"]["tasks"]["evaluate"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"] == \
+        {"outputArtifactKey": "model", "producerTask": "tune"}
+
+
+def test_every_step_runs_in_the_stamped_image(vertex_spec):
+    images = {name: e["container"]["image"] for name, e in _executors(vertex_spec).items()}
+    launcher = images.pop("exec-tune")  # the CustomJob launcher; the trainer image is in its worker pool
+    assert launcher.startswith("gcr.io/ml-pipeline/google-cloud-pipeline-components:")
+    assert set(images) == {f"exec-{name.replace('_', '-')}" for name in STEPS} - {"exec-tune"}
+    assert set(images.values()) == {IMAGE}
+
+
+def _guarded(spec) -> dict[str, list[str]]:
+    """Task -> the conditions it runs under, for every task inside a dsl.If."""
+    out: dict[str, list[str]] = {}
+
+    def walk(tasks: dict, conditions: list[str]):
+        for name, task in tasks.items():
+            inner = spec["components"][task["componentRef"]["name"]].get("dag")
+            if "triggerPolicy" in task and inner:
+                walk(inner["tasks"], conditions + [task["triggerPolicy"]["condition"]])
+            elif conditions:
+                out[name] = conditions
+    walk(spec["root"]["dag"]["tasks"], [])
+    return out
+
+
+def test_deploy_is_gated_as_in_the_local_variant(vertex_spec, tmp_path):
+    guarded = _guarded(vertex_spec)
+    assert "deploy" in guarded and "deploy" not in vertex_spec["root"]["dag"]["tasks"]
+    assert any("evaluate-Output" in c and ">=" in c and "evaluate_threshold" in c for c in guarded["deploy"])
+    local = tmp_path / "local.yaml"
+    _compile_script().compile_pipeline("local", None, local)
+    assert _guarded(yaml.safe_load(local.read_text())) == guarded
+
+
+def test_parameters_have_defaults_and_descriptions_for_console_reruns(vertex_spec):
+    params = vertex_spec["root"]["inputDefinitions"]["parameters"]
+    expected = load_config(ROOT / "configs" / "vertex.yaml", VERTEX_OVERRIDES).pipeline_params()
+    assert set(params) == set(expected)
+    assert not any(name.startswith("gcp_") for name in params)  # compile/submit-time settings, not parameters
+    assert all("defaultValue" in p and p.get("description") for p in params.values())
+    assert params["state_dir"]["defaultValue"] == "/gcs/test-bucket/state"
+    assert params["deploy_registry"]["defaultValue"] == "secret-manager"
+
+
+def test_compile_is_deterministic_across_processes(tmp_path):
+    # Separate processes: dict order and hash seeds differ between them, the bytes must not.
+    outs = [tmp_path / "a.yaml", tmp_path / "b.yaml"]
+    for out, seed in zip(outs, ("1", "2")):
+        done = _run("--target", "vertex", "--output", str(out), *VERTEX_OVERRIDES, *GPU, env={"PYTHONHASHSEED": seed})
+        assert done.returncode == 0, done.stderr
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
+def test_images_come_from_the_environment_when_the_config_has_none(tmp_path):
+    out = tmp_path / "local.yaml"
+    done = _run("--output", str(out), env={"CALLTUNE_IMAGE": "registry.example/calltune:env",
+                                           "CALLTUNE_TRAINER_IMAGE": "registry.example/trainer:env"})
+    assert done.returncode == 0, done.stderr
+    images = {n: e["container"]["image"] for n, e in yaml.safe_load(out.read_text())["deploymentSpec"]["executors"].items()}
+    assert images.pop("exec-tune") == "registry.example/trainer:env"
+    assert set(images.values()) == {"registry.example/calltune:env"}
+
+
+def test_a_local_config_is_refused_for_vertex_with_every_reason(tmp_path):
+    done = _run("--target", "vertex", "--config", "configs/local.yaml", "--output", str(tmp_path / "x.yaml"),
+                "gcp.accelerator_type=NVIDIA_TPU_9000", env={"CALLTUNE_IMAGE": "", "CALLTUNE_TRAINER_IMAGE": ""})
+    assert done.returncode == 2
+    for needle in ("gcp.project", "gcp.pipeline_root", "state_dir", "/gcs/", "deploy.registry must be secret-manager",
+                   "gcp.image", "gcp.trainer_image", "NVIDIA_TPU_9000"):
+        assert needle in done.stderr, (needle, done.stderr)
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "x.yaml").exists()
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("data.input=calls.csv", "data.input"),
+    ("synthesize.facts_file=facts.json", "synthesize.facts_file"),
+    ("tune.base_model=./my-model", "tune.base_model"),
+    ("synthesize.model=/home/me/generator", "synthesize.model"),
+    ("deploy.project=", "deploy.project"),
+    ("gcp.image=calltune:latest", "gcp.image"),  # not in a registry: Vertex could not pull it
+])
+def test_paths_and_images_vertex_cannot_reach_are_named(override, needle):
+    from calltune.vertex import vertex_problems
+
+    cfg = load_config(ROOT / "configs" / "vertex.yaml", VERTEX_OVERRIDES + [override])
+    problems = vertex_problems(cfg, compiling=True)
+    assert len(problems) == 1 and problems[0].startswith(needle), problems
+
+
+def test_help_describes_both_targets():
+    done = _run("--help")
+    assert done.returncode == 0
+    assert "--target {local,vertex}" in done.stdout and "gcp.image" in done.stdout
+
+
+def test_gcp_settings_are_not_pipeline_parameters():
+    cfg = load_config(None, ["gcp.project=p", "gcp.accelerator_count=4"])
+    assert cfg.gcp.accelerator_count == 4
+    assert not any(k.startswith("gcp") for k in cfg.pipeline_params())
+    assert list(cfg.pipeline_signature()[0].parameters) == list(Config().pipeline_params())
