@@ -47,8 +47,10 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--max-seq-len", type=int, default=128, help="prompt trimming, as tune.max_seq_len (configs/local.yaml)")
-    parser.add_argument("--state-dir", type=Path, help="where the converted base model is kept (default: a temporary folder)")
+    parser.add_argument("--max-seq-len", type=int, default=128,
+                        help="prompt trimming, as tune.max_seq_len (configs/local.yaml)")
+    parser.add_argument("--state-dir", type=Path,
+                        help="where the converted base model is kept (default: a temporary folder)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -64,7 +66,8 @@ def main() -> int:
         model, tokenizer = load_model(resolve_base_model("smollm2-135m-instruct", state))
         prompts = test_prompts(Path(tmp), args.examples, args.max_seq_len, tokenizer)
     lengths = sorted(map(len, prompts))
-    print(f"device {device()} ({torch.cuda.get_device_name() if device() == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+    where = torch.cuda.get_device_name() if device() == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"device {device()} ({where}), "
           f"{len(prompts)} prompts of {lengths[0]}-{lengths[-1]} tokens (median {lengths[len(lengths) // 2]}), "
           f"max_new_tokens {args.max_new_tokens}, greedy")
     cfg = InferConfig(max_new_tokens=args.max_new_tokens)

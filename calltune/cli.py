@@ -1,4 +1,4 @@
-"""The `calltune` command: run, prepare, chat, rollback, serve, secrets, submit, upload."""
+"""The `calltune` command: run, prepare, synthesize, chat, rollback, serve, secrets, submit, upload."""
 from __future__ import annotations
 
 import argparse
@@ -56,6 +56,17 @@ def cmd_prepare(args) -> int:
     keys = ("calls", "examples", "train", "validation", "test", "overlap_calls", "quarantined")
     print(json.dumps({k: report.get(k) for k in keys}))
     print(f"wrote {args.out}/train.jsonl, test.jsonl (Vertex), *.messages.jsonl, quarantine.jsonl, report.json")
+    return 0
+
+
+def cmd_synthesize(args) -> int:
+    from calltune.synthesize import synthesize
+
+    cfg = _config(args)
+    cfg.synthesize.enabled = True  # asking for the command is asking for the step
+    report = synthesize(args.splits, args.out, cfg.synthesize, seed=cfg.seed, state_dir=cfg.state_path(),
+                        split=cfg.split)
+    print(json.dumps(report, indent=2, sort_keys=True))
     return 0
 
 
@@ -172,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="raw data file (default: data.input from the config)")
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=cmd_prepare)
+
+    p = common(sub.add_parser("synthesize", help="add synthetic train examples to a prepared splits folder"))
+    p.add_argument("--splits", required=True, type=Path, help="folder written by `calltune prepare`")
+    p.add_argument("--out", required=True, type=Path, help="new splits folder (validation and test copied unchanged)")
+    p.set_defaults(func=cmd_synthesize)
 
     p = common(sub.add_parser("chat", help="talk, as the seller, to the model in the secret's latest version"))
     p.add_argument("--version", default="latest", help="secret version (default: latest)")

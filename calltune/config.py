@@ -177,7 +177,7 @@ class InferConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Sampling only: nucleus sampling keeps the smallest set of tokens "
                                                       "whose probability reaches this.")
     batch_size: int = Field(16, ge=1, description="Local model: prompts generated together (left-padded, one KV cache).")
-    concurrency: int = Field(8, ge=1, description="Vertex endpoint: generateContent requests in flight at once.")
+    max_concurrency: int = Field(8, ge=1, description="Vertex endpoint: generateContent requests in flight at once.")
     vertex_base_url: str = Field("", description="Vertex endpoint: API endpoint override (empty: "
                                                  "REGION-aiplatform.googleapis.com); an http:// one (a local fake) "
                                                  "gets a placeholder token, never real credentials.")

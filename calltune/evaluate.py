@@ -21,6 +21,7 @@ from pathlib import Path
 
 from calltune import metrics as M
 from calltune.config import DeployConfig, EvaluateConfig, InferConfig, JudgeConfig, TuneConfig
+from calltune.deploy import model_sha
 from calltune.gate import decide
 from calltune.infer import is_vertex, predict, read_predictions
 from calltune.io import write_json, write_jsonl
@@ -176,8 +177,15 @@ def evaluate(model_dir: str | Path, test_path: str | Path, out_dir: str | Path, 
     from calltune.judge import make_judge
 
     generator = make_judge(judge, state_dir)
-    records = {}
+    records, scored = {}, {}  # scored: weights sha -> the model already scored with them
     for name, source in sources.items():
+        sha = None if is_vertex(source) else model_sha(Path(source))
+        # e.g. the champion is this very model: the same weights give the same scores
+        if sha is not None and sha in scored:
+            records[name] = {**records[scored[sha]], "source": str(source),
+                             "note": f"the same weights as {scored[sha]}: its scores are reused"}
+            continue
+        scored[sha] = name
         records[name] = _score_model(name, source, test_path, out_dir, cfg, infer, max_len=max_len, seed=seed,
                                      judge_ctx=(judge, generator) if generator else None,
                                      predictions=predictions if name == "tuned" else None)
@@ -240,8 +248,8 @@ def _report(model_dir: Path, records: dict, skipped: dict, decision: dict, cfg: 
            f"the customer replies (the gate metric); the other metrics score each model's generated replies "
            f"against the real customer's.")
     names = list(records)
-    keys = list(dict.fromkeys([k for k in CHART_METRICS + HEADLINE if any(k in rec["metrics"] for rec in records.values())]
-                              + [k for rec in records.values() for k in rec["metrics"]]))
+    present = [k for rec in records.values() for k in rec["metrics"]]
+    keys = list(dict.fromkeys([k for k in CHART_METRICS + HEADLINE if k in present] + present))
     r.table([{"metric": k, **{n: _cell(records[n]["metrics"].get(k, M.NAN)) for n in names}} for k in keys]
             + [{"metric": "examples", **{n: records[n]["examples"] for n in names}},
                {"metric": "model sha", **{n: records[n].get("model_sha", "") for n in names}}])

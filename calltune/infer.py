@@ -86,13 +86,14 @@ def _local(model_dir: Path, test_path: Path, cfg: InferConfig, max_seq_len: int 
     return examples, replies, skipped, str(model_dir), model_sha(model_dir)
 
 
-def _vertex(resource: str, test_path: Path, cfg: InferConfig, limit: int) -> tuple[list[dict], list[str], int, str, str]:
+def _vertex(resource: str, test_path: Path, cfg: InferConfig,
+            limit: int) -> tuple[list[dict], list[str], int, str, str]:
     from calltune.serve import GeminiResponder
 
     examples = list(read_jsonl(test_path))[:limit or None]
     responder = GeminiResponder(resource, cfg.vertex_base_url)
     messages = [to_messages(e)["messages"][:-1] for e in examples]
-    with ThreadPoolExecutor(cfg.concurrency) as pool:
+    with ThreadPoolExecutor(cfg.max_concurrency) as pool:
         replies = list(pool.map(lambda m: responder.reply(m, cfg.max_new_tokens, cfg.temperature), messages))
     return examples, replies, 0, resource, ""
 
@@ -107,7 +108,8 @@ def predict(source: str | Path, test_path: str | Path, out_dir: str | Path | Non
     if is_vertex(source):
         examples, replies, skipped, model_id, sha = _vertex(str(source), test_path, cfg, limit)
     else:
-        examples, replies, skipped, model_id, sha = _local(Path(source), test_path, cfg, max_seq_len, limit, seed, loaded)
+        examples, replies, skipped, model_id, sha = _local(Path(source), test_path, cfg, max_seq_len, limit, seed,
+                                                           loaded)
     rows = [{"instructions": instructions(e), "target_responses": e["target"], "candidate_responses": r,
              "model_id": model_id, "model_sha": sha, "call_id": e.get("call_id", ""),
              "turn_index": int(e.get("turn_index", -1)), "example_id": e.get("example_id", "")}

@@ -45,8 +45,8 @@ def task_outputs(run_dir: Path, task: str) -> dict[str, Any] | None:
 def summarize(cfg: Config, run_dir: Path) -> dict[str, Any]:
     from calltune.backends.registry import SecretNotFound, open_registry
 
-    steps = {t: task_outputs(run_dir, t) for t in ("ingest", "translate", "turn-split", "sample", "tune", "evaluate",
-                                                   "gate", "deploy")}
+    steps = {t: task_outputs(run_dir, t) for t in ("ingest", "translate", "turn-split", "sample", "synthesize", "tune",
+                                                   "evaluate", "gate", "deploy")}
     evaluation = steps["evaluate"] or {}
     accuracy = evaluation.get("Output")  # the evaluate component's return value, the gate metric
     deployed = steps["deploy"]
@@ -67,6 +67,7 @@ def summarize(cfg: Config, run_dir: Path) -> dict[str, Any]:
             "translate": (steps["translate"] or {}).get("metrics", {}),
             "turn_split": (steps["turn-split"] or {}).get("metrics", {}),
             "sample": (steps["sample"] or {}).get("metrics", {}),
+            "synthesize": (steps["synthesize"] or {}).get("metrics", {}),
         },
         "tune": (steps["tune"] or {}).get("metrics", {}),
         "metrics": evaluation.get("metrics", {}),

@@ -1,16 +1,16 @@
 """Metrics of generated customer replies against the real ones, each with a seeded bootstrap 95% interval.
 
 Every metric is written as per-example parts whose column sums give the corpus value (token accuracy = sum of
-correct / sum of target tokens; BLEU and chrF from sacrebleu's per-sentence statistics; a mean = sum of values /
-count). A bootstrap resample of the test examples is then a vector of counts, and one matrix product gives the
-sums of every resample at once. distinct-n (unique n-grams over all n-grams) does not add up that way and is
-resampled directly. The interval is the percentile interval of `samples` resamples, seeded, so a rerun gives
-the same numbers.
+correct / sum of target tokens; BLEU and chrF from sacrebleu's per-sentence statistics; distinct-n from each
+reply's shares of the unique n-grams; a mean = sum of values / count). A bootstrap resample of the test examples
+is then a vector of counts, and one matrix product gives the sums of every resample at once. The interval is the
+percentile interval of `samples` resamples, seeded, so a rerun gives the same numbers.
 """
 from __future__ import annotations
 
 import functools
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -134,19 +134,18 @@ def reply_length(replies: list[str], *, samples: int = 1000, seed: int = 0) -> E
 
 
 def distinct_n(replies: list[str], n: int, *, samples: int = 1000, seed: int = 0) -> Estimate:
-    """Unique word n-grams over all word n-grams, across every reply (1.0: no n-gram repeats anywhere)."""
+    """Unique word n-grams over all word n-grams, across every reply (1.0: no n-gram repeats anywhere).
+
+    Each unique n-gram's one unit is shared among its occurrences, so a reply holds a sum (its n-grams' shares)
+    and the corpus value is a ratio of sums like the others: resampling replies then measures how much the
+    diversity varies between replies, without the drop a plain resample shows (a reply drawn twice repeats
+    all its n-grams)."""
     grams = [list(zip(*(r.lower().split()[i:] for i in range(n)))) for r in replies]
-    if not replies or not any(grams):
+    counts = Counter(g for gs in grams for g in gs)
+    if not counts:
         return Estimate(math.nan, math.nan, math.nan, len(replies))
-    vocab: dict[tuple, int] = {}
-    ids = np.array([vocab.setdefault(g, len(vocab)) for gs in grams for g in gs], dtype=np.int64)
-    owner = np.repeat(np.arange(len(grams)), [len(gs) for gs in grams])  # the reply each n-gram is from
-    lengths = np.array([len(gs) for gs in grams], dtype=np.float64)
-    point = len(vocab) / len(ids)
-    weights = _weights(len(replies), samples, seed)
-    resampled = np.array([np.unique(ids[w[owner] > 0]).size / (w @ lengths) if w @ lengths else math.nan
-                          for w in weights])
-    return _interval(point, resampled, len(replies))
+    parts = [[sum(1.0 / counts[g] for g in gs), len(gs)] for gs in grams]
+    return from_sums(parts, _ratio, samples=samples, seed=seed)
 
 
 class Embedder:

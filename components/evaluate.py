@@ -22,7 +22,7 @@ def evaluate(
     infer_temperature: float,
     infer_top_p: float,
     infer_batch_size: int,
-    infer_concurrency: int,
+    infer_max_concurrency: int,
     infer_vertex_base_url: str,
     judge_backend: str,
     judge_model: str,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from calltune.config import DeployConfig, EvaluateConfig, InferConfig
+from calltune.config import DeployConfig, EvaluateConfig, InferConfig, JudgeConfig
 from calltune.deploy import deploy
 from calltune.evaluate import current_champion, evaluate
 from calltune.gate import gate
@@ -79,6 +79,7 @@ def test_tuned_model_is_compared_with_the_base_model_and_the_champion(tuned_mode
     assert acc["tuned"] == acc["champion"] == result["accuracy"] and result["champion_accuracy"] == acc["champion"]
     assert acc["tuned"] > acc["base"] + 0.05 and result["base_accuracy"] == acc["base"]  # it learnt these replies
     assert all(m["examples"] == 4 for m in models.values())
+    assert models["champion"]["note"] == "the same weights as tuned: its scores are reused"
     for m in models.values():
         for name, e in m["metrics"].items():
             if e["value"] is not None and e["low"] is not None:
@@ -125,3 +126,23 @@ def test_no_target_tokens_is_an_error_not_a_number(base_model_dir, tmp_path):
     with pytest.raises(ValueError, match="1 longer than max_seq_len=16"):
         evaluate(base_model_dir, too_long, tmp_path / "out", EvaluateConfig(), max_seq_len=16)
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_judge_scores_go_into_the_comparison_and_the_report(base_model_dir, tmp_path, monkeypatch):
+    from fakes.openai_compat import FakeOpenAI
+
+    test = write_examples(tmp_path / "test.examples.jsonl", TEST_EXAMPLES)
+    monkeypatch.setenv("CALLTUNE_TEST_JUDGE_KEY", "sk-eval")
+    answers = [json.dumps({"rationale": "In character.", "persona_fidelity": 4, "realism": 2}), "no scores here"]
+    with FakeOpenAI(api_key="sk-eval", replies=answers) as fake:
+        judge = JudgeConfig(backend="openai", model="judge-1", base_url=f"{fake.endpoint}/v1", max_concurrency=1,
+                            api_key_env="CALLTUNE_TEST_JUDGE_KEY")
+        result = evaluate(base_model_dir, test, tmp_path / "out", EvaluateConfig(max_examples=2, embedding_model=""),
+                          infer=InferConfig(max_new_tokens=4), judge=judge)
+    tuned = json.loads((tmp_path / "out" / "comparison.json").read_text())["models"]["tuned"]
+    assert tuned["judge"] == {"requests": 2, "failed": 0, "unparseable": {"persona_fidelity": 1, "realism": 1}}
+    assert tuned["metrics"]["persona_fidelity"]["value"] == 4 == result["persona_fidelity"]
+    assert tuned["metrics"]["realism"]["n"] == 1
+    judgments = read_predictions(tmp_path / "out" / "judge" / "tuned.jsonl")
+    assert [j["persona_fidelity"] for j in judgments] == [4, None]
+    assert "unparseable answers (left out)" in (tmp_path / "out" / "report.md").read_text()

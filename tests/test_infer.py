@@ -62,8 +62,8 @@ def test_vertex_endpoint_through_google_genai(tmp_path):
     resource = "projects/p1/locations/us-central1/endpoints/e7"
     with FakeVertex() as fake:
         fake.inject(503)  # retried by the client
-        rows, report = predict(resource, test, tmp_path / "out", InferConfig(vertex_base_url=fake.endpoint,
-                                                                             concurrency=2))
+        cfg = InferConfig(vertex_base_url=fake.endpoint, max_concurrency=2)
+        rows, report = predict(resource, test, tmp_path / "out", cfg)
         bodies = [r.body for r in fake.answered()]
     assert [r["candidate_responses"] for r in rows] == [f"e7 says: {e['prompt']}" for e in EXAMPLES]
     assert {r["model_id"] for r in rows} == {resource} and report["rows"] == 4

@@ -71,6 +71,10 @@ def test_interval_contains_the_estimate_and_narrows_with_more_data():
 
     small, large = width(20), width(2000)
     assert large < small / 5  # ~1/sqrt(n): 10x narrower for 100x the data
+    words = [f"w{i}" for i in range(300)]
+    replies = [" ".join(rng.choice(words, 8)) for _ in range(500)]
+    e = M.distinct_n(replies, 1, samples=300, seed=3)  # resampling does not drag it down: repeats are shared
+    assert e.low < e.value < e.high and e.high - e.low < 0.1
     correct = rng.integers(0, 5, 400)
     e = M.token_accuracy(correct, np.full(400, 5), samples=500, seed=3)
     assert e.low < e.value < e.high

@@ -35,7 +35,7 @@ def test_compiled_pipeline_promotes_when_accuracy_clears_the_threshold(tmp_path,
     cfg = load_config(None, [f"state_dir={state_dir}"])
     versions = open_registry(cfg.deploy, cfg.state_path()).list_versions(cfg.deploy.secret_id)
     assert [v.version for v in versions] == [1]
-    assert float(versions[0].annotations["accuracy"]) >= 0.0
+    assert float(versions[0].annotations["metric.accuracy"]) >= 0.0
     run_dir = next((tmp_path / "root").iterdir())
     model_dir = run_dir / "tune" / "model"
     assert (model_dir / "adapter_model.safetensors").exists()
