@@ -33,7 +33,8 @@ def cmd_run(args) -> int:
     out = Path(args.out or Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
     summary = run_local(cfg, out)
     gate = summary["gate"]
-    print(f"\naccuracy {gate['accuracy']:.4f} vs threshold {gate['threshold']}: ", end="")
+    print(f"\naccuracy {gate['accuracy']:.4f} vs threshold {gate['threshold']} (decided by: {gate['decided_by']}): ",
+          end="")
     if summary["promoted"]:
         p = summary["promoted"]
         print(f"promoted as {p['secret_id']} version {p['version']}")

@@ -5,7 +5,7 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from calltune.config import EvaluateConfig
+from calltune.config import EvaluateConfig, InferConfig
 from calltune.evaluate import evaluate
 from calltune.models import MODEL_CARD, weights_sha256
 from calltune.render import to_messages
@@ -86,9 +86,10 @@ def test_training_fits_the_customer_replies(tuned_model, base_model_dir, tiny_ex
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3
 
     # Scored the same way as the gate: the tuned model is far better than the base model on what it learnt.
-    cfg = EvaluateConfig(batch_size=4)
-    before = evaluate(base_model_dir, tiny_examples_path, tmp_path / "base", cfg, max_seq_len=96)
-    after = evaluate(out, tiny_examples_path, tmp_path / "tuned", cfg)
+    cfg = EvaluateConfig(batch_size=4, compare=[], embedding_model="")  # the token metrics only
+    infer = InferConfig(max_new_tokens=8)
+    before = evaluate(base_model_dir, tiny_examples_path, tmp_path / "base", cfg, infer=infer, max_seq_len=96)
+    after = evaluate(out, tiny_examples_path, tmp_path / "tuned", cfg, infer=infer)
     assert after["loss"] < 0.5 * before["loss"]
     assert after["accuracy"] > before["accuracy"]
     assert report["validation_loss"] == pytest.approx(after["loss"], rel=0.05, abs=1e-3)
