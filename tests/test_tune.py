@@ -9,8 +9,9 @@ from calltune.config import EvaluateConfig, InferConfig
 from calltune.evaluate import evaluate
 from calltune.models import MODEL_CARD, weights_sha256
 from calltune.render import to_messages
-from calltune.tune import encode_example, make_trainer
-from conftest import make_example
+from calltune.config import TuneConfig
+from calltune.tune import encode_example, make_trainer, train_lora
+from conftest import TINY_DIALOGUES, make_example, write_examples
 
 LONG_HISTORY = [("seller", "Good morning, my name is Bruno and I call from Acme Insurance about your car."),
                 ("customer", "Good morning. What is this about exactly?"),
@@ -93,3 +94,146 @@ def test_training_fits_the_customer_replies(tuned_model, base_model_dir, tiny_ex
     assert after["loss"] < 0.5 * before["loss"]
     assert after["accuracy"] > before["accuracy"]
     assert report["validation_loss"] == pytest.approx(after["loss"], rel=0.05, abs=1e-3)
+
+
+# ---- the tuner's mechanics, on a tiny random Llama (seconds, not minutes) ----
+TRAIN = [make_example(i, *d) for i, d in enumerate(TINY_DIALOGUES * 4)]
+
+
+@pytest.fixture()
+def tiny_data(tmp_path):
+    return write_examples(tmp_path / "train.examples.jsonl", TRAIN)
+
+
+def _tiny_cfg(tiny_llama_dir, **kw) -> TuneConfig:
+    return TuneConfig(**{"base_model": str(tiny_llama_dir), "batch_size": 4, "max_steps": 8, "learning_rate": 1e-2,
+                         "lora_dropout": 0.0, "eval_steps": 2, "max_seq_len": 96, **kw})
+
+
+def _losses(out, key="loss"):
+    return [r[key] for r in json.loads((out / "training_log.json").read_text()) if key in r]
+
+
+def test_padding_free_batches_give_the_padded_loss_on_the_reply_tokens_only(tiny_llama_dir, tmp_path):
+    """One row of concatenated examples (position ids restart per example) scores exactly what padded rows score,
+    and that is the mean NLL of the customer-reply tokens, computed here by hand from the plain model's logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    rows = [encode_example(e, tokenizer, 96) for e in TRAIN[:4]]
+    losses = {}
+    for padding_free in (True, False):
+        trainer = make_trainer(tiny_llama_dir, rows, None, _tiny_cfg(tiny_llama_dir, padding_free=padding_free),
+                               seed=0, work_dir=tmp_path / str(padding_free))
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+        assert ("attention_mask" not in batch) == padding_free and batch["input_ids"].shape[0] == (1 if padding_free else 4)
+        with torch.no_grad():
+            losses[padding_free] = trainer.compute_loss(trainer.model, batch).item()
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)  # LoRA starts as the identity: same outputs
+    nll, count = 0.0, 0
+    for row in rows:
+        ids = torch.tensor([row["input_ids"]])
+        with torch.no_grad():
+            logp = model(ids).logits[0, :-1].log_softmax(-1)
+        for t in range(1, len(row["input_ids"])):
+            if row["completion_mask"][t]:
+                nll -= logp[t - 1, row["input_ids"][t]].item()
+                count += 1
+    assert count == sum(sum(r["completion_mask"]) for r in rows)
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    assert losses[True] == pytest.approx(nll / count, rel=1e-5)
+
+
+def test_resume_after_a_stop_continues_from_the_last_checkpoint(tiny_llama_dir, tiny_data, tmp_path, monkeypatch):
+    from transformers import TrainerCallback
+
+    import calltune.tune as tune
+
+    cfg = _tiny_cfg(tiny_llama_dir)
+    straight = train_lora(tiny_data, None, tmp_path / "straight", cfg, seed=3, state_dir=tmp_path / "s1")
+
+    class Interrupt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 5:
+                raise KeyboardInterrupt  # the machine goes away after the checkpoint at step 4
+
+    shared = tune.callbacks
+    monkeypatch.setattr(tune, "callbacks", lambda *a: shared(*a) + [Interrupt()])
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(tiny_data, None, tmp_path / "resumed", cfg, seed=3, state_dir=tmp_path / "s2")
+    assert not (tmp_path / "resumed" / MODEL_CARD).exists()
+    saved = sorted(p.name for p in (tmp_path / "s2" / "checkpoints").glob("*/checkpoint-*"))
+    assert saved == ["checkpoint-2", "checkpoint-4"]
+    monkeypatch.setattr(tune, "callbacks", shared)
+
+    card = train_lora(tiny_data, None, tmp_path / "resumed", cfg, seed=3, state_dir=tmp_path / "s2")
+    assert card["resumed"] and card["steps"] == 8
+    log = json.loads((tmp_path / "resumed" / "training_log.json").read_text())
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 9))  # steps 1-4 from the checkpoint, 5-8 now
+    # Optimizer, scheduler, RNG and data order were restored: the same run as one without the stop.
+    assert _losses(tmp_path / "resumed") == pytest.approx(_losses(tmp_path / "straight"), rel=1e-4)
+    assert not list((tmp_path / "s2" / "checkpoints").glob("*/checkpoint-*"))  # done: nothing left to resume
+
+    other = train_lora(tiny_data, None, tmp_path / "fresh", cfg.model_copy(update={"learning_rate": 5e-3}), seed=3,
+                       state_dir=tmp_path / "s2")
+    assert not other["resumed"]  # another config never picks up these checkpoints
+
+
+def test_validation_early_stopping_keeps_the_best_checkpoint(tiny_llama_dir, tiny_data, tmp_path):
+    # A far too high learning rate: validation loss gets worse after the first evaluations, and training stops.
+    cfg = _tiny_cfg(tiny_llama_dir, learning_rate=3.0, max_steps=40, eval_steps=1, early_stopping_patience=2)
+    card = train_lora(tiny_data, tiny_data, tmp_path / "out", cfg, seed=0, state_dir=tmp_path / "state")
+    evals = _losses(tmp_path / "out", "eval_loss")
+    assert card["stopped_early"] and card["steps"] < 40
+    best = min(evals[:-1])  # the last entry is the final evaluation of the kept model
+    assert card["best_checkpoint_step"] < card["steps"]
+    assert card["validation_loss"] == pytest.approx(best, rel=1e-5)  # the folder holds the best, not the last
+
+
+def test_dora_tensorboard_and_merged_weights(tiny_llama_dir, tiny_data, tmp_path):
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from transformers import AutoModelForCausalLM
+
+    from calltune.models import load_model
+
+    cfg = _tiny_cfg(tiny_llama_dir, use_dora=True, merge=True, target_modules=["all-linear"])
+    card = train_lora(tiny_data, tiny_data, tmp_path / "out", cfg, seed=0, state_dir=tmp_path / "state")
+    out = tmp_path / "out"
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["use_dora"] and card["config"]["use_dora"]
+
+    events = EventAccumulator(str(next((out / "tensorboard").rglob("events.out.tfevents.*")).parent)).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/learning_rate"} <= scalars
+    assert len(events.Scalars("train/loss")) == len(_losses(out))
+
+    assert not list((out / "merged").glob("adapter_*")) and list((out / "merged").glob("*.safetensors"))
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged", use_safetensors=True).eval()
+    tuned, tokenizer = load_model(out)
+    ids = torch.tensor([encode_example(TRAIN[0], tokenizer, 96)["input_ids"]])
+    with torch.no_grad():
+        base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)(ids).logits
+        assert torch.allclose(merged(ids).logits, tuned(ids).logits, atol=1e-4)
+        assert not torch.allclose(base, tuned(ids).logits, atol=1e-3)  # the adapter changed something
+
+
+def test_target_modules_that_match_nothing_are_an_error(tiny_llama_dir, tiny_data, tmp_path):
+    cfg = _tiny_cfg(tiny_llama_dir, target_modules=["wi", "wo"])  # T5 names on a Llama
+    with pytest.raises(ValueError, match=r"match no layer.*q_proj.*all-linear"):
+        train_lora(tiny_data, None, tmp_path / "out", cfg, seed=0, state_dir=tmp_path / "state")
+
+
+def test_data_parallel_processes_train_one_model(tiny_llama_dir, tiny_data, tmp_path):
+    """Two gloo workers stand in for two GPUs: each sees half of every step's examples, rank 0 writes the folder."""
+    cfg = _tiny_cfg(tiny_llama_dir, processes=2, batch_size=2)
+    card = train_lora(tiny_data, tiny_data, tmp_path / "out", cfg, seed=0, state_dir=tmp_path / "state")
+    single = train_lora(tiny_data, tiny_data, tmp_path / "one", cfg.model_copy(update={"processes": 1,
+                                                                                      "batch_size": 4}),
+                        seed=0, state_dir=tmp_path / "state")
+    assert card["processes"] == 2 and card["steps"] == 8 and card["epochs"] == single["epochs"]
+    losses = _losses(tmp_path / "out")
+    assert losses[-1] < losses[0]
+    assert json.loads((tmp_path / "out" / MODEL_CARD).read_text()) == json.loads(json.dumps(card))
