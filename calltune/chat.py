@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from calltune.config import SplitConfig
+from calltune.infer import is_vertex
 from calltune.models import load_model, read_model_card
 
 
@@ -12,13 +13,24 @@ def generate_reply(model, tokenizer, messages: list[dict], max_new_tokens: int =
     """The assistant (customer) turn that follows `messages`; greedy when temperature is 0."""
     import torch
 
-    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                           return_dict=True).to(model.device)
+    if model.config.is_encoder_decoder:  # T5-style: the plain-text conversation its training read (calltune.seq2seq)
+        from calltune.infer import instructions
+
+        roles = {"user": "seller", "assistant": "customer"}
+        turns = [m for m in messages if m["role"] != "system"]
+        text = instructions({"system": next((m["content"] for m in messages if m["role"] == "system"), ""),
+                             "history": [{"role": roles[m["role"]], "text": m["content"]} for m in turns[:-1]],
+                             "prompt": turns[-1]["content"]})
+        inputs, start = tokenizer(text, return_tensors="pt").to(model.device), 0
+    else:
+        inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                               return_dict=True).to(model.device)
+        start = inputs["input_ids"].shape[1]  # a causal model's output starts with the prompt
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                              pad_token_id=tokenizer.pad_token_id, top_p=None, top_k=None, **sampling)
-    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    return tokenizer.decode(out[0, start:], skip_special_tokens=True).strip()
 
 
 class ChatSession:
@@ -29,10 +41,16 @@ class ChatSession:
     (answering the phone), exactly as in the training examples, and is not kept as a turn.
     """
 
-    def __init__(self, model_dir: str | Path, system: str | None = None, opening_prompt: str | None = None,
-                 history_turns: int | None = None):
-        self.model, self.tokenizer = load_model(Path(model_dir))
-        card = read_model_card(Path(model_dir)) or {}
+    def __init__(self, model: str | Path, system: str | None = None, opening_prompt: str | None = None,
+                 history_turns: int | None = None, vertex_base_url: str = ""):
+        """`model`: a model folder, or a Vertex endpoint (a tuned Gemini's secret payload)."""
+        if is_vertex(model):
+            from calltune.serve import GeminiResponder
+
+            self._remote, card = GeminiResponder(str(model), vertex_base_url), {}
+        else:
+            self._remote, card = None, read_model_card(Path(model)) or {}
+            self.model, self.tokenizer = load_model(Path(model))
         split = SplitConfig()
         self.system = card.get("system_prompt", "") if system is None else system
         self.opening_prompt = split.opening_prompt if opening_prompt is None else opening_prompt
@@ -45,9 +63,14 @@ class ChatSession:
         messages += [{"role": "user" if t["role"] == "seller" else "assistant", "content": t["text"]} for t in history]
         return messages + [{"role": "user", "content": seller_text}]
 
+    def _generate(self, messages: list[dict], max_new_tokens: int, temperature: float) -> str:
+        if self._remote is not None:
+            return self._remote.reply(messages, max_new_tokens, temperature)
+        return generate_reply(self.model, self.tokenizer, messages, max_new_tokens, temperature)
+
     def reply(self, seller_text: str, max_new_tokens: int = 64, temperature: float = 0.0) -> str:
         """The customer's answer to the seller's line; both are added to the conversation."""
-        answer = generate_reply(self.model, self.tokenizer, self._messages(seller_text), max_new_tokens, temperature)
+        answer = self._generate(self._messages(seller_text), max_new_tokens, temperature)
         self.turns += [{"role": "seller", "text": seller_text}, {"role": "customer", "text": answer}]
         return answer
 
@@ -55,7 +78,6 @@ class ChatSession:
         """The customer's first line when the phone is answered."""
         if not self.opening_prompt:
             raise ValueError("no opening prompt is set: the seller speaks first")
-        answer = generate_reply(self.model, self.tokenizer, self._messages(self.opening_prompt),
-                                max_new_tokens, temperature)
+        answer = self._generate(self._messages(self.opening_prompt), max_new_tokens, temperature)
         self.turns.append({"role": "customer", "text": answer})
         return answer

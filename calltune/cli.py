@@ -37,11 +37,15 @@ def cmd_run(args) -> int:
           end="")
     if summary["promoted"]:
         p = summary["promoted"]
-        print(f"promoted as {p['secret_id']} version {p['version']}")
+        print(f"promoted as {p['secret_id']} version {p['version']}" if p["new_version"] else
+              f"promoted; {p['secret_id']} version {p['version']} already serves this model, no version added")
     else:
         prev = summary["serving_version"]
         print(f"not promoted; {cfg.deploy.secret_id} stays at "
               f"{'version ' + str(prev) if prev else 'no version (nothing deployed yet)'}")
+    if evaluated := summary["evaluation_only"]:
+        print(f"evaluation-only run (no tuning) of {evaluated['reference']}: {evaluated['kind']} model "
+              f"{evaluated['source']}, sha {evaluated['model_sha']}")
     print(f"summary: {out / 'summary.json'}")
     return 0
 
@@ -102,7 +106,9 @@ def cmd_chat(args) -> int:
     cfg = _config(args)
     _offline()
     endpoint = resolve_endpoint(cfg.deploy, cfg.state_path(), version=args.version)
-    session = ChatSession(model_path_from_endpoint(endpoint))
+    # A tuned Gemini's payload is its Vertex endpoint; a local model's, its file:// store folder.
+    session = ChatSession(endpoint if endpoint.startswith("projects/") else model_path_from_endpoint(endpoint),
+                          vertex_base_url=cfg.infer.vertex_base_url)
     print(f"Customer model from {cfg.deploy.secret_id} ({args.version}). You are the seller; /quit to leave.")
     if not args.seller_first:
         print(f"customer> {session.opening()}")

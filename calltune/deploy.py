@@ -57,25 +57,50 @@ def store_model(model_dir: Path, state_dir: Path) -> tuple[Path, str]:
 
 
 def deploy(model_dir: Path, cfg: DeployConfig, state_dir: Path, *, run_id: str, metrics: dict[str, float]) -> dict:
-    """Store the model and add a secret version whose payload is its `file://` endpoint.
+    """Store the model and add a secret version whose payload is its `file://` endpoint (a remote model's folder:
+    the Vertex endpoint its card names).
 
     request_id = run_id, so a retried deploy of the same run returns its first version instead of adding another.
+    A model the latest version already serves (an evaluation-only run of the champion) adds no version either:
+    nothing would change for apps, and keep_enabled_versions would disable a rollback target for it.
     """
-    store, sha = store_model(model_dir, state_dir)
-    endpoint = store.as_uri()
+    from calltune.models import model_source
+
+    source = model_source(model_dir)
+    if isinstance(source, str):  # a remote model (a tuned Gemini): its Vertex endpoint is the payload, nothing to copy
+        endpoint, sha = source, model_sha(Path(model_dir))
+    else:
+        store, sha = store_model(model_dir, state_dir)
+        endpoint = store.as_uri()
     annotations = {"run_id": run_id, "model_sha": sha, **{f"metric.{k}": str(v) for k, v in metrics.items()}}
     with closing(open_registry(cfg, state_dir)) as registry:
         try:
             before = {v.version for v in registry.list_versions(cfg.secret_id)}
         except SecretNotFound:
             before = set()
-        version = registry.add_version(cfg.secret_id, endpoint.encode(), annotations=annotations, request_id=run_id)
+        latest = registry.get_version(cfg.secret_id, max(before)) if before else None
+        # Another run's version (not this run's own, maybe unfinished, add: add_version settles those) of this model.
+        if latest and latest.annotations.get("run_id") not in (None, run_id) \
+                and _serves(registry, cfg.secret_id, latest.version, endpoint):
+            version = latest
+        else:
+            version = registry.add_version(cfg.secret_id, endpoint.encode(), annotations=annotations,
+                                           request_id=run_id)
         disabled = disable_old_versions(registry, cfg.secret_id, cfg.keep_enabled_versions)
     created = version.version not in before
     log.info("deploy: model %s -> secret %s version %d (%s)", sha, cfg.secret_id, version.version,
-             "added" if created else "already added by this run")
+             "added" if created else "already added by this run" if version.annotations.get("run_id") == run_id
+             else "it already serves this model")
     return {"secret_id": cfg.secret_id, "version": version.version, "endpoint": endpoint, "model_sha": sha,
             "created": created, "disabled": disabled}
+
+
+def _serves(registry: Registry, secret_id: str, number: int, endpoint: str) -> bool:
+    """Whether version `number` holds `endpoint` (a disabled one serves nothing)."""
+    try:
+        return registry.access(secret_id, number) == endpoint.encode()
+    except VersionDisabled:
+        return False
 
 
 def disable_old_versions(registry: Registry, secret_id: str, keep: int) -> list[int]:

@@ -56,7 +56,8 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], cfg: InferConfig)
             out = model.generate(input_ids=ids.to(model.device), attention_mask=attention.to(model.device),
                                  max_new_tokens=cfg.max_new_tokens, use_cache=True, top_k=None,
                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, **sampling)
-        for i, row in zip(order[b:b + cfg.batch_size], out[:, width:]):
+        reply = out[:, 0 if model.config.is_encoder_decoder else width:]  # a seq2seq output is the reply alone
+        for i, row in zip(order[b:b + cfg.batch_size], reply):
             replies[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
         done = min(b + cfg.batch_size, len(order))
         log.info("generated %d/%d replies (%.2f replies/s)", done, len(order),
@@ -65,22 +66,25 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], cfg: InferConfig)
 
 
 def prompt_ids(encoded: list[dict]) -> list[list[int]]:
-    """The prompt part (everything before the target tokens) of each `encode_example` row."""
-    return [r["input_ids"][:r["completion_mask"].index(1)] for r in encoded]
+    """The prompt part (everything before the target tokens) of each `encode_example` row; a seq2seq row's
+    `input_ids` are the encoder's, the prompt alone."""
+    return [r["input_ids"] if "labels" in r else r["input_ids"][:r["completion_mask"].index(1)] for r in encoded]
 
 
 def _local(model_dir: Path, test_path: Path, cfg: InferConfig, max_seq_len: int | None, limit: int,
            seed: int, loaded=None) -> tuple[list[dict], list[str], int, str, str]:
     from transformers import set_seed
 
+    from calltune import seq2seq
     from calltune.deploy import model_sha
     from calltune.models import load_model, read_model_card
-    from calltune.tune import encode_file
+    from calltune.tune import encode_example, encode_file
 
     card = read_model_card(model_dir)
     max_len = max_seq_len or (card["config"]["max_seq_len"] if card else TuneConfig().max_seq_len)
     model, tokenizer = loaded or load_model(model_dir)
-    encoded, examples, skipped = encode_file(test_path, tokenizer, max_len, limit=limit)
+    encode = seq2seq.encode_example if model.config.is_encoder_decoder else encode_example
+    encoded, examples, skipped = encode_file(test_path, tokenizer, max_len, limit=limit, encode=encode)
     set_seed(seed)  # only sampling draws from it
     replies = generate_batch(model, tokenizer, prompt_ids(encoded), cfg)
     return examples, replies, skipped, str(model_dir), model_sha(model_dir)
@@ -100,11 +104,15 @@ def _vertex(resource: str, test_path: Path, cfg: InferConfig,
 
 def predict(source: str | Path, test_path: str | Path, out_dir: str | Path | None, cfg: InferConfig, *,
             seed: int = 42, max_seq_len: int | None = None, limit: int = 0, loaded=None) -> tuple[list[dict], dict]:
-    """Replies of a model folder or a Vertex resource to every test example; writes predictions.parquet and
+    """Replies of a model folder (or the endpoint its card names) or a Vertex resource to every test example; writes predictions.parquet and
     predictions.jsonl into `out_dir` (when given). Returns (rows, report). `loaded`: an already loaded
     (model, tokenizer) of the folder, to skip loading it again."""
+    from calltune.models import model_source
+
     started = time.monotonic()
     test_path = Path(test_path)
+    if not is_vertex(source):
+        source = model_source(source)  # a remote model's folder names its endpoint
     if is_vertex(source):
         examples, replies, skipped, model_id, sha = _vertex(str(source), test_path, cfg, limit)
     else:
@@ -124,16 +132,43 @@ def predict(source: str | Path, test_path: str | Path, out_dir: str | Path | Non
     return rows, report
 
 
-def write_predictions(rows: list[dict], out_dir: Path) -> None:
+def write_predictions(rows: list[dict], out_dir: Path, columns: tuple[str, ...] = COLUMNS) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     out_dir.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(rows, schema=pa.schema(
-        [(c, pa.int64() if c == "turn_index" else pa.string()) for c in COLUMNS]))
+        [(c, pa.int64() if c == "turn_index" else pa.string()) for c in columns]))
     with atomic_open(out_dir / "predictions.parquet", "wb") as fh:
         pq.write_table(table, fh)
-    write_jsonl(out_dir / "predictions.jsonl", rows)
+    write_jsonl(out_dir / "predictions.jsonl", ({c: r[c] for c in columns} for r in rows))
+
+
+def publish_predictions(rows: list[dict], uri: str, run_id: str) -> list[str]:
+    """Write the predictions table with a `run_id` column as predictions.parquet and predictions.jsonl under
+    `<uri>/<run_id>/` (a gs:// or local folder) and return their URIs. A retry of the run writes the same files
+    again in place: one copy per run, never a second one."""
+    import tempfile
+
+    from calltune import gcs
+
+    if not run_id or "/" in run_id or run_id in (".", ".."):
+        raise ValueError(f"publishing predictions needs a run id usable as a folder name (got {run_id!r})")
+    published = [{**r, "run_id": run_id} for r in rows]
+    files = (("predictions.parquet", "application/vnd.apache.parquet"), ("predictions.jsonl", "application/jsonl"))
+    if gcs.is_gcs(uri):
+        gcs.parse_uri(uri, what="evaluate.publish_uri", folder=True)
+        client = gcs.client()
+        with tempfile.TemporaryDirectory() as tmp:
+            write_predictions(published, Path(tmp), (*COLUMNS, "run_id"))
+            uris = [gcs.upload_file(Path(tmp) / name, gcs.join(uri, run_id, name), content_type=ctype, gcs=client)
+                    for name, ctype in files]
+    else:
+        folder = Path(uri).expanduser() / run_id
+        write_predictions(published, folder, (*COLUMNS, "run_id"))
+        uris = [str(folder / name) for name, _ in files]
+    log.info("published %d predictions to %s", len(rows), ", ".join(uris))
+    return uris
 
 
 def read_predictions(path: str | Path) -> list[dict]:

@@ -1,7 +1,8 @@
 """Base models and tuned-model folders: bundled GGUF -> cached safetensors, hashing, loading for inference.
 
 A tuned model folder (the tune step's KFP Model artifact) holds a peft adapter, the tokenizer and
-`calltune_model.json`, which names the base model folder the adapter belongs to.
+`calltune_model.json`, which names the base model folder the adapter belongs to. A remote model's folder (a tuned
+Gemini) holds only `calltune_model.json`, whose `endpoint` is the Vertex endpoint that serves it (`model_source`).
 """
 from __future__ import annotations
 
@@ -126,6 +127,13 @@ def read_model_card(model_dir: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def model_source(model_dir: str | Path) -> str | Path:
+    """What answers for a model folder: the Vertex endpoint its card names (a remote model, e.g. a tuned Gemini:
+    `{"endpoint": "projects/P/locations/L/endpoints/E", ...}`), else the folder itself."""
+    card = read_model_card(Path(model_dir))
+    return card["endpoint"] if card and card.get("endpoint") else Path(model_dir)
+
+
 def device() -> str:
     import torch
 
@@ -135,7 +143,9 @@ def device() -> str:
 def load_model(model_dir: Path):
     """(model, tokenizer) ready for inference, from a tuned model folder or a plain HF model folder."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from calltune.seq2seq import is_encoder_decoder
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -148,13 +158,14 @@ def load_model(model_dir: Path):
     if card and base_card.is_file() and json.loads(base_card.read_text())["weights_sha256"] != card["base_sha256"]:
         raise ValueError(f"{model_dir}: the adapter was tuned on other weights than those now in {base}")
     dtype = torch.bfloat16 if device() == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, use_safetensors=True, trust_remote_code=False)
+    auto = AutoModelForSeq2SeqLM if is_encoder_decoder(base) else AutoModelForCausalLM
+    model = auto.from_pretrained(base, dtype=dtype, use_safetensors=True, trust_remote_code=False)
     if card:
         from peft import PeftModel
 
         # Merged, the adapter costs nothing at inference.
         model = PeftModel.from_pretrained(model, model_dir).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-    if not tokenizer.chat_template:
+    if not tokenizer.chat_template and not model.config.is_encoder_decoder:  # a seq2seq encoder reads plain text
         raise ValueError(f"{model_dir}: the tokenizer has no chat template")
     return model.to(device()).eval(), tokenizer

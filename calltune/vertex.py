@@ -68,6 +68,8 @@ def vertex_problems(cfg: Config, *, compiling: bool) -> list[str]:
             problems.append(f"{section}.{field} must be a bundled model name or a /gcs/ folder (got {value!r})")
     if compiling:
         for field, env, image in zip(("image", "trainer_image"), (IMAGE_ENV, TRAINER_IMAGE_ENV), images(cfg)):
+            if field == "trainer_image" and cfg.tune.backend == "gemini":
+                continue  # Gemini tunes on Vertex's own machines: no trainer image, no GPU job
             if not _IMAGE.fullmatch(image):
                 problems.append(f"gcp.{field} (or ${env}) must be a registry image with a tag or digest, e.g. "
                                 f"REGION-docker.pkg.dev/PROJECT/REPO/NAME:TAG (got {image!r})")

@@ -18,6 +18,8 @@ def evaluate(
     evaluate_bootstrap_samples: int,
     evaluate_embedding_model: str,
     evaluate_samples: int,
+    evaluate_error_examples: int,
+    evaluate_cross_encoder: str,
     infer_max_new_tokens: int,
     infer_temperature: float,
     infer_top_p: float,
@@ -52,9 +54,10 @@ def evaluate(
 ) -> float:
     """Scores the tuned model, the base model and the champion on the test split (never seen in training); returns
     the tuned model's token accuracy, the first gate metric. `evaluation` holds comparison.json (read by the gate),
-    every model's predictions and the report.
+    errors.json (error analysis), every model's predictions and the report.
 
-    The output is the plain `Output` parameter: kfp.local resolves only that name inside a dsl.If condition.
+    The output is the plain `Output` parameter: kfp.local resolves only that name inside a dsl.If condition. It is
+    -1 for a model without a token accuracy (an endpoint whose tuning job reported none): never promoted.
     """
     from pathlib import Path
     import shutil
@@ -72,4 +75,4 @@ def evaluate(
     shutil.copyfile(out / "report.html", report.path)
     for name, value in result.items():
         metrics.log_metric(name, value)
-    return result["accuracy"]
+    return result.get("accuracy", -1.0)

@@ -18,21 +18,44 @@ def tune(
     tune_lora_alpha: int,
     tune_lora_dropout: float,
     tune_target_modules: list,
+    tune_use_dora: bool,
+    tune_padding_free: bool,
+    tune_eval_steps: float,
+    tune_early_stopping_patience: int,
+    tune_resume: bool,
+    tune_compile: str,
+    tune_processes: int,
+    tune_merge: bool,
+    tune_gemini_adapter_size: int,
+    tune_gemini_learning_rate_multiplier: float,
+    tune_gemini_staging_uri: str,
+    tune_gemini_project: str,
+    tune_gemini_location: str,
+    tune_gemini_base_url: str,
+    tune_gemini_poll_interval_s: float,
+    tune_gemini_timeout_s: float,
     seed: int,
     state_dir: str,
     model: Output[Model],
     metrics: Output[Metrics],
     report: Output[HTML],
 ):
-    """LoRA-tunes the base model on the train split (loss on customer replies only); validation if present."""
+    """Tunes the base model on the train split, validated on the validation split if present: hf-lora, LoRA here
+    (loss on customer replies only); gemini, a Vertex AI tuning job, whose endpoint the Model folder names."""
     from pathlib import Path
 
     from calltune.artifacts import publish
     from calltune.config import TuneConfig
-    from calltune.tune import train_lora
 
-    validation = Path(splits.path) / "validation.examples.jsonl"
-    result = train_lora(Path(splits.path) / "train.examples.jsonl", validation if validation.exists() else None,
-                        Path(model.path), TuneConfig.from_params(locals()), seed=seed,
-                        state_dir=Path(state_dir).expanduser())
+    cfg = TuneConfig.from_params(locals())
+    if cfg.backend == "gemini":
+        from calltune.backends.gemini_tuner import tune_gemini
+
+        result = tune_gemini(Path(splits.path), Path(model.path), cfg)
+    else:
+        from calltune.tune import train_lora
+
+        validation = Path(splits.path) / "validation.examples.jsonl"
+        result = train_lora(Path(splits.path) / "train.examples.jsonl", validation if validation.exists() else None,
+                            Path(model.path), cfg, seed=seed, state_dir=Path(state_dir).expanduser())
     publish(result, "Tune", artifacts=(model,), metrics=metrics, html=report, plot=Path(model.path) / "loss_curve.png")

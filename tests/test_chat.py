@@ -21,3 +21,30 @@ def test_tuned_model_plays_the_customer_it_learnt(tuned_model):
     history, prompt, target = TINY_DIALOGUES[2]
     session = ChatSession(out)
     assert session.reply(prompt, max_new_tokens=24) == target  # greedy: the memorised reply
+
+
+def test_chat_with_a_tuned_gemini_endpoint(tmp_path, monkeypatch, capsys):
+    """`calltune chat` when the secret's payload is a Vertex endpoint (what deploying a tuned Gemini writes): the
+    conversation goes through google-genai to that endpoint, with the kept turns as context."""
+    import io
+    from contextlib import closing
+
+    from fakes.vertex import FakeVertex
+
+    from calltune.backends.registry import open_registry
+    from calltune.cli import main
+    from calltune.config import DeployConfig
+
+    endpoint = "projects/p/locations/us-central1/endpoints/777"
+    with FakeVertex(lifetime_s=60) as fake:
+        (tmp_path / "c.yaml").write_text(f"state_dir: {tmp_path}\ninfer:\n  vertex_base_url: {fake.endpoint}\n")
+        with closing(open_registry(DeployConfig(), tmp_path)) as registry:
+            registry.add_version("llm-endpoint", endpoint.encode())
+        monkeypatch.setattr("sys.stdin", io.StringIO("Hello, is this Ana?\nCan we talk on Friday?\n/quit\n"))
+        assert main(["chat", "--config", str(tmp_path / "c.yaml")]) == 0
+        bodies = [r.body for r in fake.answered()]
+    out = capsys.readouterr().out
+    assert "customer> 777 says: Hello, is this Ana?" in out and "customer> 777 says: Can we talk on Friday?" in out
+    # The second request carries the first exchange: the customer keeps the conversation.
+    texts = [p["text"] for c in bodies[-1]["contents"] for p in c["parts"]]
+    assert texts[-3:] == ["Hello, is this Ana?", "777 says: Hello, is this Ana?", "Can we talk on Friday?"]

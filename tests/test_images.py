@@ -57,8 +57,10 @@ def test_dependencies_come_only_from_pyproject_in_a_layer_of_their_own(kind):
     deps = build.index(runs[-2])
     copied_before = [line for line in build[:deps] if line.startswith("COPY ")]
     assert copied_before == ["COPY pyproject.toml ./", "COPY images/requirements.py images/install.sh images/"]
-    # Every runtime extra: all but the test tools and the delivery clients (compile, submit, upload).
-    assert set(_arg(DOCKERFILES[kind], "EXTRAS").split(",")) == set(PROJECT["optional-dependencies"]) - {"test", "vertex"}
+    # Every runtime extra: all but the test tools and the delivery clients (compile, submit, upload); the CUDA
+    # kernels only in the trainer image.
+    runtime = set(PROJECT["optional-dependencies"]) - {"test", "vertex"} - ({"gpu"} if kind == "component" else set())
+    assert set(_arg(DOCKERFILES[kind], "EXTRAS").split(",")) == runtime
     # The final stage takes the environment only, not the build's sources or caches.
     assert [line for line in _stages(DOCKERFILES[kind])[-1] if line.startswith("COPY")] == \
         ["COPY --from=build /opt/venv /opt/venv"]

@@ -167,3 +167,19 @@ def test_gcp_settings_are_not_pipeline_parameters():
     assert cfg.gcp.accelerator_count == 4
     assert not any(k.startswith("gcp") for k in cfg.pipeline_params())
     assert list(cfg.pipeline_signature()[0].parameters) == list(Config().pipeline_params())
+
+
+def test_gemini_tuning_is_a_plain_step_without_a_gpu_machine(tmp_path):
+    out = tmp_path / "gemini.yaml"
+    _compile_script().compile_pipeline("vertex", ROOT / "configs" / "vertex.yaml", out, VERTEX_OVERRIDES + GPU + [
+        "tune.backend=gemini", "tune.base_model=gemini-2.5-flash", "tune.gemini_staging_uri=gs://test-bucket/tuning"])
+    spec = yaml.safe_load(out.read_text())
+    tune = _executors(spec)["exec-tune"]["container"]
+    # The calltune component itself, in the component image; no CustomJob, so no machine or accelerator anywhere.
+    assert tune["image"] == IMAGE
+    assert tune["args"][tune["args"].index("--function_to_execute") + 1] == "tune"
+    assert "worker_pool_specs" not in _custom_job(spec)
+    assert "accelerator" not in out.read_text()
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["tune_backend"]["defaultValue"] == "gemini"
+    assert params["tune_gemini_staging_uri"]["defaultValue"] == "gs://test-bucket/tuning"
