@@ -89,7 +89,7 @@ def _measure(run) -> dict:
     return result
 
 
-def calltune_run(size: str, steps: int, dev: str, tokens_per_step: int) -> None:
+def calltune_run(size: str, steps: int, dev: str, tokens_per_step: int, attention: str = "sdpa") -> None:
     """The anchor's shape, data distribution and LoRA settings, trained by calltune's tuner."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -112,13 +112,13 @@ def calltune_run(size: str, steps: int, dev: str, tokens_per_step: int) -> None:
         LlamaForCausalLM(cfg).save_pretrained(tmp, safe_serialization=True)
         anchor.tokenizer(cfg.vocab_size).save_pretrained(tmp)
         tune = TuneConfig(base_model=tmp, batch_size=batch, max_steps=steps + WARMUP, learning_rate=2e-4,
-                          lora_dropout=0.0, max_seq_len=1024, eval_steps=10**6)
+                          lora_dropout=0.0, max_seq_len=1024, eval_steps=10**6, attention=attention)
         trainer = make_trainer(Path(tmp), rows[:batch * (steps + WARMUP)], None, tune, seed=0,
                                work_dir=Path(tmp) / "work")
         trainer.args.logging_steps, trainer.args.disable_tqdm, trainer.args.report_to = 10**6, True, []
         params = sum(p.numel() for p in trainer.model.parameters() if not p.requires_grad)  # the base, as the others
         trainer.train()
-    print(json.dumps({"size": size, "variant": "calltune", "batch_examples": batch, "params": params,
+    print(json.dumps({"size": size, "variant": f"calltune_{attention}", "batch_examples": batch, "params": params,
                       "max_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev == "cuda" else None}))
     if dev == "cuda":
         torch.cuda.empty_cache()
@@ -158,7 +158,9 @@ def main() -> None:
                 for v in ("padmax", "dynpad", "flatten")}
         runs |= {f"trl_{v}": (lambda v=v: anchor.run(size, v, args.steps, dev))
                  for v in ("padfree", "packed") + (("packed_liger",) if dev == "cuda" else ())}
-        runs["calltune"] = lambda: calltune_run(size, args.steps, dev, args.tokens_per_step)
+        for attention in ("sdpa", "flex_attention") if dev == "cuda" else ("sdpa",):
+            runs[f"calltune_{attention}"] = (lambda a=attention: calltune_run(size, args.steps, dev,
+                                                                              args.tokens_per_step, a))
         for name, run in runs.items():
             try:
                 results[name] = _measure(run)
@@ -169,7 +171,7 @@ def main() -> None:
         for name, r in results.items():
             trace = r.pop("trace", None)
             if trace:
-                params = r.get("params") or ok.get("calltune", {}).get("params")
+                params = r.get("params")
                 tps = r["measured_tokens_per_s"]
                 r["mfu_pct"] = round(100 * tps * 4 * params / PEAK_BF16, 2) if dev == "cuda" and params else None
                 r["loss_at_equal_tokens"] = _loss_at(trace, budget)

@@ -79,7 +79,8 @@ def deploy(model_dir: Path, cfg: DeployConfig, state_dir: Path, *, run_id: str, 
         except SecretNotFound:
             before = set()
         latest = registry.get_version(cfg.secret_id, max(before)) if before else None
-        # Another run's version (not this run's own, maybe unfinished, add: add_version settles those) of this model.
+        # Another run's version already serving this model; this run's own (maybe half-done) add is add_version's
+        # to settle, through request_id.
         if latest and latest.annotations.get("run_id") not in (None, run_id) \
                 and _serves(registry, cfg.secret_id, latest.version, endpoint):
             version = latest

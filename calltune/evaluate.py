@@ -2,10 +2,12 @@
 
 Token accuracy (the gate) = share of target tokens t where argmax(logits at t-1) == token t (Vertex's "fraction
 of correct next step predictions"); loss = mean negative log-likelihood over the same tokens; perplexity =
-exp(loss). The target tokens come from `calltune.tune.encode_example`, the definition training uses. Each model
+exp(loss). The target tokens come from `calltune.tune.encode_example` (`calltune.seq2seq` for an encoder-decoder
+model: teacher-forced on the decoder), the definition training uses. Each model
 also answers every test prompt (calltune.infer), and its replies are scored against the real customer's:
-ROUGE-L, chrF, BLEU, embedding cosine, reply length, distinct-n, and the LLM judge when configured. Every metric
-carries a seeded bootstrap 95% interval over the test examples (calltune.metrics). The gate's decision
+ROUGE-L, chrF, BLEU, embedding cosine, reply length, distinct-n, and the cross-encoder and the LLM judge when
+configured; calltune.error_analysis lists each model's worst replies and failure categories (errors.json).
+Every metric carries a seeded bootstrap 95% interval over the test examples (calltune.metrics). The gate's decision
 (calltune.gate) and the evidence go into report.html: metric table, bar charts with the intervals, loss curve,
 and side-by-side sample conversations.
 """
@@ -20,20 +22,24 @@ import time
 from pathlib import Path
 
 from calltune import metrics as M
+from calltune import seq2seq
 from calltune.config import DeployConfig, EvaluateConfig, InferConfig, JudgeConfig, TuneConfig
 from calltune.deploy import model_sha
+from calltune.error_analysis import analyze
 from calltune.gate import decide
 from calltune.infer import is_vertex, predict, read_predictions
 from calltune.io import write_json, write_jsonl
-from calltune.models import device, load_model, read_model_card, set_threads
+from calltune.models import device, load_model, model_source, read_model_card, set_threads
 from calltune.report import Report, loss_curve_png
-from calltune.tune import encode_file, reply_logits
+from calltune.tune import encode_example, encode_file, reply_logits
 
 log = logging.getLogger(__name__)
 
 # Shown first in tables and charts, in this order; any other metric follows.
-CHART_METRICS = ("accuracy", "rouge_l", "chrf", "bleu", "embedding_cosine", "distinct_2", "persona_fidelity", "realism")
+CHART_METRICS = ("accuracy", "rouge_l", "chrf", "bleu", "embedding_cosine", "cross_encoder", "distinct_2",
+                 "persona_fidelity", "realism")
 HEADLINE = ("accuracy", "loss", "perplexity")
+REPORTED = "reported by the tuning job on the validation split"  # an endpoint model's accuracy (calltune_model.json)
 
 
 def score(model, tokenizer, rows: list[dict], batch_size: int) -> dict[str, list]:
@@ -93,24 +99,40 @@ def _embedder(name: str) -> M.Embedder:
     return M.Embedder(name)
 
 
+@functools.lru_cache(maxsize=1)
+def _cross_encoder(path: str) -> M.CrossEncoderScorer:
+    return M.CrossEncoderScorer(path)
+
+
 def _text(rows: list[dict], key: str) -> list[str]:
     return [r[key] or "" for r in rows]
 
 
 def _score_model(name: str, source: str | Path, test_path: Path, out_dir: Path, cfg: EvaluateConfig,
-                 infer: InferConfig, *, max_len: int, seed: int, judge_ctx, predictions) -> dict:
+                 infer: InferConfig, *, max_len: int, seed: int, judge_ctx, predictions, reported=None) -> dict:
+    """`reported`: the model card of an endpoint model, whose tuning job reported its validation metrics."""
     record: dict = {"source": str(source)}
     parts = None
     if is_vertex(source):
-        rows, report = predict(source, test_path, out_dir / "predictions" / name, infer, seed=seed,
-                               limit=cfg.max_examples)
+        if predictions is not None:  # batch inference already asked the endpoint
+            rows = read_predictions(predictions)
+            report = {"rows": len(rows)}
+        else:
+            rows, report = predict(source, test_path, out_dir / "predictions" / name, infer, seed=seed,
+                                   limit=cfg.max_examples)
         record["note"] = "a Vertex endpoint gives no token probabilities: text metrics only"
+        if reported and reported.get("validation_token_accuracy") is not None:
+            record["note"] = (f"accuracy{' and loss' if reported.get('validation_loss') is not None else ''}: "
+                              f"{REPORTED}, without a bootstrap interval (a Vertex endpoint gives no token "
+                              f"probabilities); the other metrics score its replies to the test prompts")
     else:
         model, tokenizer = load_model(Path(source))
-        encoded, examples, skipped = encode_file(test_path, tokenizer, max_len, limit=cfg.max_examples)
+        s2s = model.config.is_encoder_decoder
+        encoded, examples, skipped = encode_file(test_path, tokenizer, max_len, limit=cfg.max_examples,
+                                                 encode=seq2seq.encode_example if s2s else encode_example)
         log.info("evaluating %s (%s) on %d test examples (%d skipped) on %s", name, source, len(encoded),
                  skipped, device())
-        parts = score(model, tokenizer, encoded, cfg.batch_size)
+        parts = (seq2seq.score if s2s else score)(model, tokenizer, encoded, cfg.batch_size)
         if name == "tuned" and sum(parts["tokens"]) == 0:
             raise ValueError(f"{test_path}: no customer-reply tokens to score ({len(encoded)} examples usable, "
                              f"{skipped} longer than max_seq_len={max_len}); the test set is empty")
@@ -133,8 +155,19 @@ def _score_model(name: str, source: str | Path, test_path: Path, out_dir: Path, 
         est["accuracy"] = M.token_accuracy(parts["correct"], parts["tokens"], **kw)
         est["loss"] = M.loss(parts["nll"], parts["tokens"], **kw)
         est["perplexity"] = M.perplexity(est["loss"])
-    est.update(M.text_metrics(_text(rows, "candidate_responses"), _text(rows, "target_responses"),
-                              embedder=_embedder(cfg.embedding_model) if cfg.embedding_model else None, **kw))
+    elif reported and reported.get("validation_token_accuracy") is not None:
+        est["accuracy"] = M.Estimate(float(reported["validation_token_accuracy"]), math.nan, math.nan, 0)
+        if reported.get("validation_loss") is not None:
+            est["loss"] = M.Estimate(float(reported["validation_loss"]), math.nan, math.nan, 0)
+            est["perplexity"] = M.perplexity(est["loss"])
+    candidates, targets = _text(rows, "candidate_responses"), _text(rows, "target_responses")
+    scores = M.example_scores(candidates, targets,
+                              embedder=_embedder(cfg.embedding_model) if cfg.embedding_model else None,
+                              cross_encoder=_cross_encoder(cfg.cross_encoder) if cfg.cross_encoder else None)
+    est.update(M.text_metrics(candidates, targets, scores=scores, **kw))
+    # Per example, for the error analysis: token accuracy (rows and encoded examples are in the same order).
+    record["scores"] = {**({"accuracy": [c / t if t else None for c, t in zip(parts["correct"], parts["tokens"])]}
+                           if parts is not None else {}), **{k: v.tolist() for k, v in scores.items()}}
     if judge_ctx is not None:
         from calltune.judge import CRITERIA, judge
 
@@ -142,6 +175,8 @@ def _score_model(name: str, source: str | Path, test_path: Path, out_dir: Path, 
         verdict = judge(rows, judge_cfg, generator, **kw)
         est.update({c: verdict[c] for c in CRITERIA})
         record["judge"] = {k: verdict[k] for k in ("requests", "failed", "unparseable")}
+        judged = {j["example_id"]: j for j in verdict["judgments"]}
+        record["scores"].update({c: [judged.get(r["example_id"], {}).get(c) for r in rows] for c in CRITERIA})
         write_jsonl(out_dir / "judge" / f"{name}.jsonl", verdict["judgments"])
     record["metrics"] = est
     return record
@@ -159,13 +194,19 @@ def evaluate(model_dir: str | Path, test_path: str | Path, out_dir: str | Path, 
     set_threads()
     model_dir, out_dir, test_path = Path(model_dir), Path(out_dir), Path(test_path)
     infer, judge = infer or InferConfig(), judge or JudgeConfig()
+    if cfg.cross_encoder:
+        _cross_encoder(cfg.cross_encoder)  # a bad folder fails now, not after the models are scored
     card = read_model_card(model_dir)
     # One max_seq_len for every model: the same examples, trimmed the same way.
-    max_len = max_seq_len or (card["config"]["max_seq_len"] if card else TuneConfig().max_seq_len)
-    sources: dict[str, str | Path] = {"tuned": model_dir}
+    max_len = max_seq_len or (card or {}).get("config", {}).get("max_seq_len") or TuneConfig().max_seq_len
+    sources: dict[str, str | Path] = {"tuned": model_source(model_dir)}
+    endpoint_card = card if is_vertex(sources["tuned"]) else None
     skipped: dict[str, str] = {}
     if "base" in cfg.compare:
-        if card:
+        if endpoint_card:
+            skipped["base"] = (f"no local base model to compare with: the tuned model is the Vertex endpoint "
+                               f"{sources['tuned']} (base {card.get('base_model')!r} runs only on Vertex AI)")
+        elif card:
             sources["base"] = card["base_model_path"]
         else:
             skipped["base"] = "the evaluated model is itself a base model (no calltune_model.json)"
@@ -188,7 +229,8 @@ def evaluate(model_dir: str | Path, test_path: str | Path, out_dir: str | Path, 
         scored[sha] = name
         records[name] = _score_model(name, source, test_path, out_dir, cfg, infer, max_len=max_len, seed=seed,
                                      judge_ctx=(judge, generator) if generator else None,
-                                     predictions=predictions if name == "tuned" else None)
+                                     predictions=predictions if name == "tuned" else None,
+                                     reported=endpoint_card if name == "tuned" else None)
     if generator is not None:
         generator.close()
     accuracy = {n: r["metrics"]["accuracy"].value if "accuracy" in r["metrics"] else None for n, r in records.items()}
@@ -197,15 +239,15 @@ def evaluate(model_dir: str | Path, test_path: str | Path, out_dir: str | Path, 
     decision = decide(accuracy, cfg, skipped)
 
     tuned = records["tuned"]["metrics"]
-    result = {k: tuned[k].value for k in HEADLINE}
-    result.update(examples=records["tuned"]["examples"], tokens=records["tuned"]["tokens"])
+    result = {k: tuned.get(k, M.NAN).value for k in HEADLINE}  # an endpoint may report no accuracy or loss
+    result.update(examples=records["tuned"]["examples"], tokens=records["tuned"].get("tokens", 0))
     result.update({k: e.value for k, e in tuned.items() if k not in HEADLINE})
     result.update({f"{n}_accuracy": accuracy[n] for n in ("base", "champion") if n in records})
     result = {k: v for k, v in result.items() if v is not None and math.isfinite(v)}  # NaNs stay in comparison.json
 
     out_dir.mkdir(parents=True, exist_ok=True)
     comparison = {
-        "models": {n: {**{k: v for k, v in r.items() if k != "rows"},
+        "models": {n: {**{k: v for k, v in r.items() if k not in ("rows", "scores")},
                        "metrics": {k: _finite(e.as_dict()) for k, e in r["metrics"].items()}}
                    for n, r in records.items()}
                   | {n: {"skipped": why} for n, why in skipped.items() if n not in records},
@@ -219,9 +261,12 @@ def evaluate(model_dir: str | Path, test_path: str | Path, out_dir: str | Path, 
                                           "base_model": (card or {}).get("base_model"), "test_path": str(test_path),
                                           "max_seq_len": max_len, "decision": decision["decision"],
                                           "decided_by": decision["decided_by"]})
-    _report(model_dir, records, skipped, decision, cfg, out_dir)
-    log.info("accuracy %.4f, loss %.4f, perplexity %.2f over %d tokens; gate: %s (%s)", result["accuracy"],
-             result["loss"], result["perplexity"], result["tokens"], decision["decision"], decision["decided_by"])
+    errors = {n: analyze(r["rows"], r["scores"], worst=cfg.error_examples) for n, r in records.items()}
+    write_json(out_dir / "errors.json", errors)
+    _report(model_dir, records, skipped, decision, cfg, out_dir, errors)
+    log.info("accuracy %.4f, loss %.4f, perplexity %.2f over %d tokens; gate: %s (%s)",
+             *(result.get(k, math.nan) for k in HEADLINE), result["tokens"], decision["decision"],
+             decision["decided_by"])
     return result
 
 
@@ -235,7 +280,8 @@ def _cell(e: M.Estimate) -> str:
     return f"{e.value:.4g} [{e.low:.4g}, {e.high:.4g}]" if math.isfinite(e.low) else f"{e.value:.4g}"
 
 
-def _report(model_dir: Path, records: dict, skipped: dict, decision: dict, cfg: EvaluateConfig, out_dir: Path) -> None:
+def _report(model_dir: Path, records: dict, skipped: dict, decision: dict, cfg: EvaluateConfig, out_dir: Path,
+            errors: dict) -> None:
     r = Report("calltune evaluation")
     verdict = "PROMOTE" if decision["decision"] == "promote" else "KEEP the current model"
     r.text(f"Decision: {verdict} (decided by: {decision['decided_by']}). Model: {model_dir}.")
@@ -256,10 +302,14 @@ def _report(model_dir: Path, records: dict, skipped: dict, decision: dict, cfg: 
     for n, why in skipped.items():
         r.text(f"{n}: {why}")
     for n, rec in records.items():
+        if REPORTED in rec.get("note", ""):
+            r.text(f"{n}: {rec['note']}")
         if "judge" in rec:
             j = rec["judge"]
             r.text(f"judge on {n}: {j['requests']} replies, {j['failed']} failed requests, unparseable answers "
                    f"(left out) {j['unparseable']}")
+    if not cfg.cross_encoder:
+        r.text("cross-encoder similarity skipped: no evaluate.cross_encoder configured")
     r.image(_charts([k for k in CHART_METRICS if k in keys], records, out_dir / "charts.png"),
             "metrics per model with 95% intervals")
     log_file = model_dir / "training_log.json"
@@ -267,6 +317,7 @@ def _report(model_dir: Path, records: dict, skipped: dict, decision: dict, cfg: 
         r.heading("Training")
         r.image(loss_curve_png(json.loads(log_file.read_text(encoding="utf-8")), out_dir / "loss_curve.png"),
                 "training loss curve")
+    _errors_section(r, errors)
     r.heading("Sample conversations")
     by_id = {n: {row["example_id"]: row for row in rec["rows"]} for n, rec in records.items()}
     samples = []
@@ -276,6 +327,24 @@ def _report(model_dir: Path, records: dict, skipped: dict, decision: dict, cfg: 
         samples.append(sample)
     r.table(samples)
     r.write(out_dir)
+
+
+def _errors_section(r: Report, errors: dict) -> None:
+    """Failure categories of every model, and the tuned model's worst examples per metric (errors.json has all)."""
+    r.heading("Error analysis")
+    r.text("Replies in each failure category: count (share of the test examples); a reply can be in several. "
+           "The rule column says how each is decided.")
+    categories = errors["tuned"]["categories"]
+    r.table([{"category": c, **{n: (f"{e['categories'][c]['count']} ({e['categories'][c]['share']:.1%})"
+                                    if e["categories"][c]["checked"] else e["categories"][c]["note"])
+                                for n, e in errors.items()},
+              "examples (tuned)": ", ".join(categories[c].get("example_ids", [])), "rule": categories[c]["rule"]}
+             for c in categories])
+    for metric, worst in errors["tuned"]["worst"].items():
+        if worst:
+            r.text(f"Worst {len(worst)} tuned-model replies by {metric} (lowest first):")
+            r.table([{"example": w["example_id"], metric: w["score"], "seller": w["seller"],
+                      "customer (real)": w["target"], "reply": w["reply"]} for w in worst])
 
 
 def _charts(keys: list[str], records: dict, path: Path) -> Path | None:

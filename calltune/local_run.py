@@ -14,6 +14,10 @@ def run_local(cfg: Config, out: Path) -> dict[str, Any]:
 
     from calltune.pipelines import build_pipeline
 
+    if cfg.evaluate.model:  # a bad reference fails here, before the data steps run
+        from calltune.model_ref import locate
+
+        locate(cfg.evaluate.model, cfg.deploy, cfg.state_path())
     out.mkdir(parents=True, exist_ok=True)
     root = (out / "pipeline_root").resolve()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
@@ -46,7 +50,7 @@ def summarize(cfg: Config, run_dir: Path) -> dict[str, Any]:
     from calltune.backends.registry import SecretNotFound, open_registry
 
     steps = {t: task_outputs(run_dir, t) for t in ("ingest", "translate", "turn-split", "sample", "synthesize", "tune",
-                                                   "evaluate", "gate", "deploy")}
+                                                   "resolve-model", "evaluate", "gate", "deploy")}
     evaluation = steps["evaluate"] or {}
     accuracy = evaluation.get("Output")  # the evaluate component's return value, the gate metric
     deployed = steps["deploy"]
@@ -74,7 +78,12 @@ def summarize(cfg: Config, run_dir: Path) -> dict[str, Any]:
         "gate": {"metric": "accuracy", "accuracy": accuracy, "threshold": cfg.evaluate.threshold,
                  "passed": deployed is not None, "decision": "promote" if deployed else "keep",
                  "decided_by": decided_by, "checks": checks},
+        # An evaluation-only run: the model evaluated instead of a tuned one (reference, kind, source, model_sha, ...).
+        "evaluation_only": (steps["resolve-model"] or {}).get("model"),
+        # new_version false: the secret's latest version already served this model (calltune.deploy.deploy).
         "promoted": ({"secret_id": cfg.deploy.secret_id, "version": deployed["version"],
-                      "endpoint": deployed["endpoint"]} if deployed else None),
+                      "endpoint": deployed["endpoint"],
+                      "new_version": any(v.version == deployed["version"] and v.annotations.get("run_id")
+                                         == run_dir.name for v in versions)} if deployed else None),
         "serving_version": max((v.version for v in versions), default=None),
     }

@@ -9,9 +9,11 @@ percentile interval of `samples` resamples, seeded, so a rerun gives the same nu
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -94,11 +96,15 @@ def _rouge():
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
 
-def rouge_l(candidates: list[str], references: list[str], *, samples: int = 1000, seed: int = 0) -> Estimate:
-    """Mean ROUGE-L F1 (longest common subsequence of words), per reply."""
+def rouge_l_scores(candidates: list[str], references: list[str]) -> list[float]:
+    """ROUGE-L F1 (longest common subsequence of words) of each reply against its reference."""
     scorer = _rouge()
-    return mean([scorer.score(r, c)["rougeL"].fmeasure for c, r in zip(candidates, references)],
-                samples=samples, seed=seed)
+    return [scorer.score(r, c)["rougeL"].fmeasure for c, r in zip(candidates, references)]
+
+
+def rouge_l(candidates: list[str], references: list[str], *, samples: int = 1000, seed: int = 0) -> Estimate:
+    """Mean ROUGE-L F1, per reply."""
+    return mean(rouge_l_scores(candidates, references), samples=samples, seed=seed)
 
 
 def _sacrebleu(metric, candidates: list[str], references: list[str], samples: int, seed: int) -> Estimate:
@@ -174,17 +180,71 @@ class Embedder:
         return (a * b).sum(1) if len(a) else np.zeros(0)
 
 
+class CrossEncoderScorer:
+    """Reply/target similarity from a local sentence-transformers CrossEncoder folder: one score per (target, reply)
+    pair, read from both texts together (the model's own activation; a sigmoid, 0..1, for a one-label model).
+
+    Only a real CrossEncoder is accepted: sentence-transformers would also load a bi-encoder or a bare encoder
+    folder, with a freshly initialised, random classification head, and its scores would mean nothing."""
+
+    def __init__(self, path: str):
+        from calltune.models import device
+
+        folder = Path(path).expanduser()
+        config = folder / "config.json"
+        if not config.is_file():
+            raise FileNotFoundError(f"evaluate.cross_encoder: {path} is not a model folder (no config.json there)")
+        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+        st_config = folder / "config_sentence_transformers.json"
+        st_type = json.loads(st_config.read_text(encoding="utf-8")).get("model_type") if st_config.is_file() else None
+        classifier = any(a.endswith("ForSequenceClassification") for a in architectures)
+        if not classifier or st_type not in (None, "CrossEncoder"):
+            raise ValueError(f"evaluate.cross_encoder: {path} is not a CrossEncoder (architectures {architectures}, "
+                             f"sentence-transformers model_type {st_type}); it needs a trained sequence-classification "
+                             f"head, e.g. a folder saved by sentence_transformers.CrossEncoder")
+        from sentence_transformers import CrossEncoder
+
+        self.model = CrossEncoder(str(folder), device=device(), trust_remote_code=False, local_files_only=True)
+        if self.model.num_labels != 1:
+            raise ValueError(f"evaluate.cross_encoder: {path} has {self.model.num_labels} labels; a similarity "
+                             f"CrossEncoder has one (one score per pair)")
+
+    def score(self, candidates: list[str], references: list[str]) -> np.ndarray:
+        """Per-pair score, in the pairs' order."""
+        if not candidates:
+            return np.zeros(0)
+        return np.asarray(self.model.predict(list(zip(references, candidates)), convert_to_numpy=True,
+                                             show_progress_bar=False), dtype=np.float64)
+
+
+def example_scores(candidates: list[str], references: list[str], *, embedder: Embedder | None = None,
+                   cross_encoder: CrossEncoderScorer | None = None) -> dict[str, np.ndarray]:
+    """Each reply's similarity to its reference (higher is closer): rouge_l, and embedding_cosine / cross_encoder
+    when those models are given."""
+    out = {"rouge_l": np.asarray(rouge_l_scores(candidates, references), dtype=np.float64)}
+    if embedder is not None:
+        out["embedding_cosine"] = embedder.cosine(candidates, references)
+    if cross_encoder is not None:
+        out["cross_encoder"] = cross_encoder.score(candidates, references)
+    return out
+
+
 def text_metrics(candidates: list[str], references: list[str], *, embedder: Embedder | None = None,
+                 cross_encoder: CrossEncoderScorer | None = None, scores: dict[str, np.ndarray] | None = None,
                  samples: int = 1000, seed: int = 0) -> dict[str, Estimate]:
-    """Every reference-based and reply-only metric of generated replies."""
+    """Every reference-based and reply-only metric of generated replies. `scores`: their `example_scores`, when
+    already computed (else they are, with `embedder` and `cross_encoder`)."""
     kw = {"samples": samples, "seed": seed}
+    if scores is None:
+        scores = example_scores(candidates, references, embedder=embedder, cross_encoder=cross_encoder)
     out = {
-        "rouge_l": rouge_l(candidates, references, **kw),
+        "rouge_l": mean(scores["rouge_l"], **kw),
         "chrf": chrf(candidates, references, **kw),
         "bleu": bleu(candidates, references, **kw),
     }
-    if embedder is not None:
-        out["embedding_cosine"] = mean(embedder.cosine(candidates, references), **kw)
+    for name in ("embedding_cosine", "cross_encoder"):
+        if name in scores:
+            out[name] = mean(scores[name], **kw)
     out["reply_words"] = reply_length(candidates, **kw)
     out["distinct_1"] = distinct_n(candidates, 1, **kw)
     out["distinct_2"] = distinct_n(candidates, 2, **kw)

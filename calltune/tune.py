@@ -199,8 +199,12 @@ def make_trainer(base_path: Path, train_rows: list[dict], eval_rows: list[dict] 
     set_seed(seed)
     cuda = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(base_path)
+    if cfg.attention == "flex_attention" and not cuda:
+        raise ValueError("tune.attention=flex_attention needs a CUDA GPU (PyTorch has no flex attention backward "
+                         "on CPU); use sdpa")
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.bfloat16 if cuda else torch.float32,
-                                                 use_safetensors=True, trust_remote_code=False)
+                                                 attn_implementation=cfg.attention, use_safetensors=True,
+                                                 trust_remote_code=False)
     liger = cuda and importlib.util.find_spec("liger_kernel") is not None  # the trainer image's `gpu` extra
     args = SFTConfig(
         **training_args(cfg, work_dir, seed=seed, has_eval=bool(eval_rows), cuda=cuda),

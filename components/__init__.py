@@ -14,9 +14,10 @@ from calltune.components.turn_split import turn_split  # noqa: E402
 from calltune.components.sample import sample  # noqa: E402
 from calltune.components.synthesize import synthesize  # noqa: E402
 from calltune.components.tune import tune  # noqa: E402
+from calltune.components.resolve_model import resolve_model  # noqa: E402
 from calltune.components.batch_infer import batch_infer  # noqa: E402
 from calltune.components.evaluate import evaluate  # noqa: E402
 from calltune.components.gate import gate  # noqa: E402
 from calltune.components.deploy import deploy  # noqa: E402
 
-__all__ = ["IMAGE", "ingest", "translate", "turn_split", "sample", "synthesize", "tune", "batch_infer", "evaluate", "gate", "deploy"]
+__all__ = ["IMAGE", "ingest", "translate", "turn_split", "sample", "synthesize", "tune", "resolve_model", "batch_infer", "evaluate", "gate", "deploy"]

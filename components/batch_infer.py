@@ -15,18 +15,24 @@ def batch_infer(
     infer_max_concurrency: int,
     infer_vertex_base_url: str,
     evaluate_max_examples: int,
+    evaluate_publish_uri: str,
     seed: int,
+    run_id: str,
     predictions: Output[Dataset],
     metrics: Output[Metrics],
 ):
     """The model's customer reply to every test prompt: predictions.parquet and predictions.jsonl (instructions,
-    target_responses, candidate_responses, model_id, model_sha, call_id, turn_index, example_id)."""
+    target_responses, candidate_responses, model_id, model_sha, call_id, turn_index, example_id). With
+    evaluate_publish_uri, also written (with run_id) under <evaluate_publish_uri>/<run_id>/; the predictions
+    artifact's `published` metadata lists the files."""
     from pathlib import Path
 
     from calltune.artifacts import publish
     from calltune.config import InferConfig
-    from calltune.infer import predict
+    from calltune.infer import predict, publish_predictions
 
-    _, report = predict(Path(model.path), Path(splits.path) / "test.examples.jsonl", Path(predictions.path),
+    rows, report = predict(Path(model.path), Path(splits.path) / "test.examples.jsonl", Path(predictions.path),
                         InferConfig.from_params(locals()), seed=seed, limit=evaluate_max_examples)
+    if evaluate_publish_uri:
+        predictions.metadata["published"] = publish_predictions(rows, evaluate_publish_uri, run_id)
     publish(report, "Batch inference", artifacts=(predictions,), metrics=metrics)

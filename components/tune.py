@@ -24,6 +24,7 @@ def tune(
     tune_early_stopping_patience: int,
     tune_resume: bool,
     tune_compile: str,
+    tune_attention: str,
     tune_processes: int,
     tune_merge: bool,
     tune_gemini_adapter_size: int,

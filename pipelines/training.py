@@ -6,6 +6,10 @@ ingest -> translate -> turn-split -> sample -> synthesize -> tune -> batch-infer
 Every config field is a pipeline parameter (`<section>_<field>`, see calltune.config) with its
 default and description, and each component receives the parameters named in its signature.
 
+Evaluation-only runs (evaluate.model set; the shape is also chosen when building, since kfp.local cannot run
+dsl.OneOf): the data steps still run, for the test split; resolve_model replaces synthesize and tune, and its Model
+artifact goes to batch-infer, evaluate and deploy as the tuned model's would.
+
 Targets differ only in how steps run, chosen when the pipeline is built (kfp.local cannot run container
 components such as Google Cloud Pipeline Components' CustomJob, so no runtime branch): "local" runs every step
 under kfp.local; "vertex" runs the same components on Vertex AI Pipelines in the component image, and the tune
@@ -25,7 +29,8 @@ from calltune.vertex import check_vertex, images
 
 NAME = "calltune"
 TARGETS = ("local", "vertex")
-STEPS = ("ingest", "translate", "turn_split", "sample", "synthesize", "tune", "batch_infer", "evaluate", "gate", "deploy")
+STEPS = ("ingest", "translate", "turn_split", "sample", "synthesize", "tune", "resolve_model", "batch_infer", "evaluate",
+         "gate", "deploy")
 
 
 def _params_for(component, params: dict) -> dict:
@@ -43,9 +48,12 @@ def _stamped(component, image: str):
 
 
 def steps_for(target: str, cfg: Config) -> dict:
-    """Step name -> the component that runs it on `target`."""
+    """Step name -> the component that runs it on `target`. tune runs in the trainer image, and on "vertex" as a
+    CustomJob on the configured GPUs, only for tune.backend=hf-lora (chosen when building, like the target)."""
     image, trainer_image = images(cfg)
     steps = {name: _stamped(getattr(c, name), image) for name in STEPS}
+    if cfg.tune.backend == "gemini":  # the tuning runs on Vertex AI's side: a plain step in the component image
+        return steps
     steps["tune"] = _stamped(c.tune, trainer_image or image)
     if target == "vertex":
         from google_cloud_pipeline_components.v1.custom_job import create_custom_training_job_from_component
@@ -75,18 +83,23 @@ def build_pipeline(target: Literal["local", "vertex"] = "local", config: Config 
         translated = s["translate"](calls_in=ingest.outputs["calls"], **_params_for(s["translate"], p))
         split = s["turn_split"](calls=translated.outputs["calls"], **_params_for(s["turn_split"], p))
         sample = s["sample"](examples=split.outputs["examples"], **_params_for(s["sample"], p))
-        # synthesize always runs (disabled, it copies the splits): no conditional outputs, which kfp.local cannot run
-        synthesized = s["synthesize"](splits_in=sample.outputs["splits"], **_params_for(s["synthesize"], p))
-        tune = s["tune"](splits=synthesized.outputs["splits"], **_params_for(s["tune"], p))
-        predictions = s["batch_infer"](model=tune.outputs["model"], splits=synthesized.outputs["splits"],
+        if cfg.evaluate.model:  # evaluation-only: the named model stands in for synthesize + tune
+            splits = sample.outputs["splits"]
+            model = s["resolve_model"](**_params_for(s["resolve_model"], p)).outputs["model"]
+        else:
+            # synthesize always runs (disabled, it copies the splits): no conditional outputs, which kfp.local cannot run
+            synthesized = s["synthesize"](splits_in=sample.outputs["splits"], **_params_for(s["synthesize"], p))
+            splits = synthesized.outputs["splits"]
+            model = s["tune"](splits=splits, **_params_for(s["tune"], p)).outputs["model"]
+        predictions = s["batch_infer"](model=model, splits=splits, run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                                        **_params_for(s["batch_infer"], p))
-        evaluation = s["evaluate"](model=tune.outputs["model"], splits=synthesized.outputs["splits"],
-                                   predictions=predictions.outputs["predictions"], **_params_for(s["evaluate"], p))
+        evaluation = s["evaluate"](model=model, splits=splits, predictions=predictions.outputs["predictions"],
+                                   **_params_for(s["evaluate"], p))
         # Conditions read only plain `Output` values (all kfp.local resolves): the accuracy, then the gate's verdict.
         with dsl.If(evaluation.outputs["Output"] >= p["evaluate_threshold"], name="accuracy-gate"):
             verdict = s["gate"](evaluation=evaluation.outputs["evaluation"], **_params_for(s["gate"], p))
             with dsl.If(verdict.outputs["Output"] == "promote", name="comparison-gate"):
-                s["deploy"](model=tune.outputs["model"], accuracy=evaluation.outputs["Output"],
+                s["deploy"](model=model, accuracy=evaluation.outputs["Output"],
                             run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **_params_for(s["deploy"], p))
 
     calltune_pipeline.__signature__ = signature

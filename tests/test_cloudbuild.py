@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from calltune.cli import build_parser
-from fakes.vertex_pipelines import FakeKfpRegistry, FakePipelineService, FakeStorage
+from fakes.storage import FakeStorage
+from fakes.vertex_pipelines import FakeKfpRegistry, FakePipelineService
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())

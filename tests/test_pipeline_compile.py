@@ -67,3 +67,37 @@ def test_unknown_target_is_refused():
 
     with pytest.raises(ValueError, match="target"):
         build_pipeline("kubernetes")
+
+
+def _model_wiring(spec: dict) -> tuple[dict, str]:
+    """(top-level tasks, the task whose model deploy publishes, traced through both conditions)."""
+    tasks = spec["root"]["dag"]["tasks"]
+    outer = next(t for t in tasks.values() if "triggerPolicy" in t)
+    inner = spec["components"][outer["componentRef"]["name"]]["dag"]["tasks"]
+    nested = next(t for name, t in inner.items() if name != "gate")
+    deploy = spec["components"][nested["componentRef"]["name"]]["dag"]["tasks"]["deploy"]
+    channel = deploy["inputs"]["artifacts"]["model"]["componentInputArtifact"]
+    assert nested["inputs"]["artifacts"][channel] == {"componentInputArtifact": channel}
+    return tasks, outer["inputs"]["artifacts"][channel]["taskOutputArtifact"]["producerTask"]
+
+
+def test_evaluation_only_dag_resolves_the_model_instead_of_synthesizing_and_tuning(tmp_path):
+    spec, _ = _compile(tmp_path, "evaluate.model=secret:latest")
+    tasks, deployed = _model_wiring(spec)
+    assert "resolve-model" in tasks and not {"synthesize", "tune"} & set(tasks)
+    for name in ("batch-infer", "evaluate"):  # the test split comes straight from sample
+        assert tasks[name]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"] == "resolve-model"
+        assert tasks[name]["inputs"]["artifacts"]["splits"]["taskOutputArtifact"]["producerTask"] == "sample"
+    assert deployed == "resolve-model"
+    assert tasks["resolve-model"]["inputs"]["parameters"]["evaluate_model"] == {"componentInputParameter": "evaluate_model"}
+    assert spec["root"]["inputDefinitions"]["parameters"]["evaluate_model"]["defaultValue"] == "secret:latest"
+
+
+def test_tuning_dag_has_no_resolve_step(tmp_path):
+    spec, _ = _compile(tmp_path)
+    tasks, deployed = _model_wiring(spec)
+    assert {"synthesize", "tune"} <= set(tasks) and "resolve-model" not in tasks
+    for name in ("batch-infer", "evaluate"):
+        assert tasks[name]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"] == "tune"
+        assert tasks[name]["inputs"]["artifacts"]["splits"]["taskOutputArtifact"]["producerTask"] == "synthesize"
+    assert deployed == "tune"

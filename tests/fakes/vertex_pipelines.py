@@ -1,7 +1,7 @@
-"""Loopback fakes for delivering the pipeline: Vertex AI PipelineJobs, Cloud Storage buckets and the Artifact
-Registry Kubeflow Pipelines repository (what `kfp.registry.RegistryClient` talks to).
+"""Loopback fakes for delivering the pipeline: Vertex AI PipelineJobs and the Artifact Registry Kubeflow Pipelines
+repository (what `kfp.registry.RegistryClient` talks to); Cloud Storage is in fakes.storage.
 
-They extend the FakeGoogleApi base with what these three APIs need beyond JSON: the query string (read with
+They extend the FakeGoogleApi base with what these APIs need beyond JSON: the query string (read with
 `query()` inside a handler), PUT, multipart form bodies (handed to the handler as a dict of strings) and non-JSON
 answers (a handler returns `Raw`). Every request is still recorded in `requests`; each fake also keeps what it
 was asked to create, in order, for the tests to assert on.
@@ -131,43 +131,6 @@ class FakePipelineService(LoopbackFake):
                                                      "error": {"code": 9, "message": self.failure}}]}
             self._steps[match["name"]] = step + 1
         return job
-
-
-class FakeStorage(LoopbackFake):
-    """Cloud Storage buckets and their IAM policies (JSON API), for STORAGE_EMULATOR_HOST."""
-    routes = [
-        ("GET", r"/storage/v1/b/(?P<bucket>[^/]+)", "get_bucket"),
-        ("POST", r"/storage/v1/b", "create_bucket"),
-        ("GET", r"/storage/v1/b/(?P<bucket>[^/]+)/iam", "get_iam"),
-        ("PUT", r"/storage/v1/b/(?P<bucket>[^/]+)/iam", "set_iam"),
-    ]
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.buckets: dict[str, dict] = {}
-        self.policies: dict[str, dict] = {}
-
-    def get_bucket(self, match, body) -> dict:
-        if match["bucket"] not in self.buckets:
-            raise ApiError(404, f"bucket {match['bucket']} not found")
-        return self.buckets[match["bucket"]]
-
-    def create_bucket(self, match, body: dict) -> dict:
-        name = body["name"]
-        if name in self.buckets:
-            raise ApiError(409, f"bucket {name} already exists")
-        self.buckets[name] = {"kind": "storage#bucket", "name": name, "id": name, "projectNumber": "123456789",
-                              "location": body.get("location", "US"), "project": self.query().get("project")}
-        return self.buckets[name]
-
-    def get_iam(self, match, body) -> dict:
-        self.get_bucket(match, body)
-        return self.policies.get(match["bucket"], {"kind": "storage#policy", "bindings": [], "etag": "CAE="})
-
-    def set_iam(self, match, body: dict) -> dict:
-        self.get_bucket(match, body)
-        self.policies[match["bucket"]] = {**body, "etag": "CAI="}
-        return self.policies[match["bucket"]]
 
 
 class FakeKfpRegistry(LoopbackFake):
