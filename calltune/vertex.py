@@ -133,6 +133,14 @@ def parameter_values(template_path: Path, cfg: Config) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"pipeline template {template_path} has no parameters {unknown}: it was compiled from another "
                          f"calltune version; compile and upload it again")
+    # The DAG's shape is fixed at compile time: a tuning template given evaluate.model would quietly tune.
+    evaluation_only = "resolve-model" in spec.get("root", {}).get("dag", {}).get("tasks", {})
+    if bool(cfg.evaluate.model) != evaluation_only:
+        raise ValueError(
+            f"pipeline template {template_path} is {'an evaluation-only' if evaluation_only else 'a tuning'} "
+            f"template, but evaluate.model is {cfg.evaluate.model or 'empty'}; compile one "
+            f"{'without' if evaluation_only else 'with'} evaluate.model set (python compile.py --target vertex "
+            f"{'' if evaluation_only else 'evaluate.model=secret:latest'})".rstrip())
     return values
 
 

@@ -72,7 +72,8 @@ def test_every_step_runs_in_the_stamped_image(vertex_spec):
     images = {name: e["container"]["image"] for name, e in _executors(vertex_spec).items()}
     launcher = images.pop("exec-tune")  # the CustomJob launcher; the trainer image is in its worker pool
     assert launcher.startswith("gcr.io/ml-pipeline/google-cloud-pipeline-components:")
-    assert set(images) == {f"exec-{name.replace('_', '-')}" for name in STEPS} - {"exec-tune"}
+    # resolve_model runs only in evaluation-only pipelines
+    assert set(images) == {f"exec-{name.replace('_', '-')}" for name in STEPS} - {"exec-tune", "exec-resolve-model"}
     assert set(images.values()) == {IMAGE}
 
 

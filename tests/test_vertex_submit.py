@@ -159,3 +159,10 @@ def test_a_config_field_the_template_lacks_is_an_error_not_dropped(template, ver
 def test_upload_needs_a_template_registry(template, capsys):
     assert cli.main(["upload", str(template), "--config", CONFIG, "--tag", "x"]) == 2
     assert "gcp.template_registry" in capsys.readouterr().err
+
+
+def test_submit_refuses_evaluate_model_with_a_tuning_template(template, vertex, capsys):
+    """The DAG's shape is fixed when it is compiled: evaluate.model on a tuning template would tune quietly."""
+    code = _calltune("submit", str(template), api=vertex, overrides=["evaluate.model=secret:latest"])
+    assert code != 0 and not vertex.created
+    assert "is a tuning template, but evaluate.model is secret:latest" in capsys.readouterr().err
