@@ -46,17 +46,8 @@ def tune(
     from pathlib import Path
 
     from calltune.artifacts import publish
+    from calltune.backends.tuners import tune as run
     from calltune.config import TuneConfig
 
-    cfg = TuneConfig.from_params(locals())
-    if cfg.backend == "gemini":
-        from calltune.backends.gemini_tuner import tune_gemini
-
-        result = tune_gemini(Path(splits.path), Path(model.path), cfg)
-    else:
-        from calltune.tune import train_lora
-
-        validation = Path(splits.path) / "validation.examples.jsonl"
-        result = train_lora(Path(splits.path) / "train.examples.jsonl", validation if validation.exists() else None,
-                            Path(model.path), cfg, seed=seed, state_dir=Path(state_dir).expanduser())
+    result = run(splits.path, model.path, TuneConfig.from_params(locals()), seed=seed, state_dir=state_dir)
     publish(result, "Tune", artifacts=(model,), metrics=metrics, html=report, plot=Path(model.path) / "loss_curve.png")

@@ -1,4 +1,4 @@
-"""Backends: one small interface per step that has variants (translators, registries), picked by config name."""
+"""Backends: one small interface per step that has variants (translators, tuners, registries), picked by config name."""
 from __future__ import annotations
 
 import sqlite3

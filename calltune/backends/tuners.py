@@ -1,0 +1,24 @@
+"""Tuner backends: a splits folder in, a model folder (the KFP Model artifact) out, its model card returned.
+
+hf-lora tunes a local model here (calltune.tune); gemini runs a Vertex AI tuning job whose endpoint the folder's
+calltune_model.json names (calltune.backends.gemini_tuner). Both are validated on the validation split when the
+sample step wrote one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from calltune.config import TuneConfig
+
+
+def tune(splits: str | Path, out_dir: str | Path, cfg: TuneConfig, *, seed: int, state_dir: str | Path) -> dict:
+    splits = Path(splits)
+    if cfg.backend == "gemini":
+        from calltune.backends.gemini_tuner import tune_gemini
+
+        return tune_gemini(splits, Path(out_dir), cfg)
+    from calltune.tune import train_lora
+
+    validation = splits / "validation.examples.jsonl"
+    return train_lora(splits / "train.examples.jsonl", validation if validation.exists() else None, Path(out_dir),
+                      cfg, seed=seed, state_dir=Path(state_dir).expanduser())
