@@ -109,7 +109,9 @@ def calltune_run(size: str, steps: int, dev: str, tokens_per_step: int, attentio
     batch = max(2, round(tokens_per_step / (sum(lengths) / len(lengths))))
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
-        LlamaForCausalLM(cfg).save_pretrained(tmp, safe_serialization=True)
+        model = LlamaForCausalLM(cfg)
+        (model.to(torch.bfloat16) if dev == "cuda" else model).save_pretrained(tmp, safe_serialization=True)
+        del model
         anchor.tokenizer(cfg.vocab_size).save_pretrained(tmp)
         tune = TuneConfig(base_model=tmp, batch_size=batch, max_steps=steps + WARMUP, learning_rate=2e-4,
                           lora_dropout=0.0, max_seq_len=1024, eval_steps=10**6, attention=attention)
@@ -146,6 +148,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40 if dev == "cuda" else 30, help="timed steps per variant")
     parser.add_argument("--tokens-per-step", type=int, default=16384 if dev == "cuda" else 1024,
                         help="calltune's batch, in tokens (examples = this / the mean length)")
+    parser.add_argument("--variants", default="", help="comma-separated subset, e.g. calltune_sdpa,trl_packed_liger "
+                                                         "(default: all; a GPU run of all takes a while)")
     args = parser.parse_args()
     if not BENCH.is_dir():
         sys.exit(f"{BENCH} is missing: the baseline and anchor scripts live there")
@@ -161,6 +165,8 @@ def main() -> None:
         for attention in ("sdpa", "flex_attention") if dev == "cuda" else ("sdpa",):
             runs[f"calltune_{attention}"] = (lambda a=attention: calltune_run(size, args.steps, dev,
                                                                               args.tokens_per_step, a))
+        if args.variants:
+            runs = {n: r for n, r in runs.items() if n in args.variants.split(",")}
         for name, run in runs.items():
             try:
                 results[name] = _measure(run)
