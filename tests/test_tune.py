@@ -237,3 +237,13 @@ def test_data_parallel_processes_train_one_model(tiny_llama_dir, tiny_data, tmp_
     losses = _losses(tmp_path / "out")
     assert losses[-1] < losses[0]
     assert json.loads((tmp_path / "out" / MODEL_CARD).read_text()) == json.loads(json.dumps(card))
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_the_same(tiny_llama_dir, tiny_data, tmp_path):
+    """tune.compile=on (the CUDA default) on CPU inductor: the same losses as eager, step by step."""
+    cfg = _tiny_cfg(tiny_llama_dir)
+    train_lora(tiny_data, None, tmp_path / "eager", cfg, seed=0, state_dir=tmp_path / "s")
+    train_lora(tiny_data, None, tmp_path / "compiled", cfg.model_copy(update={"compile": "on"}), seed=0,
+               state_dir=tmp_path / "s")
+    assert _losses(tmp_path / "compiled") == pytest.approx(_losses(tmp_path / "eager"), rel=1e-4)
