@@ -1,11 +1,12 @@
 """Talk to a tuned model as the seller: it answers as the customer, with the same chat rendering as training."""
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from calltune.config import SplitConfig
-from calltune.infer import is_vertex
-from calltune.models import load_model, read_model_card
+
+if TYPE_CHECKING:
+    from calltune.serve import Responder
 
 
 def generate_reply(model, tokenizer, messages: list[dict], max_new_tokens: int = 64,
@@ -41,18 +42,13 @@ class ChatSession:
     (answering the phone), exactly as in the training examples, and is not kept as a turn.
     """
 
-    def __init__(self, model: str | Path, system: str | None = None, opening_prompt: str | None = None,
-                 history_turns: int | None = None, vertex_base_url: str = ""):
-        """`model`: a model folder, or a Vertex endpoint (a tuned Gemini's secret payload)."""
-        if is_vertex(model):
-            from calltune.serve import GeminiResponder
-
-            self._remote, card = GeminiResponder(str(model), vertex_base_url), {}
-        else:
-            self._remote, card = None, read_model_card(Path(model)) or {}
-            self.model, self.tokenizer = load_model(Path(model))
+    def __init__(self, responder: Responder, system: str | None = None, opening_prompt: str | None = None,
+                 history_turns: int | None = None):
+        """`responder`: the model (calltune.serve.load_responder: a local model folder or a Vertex endpoint); the
+        system instruction defaults to the persona a local model was tuned with."""
+        self.responder = responder
         split = SplitConfig()
-        self.system = card.get("system_prompt", "") if system is None else system
+        self.system = getattr(responder, "system", "") if system is None else system
         self.opening_prompt = split.opening_prompt if opening_prompt is None else opening_prompt
         self.history_turns = split.history_turns if history_turns is None else history_turns
         self.turns: list[dict] = []  # {"role": "seller"|"customer", "text": ...}
@@ -63,14 +59,9 @@ class ChatSession:
         messages += [{"role": "user" if t["role"] == "seller" else "assistant", "content": t["text"]} for t in history]
         return messages + [{"role": "user", "content": seller_text}]
 
-    def _generate(self, messages: list[dict], max_new_tokens: int, temperature: float) -> str:
-        if self._remote is not None:
-            return self._remote.reply(messages, max_new_tokens, temperature)
-        return generate_reply(self.model, self.tokenizer, messages, max_new_tokens, temperature)
-
     def reply(self, seller_text: str, max_new_tokens: int = 64, temperature: float = 0.0) -> str:
         """The customer's answer to the seller's line; both are added to the conversation."""
-        answer = self._generate(self._messages(seller_text), max_new_tokens, temperature)
+        answer = self.responder.reply(self._messages(seller_text), max_new_tokens, temperature)
         self.turns += [{"role": "seller", "text": seller_text}, {"role": "customer", "text": answer}]
         return answer
 
@@ -78,6 +69,6 @@ class ChatSession:
         """The customer's first line when the phone is answered."""
         if not self.opening_prompt:
             raise ValueError("no opening prompt is set: the seller speaks first")
-        answer = self._generate(self._messages(self.opening_prompt), max_new_tokens, temperature)
+        answer = self.responder.reply(self._messages(self.opening_prompt), max_new_tokens, temperature)
         self.turns.append({"role": "customer", "text": answer})
         return answer

@@ -76,17 +76,19 @@ def cmd_synthesize(args) -> int:
 
 
 def cmd_secrets(args) -> int:
+    from contextlib import closing
+
     from calltune.backends.registry import open_registry
 
     cfg = _config(args)
-    registry = open_registry(cfg.deploy, cfg.state_path())
     secret = args.secret or cfg.deploy.secret_id
-    for action in ("disable", "enable"):
-        if getattr(args, action) is not None:
-            getattr(registry, action)(secret, getattr(args, action))
-            print(f"{secret} version {getattr(args, action)}: {action}d")
-            return 0
-    versions = registry.list_versions(secret)
+    with closing(open_registry(cfg.deploy, cfg.state_path())) as registry:
+        for action in ("disable", "enable"):
+            if getattr(args, action) is not None:
+                getattr(registry, action)(secret, getattr(args, action))
+                print(f"{secret} version {getattr(args, action)}: {action}d")
+                return 0
+        versions = registry.list_versions(secret)
     if not versions:
         print(f"{secret}: no versions")
         return 0
@@ -101,14 +103,14 @@ def cmd_secrets(args) -> int:
 
 def cmd_chat(args) -> int:
     from calltune.chat import ChatSession
-    from calltune.deploy import model_path_from_endpoint, resolve_endpoint
+    from calltune.deploy import resolve_endpoint
+    from calltune.serve import load_responder
 
     cfg = _config(args)
     _offline()
     endpoint = resolve_endpoint(cfg.deploy, cfg.state_path(), version=args.version)
-    # A tuned Gemini's payload is its Vertex endpoint; a local model's, its file:// store folder.
-    session = ChatSession(endpoint if endpoint.startswith("projects/") else model_path_from_endpoint(endpoint),
-                          vertex_base_url=cfg.infer.vertex_base_url)
+    session = ChatSession(load_responder(endpoint, cfg.infer.vertex_base_url),
+                          opening_prompt=cfg.split.opening_prompt, history_turns=cfg.split.history_turns)
     print(f"Customer model from {cfg.deploy.secret_id} ({args.version}). You are the seller; /quit to leave.")
     if not args.seller_first:
         print(f"customer> {session.opening()}")

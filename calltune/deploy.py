@@ -18,6 +18,7 @@ from urllib.request import url2pathname
 
 from calltune.backends.registry import Registry, SecretNotFound, VersionDisabled, open_registry
 from calltune.config import DeployConfig
+from calltune.io import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,7 @@ def model_sha(model_dir: Path) -> str:
         raise ValueError(f"model folder {model_dir} holds no files")
     total = hashlib.sha256()
     for p in files:
-        with open(p, "rb") as fh:
-            digest = hashlib.file_digest(fh, "sha256").hexdigest()
-        total.update(f"{p.relative_to(model_dir).as_posix()}\0{digest}\n".encode())
+        total.update(f"{p.relative_to(model_dir).as_posix()}\0{file_sha256(p)}\n".encode())
     return total.hexdigest()[:16]
 
 
@@ -75,10 +74,11 @@ def deploy(model_dir: Path, cfg: DeployConfig, state_dir: Path, *, run_id: str, 
     annotations = {"run_id": run_id, "model_sha": sha, **{f"metric.{k}": str(v) for k, v in metrics.items()}}
     with closing(open_registry(cfg, state_dir)) as registry:
         try:
-            before = {v.version for v in registry.list_versions(cfg.secret_id)}
+            versions = registry.list_versions(cfg.secret_id)  # newest first
         except SecretNotFound:
-            before = set()
-        latest = registry.get_version(cfg.secret_id, max(before)) if before else None
+            versions = []
+        before = {v.version for v in versions}
+        latest = versions[0] if versions else None
         # Another run's version already serving this model; this run's own (maybe half-done) add is add_version's
         # to settle, through request_id.
         if latest and latest.annotations.get("run_id") not in (None, run_id) \

@@ -22,7 +22,8 @@ from calltune.io import atomic_open
 
 # Bucket names: 3-63 characters (up to 222 with dots), lowercase letters, digits, -, _ and ., starting and ending
 # with a letter or digit (https://cloud.google.com/storage/docs/buckets#naming).
-_BUCKET = re.compile(r"[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9]")
+BUCKET = r"[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9]"  # a bucket name's characters and length (3-222)
+_BUCKET = re.compile(BUCKET)
 
 
 def is_gcs(uri: str | Path) -> bool:

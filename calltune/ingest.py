@@ -287,18 +287,22 @@ def _parse_calls_jsonl(row: int, line: str, src: Source) -> Call:
     persona = obj.get("persona") or {}
     if not isinstance(persona, dict):
         raise _Reject("unparseable transcript")
-    persona = {str(k): repair_text(str(v)) for k, v in persona.items()}
+    persona = {str(k): _repair_field(str(v)) for k, v in persona.items()}
     system = repair_text(obj["system"]) if isinstance(obj.get("system"), str) else src.system(persona)
     return _call(obj.get("call_id") or f"row-{row}", row, persona, system, turns)
 
 
+def _list_field(obj: dict, key: str) -> list:
+    if key not in obj:
+        raise _Reject(f"missing field '{key}'")
+    if not isinstance(obj[key], list):
+        raise _Reject("unparseable transcript")
+    return obj[key]
+
+
 def _parse_messages(row: int, line: str, src: Source) -> Call:
     obj = _json_object(line)
-    if "messages" not in obj:
-        raise _Reject("missing field 'messages'")
-    messages = obj["messages"]
-    if not isinstance(messages, list):
-        raise _Reject("unparseable transcript")
+    messages = _list_field(obj, "messages")
     is_system = [isinstance(m, dict) and m.get("role") == "system" for m in messages]
     turns = _turns([m for m, s in zip(messages, is_system) if not s], _CHAT_ROLES, "role", "content")
     text = " ".join(m["content"] for m, s in zip(messages, is_system) if s and isinstance(m.get("content"), str))
@@ -313,11 +317,7 @@ def _parts_text(content: Any) -> str:
 
 def _parse_vertex(row: int, line: str, src: Source) -> Call:
     obj = _json_object(line)
-    if "contents" not in obj:
-        raise _Reject("missing field 'contents'")
-    contents = obj["contents"]
-    if not isinstance(contents, list):
-        raise _Reject("unparseable transcript")
+    contents = _list_field(obj, "contents")
     items = [{"role": c.get("role"), "text": _parts_text(c)} if isinstance(c, dict) else c for c in contents]
     turns = _turns(items, _CHAT_ROLES, "role", "text")
     system = _parts_text(obj["systemInstruction"]) if obj.get("systemInstruction") else ""

@@ -1,6 +1,7 @@
 """Streaming JSONL and atomic writes: a crash never leaves a half-written output behind."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -54,3 +55,9 @@ def write_json(path: str | Path, obj: Any) -> None:
     with atomic_open(path) as fh:
         json.dump(obj, fh, ensure_ascii=False, indent=2, sort_keys=True)
         fh.write("\n")
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex SHA-256 of a file's bytes, read in chunks."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,8 @@ def summarize(cfg: Config, run_dir: Path) -> dict[str, Any]:
     comparison = run_dir / "evaluate" / "evaluation" / "comparison.json"
     checks = json.loads(comparison.read_text(encoding="utf-8"))["gate"]["checks"] if comparison.is_file() else []
     try:
-        versions = open_registry(cfg.deploy, cfg.state_path()).list_versions(cfg.deploy.secret_id)
+        with closing(open_registry(cfg.deploy, cfg.state_path())) as registry:
+            versions = registry.list_versions(cfg.deploy.secret_id)
     except SecretNotFound:
         versions = []
     return {

@@ -141,15 +141,26 @@ class Sampler:
         if not splits["train"]:
             raise ValueError(f"nothing to sample: {self.calls_in} calls gave {self.examples_in} examples")
         for name, examples in splits.items():
-            paths = (out_dir / f"{name}.examples.jsonl", out_dir / f"{name}.jsonl", out_dir / f"{name}.messages.jsonl")
-            if not examples:
-                for path in paths:  # a stale split from an earlier run must not look like this run's
-                    path.unlink(missing_ok=True)
-                continue
-            write_jsonl(paths[0], examples)
-            write_jsonl(paths[1], map(to_vertex, examples))
-            write_jsonl(paths[2], map(to_messages, examples))
+            write_split(out_dir, name, examples)
         return report
+
+
+def split_files(folder: Path, name: str) -> tuple[Path, Path, Path]:
+    """A split's three renderings: <name>.examples.jsonl, <name>.jsonl (Vertex), <name>.messages.jsonl."""
+    return folder / f"{name}.examples.jsonl", folder / f"{name}.jsonl", folder / f"{name}.messages.jsonl"
+
+
+def write_split(folder: Path, name: str, examples: list[Example]) -> None:
+    """Write a split in its three renderings; an empty one removes them (a stale split from an earlier run must
+    not look like this run's)."""
+    examples_path, vertex_path, messages_path = split_files(folder, name)
+    if not examples:
+        for path in (examples_path, vertex_path, messages_path):
+            path.unlink(missing_ok=True)
+        return
+    write_jsonl(examples_path, examples)
+    write_jsonl(vertex_path, map(to_vertex, examples))
+    write_jsonl(messages_path, map(to_messages, examples))
 
 
 def sample(examples_in: str | Path, out_dir: str | Path, cfg: SampleConfig, seed: int) -> dict:

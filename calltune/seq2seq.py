@@ -12,6 +12,7 @@ import logging
 import time
 from pathlib import Path
 
+from calltune.config import TuneConfig
 from calltune.infer import instructions
 from calltune.schema import Example
 
@@ -51,31 +52,35 @@ def _token_accuracy(prediction) -> dict:
     return {"mean_token_accuracy": float((prediction.predictions == prediction.label_ids)[mask].mean())}
 
 
-def make_trainer(base_path: Path, tokenizer, train_rows: list[dict], eval_rows: list[dict] | None, peft_config,
-                 args: dict):
-    """A Seq2SeqTrainer of the peft-wrapped base over `encode_example` rows; DataCollatorForSeq2Seq pads labels
-    with -100, so the loss is the mean NLL of the reply tokens. Evaluation also logs `eval_mean_token_accuracy`
-    (the causal trainer's name). `args`: Seq2SeqTrainingArguments keywords."""
+def make_trainer(base_path: Path, train_rows: list[dict], eval_rows: list[dict] | None, cfg: TuneConfig, *,
+                 seed: int, work_dir: Path):
+    """The seq2seq counterpart of `calltune.tune.make_trainer` (same arguments, LoRA settings and callbacks): a
+    Seq2SeqTrainer of the peft-wrapped base over `encode_example` rows. DataCollatorForSeq2Seq pads labels with
+    -100, so the loss is the mean NLL of the reply tokens; evaluation also logs `eval_mean_token_accuracy`."""
     import torch
     from datasets import Dataset
     from peft import get_peft_model
-    from transformers import (AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, Seq2SeqTrainer,
+    from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer,
                               Seq2SeqTrainingArguments, set_seed)
 
-    training_args = Seq2SeqTrainingArguments(**args)
-    set_seed(training_args.seed)  # the LoRA weights are drawn before the trainer seeds
-    dtype = torch.bfloat16 if training_args.bf16 else torch.float32  # as the causal tuner: bf16 on GPUs
-    model = AutoModelForSeq2SeqLM.from_pretrained(base_path, dtype=dtype, use_safetensors=True,
-                                                  trust_remote_code=False)
+    from calltune.tune import callbacks, lora_config, training_args
+
+    cuda = torch.cuda.is_available()
+    args = Seq2SeqTrainingArguments(**training_args(cfg, work_dir, seed=seed, has_eval=bool(eval_rows), cuda=cuda))
+    set_seed(seed)  # the LoRA weights are drawn before the trainer seeds
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    model = AutoModelForSeq2SeqLM.from_pretrained(base_path, dtype=torch.bfloat16 if cuda else torch.float32,
+                                                  use_safetensors=True, trust_remote_code=False)
     return Seq2SeqTrainer(
-        model=get_peft_model(model, peft_config),
-        args=training_args,
+        model=get_peft_model(model, lora_config(cfg, base_path, "SEQ_2_SEQ_LM")),
+        args=args,
         train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
         data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),
         processing_class=tokenizer,
         compute_metrics=_token_accuracy,
         preprocess_logits_for_metrics=_argmax,
+        callbacks=callbacks(cfg, bool(eval_rows)),
     )
 
 

@@ -62,32 +62,25 @@ class GeminiResponder:
     """A Vertex AI endpoint or tuned Gemini model, through google-genai (Vertex mode)."""
 
     def __init__(self, resource: str, base_url: str = ""):
-        from google import genai
         from google.genai import types
+
+        from calltune.backends.genai import vertex_client
 
         match = _VERTEX.fullmatch(resource)
         if not match:
             raise ValueError(f"{resource!r} is not a Vertex AI endpoint or model resource name")
-        credentials = None
-        if base_url.startswith("http://"):  # a local fake: a placeholder token, real credentials never go over plain HTTP
-            from google.oauth2.credentials import Credentials
-
-            credentials = Credentials(token="placeholder")
         self.resource, self._types = resource, types
-        self._client = genai.Client(
-            vertexai=True, project=match["project"], location=match["location"], credentials=credentials,
-            http_options=types.HttpOptions(base_url=base_url or None, timeout=120_000,
-                                           retry_options=types.HttpRetryOptions(attempts=5)))
+        self._client = vertex_client(match["project"], match["location"], base_url, timeout=120_000,
+                                     retry_options=types.HttpRetryOptions(attempts=5))
 
     def reply(self, messages: list[dict], max_tokens: int, temperature: float) -> str:
-        t = self._types
-        system = "\n".join(m["content"] for m in messages if m["role"] == "system")
-        contents = [t.Content(role="user" if m["role"] == "user" else "model", parts=[t.Part(text=m["content"])])
-                    for m in messages if m["role"] != "system"]
+        from calltune.backends.genai import to_contents
+
+        system, contents = to_contents(messages)
         response = self._client.models.generate_content(
             model=self.resource, contents=contents,
-            config=t.GenerateContentConfig(system_instruction=system or None, max_output_tokens=max_tokens,
-                                           temperature=temperature))
+            config=self._types.GenerateContentConfig(system_instruction=system, max_output_tokens=max_tokens,
+                                                     temperature=temperature))
         return (response.text or "").strip()
 
 

@@ -53,7 +53,8 @@ from calltune.backends import connect_sqlite, write_transaction
 from calltune.backends.generators import GenerateError, Generator, make_generator
 from calltune.config import SplitConfig, SynthesizeConfig
 from calltune.io import read_jsonl, write_jsonl
-from calltune.render import to_messages, to_vertex
+from calltune.render import dialogue
+from calltune.sample import split_files, write_split
 from calltune.schema import Example, Turn
 from calltune.text import dedupe_key, repair_text
 from calltune.turns import split_call
@@ -147,9 +148,7 @@ def read_facts(path: str | Path) -> list[tuple[str, str]]:
 
 
 def _render(example: Example) -> str:
-    turns = [*example["history"], {"role": "seller", "text": example["prompt"]},
-             {"role": "customer", "text": example["target"]}]
-    return "\n".join(f"{t['role'].capitalize()}: {t['text']}" for t in turns)
+    return "\n".join(f"{role.capitalize()}: {text}" for role, text in dialogue(example))
 
 
 def _request_seed(seed: int, number: int) -> int:
@@ -299,15 +298,11 @@ def _max_similarity(vectors, others):
 
 # ---------------------------------------------------------------- the step
 
-def _split_files(folder: Path, name: str) -> tuple[Path, Path, Path]:
-    return folder / f"{name}.examples.jsonl", folder / f"{name}.jsonl", folder / f"{name}.messages.jsonl"
-
-
 def synthesize(splits_in: str | Path, splits_out: str | Path, cfg: SynthesizeConfig, *, seed: int,
                state_dir: str | Path, split: SplitConfig | None = None) -> dict:
     """Splits folder -> splits folder with synthetic train examples (module docstring); returns the report."""
     splits_in, splits_out = Path(splits_in), Path(splits_out)
-    train_path = _split_files(splits_in, "train")[0]
+    train_path = split_files(splits_in, "train")[0]
     if not train_path.is_file():
         raise FileNotFoundError(f"{splits_in}: no train.examples.jsonl (expected the sample step's splits folder)")
     if splits_out.exists() and splits_out.resolve() == splits_in.resolve():
@@ -319,7 +314,7 @@ def synthesize(splits_in: str | Path, splits_out: str | Path, cfg: SynthesizeCon
 
     split = split or SplitConfig()
     train = list(read_jsonl(train_path))
-    heldout = [e for name in ("validation", "test") if (p := _split_files(splits_in, name)[0]).is_file()
+    heldout = [e for name in ("validation", "test") if (p := split_files(splits_in, name)[0]).is_file()
                for e in read_jsonl(p)]
     prompts = build_prompts(train, cfg, seed)
     generator = make_generator(cfg, Path(state_dir).expanduser())
@@ -422,13 +417,10 @@ def _dedupe(candidates: list[Example], train: list[Example], heldout: list[Examp
 def _write(splits_in: Path, splits_out: Path, train: list[Example], trace: list[dict]) -> None:
     splits_out.mkdir(parents=True, exist_ok=True)
     for name in ("validation", "test"):
-        for src, dst in zip(_split_files(splits_in, name), _split_files(splits_out, name)):
+        for src, dst in zip(split_files(splits_in, name), split_files(splits_out, name)):
             if src.is_file():
                 shutil.copyfile(src, dst)
             else:  # a stale split from an earlier run must not look like this run's
                 dst.unlink(missing_ok=True)
-    examples_path, vertex_path, messages_path = _split_files(splits_out, "train")
-    write_jsonl(examples_path, train)
-    write_jsonl(vertex_path, map(to_vertex, train))
-    write_jsonl(messages_path, map(to_messages, train))
+    write_split(splits_out, "train", train)
     write_jsonl(splits_out / TRACE_FILE, trace)

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from calltune.config import TuneConfig
-from calltune.io import read_jsonl, write_json
+from calltune.io import file_sha256, read_jsonl, write_json
 from calltune.models import MODEL_CARD, device, resolve_base_model, set_threads, weights_sha256
 from calltune.render import to_messages
 from calltune.report import loss_curve_png
@@ -149,7 +149,7 @@ def compile_enabled(cfg: TuneConfig, cuda: bool) -> bool:
 
 
 def training_args(cfg: TuneConfig, work_dir: Path, *, seed: int, has_eval: bool, cuda: bool) -> dict:
-    """Trainer arguments shared by the causal and the seq2seq tuner. Checkpoints go to `work_dir` every
+    """Trainer arguments shared by the causal and the seq2seq (calltune.seq2seq) tuner. Checkpoints go to `work_dir` every
     `eval_steps` (for resume and for keeping the best by validation loss); TensorBoard events to work_dir/runs."""
     args = dict(
         output_dir=str(work_dir),
@@ -225,17 +225,10 @@ def make_trainer(base_path: Path, train_rows: list[dict], eval_rows: list[dict] 
     )
 
 
-def _file_sha(path: str | Path | None) -> str:
-    if path is None:
-        return ""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def checkpoint_dir(state_dir: Path, cfg: TuneConfig, base_sha: str, train_path, validation_path, seed: int) -> Path:
     """Where this run's checkpoints live: one folder per (data, base weights, config, seed), so only the same run
     resumes from them."""
-    key = json.dumps([_file_sha(train_path), _file_sha(validation_path), base_sha, cfg.model_dump(), seed],
+    key = json.dumps([file_sha256(train_path), validation_path and file_sha256(validation_path), base_sha, cfg.model_dump(), seed],
                      sort_keys=True)
     return Path(state_dir).expanduser() / "checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -303,16 +296,8 @@ def _train(train_path, validation_path, out_dir, cfg: TuneConfig, *, seed: int, 
     log.info("tuning %s on %d examples (%d skipped, %d validation) on %s%s", cfg.base_model, len(train_rows),
              train_skipped, len(eval_rows), device(), f", resuming from {work}" if resume else "")
 
-    if encoder_decoder:
-        import torch
-
-        args = training_args(cfg, work, seed=seed, has_eval=bool(eval_rows), cuda=torch.cuda.is_available())
-        trainer = seq2seq.make_trainer(base_path, tokenizer, train_rows, eval_rows,
-                                       lora_config(cfg, base_path, "SEQ_2_SEQ_LM"), args)
-        for callback in callbacks(cfg, bool(eval_rows)):
-            trainer.add_callback(callback)
-    else:
-        trainer = make_trainer(base_path, train_rows, eval_rows, cfg, seed=seed, work_dir=work)
+    maker = seq2seq.make_trainer if encoder_decoder else make_trainer
+    trainer = maker(base_path, train_rows, eval_rows, cfg, seed=seed, work_dir=work)
     result = trainer.train(resume_from_checkpoint=resume or None)
     validation = trainer.evaluate() if eval_rows else {}
     if not trainer.is_world_process_zero():

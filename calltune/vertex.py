@@ -18,11 +18,12 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from calltune.gcs import BUCKET
 from calltune.config import Config, ConfigError
 
 IMAGE_ENV, TRAINER_IMAGE_ENV = "CALLTUNE_IMAGE", "CALLTUNE_TRAINER_IMAGE"
-_GCS_FOLDER = re.compile(r"gs://[a-z0-9][-_.a-z0-9]{1,221}[a-z0-9](/.*)?")
-_FUSE_FOLDER = re.compile(r"/gcs/[a-z0-9][-_.a-z0-9]{1,221}[a-z0-9](/.*)?")
+_GCS_FOLDER = re.compile(rf"gs://{BUCKET}(/.*)?")
+_FUSE_FOLDER = re.compile(rf"/gcs/{BUCKET}(/.*)?")
 _IMAGE = re.compile(r"[a-z0-9.-]+(:[0-9]+)?/[^\s:@]+(:[\w][\w.-]{0,127}|@sha256:[0-9a-f]{64})")
 # Fields naming a file, or a model folder: on Vertex AI only Cloud Storage paths resolve (or bundled models, and
 # projects/... resources).

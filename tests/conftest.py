@@ -28,6 +28,31 @@ def make_example(i: int, history, prompt: str, target: str, system: str = SYSTEM
             "prompt": prompt, "target": target}
 
 
+def crash_when_cached(command: list[str], db: Path, table: str, rows: int, fake, requests: int, timeout_s: float,
+                      cwd: Path | None = None) -> None:
+    """Start `command` and SIGKILL it (a crash: no cleanup, no flush) once its SQLite cache `db` holds `rows` rows
+    in `table` and `fake` has seen more than `requests` requests (the next one is pending); fail if that never
+    happens within `timeout_s`."""
+    import signal
+    import sqlite3
+    import subprocess
+    import time
+
+    child = subprocess.Popen(command, stderr=subprocess.DEVNULL, cwd=cwd)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if db.exists() and len(fake.requests) > requests:
+                with sqlite3.connect(db) as conn:
+                    if conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == rows:
+                        return
+            time.sleep(0.05)
+        pytest.fail(f"the child never got {rows} rows into {table}")
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+
+
 def write_examples(path: Path, examples) -> Path:
     path.write_text("".join(json.dumps(e) + "\n" for e in examples), encoding="utf-8")
     return path

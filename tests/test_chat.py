@@ -1,11 +1,12 @@
 """Chat: the tuned model answers as the customer and keeps the conversation."""
 from calltune.chat import ChatSession
+from calltune.serve import LocalResponder
 from conftest import SYSTEM, TINY_DIALOGUES
 
 
 def test_chat_answers_as_the_customer_and_keeps_the_turns(tuned_model):
     out, report = tuned_model
-    session = ChatSession(out)
+    session = ChatSession(LocalResponder(out))
     assert session.system == report["system_prompt"] == SYSTEM
 
     opening = session.opening(max_new_tokens=16)
@@ -19,7 +20,7 @@ def test_chat_answers_as_the_customer_and_keeps_the_turns(tuned_model):
 def test_tuned_model_plays_the_customer_it_learnt(tuned_model):
     out, _ = tuned_model
     history, prompt, target = TINY_DIALOGUES[2]
-    session = ChatSession(out)
+    session = ChatSession(LocalResponder(out))
     assert session.reply(prompt, max_new_tokens=24) == target  # greedy: the memorised reply
 
 

@@ -79,22 +79,15 @@ def tokenizer(t5_dir):
     return AutoTokenizer.from_pretrained(t5_dir)
 
 
-def _lora(r: int = 8):
-    from peft import LoraConfig
-
-    return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=T5_LINEAR, task_type="SEQ_2_SEQ_LM")
-
-
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory, t5_dir, tokenizer):
     """(trainer, tuned model folder) after a short LoRA run that memorises the TRAIN replies; the folder is laid
     out as the tune step writes one: adapter, tokenizer, calltune_model.json naming the base."""
     work = tmp_path_factory.mktemp("s2s-tune")
     rows = [seq2seq.encode_example(e, tokenizer, 128) for e in TRAIN]
-    trainer = seq2seq.make_trainer(t5_dir, tokenizer, rows, rows, _lora(), {
-        "output_dir": str(work / "work"), "max_steps": 40, "learning_rate": 1e-2, "per_device_train_batch_size": 4,
-        "per_device_eval_batch_size": 4, "save_strategy": "no", "report_to": "none", "logging_steps": 1, "seed": 0,
-        "disable_tqdm": True})
+    cfg = TuneConfig(base_model=str(t5_dir), max_steps=40, learning_rate=1e-2, batch_size=4, lora_r=8,
+                     lora_alpha=16, lora_dropout=0.0, target_modules=T5_LINEAR, max_seq_len=128)
+    trainer = seq2seq.make_trainer(t5_dir, rows, rows, cfg, seed=0, work_dir=work / "work")
     trainer.train()
     out = work / "model"
     trainer.model.save_pretrained(out, safe_serialization=True)
@@ -251,10 +244,11 @@ def test_pipeline_run_with_a_seq2seq_base_completes_under_kfp_local(t5_dir, tmp_
 def test_chat_with_a_tuned_seq2seq_model(tuned):
     """`calltune chat` on a promoted T5: the encoder reads the same plain-text conversation as in training."""
     from calltune.chat import ChatSession
+    from calltune.serve import LocalResponder
 
     _, model_dir = tuned
     history, prompt, target = TINY_DIALOGUES[1]
-    session = ChatSession(model_dir, system=TRAIN[1]["system"], opening_prompt="")
+    session = ChatSession(LocalResponder(model_dir), system=TRAIN[1]["system"], opening_prompt="")
     session.turns = [{"role": r, "text": t} for r, t in history]
     assert _squeeze(session.reply(prompt, max_new_tokens=32)) == _squeeze(target)  # greedy: the memorised reply
     assert [t["role"] for t in session.turns][-2:] == ["seller", "customer"]

@@ -2,20 +2,19 @@
 leak and duplicate removal, the quality filter, the mix ratio, retries, the cache, and resume after a crash."""
 import hashlib
 import json
-import signal
 import sqlite3
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import crash_when_cached
 from fakes.openai_compat import FakeOpenAI
 
 from calltune.backends.generators import GenerateError
 from calltune.config import SplitConfig, SynthesizeConfig
-from calltune.io import read_jsonl, write_jsonl
+from calltune.io import read_jsonl
 from calltune.render import to_messages, to_vertex
+from calltune.sample import write_split
 from calltune.synthesize import CACHE_FILE, TRACE_FILE, read_facts, synthesize
 from calltune.turns import split_call
 
@@ -63,9 +62,7 @@ def splits(tmp_path) -> Path:
         examples = [e for call_id, lines in calls.items() for e in split_call(
             {"call_id": call_id, "source_row": 1, "persona": {}, "system": SYSTEM,
              "turns": [{"role": ("seller", "customer")[i % 2], "text": t} for i, t in enumerate(lines)]}, SplitConfig())]
-        write_jsonl(folder / f"{name}.examples.jsonl", examples)
-        write_jsonl(folder / f"{name}.jsonl", map(to_vertex, examples))
-        write_jsonl(folder / f"{name}.messages.jsonl", map(to_messages, examples))
+        write_split(folder, name, examples)
     return folder
 
 
@@ -251,21 +248,9 @@ def test_a_crash_midway_then_a_rerun_repeats_no_request(tmp_path, splits, key):
         fake.hang_after(3)  # 3 requests answered, then the service stops answering
         cfg = cfg_for(fake, conversations=n, timeout_s=30).model_dump()
         args = {"splits": str(splits), "out": str(tmp_path / "out"), "cfg": cfg, "state": str(tmp_path / "state")}
-        child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(args)], stderr=subprocess.DEVNULL,
-                                 cwd=Path(__file__).resolve().parents[1])
-        try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:  # until the 3 answers are in the cache and a 4th request hangs
-                if (tmp_path / "state" / CACHE_FILE).exists() and len(fake.requests) > 3:
-                    with sqlite3.connect(tmp_path / "state" / CACHE_FILE) as db:
-                        if db.execute("SELECT count(*) FROM generations").fetchone()[0] == 3:
-                            break
-                time.sleep(0.05)
-            else:
-                pytest.fail("the child never got 3 answers into the cache")
-        finally:
-            child.send_signal(signal.SIGKILL)  # a crash: no cleanup
-            child.wait()
+        # until the 3 answers are in the cache and a 4th request hangs
+        crash_when_cached([sys.executable, "-c", CHILD, json.dumps(args)], tmp_path / "state" / CACHE_FILE,
+                          "generations", 3, fake, requests=3, timeout_s=30, cwd=Path(__file__).resolve().parents[1])
         first = fake.bodies()
     assert len(first) == 3 and not (tmp_path / "out").exists()
 

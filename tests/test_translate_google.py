@@ -2,14 +2,12 @@
 import json
 import math
 import random
-import signal
-import sqlite3
-import subprocess
 import sys
 import threading
 import time
 
 import pytest
+from conftest import crash_when_cached
 from fakes.translate import MAX_CODEPOINTS, FakeTranslation, detect, fake_translation
 
 from calltune.backends.translators import TranslateError, make_translator
@@ -192,20 +190,9 @@ def test_a_crash_midway_then_a_rerun_sends_only_what_was_not_done(tmp_path, fake
     fake.hang_after(4)  # 4 requests are answered, then the service stops answering
     cfg = gcfg(fake, batch_size=10, max_concurrency=2, timeout_s=30).model_dump()
     args = {"calls": str(tmp_path / "calls.jsonl"), "out": str(tmp_path / "out.jsonl"), "cfg": cfg, "state": str(tmp_path)}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(args)], stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # until the 4 answered batches are in the cache and more are waiting
-            if (tmp_path / CACHE_FILE).exists() and len(fake.requests) > 4:
-                with sqlite3.connect(tmp_path / CACHE_FILE) as db:
-                    if db.execute("SELECT count(*) FROM translations").fetchone()[0] == 40:
-                        break
-            time.sleep(0.05)
-        else:
-            pytest.fail("the child never got 4 batches into the cache")
-    finally:
-        child.send_signal(signal.SIGKILL)  # a crash: no cleanup, no flush
-        child.wait()
+    # until the 4 answered batches are in the cache and more are waiting
+    crash_when_cached([sys.executable, "-c", CHILD, json.dumps(args)], tmp_path / CACHE_FILE, "translations", 40,
+                      fake, requests=4, timeout_s=20)
     assert not (tmp_path / "out.jsonl").exists()
     first = set(fake.sent_texts())
     assert len(first) == 40

@@ -30,7 +30,7 @@ from typing import Callable, TypeVar
 
 from calltune import gcs
 from calltune.config import TuneConfig
-from calltune.io import read_jsonl, write_json
+from calltune.io import file_sha256, read_jsonl, write_json
 from calltune.models import BUNDLED, MODEL_CARD
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,9 @@ def tune_gemini(splits_dir: str | Path, out_dir: str | Path, cfg: TuneConfig,
         log.warning("%s is missing: the job reports no validation metrics, so the gate has no accuracy", validation)
         validation = None
     started = time.monotonic()
-    train_uri, validation_uri = _upload(train, cfg), validation and _upload(validation, cfg)
+    storage = gcs.client()
+    train_uri = _upload(train, cfg, storage)
+    validation_uri = validation and _upload(validation, cfg, storage)
     client = _Client(cfg, sleep)
     key = _key(cfg, train_uri, validation_uri)
     job = client.find(key) or client.create(key, train_uri, validation_uri)
@@ -129,15 +131,10 @@ def tune_gemini(splits_dir: str | Path, out_dir: str | Path, cfg: TuneConfig,
     return card
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def _upload(path: Path, cfg: TuneConfig) -> str:
+def _upload(path: Path, cfg: TuneConfig, storage) -> str:
     """Upload to <staging>/<sha256>/<name>: the same bytes, the same object, written once."""
-    uri = gcs.join(cfg.gemini_staging_uri, _sha256(path), path.name)
-    gcs.upload_file(path, uri, content_type="application/jsonl")
+    uri = gcs.join(cfg.gemini_staging_uri, file_sha256(path), path.name)
+    gcs.upload_file(path, uri, content_type="application/jsonl", gcs=storage)
     log.info("uploaded %s to %s", path, uri)
     return uri
 
@@ -157,24 +154,14 @@ class _Client:
     """google-genai's tunings in Vertex mode, with retries; the metrics through aiplatform's v1 REST clients."""
 
     def __init__(self, cfg: TuneConfig, sleep: Callable[[float], None]):
-        from google import genai
-        from google.genai import errors, types
+        from google.genai import types
 
-        from calltune.backends.generators import _httpx_modules
+        from calltune.backends.genai import transient, vertex_client
 
         self.cfg, self.sleep, self.types = cfg, sleep, types
-        credentials = None
-        if cfg.gemini_base_url.startswith("http://"):  # a local fake: real credentials never go over plain HTTP
-            from google.oauth2.credentials import Credentials
-
-            credentials = Credentials(token="placeholder")
         # No client-side retries: `_call` retries, so that a create is never repeated blindly.
-        self.genai = genai.Client(vertexai=True, project=cfg.gemini_project or None, location=cfg.gemini_location,
-                                  credentials=credentials,
-                                  http_options=types.HttpOptions(base_url=cfg.gemini_base_url or None, timeout=120_000))
-        transport = tuple(m.TransportError for m in _httpx_modules())
-        self._transient = lambda e: (isinstance(e, errors.APIError) and (e.code in (408, 429) or (e.code or 0) >= 500)) \
-            or isinstance(e, transport)
+        self.genai = vertex_client(cfg.gemini_project, cfg.gemini_location, cfg.gemini_base_url, timeout=120_000)
+        self._transient = transient
 
     def _call(self, what: str, fn: Callable[[], T], transient: Callable[[BaseException], bool] | None = None,
               on_retry: Callable[[], T | None] | None = None) -> T:

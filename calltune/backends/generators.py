@@ -14,19 +14,18 @@ import ipaddress
 import json
 import logging
 import os
-import random
-import threading
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Protocol
 from urllib.parse import urlsplit
 
+from calltune.backends import Retrying, brief
+from calltune.backends.genai import to_contents, transient, vertex_client
 from calltune.config import SynthesizeConfig
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LOCAL_MODEL = "smollm2-135m-instruct"
-MAX_BACKOFF_S = 60.0
 
 
 class GenerateError(RuntimeError):
@@ -44,43 +43,9 @@ class Generator(Protocol):
     def close(self) -> None: ...
 
 
-class _Retrying:
-    """Runs one remote call with retries; counts attempts, failures and retries (thread-safe)."""
-
-    def __init__(self, cfg: SynthesizeConfig, retryable: Callable[[BaseException], bool], service: str):
-        self.cfg, self.retryable, self.service = cfg, retryable, service
-        self.counters: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
-
-    def _count(self, key: str) -> None:
-        with self._lock:
-            self.counters[key] += 1
-
-    def close(self) -> None:
-        """Stop retrying: a run that ends early does not wait out the backoffs."""
-        self._closed.set()
-
-    def call(self, fn: Callable[[], str]) -> str:
-        cfg, attempt = self.cfg, 0
-        while True:
-            self._count("requests")
-            try:
-                return fn()
-            except Exception as exc:  # noqa: BLE001 - sorted into retryable or not just below
-                self._count("failures")
-                if not self.retryable(exc):
-                    raise GenerateError(f"{self.service} refused the request: {_brief(exc)}") from exc
-                if attempt == cfg.max_retries:
-                    raise GenerateError(f"{self.service} gave up after {attempt + 1} attempts "
-                                        f"(synthesize.max_retries={cfg.max_retries}); last error: {_brief(exc)}") from exc
-                delay = random.uniform(0, min(MAX_BACKOFF_S, cfg.retry_backoff_s * 2 ** attempt))
-                attempt += 1
-                log.warning("%s failed (%s); retry %d/%d in %.1f s", self.service, _brief(exc), attempt,
-                            cfg.max_retries, delay)
-                self._count("retries")
-                if self._closed.wait(delay):
-                    raise GenerateError(f"{self.service}: stopped before retrying (the run is ending)") from exc
+def _retrying(cfg: SynthesizeConfig, retryable: Callable[[BaseException], bool], service: str) -> Retrying:
+    return Retrying(service=service, setting="synthesize.max_retries", max_retries=cfg.max_retries,
+                    backoff_s=cfg.retry_backoff_s, retryable=retryable, error=GenerateError)
 
 
 class OpenAICompatGenerator:
@@ -106,7 +71,7 @@ class OpenAICompatGenerator:
         self.concurrency = cfg.max_concurrency
         self._cfg = cfg
         retryable = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
-        self._retrying = _Retrying(cfg, lambda e: isinstance(e, retryable), "OpenAI-compatible endpoint")
+        self._retrying = _retrying(cfg, lambda e: isinstance(e, retryable), "OpenAI-compatible endpoint")
         self.counters = self._retrying.counters
         self.close = self._retrying.close
         # One client for every thread (its connection pool is thread-safe); its own retries are off.
@@ -129,8 +94,7 @@ class GeminiGenerator:
     max_batch = 1
 
     def __init__(self, cfg: SynthesizeConfig):
-        from google import genai  # only when this backend is used
-        from google.genai import errors, types
+        from google.genai import types  # only when this backend is used
 
         if not cfg.model:
             raise ValueError("synthesize.backend=gemini needs synthesize.model (e.g. gemini-2.5-flash)")
@@ -140,28 +104,15 @@ class GeminiGenerator:
             project, location = parts[1], parts[3]
         if not project:
             raise ValueError("synthesize.backend=gemini needs synthesize.project (the Google Cloud project to bill)")
-        credentials = None
-        if cfg.base_url.startswith("http://"):  # a local fake: a placeholder token, real credentials never go over plain HTTP
-            from google.oauth2.credentials import Credentials
-
-            credentials = Credentials(token="placeholder")
         try:
-            self._client = genai.Client(vertexai=True, project=project, location=location, credentials=credentials,
-                                        http_options=types.HttpOptions(base_url=cfg.base_url or None,
-                                                                       timeout=int(cfg.timeout_s * 1000)))
+            self._client = vertex_client(project, location, cfg.base_url, timeout=int(cfg.timeout_s * 1000))
         except Exception as exc:  # google.auth's DefaultCredentialsError, mostly
-            raise GenerateError(f"synthesize.backend=gemini could not start a client: {_brief(exc)}; run "
+            raise GenerateError(f"synthesize.backend=gemini could not start a client: {brief(exc)}; run "
                                 f"`gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS") from exc
         self.name = f"gemini:{cfg.model}"
         self.concurrency = cfg.max_concurrency
         self._cfg, self._types = cfg, types
-        transport = tuple(m.TransportError for m in _httpx_modules())  # timeouts, refused and dropped connections
-
-        def retryable(exc: BaseException) -> bool:
-            return (isinstance(exc, errors.APIError) and (exc.code == 429 or (exc.code or 0) >= 500)) \
-                or isinstance(exc, transport)
-
-        self._retrying = _Retrying(cfg, retryable, "Gemini")
+        self._retrying = _retrying(cfg, transient, "Gemini")
         self.counters = self._retrying.counters
         self.close = self._retrying.close
 
@@ -170,13 +121,10 @@ class GeminiGenerator:
 
     def _one(self, request: dict) -> str:
         t = self._types
-        messages = request["messages"]
-        system = "\n".join(m["content"] for m in messages if m["role"] == "system")
-        contents = [t.Content(role="user" if m["role"] == "user" else "model", parts=[t.Part(text=m["content"])])
-                    for m in messages if m["role"] != "system"]
+        system, contents = to_contents(request["messages"])
         response = self._client.models.generate_content(
             model=self._cfg.model, contents=contents,
-            config=t.GenerateContentConfig(system_instruction=system or None, temperature=request["temperature"],
+            config=t.GenerateContentConfig(system_instruction=system, temperature=request["temperature"],
                                            max_output_tokens=request["max_tokens"], seed=request["seed"]))
         return response.text or ""
 
@@ -232,18 +180,6 @@ def make_generator(cfg: SynthesizeConfig, state_dir: Path) -> Generator:
     raise ValueError(f"unknown synthesize.backend {cfg.backend!r}")
 
 
-def _httpx_modules() -> list:
-    import importlib
-
-    mods = []
-    for name in ("httpx", "httpx2"):  # google-genai uses either
-        try:
-            mods.append(importlib.import_module(name))
-        except ImportError:
-            pass
-    return mods
-
-
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -251,7 +187,3 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _brief(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:300]

@@ -14,6 +14,7 @@ import logging
 import threading
 from collections import Counter
 
+from calltune.backends import Retrying
 from calltune.backends.translators import TranslateError
 from calltune.config import TranslateConfig
 
@@ -23,7 +24,6 @@ log = logging.getLogger(__name__)
 # 30,000 codepoints. The max length of this field is 1024."
 MAX_SEGMENTS = 1024
 MAX_CODEPOINTS = 30_000
-MAX_BACKOFF_S = 60.0
 
 
 class GoogleTranslator:
@@ -45,13 +45,15 @@ class GoogleTranslator:
         # The cache key: the model and glossary decide the output, the project and endpoint do not.
         self.name = "google:" + (cfg.model or "general/nmt") + (f"+glossary={self._glossary}" if self._glossary else "")
         self.concurrency = cfg.max_concurrency
-        self.counters: Counter[str] = Counter()
         self._cfg = cfg
-        self._retryable = (exceptions.TooManyRequests, exceptions.ServerError,
-                           requests.exceptions.Timeout, requests.exceptions.ConnectionError)
-        self._lock = threading.Lock()
+        retryable = (exceptions.TooManyRequests, exceptions.ServerError,
+                     requests.exceptions.Timeout, requests.exceptions.ConnectionError)
+        self._retrying = Retrying(service="Cloud Translation", setting="translate.max_retries",
+                                  max_retries=cfg.max_retries, backoff_s=cfg.retry_backoff_s,
+                                  retryable=lambda e: isinstance(e, retryable), error=TranslateError)
+        self.counters = self._retrying.counters
+        self.close = self._retrying.close  # a run that ends early does not wait out the backoffs
         self._local = threading.local()
-        self._closed = threading.Event()
         self._client()  # fail now, not in a worker, when credentials are missing
 
     def _resource(self, value: str, kind: str) -> str:
@@ -79,17 +81,7 @@ class GoogleTranslator:
             self._local.client = client
         return client
 
-    def close(self) -> None:
-        """Stop retrying: a run that ends early (Ctrl-C, a failure elsewhere) does not wait out the backoffs."""
-        self._closed.set()
-
-    def _count(self, counts: dict[str, int]) -> None:
-        with self._lock:
-            self.counters.update(counts)
-
     def translate(self, texts: list[str], source: str, target: str) -> list[str]:
-        from google.api_core.retry import exponential_sleep_generator
-
         request = {"parent": self._parent, "contents": texts, "mime_type": "text/plain", "target_language_code": target}
         if source != "auto":
             request["source_language_code"] = source
@@ -97,35 +89,15 @@ class GoogleTranslator:
             request["model"] = self._model
         if self._glossary:
             request["glossary_config"] = {"glossary": self._glossary}
-        delays = exponential_sleep_generator(self._cfg.retry_backoff_s, MAX_BACKOFF_S, 2.0)  # uniform(0, bound)
         client = self._client()
-        for attempt in range(self._cfg.max_retries + 1):
-            self._count({"requests": 1})
-            try:
-                response = client.translate_text(request=request, timeout=self._cfg.timeout_s, retry=None)
-                break
-            except self._retryable as exc:
-                self._count({"failures": 1})
-                if attempt == self._cfg.max_retries:
-                    raise TranslateError(f"Cloud Translation gave up after {attempt + 1} attempts "
-                                         f"(translate.max_retries={self._cfg.max_retries}); last error: {_brief(exc)}") from exc
-                delay = next(delays)
-                log.warning("translateText failed (%s); retry %d/%d in %.1f s",
-                            _brief(exc), attempt + 1, self._cfg.max_retries, delay)
-                self._count({"retries": 1})
-                if self._closed.wait(delay):
-                    raise TranslateError("Cloud Translation: stopped before retrying (the run is ending)") from exc
-            except Exception as exc:  # 400, 403, 404...: retrying cannot help
-                self._count({"failures": 1})
-                raise TranslateError(f"Cloud Translation refused the request: {_brief(exc)}") from exc
+        response = self._retrying.call(
+            lambda: client.translate_text(request=request, timeout=self._cfg.timeout_s, retry=None))
         items = response.glossary_translations if self._glossary else response.translations
         if len(items) != len(texts):
             raise TranslateError(f"Cloud Translation answered {len(items)} translations for {len(texts)} texts")
         counts = Counter(f"detected:{i.detected_language_code}" for i in items if i.detected_language_code)
         counts["characters_billed"] = sum(map(len, texts))  # code points, what the API bills
-        self._count(counts)
+        self._retrying.count(counts)
         return [i.translated_text for i in items]
 
 
-def _brief(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:300]

@@ -23,6 +23,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from calltune.backends import MAX_BACKOFF_S, brief
 from calltune.backends.registry import (RegistryError, RequestIdConflict, SecretNotFound, SecretVersion,
                                         VersionDisabled, VersionNotFound, check_new_version, check_secret_id,
                                         version_number)
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 RECORD = "calltune-v"
 PENDING = "calltune-pending-"
 MAX_ANNOTATIONS_BYTES = 16 * 1024 - 1  # "The total size of annotation keys and values must be less than 16KiB."
-MAX_BACKOFF_S = 60.0
 
 
 def _number(name: str) -> int:
@@ -70,10 +70,6 @@ def _fit(annotations: dict[str, str], keep: str) -> dict[str, str]:
         raise RegistryError(f"secret annotations take {_size(annotations)} bytes even without old calltune records; "
                             f"Secret Manager allows {MAX_ANNOTATIONS_BYTES} (fewer or shorter metrics?)")
     return annotations
-
-
-def _brief(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 class SecretManagerRegistry:
@@ -119,10 +115,10 @@ class SecretManagerRegistry:
     def _sleep(self, delays: Iterator[float], what: str, exc: BaseException, attempt: int) -> None:
         if attempt == self._cfg.max_retries:
             raise RegistryError(f"Secret Manager: {what} gave up after {attempt + 1} attempts "
-                                f"(deploy.max_retries={self._cfg.max_retries}); last error: {_brief(exc)}") from exc
+                                f"(deploy.max_retries={self._cfg.max_retries}); last error: {brief(exc)}") from exc
         delay = next(delays)
         log.warning("Secret Manager: %s failed (%s); retry %d/%d in %.1f s",
-                    what, _brief(exc), attempt + 1, self._cfg.max_retries, delay)
+                    what, brief(exc), attempt + 1, self._cfg.max_retries, delay)
         time.sleep(delay)
 
     def _delays(self) -> Iterator[float]:
@@ -149,7 +145,7 @@ class SecretManagerRegistry:
                 raise VersionNotFound(f"secret {secret_id}: version {version} not found") from exc
             raise SecretNotFound(f"secret {secret_id!r} not found in {self._parent}") from exc
         except self._x.GoogleAPICallError as exc:
-            raise RegistryError(f"Secret Manager refused a request on secret {secret_id}: {_brief(exc)}") from exc
+            raise RegistryError(f"Secret Manager refused a request on secret {secret_id}: {brief(exc)}") from exc
 
     def _exists(self, secret_id: str) -> bool:
         try:
