@@ -135,3 +135,38 @@ def tiny_chat_model(tmp_path_factory) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+# ---- browser: Debian's Chromium driven by Playwright (its own browser download is not reachable) ----
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """A headless Chromium for the page and report tests. Skips where none is installed, except under CI, where
+    a missing browser is a failure (`make test` installs Debian's chromium when it can)."""
+    import os
+    import shutil
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not exe:
+        if os.environ.get("CI"):
+            pytest.fail("CI: no chromium executable; `make browser` installs Debian's chromium")
+        pytest.skip("no chromium executable (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def artifacts_dir() -> Path:
+    """Where tests leave files for people to look at (screenshots): $CALLTUNE_TEST_ARTIFACTS or out/test-artifacts."""
+    import os
+
+    out = Path(os.environ.get("CALLTUNE_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "out" / "test-artifacts")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
