@@ -82,7 +82,8 @@ def cmd_secrets(args) -> int:
 
     cfg = _config(args)
     secret = args.secret or cfg.deploy.secret_id
-    with closing(open_registry(cfg.deploy, cfg.state_path())) as registry:
+    readonly = args.disable is None and args.enable is None  # listing never waits behind a writer
+    with closing(open_registry(cfg.deploy, cfg.state_path(), readonly=readonly)) as registry:
         for action in ("disable", "enable"):
             if getattr(args, action) is not None:
                 getattr(registry, action)(secret, getattr(args, action))
@@ -132,7 +133,8 @@ def cmd_rollback(args) -> int:
     cfg = _config(args)
     res = rollback(cfg.deploy, cfg.state_path(), to=args.to)
     print(f"{res['secret_id']} version {res['version']} (now latest) holds version {res['rolled_back_to']}'s endpoint; "
-          f"version {res['rolled_back_from']} is no longer served")
+          + ("the latest version was disabled, nothing was served" if res["latest_was_disabled"] else
+             f"version {res['rolled_back_from']} is no longer served"))
     if res["disabled"]:
         print(f"disabled old versions {res['disabled']} (deploy.keep_enabled_versions={cfg.deploy.keep_enabled_versions})")
     return 0

@@ -63,12 +63,15 @@ class Retrying:
                     raise self.error(f"{self.service}: stopped before retrying (the run is ending)") from exc
 
 
-def connect_sqlite(path: Path) -> sqlite3.Connection:
+def connect_sqlite(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection to local state that several processes can share.
 
     WAL lets readers run beside one writer; the busy timeout makes a second writer wait instead of failing;
-    autocommit mode (isolation_level=None) leaves transactions to `write_transaction`.
+    autocommit mode (isolation_level=None) leaves transactions to `write_transaction`. `readonly` opens an
+    existing file with `mode=ro`: it never takes the write lock, so it never waits behind a writer.
     """
+    if readonly:
+        return sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=60, isolation_level=None)
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, timeout=60, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
@@ -77,7 +80,11 @@ def connect_sqlite(path: Path) -> sqlite3.Connection:
 
 @contextmanager
 def write_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE takes the write lock up front, so read-then-write sequences cannot interleave."""
+    """BEGIN IMMEDIATE takes the write lock up front, so read-then-write sequences cannot interleave. Inside a
+    transaction already open (a registry's `exclusive`), it joins that one: the outer one commits or rolls back."""
+    if db.in_transaction:
+        yield db
+        return
     db.execute("BEGIN IMMEDIATE")
     try:
         yield db

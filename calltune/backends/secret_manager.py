@@ -9,7 +9,11 @@ secret's annotations (where the Cloud console shows them):
   looks for a version added after that number with the same payload that no other request has claimed, so an
   add whose answer was lost (a timeout after the service committed) is found instead of added a second time.
 Annotation updates are read-modify-write guarded by the secret's etag, so concurrent deploys keep each other's
-records. Calls failing with 429, 5xx, a timeout or a dropped connection are retried with exponential backoff
+records.
+- `calltune-lease`: `exclusive()` (deploy, rollback) takes it with such an etag-guarded update, then lists the
+  versions and decides. Secret Manager has no transactions and AddSecretVersion no precondition, so a lease is the
+  way the API allows to decide from versions nobody changes meanwhile (verify-and-undo would leave a served
+  version behind). Another holder's lease is waited for; one whose holder died expires after LEASE_S. Calls failing with 429, 5xx, a timeout or a dropped connection are retried with exponential backoff
 and full jitter. Credentials come from Application Default Credentials; an http:// endpoint (a local fake) gets
 anonymous ones, so credentials never go over plain HTTP. Payloads and credentials are never logged.
 """
@@ -33,6 +37,9 @@ log = logging.getLogger(__name__)
 
 RECORD = "calltune-v"
 PENDING = "calltune-pending-"
+LEASE = "calltune-lease"
+LEASE_S = 300.0       # a lease whose holder died (no release) frees itself after this long
+LEASE_WAIT_S = 600.0  # longest wait for another holder's lease
 MAX_ANNOTATIONS_BYTES = 16 * 1024 - 1  # "The total size of annotation keys and values must be less than 16KiB."
 
 
@@ -70,6 +77,10 @@ def _fit(annotations: dict[str, str], keep: str) -> dict[str, str]:
         raise RegistryError(f"secret annotations take {_size(annotations)} bytes even without old calltune records; "
                             f"Secret Manager allows {MAX_ANNOTATIONS_BYTES} (fewer or shorter metrics?)")
     return annotations
+
+
+class _Busy(Exception):
+    """Another holder's lease is live (args: its expiry, epoch seconds)."""
 
 
 class SecretManagerRegistry:
@@ -183,6 +194,39 @@ class SecretManagerRegistry:
                 if self._get_secret(secret_id).etag == secret.etag:
                     raise
         raise RegistryError(f"secret {secret_id}: its annotations kept changing under 20 updates in a row")
+
+    @contextmanager
+    def exclusive(self, secret_id: str) -> Iterator[None]:
+        """Hold the secret's lease (creating the secret if needed): other calltune writers wait until it is released."""
+        owner, delays = uuid.uuid4().hex, self._delays()
+        waited_until = time.monotonic() + LEASE_WAIT_S
+
+        def take(a: dict) -> dict:
+            held = json.loads(a.get(LEASE, "{}"))
+            if held.get("owner", owner) != owner and held.get("until", 0) > time.time():
+                raise _Busy(held["until"])
+            return _fit({**a, LEASE: json.dumps({"owner": owner, "until": round(time.time() + LEASE_S)})}, keep=LEASE)
+
+        with self._errors(secret_id):
+            self._get_or_create(secret_id)
+            while True:
+                try:
+                    self._update_annotations(secret_id, take)
+                    break
+                except _Busy as busy:
+                    if time.monotonic() > waited_until:
+                        raise RegistryError(f"secret {secret_id}: another deploy or rollback holds its lease (annotation "
+                                            f"{LEASE}) until {time.ctime(busy.args[0])}; retry then") from None
+                    time.sleep(min(next(delays), 5.0))
+        try:
+            yield
+        finally:
+            try:
+                self._update_annotations(secret_id, lambda a: {k: v for k, v in a.items()
+                                                               if not (k == LEASE and owner in v)})
+            except Exception as exc:  # noqa: BLE001 - never hide the body's own error; the lease expires by itself
+                log.warning("Secret Manager: could not release the lease on %s (%s); it expires in %.0f s",
+                            secret_id, brief(exc), LEASE_S)
 
     # ---- the Registry interface ----
     def add_version(self, secret_id: str, payload: bytes, *, annotations: dict[str, str] | None = None,
