@@ -45,6 +45,8 @@ class DataConfig(Section):
         "Stay in character and reply as the customer would.",
         description="System instruction for every example; {field} placeholders read the call's persona.")
     max_bad_fraction: float = Field(0.2, ge=0, le=1, description="Fail when more than this share of input rows is quarantined.")
+    max_field_chars: int = Field(100_000, ge=1, description="Longest text (a turn, a persona value, the system prompt) and "
+                                 "longest transcript literal outside the export's plain form; a row over it is quarantined.")
 
 
 class TranslateConfig(Section):
