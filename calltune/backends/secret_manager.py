@@ -13,8 +13,10 @@ records.
 - `calltune-lease`: `exclusive()` (deploy, rollback) takes it with such an etag-guarded update, then lists the
   versions and decides. Secret Manager has no transactions and AddSecretVersion no precondition, so a lease is the
   way the API allows to decide from versions nobody changes meanwhile (verify-and-undo would leave a served
-  version behind). Another holder's lease is waited for; one whose holder died expires after LEASE_S. Calls failing with 429, 5xx, a timeout or a dropped connection are retried with exponential backoff
-and full jitter. Credentials come from Application Default Credentials; an http:// endpoint (a local fake) gets
+  version behind). Another holder's lease is waited for; one whose holder died expires after LEASE_S.
+Every request failing with 429, 5xx, a timeout or a dropped connection is retried alone, by the one retry policy
+(calltune.backends.Retrying); before an add is sent again after a failure that may have stored it (anything but
+a 429), the versions added since are looked at first. Credentials come from Application Default Credentials; an http:// endpoint (a local fake) gets
 anonymous ones, so credentials never go over plain HTTP. Payloads and credentials are never logged.
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from calltune.backends import MAX_BACKOFF_S, brief
+from calltune.backends import MAX_BACKOFF_S, Retrying, brief
 from calltune.backends.registry import (RegistryError, RequestIdConflict, SecretNotFound, SecretVersion,
                                         VersionDisabled, VersionNotFound, check_new_version, check_secret_id,
                                         version_number)
@@ -98,8 +100,13 @@ class SecretManagerRegistry:
         self._cfg = cfg
         self._parent = f"projects/{cfg.project}"
         self._x = exceptions
-        self._retryable = (exceptions.TooManyRequests, exceptions.ServerError,
-                           requests.exceptions.Timeout, requests.exceptions.ConnectionError)
+        retryable = (exceptions.TooManyRequests, exceptions.ServerError,
+                     requests.exceptions.Timeout, requests.exceptions.ConnectionError)
+        self._retrying = Retrying(service="Secret Manager", setting="deploy.max_retries", max_retries=cfg.max_retries,
+                                  backoff_s=cfg.retry_backoff_s, retryable=lambda e: isinstance(e, retryable),
+                                  error=RegistryError, wrap_refusals=False)
+        # Refused before anything happened (RESOURCE_EXHAUSTED, or no connection made): safe to send again at once.
+        self._not_applied = (exceptions.TooManyRequests, requests.exceptions.ConnectTimeout)
         try:
             self._client = secretmanager_v1.SecretManagerServiceClient(
                 transport="rest",
@@ -123,15 +130,6 @@ class SecretManagerRegistry:
         name = f"{self._parent}/secrets/{check_secret_id(secret_id)}"
         return name if version is None else f"{name}/versions/{version_number(secret_id, version)}"
 
-    def _sleep(self, delays: Iterator[float], what: str, exc: BaseException, attempt: int) -> None:
-        if attempt == self._cfg.max_retries:
-            raise RegistryError(f"Secret Manager: {what} gave up after {attempt + 1} attempts "
-                                f"(deploy.max_retries={self._cfg.max_retries}); last error: {brief(exc)}") from exc
-        delay = next(delays)
-        log.warning("Secret Manager: %s failed (%s); retry %d/%d in %.1f s",
-                    what, brief(exc), attempt + 1, self._cfg.max_retries, delay)
-        time.sleep(delay)
-
     def _delays(self) -> Iterator[float]:
         from google.api_core.retry import exponential_sleep_generator
 
@@ -139,12 +137,7 @@ class SecretManagerRegistry:
 
     def _call(self, what: str, method: Callable, **request):
         """One call that is safe to repeat, retried on 429, 5xx, timeouts and dropped connections."""
-        delays = self._delays()
-        for attempt in range(self._cfg.max_retries + 1):
-            try:
-                return method(**request, timeout=self._cfg.timeout_s, retry=None)
-            except self._retryable as exc:
-                self._sleep(delays, what, exc, attempt)
+        return self._retrying.call(lambda: method(**request, timeout=self._cfg.timeout_s, retry=None), what)
 
     @contextmanager
     def _errors(self, secret_id: str, version: int | str | None = None):
@@ -240,31 +233,37 @@ class SecretManagerRegistry:
         annotations = check_new_version(secret_id, payload, annotations)
         key = hashlib.sha256((request_id or uuid.uuid4().hex).encode()).hexdigest()[:16]
         pending = PENDING + key
-        delays = self._delays()
         with self._errors(secret_id):
-            for attempt in range(self._cfg.max_retries + 1):
-                secret = self._get_or_create(secret_id)
-                records = _records(secret.annotations)
-                mine = next((n for n, r in records.items() if r.get("request") == key), None)
-                if mine is not None:
-                    return self._same_payload(secret_id, mine, payload, request_id)
-                if pending in secret.annotations:
-                    found = self._find_added(secret_id, int(secret.annotations[pending]), payload, records)
-                    if found is not None:
-                        log.info("Secret Manager: %s version %d was added by an earlier attempt of this request",
-                                 secret_id, found)
-                        return self._claim(secret_id, found, key, annotations)
-                else:
-                    newest = self._newest(secret_id)
-                    self._update_annotations(secret_id, lambda a: {**a, pending: str(newest)})
-                try:
-                    added = self._client.add_secret_version(
-                        parent=self._name(secret_id), timeout=self._cfg.timeout_s, retry=None,
-                        payload={"data": payload, "data_crc32c": google_crc32c.value(payload)})
-                except self._retryable as exc:  # the version may have been added anyway: the next attempt looks first
-                    self._sleep(delays, f"add a version to {secret_id}", exc, attempt)
-                    continue
-                return self._claim(secret_id, _number(added.name), key, annotations)
+            secret = self._get_or_create(secret_id)
+            records = _records(secret.annotations)
+            mine = next((n for n, r in records.items() if r.get("request") == key), None)
+            if mine is not None:
+                return self._same_payload(secret_id, mine, payload, request_id)
+
+            def landed(after: int) -> int | None:
+                """The version an earlier attempt of this request stored although its answer was lost."""
+                found = self._find_added(secret_id, after, payload, records)
+                if found is not None:
+                    log.info("Secret Manager: %s version %d was added by an earlier attempt of this request",
+                             secret_id, found)
+                return found
+
+            if pending in secret.annotations:  # an earlier run of this request died after marking it
+                after = int(secret.annotations[pending])
+                if (found := landed(after)) is not None:
+                    return self._claim(secret_id, found, key, annotations)
+            else:
+                after = self._newest(secret_id)
+                self._update_annotations(secret_id, lambda a: {**a, pending: str(after)})
+
+            def add() -> int:
+                return _number(self._client.add_secret_version(
+                    parent=self._name(secret_id), timeout=self._cfg.timeout_s, retry=None,
+                    payload={"data": payload, "data_crc32c": google_crc32c.value(payload)}).name)
+
+            number = self._retrying.call(add, f"add a version to {secret_id}",
+                                         recover=lambda exc: None if isinstance(exc, self._not_applied) else landed(after))
+            return self._claim(secret_id, number, key, annotations)
 
     def _get_or_create(self, secret_id: str):
         try:
