@@ -138,6 +138,16 @@ def test_a_refused_job_is_reported_without_a_traceback(template, vertex, capsys)
     assert "Vertex AI refused the pipeline job" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("fault", [429, 503])
+def test_submit_retries_a_failed_create_with_its_job_id_and_starts_one_job(template, vertex, capsys, fault):
+    vertex.inject(fault)
+    assert _calltune("submit", str(template), "--job-id", "calltune-retried", api=vertex) == 0
+    assert [c["job_id"] for c in vertex.created] == ["calltune-retried"]
+    creates = [r.status for r in vertex.requests if r.method == "POST"]
+    assert creates == [fault, 200]
+    assert "calltune-retried: PIPELINE_STATE_PENDING" in capsys.readouterr().out
+
+
 def test_a_config_that_cannot_run_on_vertex_sends_nothing(template, vertex, capsys):
     code = cli.main(["submit", str(template), f"gcp.api_endpoint={vertex.endpoint}",
                      "--config", str(ROOT / "configs" / "local.yaml")])
