@@ -217,11 +217,13 @@ def resolve_endpoint(cfg: DeployConfig, state_dir: Path, version: str = "latest"
 
 
 def model_path_from_endpoint(endpoint: str) -> Path:
-    """The local model folder behind a `file://` endpoint."""
+    """The local model folder behind a `file://` endpoint. The endpoint is a secret's payload: errors never show it."""
     url = urlparse(endpoint)
     if url.scheme != "file" or url.netloc not in ("", "localhost"):
-        raise ValueError(f"endpoint {endpoint!r}: only local file:// endpoints can be served for now")
+        raise ValueError(f"the secret's endpoint (a {url.scheme or 'schemeless'} URL) is not a local file:// model "
+                         f"folder: only those can be served here; `calltune secrets` lists the versions")
     path = Path(url2pathname(url.path))  # url2pathname also unquotes
     if not path.is_dir():
-        raise FileNotFoundError(f"endpoint {endpoint!r}: model folder {path} is missing")
+        raise FileNotFoundError("the model folder the secret's endpoint names is missing (its store copy was "
+                                "removed?); roll back or deploy the model again")
     return path

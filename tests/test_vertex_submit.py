@@ -138,6 +138,14 @@ def test_a_refused_job_is_reported_without_a_traceback(template, vertex, capsys)
     assert "Vertex AI refused the pipeline job" in err and "Traceback" not in err
 
 
+def test_submit_takes_overrides_after_its_options_as_the_readme_shows(template, vertex, capsys):
+    argv = ["submit", str(template), "--config", CONFIG, "--job-id", "calltune-readme", *VERTEX_OVERRIDES,
+            f"gcp.api_endpoint={vertex.endpoint}", "evaluate.threshold=0.5"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    [created] = vertex.created
+    assert created["body"]["runtimeConfig"]["parameterValues"]["evaluate_threshold"] == 0.5
+
+
 @pytest.mark.parametrize("fault", [429, 503])
 def test_submit_retries_a_failed_create_with_its_job_id_and_starts_one_job(template, vertex, capsys, fault):
     vertex.inject(fault)
