@@ -216,7 +216,7 @@ def _create(job, service_account: str, credentials):
 
     sent: list[bool] = []
 
-    retrying = Retrying(service="Vertex AI", setting=f"{SUBMIT_RETRIES} retries", max_retries=SUBMIT_RETRIES,
+    retrying = Retrying(service="Vertex AI", setting="", max_retries=SUBMIT_RETRIES,
                         backoff_s=1.0, retryable=lambda e: isinstance(e, (exceptions.TooManyRequests,
                                                                           exceptions.ServerError)),
                         error=VertexError, wrap_refusals=False)

@@ -91,8 +91,8 @@ class Retrying:
                 if self.wrap_refusals:
                     raise self.error(f"{name} refused the request: {brief(exc)}") from exc
                 raise
-            raise self.error(f"{name} gave up after {len(failed)} attempts ({self.setting}={self.max_retries}); "
-                             f"last error: {brief(exc)}") from exc
+            setting = f" ({self.setting}={self.max_retries})" if self.setting else ""
+            raise self.error(f"{name} gave up after {len(failed)} attempts{setting}; last error: {brief(exc)}") from exc
         raise AssertionError("unreachable: tenacity either returns or raises")
 
 

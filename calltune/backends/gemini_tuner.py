@@ -163,7 +163,7 @@ class _Client:
         # blindly. google-genai (tunings) and aiplatform's clients (metrics) fail differently: either is retried.
         self.genai = vertex_client(cfg.gemini_project, cfg.gemini_location, cfg.gemini_base_url, timeout=120_000)
         cloud = (exceptions.TooManyRequests, exceptions.ServerError)
-        self.retrying = Retrying(service="Vertex AI", setting="tune.gemini (6 attempts)", max_retries=ATTEMPTS - 1,
+        self.retrying = Retrying(service="Vertex AI", setting="", max_retries=ATTEMPTS - 1,
                                  backoff_s=min(1.0, cfg.gemini_poll_interval_s),
                                  retryable=lambda e: transient(e) or isinstance(e, cloud), error=TuningJobError,
                                  wrap_refusals=False, sleep=sleep)
