@@ -200,7 +200,9 @@ def _create(job, service_account: str, credentials):
     def created_anyway(exc: BaseException):
         if isinstance(exc, exceptions.TooManyRequests):
             return None
-        if (found := retrying.call(lookup, f"looking up pipeline job {job.job_id}")) is None:
+        found = retrying.call(lookup, f"looking up pipeline job {job.job_id}")
+        # Created by this submit, not an older job under a reused id (2 minutes for clocks that disagree).
+        if found is None or found.gca_resource.create_time.timestamp() < started - 120:
             return None
         job._gca_resource = found.gca_resource  # noqa: SLF001 (the job as created, state included)
         return job
@@ -215,6 +217,7 @@ def _create(job, service_account: str, credentials):
         return job
 
     sent: list[bool] = []
+    started = time.time()
 
     retrying = Retrying(service="Vertex AI", setting="", max_retries=SUBMIT_RETRIES,
                         backoff_s=1.0, retryable=lambda e: isinstance(e, (exceptions.TooManyRequests,

@@ -156,6 +156,13 @@ def test_submit_retries_a_failed_create_with_its_job_id_and_starts_one_job(templ
     assert "calltune-retried: PIPELINE_STATE_PENDING" in capsys.readouterr().out
 
 
+def test_a_create_whose_answer_was_lost_is_found_not_started_twice(template, vertex, capsys):
+    vertex.create_then(503)  # the job exists, the client sees 503
+    assert _calltune("submit", str(template), "--job-id", "calltune-lost", api=vertex) == 0
+    assert [c["job_id"] for c in vertex.created] == ["calltune-lost"]
+    assert [r.status for r in vertex.requests if r.method == "POST"] == [503]  # looked up, not sent again
+
+
 def test_a_config_that_cannot_run_on_vertex_sends_nothing(template, vertex, capsys):
     code = cli.main(["submit", str(template), f"gcp.api_endpoint={vertex.endpoint}",
                      "--config", str(ROOT / "configs" / "local.yaml")])
