@@ -82,7 +82,8 @@ def cmd_secrets(args) -> int:
 
     cfg = _config(args)
     secret = args.secret or cfg.deploy.secret_id
-    with closing(open_registry(cfg.deploy, cfg.state_path())) as registry:
+    readonly = args.disable is None and args.enable is None  # listing never waits behind a writer
+    with closing(open_registry(cfg.deploy, cfg.state_path(), readonly=readonly)) as registry:
         for action in ("disable", "enable"):
             if getattr(args, action) is not None:
                 getattr(registry, action)(secret, getattr(args, action))
@@ -132,7 +133,8 @@ def cmd_rollback(args) -> int:
     cfg = _config(args)
     res = rollback(cfg.deploy, cfg.state_path(), to=args.to)
     print(f"{res['secret_id']} version {res['version']} (now latest) holds version {res['rolled_back_to']}'s endpoint; "
-          f"version {res['rolled_back_from']} is no longer served")
+          + ("the latest version was disabled, nothing was served" if res["latest_was_disabled"] else
+             f"version {res['rolled_back_from']} is no longer served"))
     if res["disabled"]:
         print(f"disabled old versions {res['disabled']} (deploy.keep_enabled_versions={cfg.deploy.keep_enabled_versions})")
     return 0
@@ -174,8 +176,15 @@ def cmd_upload(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (`calltune: ...`, exit 2), pointing to --help instead of printing the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"calltune: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="calltune", description=__doc__)
+    parser = _Parser(prog="calltune", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p):
@@ -244,15 +253,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Options and key=value overrides in any order after the subcommand (argparse alone stops taking a
+    positional list once an option follows it)."""
+    args, extra = parser.parse_known_args(argv)
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a]
+    if unknown or not hasattr(args, "overrides"):
+        parser.parse_args(argv)  # the usage error argparse gives for them (it exits)
+    args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def _one_line(exc: ConfigError) -> str:
+    """A config error in one line: each invalid field with the value given and what is wrong."""
+    from pydantic import ValidationError
+
+    cause = exc.__cause__
+    if not isinstance(cause, ValidationError):
+        return " ".join(str(exc).split())
+    where = str(exc).split(":", 1)[0]
+    return f"{where}: " + "; ".join(f"{'.'.join(map(str, e['loc']))}={str(e.get('input'))[:60]}: {e['msg']}"
+                                    for e in cause.errors())
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = _parse(build_parser(), argv)
+    except SystemExit as done:  # --help (0) or a usage error (2, already printed)
+        return done.code
     try:
         return args.func(args)
     except ConfigError as exc:
-        print(f"calltune: {exc}", file=sys.stderr)
+        print(f"calltune: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except (ValueError, LookupError, OSError) as exc:  # bad input, unknown secret, missing file: no traceback
-        print(f"calltune: {exc}", file=sys.stderr)
+    except (ValueError, LookupError, OSError, RuntimeError) as exc:  # bad input, unknown secret, missing file, a
+        # cloud service that refused or gave up: one line, no traceback (messages never hold secret payloads)
+        print(f"calltune: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

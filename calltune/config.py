@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # finite numbers only
     prefix: ClassVar[str] = ""
     # False: compile/submit-time settings, kept out of the pipeline's parameters.
     pipeline_parameters: ClassVar[bool] = True
@@ -45,6 +45,8 @@ class DataConfig(Section):
         "Stay in character and reply as the customer would.",
         description="System instruction for every example; {field} placeholders read the call's persona.")
     max_bad_fraction: float = Field(0.2, ge=0, le=1, description="Fail when more than this share of input rows is quarantined.")
+    max_field_chars: int = Field(100_000, ge=1, description="Longest text (a turn, a persona value, the system prompt) and "
+                                 "longest transcript literal outside the export's plain form; a row over it is quarantined.")
 
 
 class TranslateConfig(Section):
@@ -220,7 +222,7 @@ class InferConfig(Section):
 
 class EvaluateConfig(Section):
     prefix: ClassVar[str] = "evaluate"
-    threshold: float = Field(0.4, description="Deploy only when token accuracy on the test split reaches this.")
+    threshold: float = Field(0.4, ge=0, le=1, description="Deploy only when token accuracy on the test split reaches this.")
     min_gain_over_base: float = Field(
         0.0, description="Gate check: deploy only when the tuned model's token accuracy is at least the base model's "
                          "plus this (absolute, e.g. 0.02 = two points); the base model is scored on the same test set.")
@@ -341,6 +343,13 @@ class Config(BaseModel):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     gcp: GcpConfig = Field(default_factory=GcpConfig)
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir_named(cls, value: str) -> str:
+        if not value.strip():  # else the registry and caches would land in whatever folder the command runs in
+            raise ValueError("is empty; name a folder (the default is ~/.calltune)")
+        return value
 
     # ---- pipeline parameters ----
     def pipeline_params(self) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Apps read the secret's `latest` version (`resolve_endpoint`) to find the model to serve. The store copy means a
 deleted run folder never breaks a published endpoint. `rollback` re-publishes an earlier version's endpoint as a
-new version, since `latest` is always the most recently created one.
+new version, since `latest` is always the most recently created one. Both decide and write inside the registry's
+`exclusive` hold, so concurrent deploys and rollbacks never lose an update nor publish one model twice.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-from calltune.backends.registry import Registry, SecretNotFound, VersionDisabled, open_registry
+from calltune.backends.registry import Registry, SecretNotFound, SecretVersion, VersionDisabled, open_registry
 from calltune.config import DeployConfig
 from calltune.io import file_sha256
 
@@ -43,8 +44,10 @@ def store_model(model_dir: Path, state_dir: Path) -> tuple[Path, str]:
     store = Path(state_dir).expanduser().resolve() / "models" / sha
     if not store.exists():
         store.parent.mkdir(parents=True, exist_ok=True)
-        # Copy beside the target, then rename: the store never shows a half-copied model.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{sha}.", dir=store.parent))
+        sweep_orphans(store.parent)
+        # Copy beside the target, then rename: the store never shows a half-copied model. The copier's pid is in
+        # the name, so a copy left by a killed deploy is told from one in progress.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{sha}.{os.getpid()}.", dir=store.parent))
         try:
             shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
             os.rename(tmp, store)
@@ -53,6 +56,29 @@ def store_model(model_dir: Path, state_dir: Path) -> tuple[Path, str]:
             if not store.is_dir():  # a concurrent deploy of the same model wins the rename: fine
                 raise
     return store, sha
+
+
+def sweep_orphans(models: Path) -> list[Path]:
+    """Remove the temporary copies (`.<sha>.<pid>.*`) whose deploy process is gone (killed mid-copy)."""
+    swept = []
+    for tmp in models.glob(".*.*.*"):
+        pid = tmp.name.split(".")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            swept.append(tmp)
+    if swept:
+        log.info("deploy: removed %d half-copied model folder(s) left by killed deploys in %s", len(swept), models)
+    return swept
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def deploy(model_dir: Path, cfg: DeployConfig, state_dir: Path, *, run_id: str, metrics: dict[str, float]) -> dict:
@@ -72,7 +98,7 @@ def deploy(model_dir: Path, cfg: DeployConfig, state_dir: Path, *, run_id: str, 
         store, sha = store_model(model_dir, state_dir)
         endpoint = store.as_uri()
     annotations = {"run_id": run_id, "model_sha": sha, **{f"metric.{k}": str(v) for k, v in metrics.items()}}
-    with closing(open_registry(cfg, state_dir)) as registry:
+    with closing(open_registry(cfg, state_dir)) as registry, registry.exclusive(cfg.secret_id):
         try:
             versions = registry.list_versions(cfg.secret_id)  # newest first
         except SecretNotFound:
@@ -122,58 +148,82 @@ def disable_old_versions(registry: Registry, secret_id: str, keep: int) -> list[
 def rollback(cfg: DeployConfig, state_dir: Path, to: int | None = None) -> dict:
     """Publish an earlier version's endpoint again, as a new version: apps following `latest` switch to it.
 
-    By default the target is the newest enabled version before the latest that holds another endpoint and that
-    no earlier rollback moved away from, so a second rollback goes one more model back instead of returning to
-    the model the first one left. The new version records `rollback_from` (the latest before) and `rollback_to`.
+    What is served now is the endpoint of the newest enabled version (a disabled latest serves nothing). By
+    default the target is the newest enabled version holding another endpoint, skipping the endpoints that a
+    later rollback moved away from, so a second rollback goes one more model back instead of returning to the
+    model the first one left, while a model promoted again after a rollback is a target again. The new version
+    records `rollback_from` (the version served before) and `rollback_to`.
     """
-    with closing(open_registry(cfg, state_dir)) as registry:
+    with closing(open_registry(cfg, state_dir)) as registry, registry.exclusive(cfg.secret_id):
         versions = registry.list_versions(cfg.secret_id)  # newest first
         if not versions:
             raise ValueError(f"secret {cfg.secret_id} has no versions: nothing to roll back")
-        latest = versions[0]
+        serving = next((v for v in versions if v.state == "ENABLED"), None)
+        payloads: dict[int, bytes | None] = {}
 
-        def payload(number: int) -> bytes | None:
-            try:
-                return registry.access(cfg.secret_id, number)
-            except VersionDisabled:
-                return None
+        def payload(v: SecretVersion) -> bytes | None:
+            if v.version not in payloads:
+                try:
+                    payloads[v.version] = registry.access(cfg.secret_id, v.version)
+                except VersionDisabled:
+                    payloads[v.version] = None
+            return payloads[v.version]
 
-        current = payload(latest.version)
+        current = payload(serving) if serving else None
         if to is None:
-            left = {int(v.annotations["rollback_from"]) for v in versions if "rollback_from" in v.annotations}
-            avoid = {current} | {payload(n) for n in left if any(v.version == n for v in versions)}
-            candidates = ((v, payload(v.version)) for v in versions[1:] if v.state == "ENABLED" and v.version not in left)
-            target, endpoint = next(((v, p) for v, p in candidates if p is not None and p not in avoid), (None, None))
+            target = _rollback_target(versions, serving, current, payload)
             if target is None:
                 raise ValueError(f"secret {cfg.secret_id}: no earlier enabled version holds another endpoint to roll back "
                                  f"to (name one with --to; `calltune secrets` lists them)")
+            endpoint = payload(target)
         else:
             target, endpoint = registry.get_version(cfg.secret_id, to), registry.access(cfg.secret_id, to)
             if endpoint == current:
-                raise ValueError(f"secret {cfg.secret_id}: version {to} holds the same endpoint as the latest version "
-                                 f"{latest.version}; nothing to roll back")
+                raise ValueError(f"secret {cfg.secret_id}: version {to} holds the same endpoint as version "
+                                 f"{serving.version}, served now; nothing to roll back")
+        source = serving or versions[0]
         annotations = {**{k: v for k, v in target.annotations.items() if not k.startswith("rollback_")},
-                       "rollback_from": str(latest.version), "rollback_to": str(target.version)}
+                       "rollback_from": str(source.version), "rollback_to": str(target.version)}
         added = registry.add_version(cfg.secret_id, endpoint, annotations=annotations)
         disabled = disable_old_versions(registry, cfg.secret_id, cfg.keep_enabled_versions)
     log.info("rollback: secret %s version %d now holds version %d's endpoint (was version %d)",
-             cfg.secret_id, added.version, target.version, latest.version)
+             cfg.secret_id, added.version, target.version, source.version)
     return {"secret_id": cfg.secret_id, "version": added.version, "rolled_back_to": target.version,
-            "rolled_back_from": latest.version, "disabled": disabled}
+            "rolled_back_from": source.version, "disabled": disabled,
+            "latest_was_disabled": versions[0].state != "ENABLED"}
+
+
+def _rollback_target(versions: list[SecretVersion], serving: SecretVersion | None, current: bytes | None,
+                     payload) -> SecretVersion | None:
+    """Newest first: the first enabled version older than `serving` whose endpoint is neither `current` nor one
+    that a newer rollback left (its `rollback_from`)."""
+    if serving is None:
+        return None
+    avoid, left = {current, None}, set()
+    for v in versions:
+        if v.version in left:
+            avoid.add(payload(v))
+        elif v.version < serving.version and v.state == "ENABLED" and payload(v) not in avoid:
+            return v
+        if v.annotations.get("rollback_from", "").isdigit():
+            left.add(int(v.annotations["rollback_from"]))
+    return None
 
 
 def resolve_endpoint(cfg: DeployConfig, state_dir: Path, version: str = "latest") -> str:
     """The endpoint published in the secret's version (`latest` by default): what apps call to find the model."""
-    with closing(open_registry(cfg, state_dir)) as registry:
+    with closing(open_registry(cfg, state_dir, readonly=True)) as registry:
         return registry.access(cfg.secret_id, version).decode("utf-8")
 
 
 def model_path_from_endpoint(endpoint: str) -> Path:
-    """The local model folder behind a `file://` endpoint."""
+    """The local model folder behind a `file://` endpoint. The endpoint is a secret's payload: errors never show it."""
     url = urlparse(endpoint)
     if url.scheme != "file" or url.netloc not in ("", "localhost"):
-        raise ValueError(f"endpoint {endpoint!r}: only local file:// endpoints can be served for now")
+        raise ValueError(f"the secret's endpoint (a {url.scheme or 'schemeless'} URL) is not a local file:// model "
+                         f"folder: only those can be served here; `calltune secrets` lists the versions")
     path = Path(url2pathname(url.path))  # url2pathname also unquotes
     if not path.is_dir():
-        raise FileNotFoundError(f"endpoint {endpoint!r}: model folder {path} is missing")
+        raise FileNotFoundError("the model folder the secret's endpoint names is missing (its store copy was "
+                                "removed?); roll back or deploy the model again")
     return path

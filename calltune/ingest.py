@@ -15,7 +15,10 @@ Every text (persona values included) is repaired (mojibake, HTML entities). The 
 `data.system_prompt` filled from the persona (missing fields blank) for seed_csv and calls_jsonl; the chat
 formats keep their own; qa_json and acronym, which are not calls, get none.
 Each input unit (CSV row, JSONL line, list item, acronym conversation) becomes exactly one call or one
-quarantine row, so rows = calls + quarantined. Row numbers are 1-based (CSV: data row; JSONL: line).
+quarantine row, so rows = calls + quarantined. Hostile rows are quarantined, never a traceback: a text longer than
+`data.max_field_chars` (checked before a literal is parsed, so memory stays bounded), nesting too deep, a lone
+surrogate (not Unicode). NUL and other control characters (but tab and newlines) are removed from every text.
+A file that cannot be read at all (not UTF-8, CR-only line endings) is refused with one line naming file and row. Row numbers are 1-based (CSV: data row; JSONL: line).
 The JSON list formats are single documents and are read whole; every other format streams.
 """
 from __future__ import annotations
@@ -47,6 +50,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_CONTROL = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])  # removed from texts
+_SURROGATE = re.compile("[\ud800-\udfff]")
+DETECT_LIMIT = 16 << 20        # bytes of the first record read to detect the format
 RAW_LIMIT = 4000               # characters of a bad row kept in quarantine.jsonl
 FIELD_LIMIT = 64 << 20         # longest CSV record (the csv module's default, 128 KiB, is too small)
 PARALLEL_MIN_BYTES = 32 << 20  # below this, starting parser processes costs more than it saves
@@ -80,10 +86,18 @@ class Quarantine:
         return self._cm.__exit__(*exc)
 
     def add(self, source: str, row: int, reason: str, raw: Any) -> None:
-        raw = raw if isinstance(raw, str) else dumps(raw)
-        self._fh.write(dumps({"source": source, "row": row, "reason": reason, "raw": raw[:RAW_LIMIT]}) + "\n")
+        raw = (raw if isinstance(raw, str) else _dumps_raw(raw))[:RAW_LIMIT]
+        raw = raw.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate, kept visible as \udXXX
+        self._fh.write(dumps({"source": source, "row": row, "reason": reason, "raw": raw}) + "\n")
         self.count += 1
         self.by_reason[reason] += 1
+
+
+def _dumps_raw(raw: Any) -> str:
+    try:
+        return dumps(raw)
+    except (ValueError, RecursionError):  # nested too deeply to write back: its start is enough to find it
+        return repr(raw)[:RAW_LIMIT]
 
 
 def bundled_sample_path() -> Path:
@@ -110,8 +124,15 @@ def detect_format(path: str | Path) -> str:
     path = Path(path)
     if path.suffix.lower() == ".csv":
         return "seed_csv"
-    with open(path, encoding="utf-8-sig") as fh:
-        first = next((line for line in fh if line.strip()), "")
+    with open(path, "rb") as fh:
+        row, first = 0, b""
+        while not first.strip() and (line := fh.readline(DETECT_LIMIT)):
+            row, first = row + 1, line
+    try:
+        first = first.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise IngestError(f"{path}: row {row} is not UTF-8 text ({exc.reason}; a binary file?); give a CSV, JSON or "
+                          f"JSONL file saved as UTF-8") from None
     head = first.lstrip()[:1]
     if head == "[":
         items = _load_json_list(path)
@@ -120,7 +141,7 @@ def detect_format(path: str | Path) -> str:
     if head == "{":
         try:
             keys = json.loads(first).keys()
-        except (json.JSONDecodeError, AttributeError) as exc:
+        except (json.JSONDecodeError, AttributeError, RecursionError) as exc:
             raise IngestError(f"{path}: cannot detect the format, the first line is not a JSON object; set data.format") from exc
         for key, fmt in (("messages", "messages"), ("contents", "vertex"), ("turns", "calls_jsonl")):
             if key in keys:
@@ -146,6 +167,7 @@ class Source:
         self.persona_fields = list(cfg.persona_fields)
         self.system_prompt = cfg.system_prompt
         self.qa_keys = (cfg.qa_input_key, cfg.qa_output_key)
+        self.max_field_chars = cfg.max_field_chars
         bad = {k: v for k, v in self.role_map.items() if v not in ROLES}
         if bad:
             raise IngestError(f"data.role_map maps {bad} to roles other than {ROLES}")
@@ -157,8 +179,15 @@ class Source:
         self.data_offset = 0
         if self.fmt == "seed_csv":
             with open(self.path, "rb") as fh:
-                header = next(csv.reader([_csv_record(fh, self.path, 0).decode("utf-8-sig", "replace")]), [])
+                first = _csv_record(fh, self.path, 0)
                 self.data_offset = fh.tell()
+            if b"\r" in first.rstrip(b"\r\n"):
+                raise IngestError(f"{self.path}: row 0 (the header) holds a bare carriage return: CR-only line endings "
+                                  f"(old Mac) or a broken header; save the file with LF or CRLF line endings")
+            try:
+                header = next(csv.reader([first.decode("utf-8-sig", "replace")]), [])
+            except csv.Error as exc:
+                raise IngestError(f"{self.path}: row 0 (the header): malformed CSV ({exc})") from None
             if "transcription" not in header:
                 raise IngestError(f"{self.path}: no 'transcription' column (columns: {header})")
             wanted = {"transcription", "id", "meeting_id", *self.persona_fields}
@@ -211,8 +240,10 @@ _PYSTR = r"""'[^'\\\n]*(?:\\.[^'\\\n]*)*'|"[^"\\\n]*(?:\\.[^"\\\n]*)*\""""
 _ITEM = re.compile(rf"\{{'message': (?:'([^'\\\n]*)'|({_PYSTR})), 'role': '(\w+)'\}}")
 
 
-def parse_transcript(text: str) -> Any:
-    """The Python literal in `transcription`, read without eval; raises ValueError/SyntaxError if not a literal."""
+def parse_transcript(text: str, max_chars: int | None = None) -> Any:
+    """The Python literal in `transcription`, read without eval; raises ValueError/SyntaxError if not a literal.
+    A literal outside the fast path longer than `max_chars` is refused before parsing: literal_eval takes about
+    180 times the text in memory."""
     out, pos, end = [], 1, len(text) - 1
     if text[:1] == "[" and text[end:] == "]":
         while m := _ITEM.match(text, pos):
@@ -224,6 +255,8 @@ def parse_transcript(text: str) -> Any:
             if not text.startswith(", ", pos):
                 break
             pos += 2
+    if max_chars is not None and len(text) > max_chars:
+        raise _Reject(f"transcript literal of {len(text)} characters, over data.max_field_chars={max_chars}")
     return ast.literal_eval(text)
 
 
@@ -260,7 +293,7 @@ def _parse_seed_csv(row: int, rec: dict[str, str], src: Source) -> Call:
     if text is None or not text.strip():
         raise _Reject("missing field 'transcription'")
     try:
-        items = parse_transcript(text)
+        items = parse_transcript(text, src.max_field_chars)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         raise _Reject("unparseable transcript") from None
     turns = _turns(items, src.role_map, "role", "message")
@@ -274,6 +307,8 @@ def _json_object(line: str) -> dict:
         obj = json.loads(line)
     except json.JSONDecodeError:
         raise _Reject("bad JSON line") from None
+    except RecursionError:
+        raise _Reject("bad JSON line (nested too deeply)") from None
     if not isinstance(obj, dict):
         raise _Reject("bad JSON line")
     return obj
@@ -369,6 +404,10 @@ def _load_json_list(path: Path) -> list:
             data = json.load(fh)
     except json.JSONDecodeError as exc:
         raise IngestError(f"{path}: not valid JSON at line {exc.lineno} ({exc.msg})") from exc
+    except RecursionError:
+        raise IngestError(f"{path}: JSON nested too deeply to read (thousands of levels); not a list of records") from None
+    except UnicodeDecodeError as exc:
+        raise IngestError(f"{path}: not UTF-8 text at byte {exc.start} ({exc.reason}); save it as UTF-8") from None
     if not isinstance(data, list):
         raise IngestError(f"{path}: expected a JSON list of records, found {type(data).__name__}")
     return data
@@ -425,10 +464,28 @@ def parse_chunk(src: Source, chunk: tuple[int, Any]) -> tuple[list[Call], list[t
     calls, rejects = [], []
     for row, rec in _records(src, *chunk):
         try:
-            calls.append(parse(row, rec, src))
+            calls.append(_clean(parse(row, rec, src), src.max_field_chars))
         except _Reject as exc:
             rejects.append((row, str(exc), rec))
     return calls, rejects
+
+
+def _clean_text(text: str, name: str, limit: int) -> str:
+    if len(text) > limit:
+        raise _Reject(f"{name} of {len(text)} characters, over data.max_field_chars={limit}")
+    if _SURROGATE.search(text):
+        raise _Reject(f"{name} holds a lone surrogate (\\ud800-\\udfff): not valid Unicode text")
+    return text.translate(_CONTROL)
+
+
+def _clean(call: Call, limit: int) -> Call:
+    """The call with NUL and control characters removed from its texts; _Reject for a text too long or not Unicode."""
+    call["turns"] = [{**t, "text": _clean_text(t["text"], f"turn {i} text", limit)} for i, t in enumerate(call["turns"], 1)]
+    call["system"] = _clean_text(call["system"], "system", limit)
+    call["persona"] = {_clean_text(k, "persona key", limit): _clean_text(v, f"persona {k!r}", limit)
+                       for k, v in call["persona"].items()}
+    call["call_id"] = _clean_text(call["call_id"], "call_id", limit)
+    return call
 
 
 def default_workers(path: str | Path) -> int:

@@ -65,7 +65,7 @@ def _from_secret(ref: str, deploy: DeployConfig, state_dir: Path) -> ModelRef:
         raise ModelRefError(f"evaluate.model={ref!r}: the version must be 'latest' or a number from 1, "
                             f"e.g. secret:latest or secret:3")
     try:
-        with closing(open_registry(deploy, state_dir)) as registry:
+        with closing(open_registry(deploy, state_dir, readonly=True)) as registry:
             number = registry.get_version(deploy.secret_id, version).version
             payload = registry.access(deploy.secret_id, number).decode("utf-8")
     except RegistryError as exc:

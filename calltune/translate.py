@@ -5,11 +5,14 @@ Every distinct text is translated once: the texts of a window of calls are looke
 cache in the state folder (shared by all backends, keyed by backend+model, languages and text), and only the
 misses go to the translator, packed into batches as large as the backend allows and sent `concurrency` at a
 time. Each batch is written to the cache as soon as it is back, so a crash loses nothing finished and a rerun
-(or a run after a crash) sends the translator only what it has never translated.
+(or a run after a crash) sends the translator only what it has never translated. A text longer than one request
+may hold (Cloud Translation: 30,000 code points) is split at sentence boundaries (else at spaces, else anywhere),
+its pieces translated like any other text and joined back with the spaces and line breaks they were split at.
 """
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -30,6 +33,9 @@ _SQL_VARS = 500  # keys per lookup, well below SQLite's bound-parameter limit
 STAT_KEYS = ("segments", "unique_segments", "cache_hits", "translated", "characters",
              "requests", "failures", "retries", "characters_billed")
 TRANSLATOR_COUNTERS = ("requests", "failures", "retries", "characters_billed")
+# A break after a sentence's end (. ! ? … and their CJK forms, closing quotes or brackets allowed), else any space.
+_SENTENCE_END = re.compile(r"(?<=[.!?…。！？])\s+|(?<=[.!?…。！？][\"'”’)\]])\s+")
+_SPACE = re.compile(r"\s+")
 
 
 class TranslationCache:
@@ -92,6 +98,29 @@ def _apply(call: Call, fields: list[str], tr: Callable[[str], str]) -> Call:
     return out
 
 
+def split_long(text: str, limit: int) -> tuple[list[str], list[str]]:
+    """(pieces of at most `limit` code points, the separators between them): text == p0 + s0 + p1 + s1 + ... .
+    Cut at the last sentence end that fits, else the last space, else at the limit itself."""
+    pieces, seps, start = [], [], 0
+    while len(text) - start > limit:
+        window = text[start:start + limit + 1]  # a break right after the limit still fits
+        cut = None
+        for pattern in (_SENTENCE_END, _SPACE):
+            if (breaks := [m for m in pattern.finditer(window) if 0 < m.start() <= limit]):
+                cut = breaks[-1]
+                break
+        if cut is None:
+            pieces.append(text[start:start + limit])
+            seps.append("")
+            start += limit
+        else:
+            pieces.append(text[start:start + cut.start()])
+            seps.append(cut.group())
+            start += cut.end()
+    pieces.append(text[start:])
+    return pieces, seps
+
+
 def pack(texts: list[str], max_batch: int, max_chars: int | None) -> list[list[str]]:
     """Greedy batches of at most `max_batch` texts and `max_chars` code points (a longer text goes alone)."""
     batches: list[list[str]] = []
@@ -137,11 +166,29 @@ def translate_stream(calls: Iterable[Call], cfg: TranslateConfig, state_dir: Pat
     buffer: deque[tuple[Call, list[str]]] = deque()  # calls waiting for their translations, in input order
     need: dict[str, bool] = {}  # untranslated texts of buffered calls (FIFO) -> first seen in this run?
     done: dict[str, str] = {}   # translations of buffered calls' texts
+    long: dict[str, tuple[list[str], list[str]]] = {}  # buffered texts over max_chars: (pieces, separators)
     seen: set[int] = set()      # hashes of every distinct text so far, for unique_segments
     batches_sent = 0
 
-    def tr(text: str) -> str:
+    def one(text: str) -> str:
         return repair_text(done[text]) if text.strip() else text
+
+    def tr(text: str) -> str:
+        if text not in long:
+            return one(text)
+        pieces, seps = long[text]
+        return one(pieces[0]) + "".join(sep + one(p) for sep, p in zip(seps, pieces[1:]))
+
+    def parts(text: str) -> list[str]:
+        """What is sent for `text`: itself, or its pieces when it is longer than one request may hold."""
+        if translator.max_chars and len(text) > translator.max_chars:
+            if text not in long:
+                long[text] = split_long(text, translator.max_chars)
+            return long[text][0]
+        return [text]
+
+    def ready(text: str) -> bool:
+        return all(p in done or not p.strip() for p in long[text][0]) if text in long else text in done or not text.strip()
 
     def send(batches: list[list[str]]) -> None:
         nonlocal batches_sent
@@ -182,19 +229,22 @@ def translate_stream(calls: Iterable[Call], cfg: TranslateConfig, state_dir: Pat
         if not final and batches and len(batches[-1]) < limit:
             batches.pop()  # a last batch with room left waits for the next window's texts
         send(batches)
-        while buffer and all(t in done or not t.strip() for t in buffer[0][1]):
+        while buffer and all(ready(t) for t in buffer[0][1]):
             call, texts = buffer.popleft()
             progress.update(len(texts))
             yield _apply(call, fields, tr)
-        keep = {t for _, texts in buffer for t in texts}
+        buffered = {t for _, texts in buffer for t in texts}
+        keep = {p for t in buffered for p in parts(t)}
         for text in [t for t in done if t not in keep]:
             del done[text]
+        for text in [t for t in long if t not in buffered]:
+            del long[text]
 
     try:
         for call in calls:
             texts = field_texts(call, fields)
             stats["segments"] += len(texts)
-            for text in texts:
+            for text in (p for t in texts for p in parts(t)):
                 if text.strip() and text not in done and text not in need:
                     h = hash(text)
                     need[text] = h not in seen

@@ -30,6 +30,7 @@ _IMAGE = re.compile(r"[a-z0-9.-]+(:[0-9]+)?/[^\s:@]+(:[\w][\w.-]{0,127}|@sha256:
 _FILES = (("data", "input"), ("synthesize", "facts_file"))
 _MODELS = (("tune", "base_model"), ("synthesize", "model"))
 END_STATES = ("PIPELINE_STATE_SUCCEEDED", "PIPELINE_STATE_FAILED", "PIPELINE_STATE_CANCELLED")
+SUBMIT_RETRIES = 5  # of the create request (429, 5xx), with the same job id
 
 
 class VertexError(RuntimeError):
@@ -155,7 +156,6 @@ def submit(template: str, cfg: Config, *, job_id: str | None = None, wait: bool 
     """Start a Vertex AI PipelineJob from a compiled file or an Artifact Registry URL, with the config's parameter
     values, pipeline root, service account, labels and caching; with `wait`, follow it until it ends."""
     check_vertex(cfg, compiling=False)
-    from google.api_core.exceptions import GoogleAPIError
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import aiplatform
 
@@ -173,16 +173,60 @@ def submit(template: str, cfg: Config, *, job_id: str | None = None, wait: bool 
             project=g.project, location=g.region, credentials=credentials)
     if template_uri:  # links the run to its template in the console, as PipelineJob does for a URL it fetches itself
         job._gca_resource.template_uri = template_uri  # noqa: SLF001 (the public property exists only once created)
-    try:
-        job.submit(service_account=g.service_account or None)
-    except GoogleAPIError as exc:
-        raise VertexError(f"Vertex AI refused the pipeline job: {exc}") from exc
+    job = _create(job, g.service_account, credentials)
     result = {"name": job.resource_name, "job_id": job.job_id, "console": console_url(cfg, job.job_id),
               "template_uri": template_uri, "state": job.gca_resource.state.name}
     log(f"submitted {result['name']}")
     if wait:
         result["state"] = follow(job, poll_s=poll_s, log=log)
     return result
+
+
+def _create(job, service_account: str, credentials):
+    """job.submit(), each failed create retried with the same job id; after a failure that may have created it
+    (anything but 429) the job is looked up first, so a lost answer never starts a second run."""
+    from google.api_core import exceptions
+    from google.cloud import aiplatform
+
+    from calltune.backends import Retrying
+
+    def lookup():
+        try:
+            return aiplatform.PipelineJob.get(f"{job._parent}/pipelineJobs/{job.job_id}",  # noqa: SLF001
+                                              credentials=credentials)
+        except exceptions.NotFound:
+            return None
+
+    def created_anyway(exc: BaseException):
+        if isinstance(exc, exceptions.TooManyRequests):
+            return None
+        found = retrying.call(lookup, f"looking up pipeline job {job.job_id}")
+        # Created by this submit, not an older job under a reused id (2 minutes for clocks that disagree).
+        if found is None or found.gca_resource.create_time.timestamp() < started - 120:
+            return None
+        job._gca_resource = found.gca_resource  # noqa: SLF001 (the job as created, state included)
+        return job
+
+    def create():
+        if not sent:  # the first attempt goes through submit (pipeline root bucket, service account, then create)
+            sent.append(True)
+            job.submit(service_account=service_account or None)
+        else:  # a retry repeats only the create request, with the same job id
+            job._gca_resource = job.api_client.create_pipeline_job(  # noqa: SLF001 (what submit itself sends)
+                parent=job._parent, pipeline_job=job._gca_resource, pipeline_job_id=job.job_id)  # noqa: SLF001
+        return job
+
+    sent: list[bool] = []
+    started = time.time()
+
+    retrying = Retrying(service="Vertex AI", setting="", max_retries=SUBMIT_RETRIES,
+                        backoff_s=1.0, retryable=lambda e: isinstance(e, (exceptions.TooManyRequests,
+                                                                          exceptions.ServerError)),
+                        error=VertexError, wrap_refusals=False)
+    try:
+        return retrying.call(create, f"creating pipeline job {job.job_id}", recover=created_anyway)
+    except exceptions.GoogleAPIError as exc:
+        raise VertexError(f"Vertex AI refused the pipeline job: {exc}") from exc
 
 
 def follow(job, *, poll_s: float, log: Callable[[str], None] = print) -> str:

@@ -67,7 +67,7 @@ def test_bad_model_folder_and_endpoint_are_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no files"):
         deploy(tmp_path / "empty", DeployConfig(), tmp_path / "state", run_id="r", metrics={})
-    with pytest.raises(ValueError, match="only local file://"):
+    with pytest.raises(ValueError, match="not a local file:// model folder"):
         model_path_from_endpoint("gs://bucket/model")
     with pytest.raises(FileNotFoundError, match="is missing"):
         model_path_from_endpoint((tmp_path / "gone").as_uri())

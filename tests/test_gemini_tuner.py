@@ -17,6 +17,7 @@ from calltune.io import write_jsonl
 from calltune.models import MODEL_CARD, model_source, read_model_card
 from calltune.render import to_vertex
 from conftest import TINY_DIALOGUES, make_example
+from fakes import every
 from fakes.storage import FakeStorage
 from fakes.vertex import FakeVertex
 from fakes.vertex_tuning import DEFAULT_METRICS, FakeVertexTuning
@@ -179,6 +180,15 @@ def test_a_create_whose_answer_was_lost_is_found_and_not_made_twice(splits, stor
     card = tune_gemini(splits, tmp_path / "model", _cfg(vertex), sleep=Sleeps())
     assert len(vertex.jobs) == 1 and len(vertex.created) == 1
     assert card["tuning_job"] in vertex.jobs
+
+
+@pytest.mark.parametrize("n, status", [(2, 429), (3, 500), (3, 503)])
+def test_tuning_completes_with_one_job_when_every_nth_request_fails(splits, storage, vertex, tmp_path, n, status):
+    vertex.fail_when(every(n), status)
+    card = tune_gemini(splits, tmp_path / "model", _cfg(vertex), sleep=Sleeps())
+    assert len(vertex.jobs) == 1 and len(vertex.created) == 1
+    assert card["tuning_job"] in vertex.jobs and "validation_token_accuracy" in card
+    assert sum(r.status == status for r in vertex.requests) >= len(vertex.requests) // n - 1
 
 
 def test_a_missing_dataset_fails_the_job_with_the_service_message(splits, storage, vertex, tmp_path):

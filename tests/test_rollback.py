@@ -38,7 +38,8 @@ def states(cfg, tmp_path) -> dict[int, str]:
 def test_rollback_adds_the_previous_endpoint_as_the_newest_version(tmp_path, cfg):
     a, b, c = deploy_models(tmp_path, cfg, 3)
     res = rollback(cfg, tmp_path / "state")
-    assert res == {"secret_id": "llm-endpoint", "version": 4, "rolled_back_to": 2, "rolled_back_from": 3, "disabled": []}
+    assert res == {"secret_id": "llm-endpoint", "version": 4, "rolled_back_to": 2, "rolled_back_from": 3, "disabled": [],
+                   "latest_was_disabled": False}
     assert resolve_endpoint(cfg, tmp_path / "state") == b
     with closing(open_registry(cfg, tmp_path / "state")) as reg:
         assert reg.get_version(cfg.secret_id, 4).annotations == {
@@ -63,7 +64,7 @@ def test_rollback_skips_disabled_versions_and_takes_a_named_one(tmp_path, cfg):
     assert resolve_endpoint(cfg, tmp_path / "state") == c
     with pytest.raises(VersionDisabled, match="version 2 is disabled"):
         rollback(cfg, tmp_path / "state", to=2)
-    with pytest.raises(ValueError, match="same endpoint as the latest"):
+    with pytest.raises(ValueError, match="same endpoint as version 5, served now"):
         rollback(cfg, tmp_path / "state", to=3)
     with pytest.raises(VersionNotFound):
         rollback(cfg, tmp_path / "state", to=9)
@@ -95,3 +96,25 @@ def test_cli_rollback(tmp_path, cfg, capsys):
     assert resolve_endpoint(cfg, tmp_path / "state") == a
     assert main(["rollback", "--to", "7", *overrides]) == 1
     assert "version 7 not found" in capsys.readouterr().err
+
+
+def test_rollback_with_the_latest_disabled_leaves_the_model_it_held(tmp_path, cfg, capsys):
+    """A, B, C with C (the latest) disabled: B is the newest enabled model, so rollback goes to A, not to B."""
+    a, b, c = deploy_models(tmp_path, cfg, 3)
+    with closing(open_registry(cfg, tmp_path / "state")) as reg:
+        reg.disable(cfg.secret_id, 3)
+    res = rollback(cfg, tmp_path / "state")
+    assert (res["rolled_back_to"], res["rolled_back_from"], res["latest_was_disabled"]) == (1, 2, True)
+    assert resolve_endpoint(cfg, tmp_path / "state") == a
+
+
+def test_rollback_after_a_model_is_promoted_again(tmp_path, cfg):
+    """A, B, rollback (to A), B again, A again: a rollback goes back to B."""
+    state = tmp_path / "state"
+    a, b = deploy_models(tmp_path, cfg, 2)
+    assert rollback(cfg, state)["rolled_back_to"] == 1
+    for run, name in (("run-3", "m2"), ("run-4", "m1")):
+        deploy(tmp_path / name, cfg, state, run_id=run, metrics={})
+    assert [resolve_endpoint(cfg, state, str(n)) for n in range(1, 6)] == [a, b, a, b, a]
+    assert rollback(cfg, state)["rolled_back_to"] == 4
+    assert resolve_endpoint(cfg, state) == b

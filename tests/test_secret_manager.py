@@ -10,13 +10,13 @@ import threading
 from contextlib import closing
 
 import pytest
-from fakes import HANG
+from fakes import HANG, every
 from fakes.secret_manager import MAX_ANNOTATIONS_BYTES, FakeSecretManager
 from test_deploy import make_model
 
 from calltune.backends.registry import RegistryError, open_registry
 from calltune.config import DeployConfig
-from calltune.deploy import deploy, resolve_endpoint
+from calltune.deploy import deploy, resolve_endpoint, rollback
 
 pytest.importorskip("google.cloud.secretmanager_v1")
 
@@ -157,3 +157,17 @@ def test_old_records_are_dropped_to_stay_under_the_16kib_annotation_limit(tmp_pa
 def test_missing_project_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="needs deploy.project"):
         open_registry(DeployConfig(registry="secret-manager"), tmp_path)
+
+
+@pytest.mark.parametrize("n, status", [(2, 429), (3, 500), (3, 503)])
+def test_deploy_and_rollback_complete_when_every_nth_request_fails(tmp_path, fake, n, status):
+    """A fault retries its own request, not the sequence before it, so a fixed fault cycle cannot starve the add;
+    a 429 is sent again at once, a 5xx (which may have stored the version) after looking for it."""
+    fake.fail_when(every(n), status)
+    cfg, state = smcfg(fake, retry_backoff_s=0.001), tmp_path / "state"
+    a, b = (deploy(make_model(tmp_path / f"m{i}", f"weights {i}".encode()), cfg, state, run_id=f"run-{i}",
+                   metrics={})["endpoint"] for i in range(2))
+    assert rollback(cfg, state)["rolled_back_to"] == 1
+    assert fake.payloads(SECRET) == [a.encode(), b.encode(), a.encode()]  # nothing added twice
+    assert pending_marks(fake) == [] and "calltune-lease" not in fake.secrets[SECRET]["annotations"]
+    assert sum(r.status == status for r in fake.requests) >= len(fake.requests) // n - 1

@@ -260,3 +260,45 @@ def test_close_stops_a_translator_waiting_to_retry(fake):
     translator.close()
     worker.join(5)
     assert time.monotonic() - start < 2 and "stopped before retrying" in str(errors[0].value)  # not the 0-60 s backoff
+
+
+def test_a_segment_over_the_request_limit_is_split_at_sentences_and_rejoined(fake, tmp_path):
+    """45,009 code points in one message: sent as pieces under 30,000, each ending a sentence, joined back."""
+    sentence = "Olá, aqui é a Ana da Solar Mais e eu queria falar da sua conta de luz. "
+    long = (sentence * 640)[:44_999] + "\nFim? Sim!"  # 45,009 code points, a line break inside
+    assert len(long) == 45_009
+    calls = [{"call_id": "long", "source_row": 1, "persona": {}, "system": "",
+              "turns": [{"role": "seller", "text": "Bom dia"}, {"role": "customer", "text": long}]}]
+    write_jsonl(tmp_path / "calls.jsonl", calls)
+    report = translate_calls(tmp_path / "calls.jsonl", tmp_path / "out.jsonl", gcfg(fake), tmp_path / "state")
+    assert report["failures"] == 0
+    requests = [r.body["contents"] for r in fake.answered()]
+    assert all(sum(map(len, c)) <= MAX_CODEPOINTS for c in requests)
+    pieces = sorted((t for t in fake.sent_texts() if t != "Bom dia"), key=long.index)  # requests run concurrently
+    assert len(pieces) == 2 and pieces[0].endswith("luz.") and pieces[1].endswith("Sim!")
+    (out,) = read_jsonl(tmp_path / "out.jsonl")
+    assert out["turns"][1]["text_original"] == long
+    from calltune.text import repair_text  # what every translation goes through
+
+    assert out["turns"][1]["text"] == " ".join(repair_text(fake_translation(p, "en")) for p in pieces)
+
+    fake.requests.clear()  # a rerun finds every piece in the cache
+    translate_calls(tmp_path / "calls.jsonl", tmp_path / "out2.jsonl", gcfg(fake), tmp_path / "state")
+    assert fake.requests == [] and list(read_jsonl(tmp_path / "out2.jsonl")) == [out]
+
+
+def test_prepare_translates_a_long_unbroken_text(fake, tmp_path):
+    """No sentence end, no space in 70,000 code points: cut at the limit; prepare completes."""
+    from calltune.config import load_config
+    from calltune.prepare import prepare
+
+    calls = [{"call_id": f"c{i}", "turns": [{"role": "seller", "text": "Oi"},
+                                           {"role": "customer", "text": ("y" * 70_000 if i == 0 else f"Sim {i}")}]}
+             for i in range(3)]
+    write_jsonl(tmp_path / "calls.jsonl", calls)
+    cfg = load_config(overrides=["translate.backend=google", "translate.project=calltune-test",
+                                 f"translate.endpoint={fake.endpoint}", "translate.retry_backoff_s=0.01",
+                                 f"state_dir={tmp_path / 'state'}"])
+    report = prepare(tmp_path / "calls.jsonl", tmp_path / "out", cfg)
+    assert report["calls"] == 3 and report["translate"]["failures"] == 0
+    assert sorted(len(t) for t in fake.sent_texts() if t.startswith("y")) == [10_000, 30_000]  # the same 30,000 twice: sent once

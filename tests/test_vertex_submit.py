@@ -138,6 +138,31 @@ def test_a_refused_job_is_reported_without_a_traceback(template, vertex, capsys)
     assert "Vertex AI refused the pipeline job" in err and "Traceback" not in err
 
 
+def test_submit_takes_overrides_after_its_options_as_the_readme_shows(template, vertex, capsys):
+    argv = ["submit", str(template), "--config", CONFIG, "--job-id", "calltune-readme", *VERTEX_OVERRIDES,
+            f"gcp.api_endpoint={vertex.endpoint}", "evaluate.threshold=0.5"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    [created] = vertex.created
+    assert created["body"]["runtimeConfig"]["parameterValues"]["evaluate_threshold"] == 0.5
+
+
+@pytest.mark.parametrize("fault", [429, 503])
+def test_submit_retries_a_failed_create_with_its_job_id_and_starts_one_job(template, vertex, capsys, fault):
+    vertex.inject(fault)
+    assert _calltune("submit", str(template), "--job-id", "calltune-retried", api=vertex) == 0
+    assert [c["job_id"] for c in vertex.created] == ["calltune-retried"]
+    creates = [r.status for r in vertex.requests if r.method == "POST"]
+    assert creates == [fault, 200]
+    assert "calltune-retried: PIPELINE_STATE_PENDING" in capsys.readouterr().out
+
+
+def test_a_create_whose_answer_was_lost_is_found_not_started_twice(template, vertex, capsys):
+    vertex.create_then(503)  # the job exists, the client sees 503
+    assert _calltune("submit", str(template), "--job-id", "calltune-lost", api=vertex) == 0
+    assert [c["job_id"] for c in vertex.created] == ["calltune-lost"]
+    assert [r.status for r in vertex.requests if r.method == "POST"] == [503]  # looked up, not sent again
+
+
 def test_a_config_that_cannot_run_on_vertex_sends_nothing(template, vertex, capsys):
     code = cli.main(["submit", str(template), f"gcp.api_endpoint={vertex.endpoint}",
                      "--config", str(ROOT / "configs" / "local.yaml")])

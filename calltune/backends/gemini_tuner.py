@@ -26,7 +26,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable
 
 from calltune import gcs
 from calltune.config import TuneConfig
@@ -35,10 +35,8 @@ from calltune.models import BUNDLED, MODEL_CARD
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 MAX_POLL_S = 600.0
-ATTEMPTS = 6  # per request: 429, 5xx and transport errors are retried, the wait doubling from 1 s (at most the
-# poll interval)
+ATTEMPTS = 6  # per request: 429, 5xx and transport errors are retried (calltune.backends.Retrying), from 1 s
 LABEL = "calltune-key"
 ADAPTER_SIZES = {1: "ADAPTER_SIZE_ONE", 2: "ADAPTER_SIZE_TWO", 4: "ADAPTER_SIZE_FOUR", 8: "ADAPTER_SIZE_EIGHT",
                  16: "ADAPTER_SIZE_SIXTEEN"}
@@ -154,32 +152,28 @@ class _Client:
     """google-genai's tunings in Vertex mode, with retries; the metrics through aiplatform's v1 REST clients."""
 
     def __init__(self, cfg: TuneConfig, sleep: Callable[[float], None]):
-        from google.genai import types
+        from google.api_core import exceptions
+        from google.genai import errors, types
 
+        from calltune.backends import Retrying
         from calltune.backends.genai import transient, vertex_client
 
         self.cfg, self.sleep, self.types = cfg, sleep, types
-        # No client-side retries: `_call` retries, so that a create is never repeated blindly.
+        # No client-side retries: every request goes through the one retry policy, so a create is never repeated
+        # blindly. google-genai (tunings) and aiplatform's clients (metrics) fail differently: either is retried.
         self.genai = vertex_client(cfg.gemini_project, cfg.gemini_location, cfg.gemini_base_url, timeout=120_000)
-        self._transient = transient
+        cloud = (exceptions.TooManyRequests, exceptions.ServerError)
+        self.retrying = Retrying(service="Vertex AI", setting="", max_retries=ATTEMPTS - 1,
+                                 backoff_s=min(1.0, cfg.gemini_poll_interval_s),
+                                 retryable=lambda e: transient(e) or isinstance(e, cloud), error=TuningJobError,
+                                 wrap_refusals=False, sleep=sleep)
+        # Refused before anything happened: a create answered 429 made no job, so it is sent again without a look-up.
+        self._not_applied = lambda e: isinstance(e, errors.APIError) and e.code == 429
 
-    def _call(self, what: str, fn: Callable[[], T], transient: Callable[[BaseException], bool] | None = None,
-              on_retry: Callable[[], T | None] | None = None) -> T:
-        """fn(), retried on transient errors; `on_retry` may find that a failed attempt took effect after all."""
-        transient, attempt = transient or self._transient, 0
-        while True:
-            try:
-                return fn()
-            except Exception as exc:  # noqa: BLE001 - sorted into transient or not just below
-                attempt += 1
-                if not transient(exc) or attempt == ATTEMPTS:
-                    raise
-                delay = min(2.0 ** (attempt - 1), self.cfg.gemini_poll_interval_s)
-                log.warning("%s failed (%s: %s); retry %d/%d in %.1f s", what, type(exc).__name__,
-                            str(exc)[:200], attempt, ATTEMPTS - 1, delay)
-                self.sleep(delay)
-                if on_retry is not None and (found := on_retry()) is not None:
-                    return found
+    def _call(self, what: str, fn, on_retry=None):
+        """fn(), each failed request retried alone; `on_retry` may find that a failed attempt took effect after all."""
+        recover = on_retry and (lambda exc: None if self._not_applied(exc) else on_retry())
+        return self.retrying.call(fn, what, recover=recover)
 
     def find(self, key: str):
         """The newest job with this key that succeeded or still runs; None if there is none."""
@@ -242,7 +236,6 @@ class _Client:
             return {}
 
     def _read_series(self, experiment: str) -> dict[str, list[tuple[int, float]]]:
-        from google.api_core import exceptions
         from google.api_core.client_options import ClientOptions
         from google.cloud.aiplatform_v1 import MetadataServiceClient, TensorboardServiceClient
 
@@ -253,22 +246,21 @@ class _Client:
             from google.auth.credentials import AnonymousCredentials
 
             options["credentials"] = AnonymousCredentials()
-        transient = lambda e: isinstance(e, (exceptions.TooManyRequests, exceptions.ServerError))  # noqa: E731
         metadata, tensorboard = MetadataServiceClient(**options), TensorboardServiceClient(**options)
-        context = self._call("reading the tuning experiment", lambda: metadata.get_context(name=experiment), transient)
+        context = self._call("reading the tuning experiment", lambda: metadata.get_context(name=experiment))
         backing = context.metadata.get("backing_tensorboard_resource")
         if not backing:
             raise LookupError(f"experiment {experiment} has no backing TensorBoard")
         parent = f"{backing}/experiments/{experiment.rsplit('/', 1)[1]}"
         out: dict[str, list[tuple[int, float]]] = {}
         for run in self._call("listing TensorBoard runs",
-                              lambda: list(tensorboard.list_tensorboard_runs(parent=parent)), transient):
+                              lambda: list(tensorboard.list_tensorboard_runs(parent=parent))):
             for series in self._call("listing TensorBoard time series",
-                                     lambda: list(tensorboard.list_tensorboard_time_series(parent=run.name)), transient):
+                                     lambda: list(tensorboard.list_tensorboard_time_series(parent=run.name))):
                 if series.display_name not in METRICS:
                     continue
                 data = self._call("reading a TensorBoard time series", lambda: tensorboard.read_tensorboard_time_series_data(
-                    tensorboard_time_series=series.name), transient)
+                    tensorboard_time_series=series.name))
                 out[series.display_name] = sorted((int(v.step), float(v.scalar.value))
                                                   for v in data.time_series_data.values)
         return out

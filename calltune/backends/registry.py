@@ -5,6 +5,8 @@ Manager itself in calltune.backends.secret_manager; `open_registry` picks one by
 - `latest` is the most recently created version. If it is disabled, accessing `latest` fails: like Secret Manager,
   it never falls back to an older version.
 - A disabled version cannot be accessed until it is enabled again.
+- `exclusive(secret_id)` holds off other writers of the secret, so a deploy or rollback decides from versions
+  nobody else changes before its write lands (SQLite: one BEGIN IMMEDIATE transaction; Secret Manager: a lease).
 Payloads are never logged and never appear in errors or in `SecretVersion`.
 """
 from __future__ import annotations
@@ -12,10 +14,11 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import ContextManager, Iterator, Protocol
 
 from calltune.backends import connect_sqlite, write_transaction
 from calltune.config import DeployConfig
@@ -62,6 +65,7 @@ class Registry(Protocol):
     def list_secrets(self) -> list[str]: ...
     def disable(self, secret_id: str, version: int | str) -> SecretVersion: ...
     def enable(self, secret_id: str, version: int | str) -> SecretVersion: ...
+    def exclusive(self, secret_id: str) -> ContextManager[None]: ...
     def close(self) -> None: ...
 
 
@@ -100,10 +104,16 @@ def _row_to_version(row: tuple) -> SecretVersion:
 
 
 class SqliteRegistry:
-    """Local registry in one SQLite file; every write is one BEGIN IMMEDIATE transaction, safe across processes."""
+    """Local registry in one SQLite file; every write is one BEGIN IMMEDIATE transaction, safe across processes.
+    `readonly` (listing, reading) opens the file with mode=ro and creates nothing: it never waits behind a writer."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
+        if readonly:
+            if not self.path.is_file():
+                raise SecretNotFound(f"no registry at {self.path}: nothing has been deployed there yet")
+            self._db = connect_sqlite(self.path, readonly=True)
+            return
         self._db = connect_sqlite(self.path)
         with write_transaction(self._db) as db:
             db.execute("CREATE TABLE IF NOT EXISTS secrets (secret_id TEXT PRIMARY KEY, create_time TEXT NOT NULL)")
@@ -126,6 +136,13 @@ class SqliteRegistry:
 
     def close(self) -> None:
         self._db.close()
+
+    @contextmanager
+    def exclusive(self, secret_id: str) -> Iterator[None]:
+        """Every read and write inside is one transaction holding the write lock (other writers wait)."""
+        check_secret_id(secret_id)
+        with write_transaction(self._db):
+            yield
 
     def add_version(self, secret_id: str, payload: bytes, *, annotations: dict[str, str] | None = None,
                     request_id: str | None = None) -> SecretVersion:
@@ -198,10 +215,11 @@ class SqliteRegistry:
         return self._set_state(secret_id, version, "ENABLED")
 
 
-def open_registry(cfg: DeployConfig, state_dir: str | Path) -> Registry:
-    """The registry `deploy.registry` names: sqlite (in state_dir) or secret-manager (in deploy.project)."""
+def open_registry(cfg: DeployConfig, state_dir: str | Path, *, readonly: bool = False) -> Registry:
+    """The registry `deploy.registry` names: sqlite (in state_dir) or secret-manager (in deploy.project).
+    `readonly`: for commands that only read (a missing local registry is then SecretNotFound, not created)."""
     if cfg.registry == "sqlite":
-        return SqliteRegistry(Path(state_dir).expanduser() / REGISTRY_FILE)
+        return SqliteRegistry(Path(state_dir).expanduser() / REGISTRY_FILE, readonly=readonly)
     if cfg.registry == "secret-manager":
         from calltune.backends.secret_manager import SecretManagerRegistry
 

@@ -9,8 +9,14 @@ secret's annotations (where the Cloud console shows them):
   looks for a version added after that number with the same payload that no other request has claimed, so an
   add whose answer was lost (a timeout after the service committed) is found instead of added a second time.
 Annotation updates are read-modify-write guarded by the secret's etag, so concurrent deploys keep each other's
-records. Calls failing with 429, 5xx, a timeout or a dropped connection are retried with exponential backoff
-and full jitter. Credentials come from Application Default Credentials; an http:// endpoint (a local fake) gets
+records.
+- `calltune-lease`: `exclusive()` (deploy, rollback) takes it with such an etag-guarded update, then lists the
+  versions and decides. Secret Manager has no transactions and AddSecretVersion no precondition, so a lease is the
+  way the API allows to decide from versions nobody changes meanwhile (verify-and-undo would leave a served
+  version behind). Another holder's lease is waited for; one whose holder died expires after LEASE_S.
+Every request failing with 429, 5xx, a timeout or a dropped connection is retried alone, by the one retry policy
+(calltune.backends.Retrying); before an add is sent again after a failure that may have stored it (anything but
+a 429), the versions added since are looked at first. Credentials come from Application Default Credentials; an http:// endpoint (a local fake) gets
 anonymous ones, so credentials never go over plain HTTP. Payloads and credentials are never logged.
 """
 from __future__ import annotations
@@ -23,7 +29,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from calltune.backends import MAX_BACKOFF_S, brief
+from calltune.backends import MAX_BACKOFF_S, Retrying, brief
 from calltune.backends.registry import (RegistryError, RequestIdConflict, SecretNotFound, SecretVersion,
                                         VersionDisabled, VersionNotFound, check_new_version, check_secret_id,
                                         version_number)
@@ -33,6 +39,9 @@ log = logging.getLogger(__name__)
 
 RECORD = "calltune-v"
 PENDING = "calltune-pending-"
+LEASE = "calltune-lease"
+LEASE_S = 300.0       # a lease whose holder died (no release) frees itself after this long
+LEASE_WAIT_S = 600.0  # longest wait for another holder's lease
 MAX_ANNOTATIONS_BYTES = 16 * 1024 - 1  # "The total size of annotation keys and values must be less than 16KiB."
 
 
@@ -72,6 +81,10 @@ def _fit(annotations: dict[str, str], keep: str) -> dict[str, str]:
     return annotations
 
 
+class _Busy(Exception):
+    """Another holder's lease is live (args: its expiry, epoch seconds)."""
+
+
 class SecretManagerRegistry:
     def __init__(self, cfg: DeployConfig):
         # Heavy imports only when this backend is used (the local install may lack them: pip install calltune[gcp]).
@@ -87,8 +100,13 @@ class SecretManagerRegistry:
         self._cfg = cfg
         self._parent = f"projects/{cfg.project}"
         self._x = exceptions
-        self._retryable = (exceptions.TooManyRequests, exceptions.ServerError,
-                           requests.exceptions.Timeout, requests.exceptions.ConnectionError)
+        retryable = (exceptions.TooManyRequests, exceptions.ServerError,
+                     requests.exceptions.Timeout, requests.exceptions.ConnectionError)
+        self._retrying = Retrying(service="Secret Manager", setting="deploy.max_retries", max_retries=cfg.max_retries,
+                                  backoff_s=cfg.retry_backoff_s, retryable=lambda e: isinstance(e, retryable),
+                                  error=RegistryError, wrap_refusals=False)
+        # Refused before anything happened (RESOURCE_EXHAUSTED, or no connection made): safe to send again at once.
+        self._not_applied = (exceptions.TooManyRequests, requests.exceptions.ConnectTimeout)
         try:
             self._client = secretmanager_v1.SecretManagerServiceClient(
                 transport="rest",
@@ -112,15 +130,6 @@ class SecretManagerRegistry:
         name = f"{self._parent}/secrets/{check_secret_id(secret_id)}"
         return name if version is None else f"{name}/versions/{version_number(secret_id, version)}"
 
-    def _sleep(self, delays: Iterator[float], what: str, exc: BaseException, attempt: int) -> None:
-        if attempt == self._cfg.max_retries:
-            raise RegistryError(f"Secret Manager: {what} gave up after {attempt + 1} attempts "
-                                f"(deploy.max_retries={self._cfg.max_retries}); last error: {brief(exc)}") from exc
-        delay = next(delays)
-        log.warning("Secret Manager: %s failed (%s); retry %d/%d in %.1f s",
-                    what, brief(exc), attempt + 1, self._cfg.max_retries, delay)
-        time.sleep(delay)
-
     def _delays(self) -> Iterator[float]:
         from google.api_core.retry import exponential_sleep_generator
 
@@ -128,12 +137,7 @@ class SecretManagerRegistry:
 
     def _call(self, what: str, method: Callable, **request):
         """One call that is safe to repeat, retried on 429, 5xx, timeouts and dropped connections."""
-        delays = self._delays()
-        for attempt in range(self._cfg.max_retries + 1):
-            try:
-                return method(**request, timeout=self._cfg.timeout_s, retry=None)
-            except self._retryable as exc:
-                self._sleep(delays, what, exc, attempt)
+        return self._retrying.call(lambda: method(**request, timeout=self._cfg.timeout_s, retry=None), what)
 
     @contextmanager
     def _errors(self, secret_id: str, version: int | str | None = None):
@@ -184,6 +188,39 @@ class SecretManagerRegistry:
                     raise
         raise RegistryError(f"secret {secret_id}: its annotations kept changing under 20 updates in a row")
 
+    @contextmanager
+    def exclusive(self, secret_id: str) -> Iterator[None]:
+        """Hold the secret's lease (creating the secret if needed): other calltune writers wait until it is released."""
+        owner, delays = uuid.uuid4().hex, self._delays()
+        waited_until = time.monotonic() + LEASE_WAIT_S
+
+        def take(a: dict) -> dict:
+            held = json.loads(a.get(LEASE, "{}"))
+            if held.get("owner", owner) != owner and held.get("until", 0) > time.time():
+                raise _Busy(held["until"])
+            return _fit({**a, LEASE: json.dumps({"owner": owner, "until": round(time.time() + LEASE_S)})}, keep=LEASE)
+
+        with self._errors(secret_id):
+            self._get_or_create(secret_id)
+            while True:
+                try:
+                    self._update_annotations(secret_id, take)
+                    break
+                except _Busy as busy:
+                    if time.monotonic() > waited_until:
+                        raise RegistryError(f"secret {secret_id}: another deploy or rollback holds its lease (annotation "
+                                            f"{LEASE}) until {time.ctime(busy.args[0])}; retry then") from None
+                    time.sleep(min(next(delays), 5.0))
+        try:
+            yield
+        finally:
+            try:
+                self._update_annotations(secret_id, lambda a: {k: v for k, v in a.items()
+                                                               if not (k == LEASE and owner in v)})
+            except Exception as exc:  # noqa: BLE001 - never hide the body's own error; the lease expires by itself
+                log.warning("Secret Manager: could not release the lease on %s (%s); it expires in %.0f s",
+                            secret_id, brief(exc), LEASE_S)
+
     # ---- the Registry interface ----
     def add_version(self, secret_id: str, payload: bytes, *, annotations: dict[str, str] | None = None,
                     request_id: str | None = None) -> SecretVersion:
@@ -196,31 +233,37 @@ class SecretManagerRegistry:
         annotations = check_new_version(secret_id, payload, annotations)
         key = hashlib.sha256((request_id or uuid.uuid4().hex).encode()).hexdigest()[:16]
         pending = PENDING + key
-        delays = self._delays()
         with self._errors(secret_id):
-            for attempt in range(self._cfg.max_retries + 1):
-                secret = self._get_or_create(secret_id)
-                records = _records(secret.annotations)
-                mine = next((n for n, r in records.items() if r.get("request") == key), None)
-                if mine is not None:
-                    return self._same_payload(secret_id, mine, payload, request_id)
-                if pending in secret.annotations:
-                    found = self._find_added(secret_id, int(secret.annotations[pending]), payload, records)
-                    if found is not None:
-                        log.info("Secret Manager: %s version %d was added by an earlier attempt of this request",
-                                 secret_id, found)
-                        return self._claim(secret_id, found, key, annotations)
-                else:
-                    newest = self._newest(secret_id)
-                    self._update_annotations(secret_id, lambda a: {**a, pending: str(newest)})
-                try:
-                    added = self._client.add_secret_version(
-                        parent=self._name(secret_id), timeout=self._cfg.timeout_s, retry=None,
-                        payload={"data": payload, "data_crc32c": google_crc32c.value(payload)})
-                except self._retryable as exc:  # the version may have been added anyway: the next attempt looks first
-                    self._sleep(delays, f"add a version to {secret_id}", exc, attempt)
-                    continue
-                return self._claim(secret_id, _number(added.name), key, annotations)
+            secret = self._get_or_create(secret_id)
+            records = _records(secret.annotations)
+            mine = next((n for n, r in records.items() if r.get("request") == key), None)
+            if mine is not None:
+                return self._same_payload(secret_id, mine, payload, request_id)
+
+            def landed(after: int) -> int | None:
+                """The version an earlier attempt of this request stored although its answer was lost."""
+                found = self._find_added(secret_id, after, payload, records)
+                if found is not None:
+                    log.info("Secret Manager: %s version %d was added by an earlier attempt of this request",
+                             secret_id, found)
+                return found
+
+            if pending in secret.annotations:  # an earlier run of this request died after marking it
+                after = int(secret.annotations[pending])
+                if (found := landed(after)) is not None:
+                    return self._claim(secret_id, found, key, annotations)
+            else:
+                after = self._newest(secret_id)
+                self._update_annotations(secret_id, lambda a: {**a, pending: str(after)})
+
+            def add() -> int:
+                return _number(self._client.add_secret_version(
+                    parent=self._name(secret_id), timeout=self._cfg.timeout_s, retry=None,
+                    payload={"data": payload, "data_crc32c": google_crc32c.value(payload)}).name)
+
+            number = self._retrying.call(add, f"add a version to {secret_id}",
+                                         recover=lambda exc: None if isinstance(exc, self._not_applied) else landed(after))
+            return self._claim(secret_id, number, key, annotations)
 
     def _get_or_create(self, secret_id: str):
         try:

@@ -8,7 +8,7 @@ a handler gets the path match and the JSON body and returns (status, JSON object
 Faults are injected per request, before the handler runs: an HTTP status (429, 500, 503, 504...) answered in
 Google's JSON error shape, or HANG (no answer until the fake stops, so the client's own timeout fires).
 `inject(...)` queues faults for the next requests in order; `fail_when(predicate, fault)` applies one to every
-request whose body matches, for good; `hang_after(n)` holds every request after the n-th.
+request whose body matches, for good (`every(n)`: every n-th request); `hang_after(n)` holds every request after the n-th.
 
 `latency_s` delays every answer (to see requests overlap).
 
@@ -195,6 +195,12 @@ class FakeGoogleApi:
                 pass
 
         return Handler
+
+
+def every(n: int) -> Callable[[Any], bool]:
+    """A `fail_when` predicate that holds for every n-th request (the n-th, the 2n-th, ...), whatever it asks."""
+    count = iter(range(1, 1 << 62))
+    return lambda body: next(count) % n == 0
 
 
 def _error(status: int, message: str) -> dict:

@@ -90,7 +90,8 @@ class FakePipelineService(LoopbackFake):
     """Vertex AI PipelineService (REST v1): create and get pipeline jobs.
 
     A created job is PENDING; each later get moves it one state along `script` (default: RUNNING, SUCCEEDED),
-    and a job that ends FAILED carries `failure` as its error, and the failing task's.
+    and a job that ends FAILED carries `failure` as its error, and the failing task's. `create_then(status)`
+    makes the next create store the job and only then answer `status` (an answer lost after the work was done).
     """
     routes = [
         ("POST", r"/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/pipelineJobs", "create"),
@@ -103,6 +104,10 @@ class FakePipelineService(LoopbackFake):
         self.created: list[dict] = []  # {"job_id", "parent", "body"}
         self.jobs: dict[str, dict] = {}
         self._steps: dict[str, int] = {}
+        self._commit_then: list[int] = []
+
+    def create_then(self, status: int) -> None:
+        self._commit_then.append(status)
 
     def create(self, match, body: dict) -> dict:
         job_id = self.query().get("pipelineJobId")
@@ -115,6 +120,9 @@ class FakePipelineService(LoopbackFake):
         job = {**body, "name": name, "state": "PIPELINE_STATE_PENDING",
                "createTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         self.jobs[name], self._steps[name] = job, 0
+        if self._commit_then:
+            status = self._commit_then.pop(0)
+            raise ApiError(status, f"fake: {name} created, then answered {status}")
         return job
 
     def get(self, match, body) -> dict:
