@@ -69,7 +69,8 @@ def cmd_prepare(args) -> int:
     report = prepare(resolve_input(cfg.data.input), Path(args.out), cfg)
     keys = ("calls", "examples", "train", "validation", "test", "overlap_calls", "quarantined")
     print(json.dumps({k: report.get(k) for k in keys}))
-    print(f"wrote {args.out}/train.jsonl, test.jsonl (Vertex), *.messages.jsonl, quarantine.jsonl, report.json")
+    calls = ", calls.jsonl (translated, originals kept)" if (Path(args.out) / "calls.jsonl").is_file() else ""
+    print(f"wrote {args.out}/train.jsonl, test.jsonl (Vertex), *.messages.jsonl, quarantine.jsonl, report.json{calls}")
     return 0
 
 
@@ -209,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = common(sub.add_parser("prepare", help="ingest -> translate -> turn-split -> sample, without KFP"))
     p.add_argument("--input", help="raw data file (default: data.input from the config)")
     p.add_argument("--out", required=True, type=Path,
-                   help="folder for the splits, calls.jsonl (translated, with the originals), quarantine and report")
+                   help="folder for the splits, quarantine.jsonl, report.json and, when translating, calls.jsonl "
+                        "(the translated calls, each turn's original text beside it)")
     p.set_defaults(func=cmd_prepare)
 
     p = common(sub.add_parser("synthesize", help="add synthetic train examples to a prepared splits folder"))

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,12 @@ def run_local(cfg: Config, out: Path, *, verbose: bool = False) -> dict[str, Any
     pipeline = build_pipeline("local", cfg)
     with run_log(root, verbose):
         pipeline(**cfg.pipeline_params())
-    summary = summarize(cfg, _only_run_dir(root))
+    run_dir = _only_run_dir(root)
+    # The evaluate step's completed model card replaces the tune-time one in this run's model folder.
+    card, model_dir = run_dir / "evaluate" / "evaluation" / "model_card.md", run_dir / "tune" / "model"
+    if card.is_file() and model_dir.is_dir():
+        shutil.copyfile(card, model_dir / "README.md")
+    summary = summarize(cfg, run_dir)
     write_json(out / "summary.json", summary)
     return summary
 
