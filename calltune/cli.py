@@ -8,13 +8,16 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from calltune import __version__
 from calltune.config import Config, ConfigError, load_config
 
 DEFAULT_CONFIG = Path("configs/local.yaml")
+VERTEX_CONFIG = Path("configs/vertex.yaml")  # the default of submit and upload, which run on Vertex AI
 
 
 def _config(args) -> Config:
-    path = args.config if args.config else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    default = getattr(args, "default_config", DEFAULT_CONFIG)
+    path = args.config if args.config else (default if default.exists() else None)
     return load_config(path, args.overrides)
 
 
@@ -26,27 +29,33 @@ def _offline() -> None:
 
 
 def cmd_run(args) -> int:
-    from calltune.local_run import run_local
+    from calltune.local_run import outcome, run_local
 
     cfg = _config(args)
     _offline()
     out = Path(args.out or Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
-    summary = run_local(cfg, out)
-    gate = summary["gate"]
-    print(f"\naccuracy {gate['accuracy']:.4f} vs threshold {gate['threshold']} (decided by: {gate['decided_by']}): ",
-          end="")
-    if summary["promoted"]:
-        p = summary["promoted"]
-        print(f"promoted as {p['secret_id']} version {p['version']}" if p["new_version"] else
-              f"promoted; {p['secret_id']} version {p['version']} already serves this model, no version added")
-    else:
-        prev = summary["serving_version"]
-        print(f"not promoted; {cfg.deploy.secret_id} stays at "
-              f"{'version ' + str(prev) if prev else 'no version (nothing deployed yet)'}")
-    if evaluated := summary["evaluation_only"]:
-        print(f"evaluation-only run (no tuning) of {evaluated['reference']}: {evaluated['kind']} model "
-              f"{evaluated['source']}, sha {evaluated['model_sha']}")
-    print(f"summary: {out / 'summary.json'}")
+    summary = run_local(cfg, out, verbose=args.verbose)
+    print("\n".join(outcome(summary, cfg, out, _same_state(args))))
+    return 0
+
+
+def _same_state(args) -> str:
+    """The --config and overrides a follow-up command needs to find this run's secret and model store."""
+    keep = [o for o in args.overrides if o.startswith(("state_dir=", "deploy."))]
+    return " ".join(([f"--config {args.config}"] if args.config else []) + keep)
+
+
+def cmd_config(args) -> int:
+    from calltune.config import describe_fields
+
+    if args.show:
+        import yaml
+
+        print(yaml.safe_dump(_config(args).model_dump(), sort_keys=False, allow_unicode=True), end="")
+        return 0
+    for f in describe_fields():
+        print(f"{f['name']}  ({f['type']}, default: {json.dumps(f['default'], ensure_ascii=False)})\n"
+              f"    {f['description']}")
     return 0
 
 
@@ -60,7 +69,8 @@ def cmd_prepare(args) -> int:
     report = prepare(resolve_input(cfg.data.input), Path(args.out), cfg)
     keys = ("calls", "examples", "train", "validation", "test", "overlap_calls", "quarantined")
     print(json.dumps({k: report.get(k) for k in keys}))
-    print(f"wrote {args.out}/train.jsonl, test.jsonl (Vertex), *.messages.jsonl, quarantine.jsonl, report.json")
+    calls = ", calls.jsonl (translated, originals kept)" if (Path(args.out) / "calls.jsonl").is_file() else ""
+    print(f"wrote {args.out}/train.jsonl, test.jsonl (Vertex), *.messages.jsonl, quarantine.jsonl, report.json{calls}")
     return 0
 
 
@@ -185,21 +195,32 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="calltune", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"calltune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p):
-        p.add_argument("--config", type=Path, help=f"YAML config (default: {DEFAULT_CONFIG} when present)")
+    def common(p, default: Path = DEFAULT_CONFIG):
+        p.add_argument("--config", type=Path, help=f"YAML config (default: {default} when present)")
+        p.set_defaults(default_config=default)
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="config overrides, e.g. translate.backend=none tune.max_steps=10")
         return p
 
     p = common(sub.add_parser("run", help="run the whole pipeline locally through kfp.local"))
     p.add_argument("--out", type=Path, help="output folder (default: runs/<UTC time>)")
+    p.add_argument("--verbose", action="store_true",
+                   help="kfp's full log: every task's executor input, outputs and library notices")
     p.set_defaults(func=cmd_run)
+
+    p = common(sub.add_parser("config", help="list every config field with its type, default and description"))
+    p.add_argument("--show", action="store_true",
+                   help="print the effective config instead: the YAML file with the overrides applied")
+    p.set_defaults(func=cmd_config)
 
     p = common(sub.add_parser("prepare", help="ingest -> translate -> turn-split -> sample, without KFP"))
     p.add_argument("--input", help="raw data file (default: data.input from the config)")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path,
+                   help="folder for the splits, quarantine.jsonl, report.json and, when translating, calls.jsonl "
+                        "(the translated calls, each turn's original text beside it)")
     p.set_defaults(func=cmd_prepare)
 
     p = common(sub.add_parser("synthesize", help="add synthetic train examples to a prepared splits folder"))
@@ -238,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="start the pipeline on Vertex AI Pipelines, with the config's parameter values")
     p.add_argument("template", help="compiled pipeline (build/calltune-vertex.yaml) or Artifact Registry template URL "
                                     "(https://REGION-kfp.pkg.dev/PROJECT/REPO/calltune/TAG)")
-    common(p)
+    common(p, VERTEX_CONFIG)
     p.add_argument("--job-id", help="pipeline job id (default: calltune-<timestamp>)")
     p.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 1 unless it succeeds")
     p.add_argument("--poll-s", type=float, default=30.0, help="seconds between state checks with --wait (default: 30)")
@@ -246,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("upload", help="push a compiled pipeline to Artifact Registry (gcp.template_registry) as a template")
     p.add_argument("template", type=Path, help="compiled pipeline, e.g. build/calltune-vertex.yaml")
-    common(p)
+    common(p, VERTEX_CONFIG)
     p.add_argument("--tag", action="append", help="tag of the uploaded version, repeatable (default: the git commit, "
                                                   "and latest)")
     p.set_defaults(func=cmd_upload)

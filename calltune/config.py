@@ -5,6 +5,7 @@ Every field of every section becomes a pipeline parameter named `<section>_<fiel
 """
 from __future__ import annotations
 
+import difflib
 import inspect
 import typing
 from pathlib import Path
@@ -426,4 +427,42 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid config{f' {path}' if path else ''}:\n{exc}") from exc
+        raise ConfigError(_explain(exc, path, overrides)) from exc
+
+
+def _explain(exc: ValidationError, path, overrides) -> str:
+    """One line per bad value, naming the override that set it (else the config file, else the defaults)."""
+    given = {tuple(parse_override(item)[0]): item for item in overrides}
+    lines = []
+    for err in exc.errors():
+        loc = tuple(str(part) for part in err["loc"])
+        name = ".".join(loc)
+        source = next((f"override {given[loc[:i]]!r}" for i in range(len(loc), 0, -1) if loc[:i] in given),
+                      f"config {path}" if path else "default config")
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            fields = [f["name"] for f in describe_fields()]
+            close = difflib.get_close_matches(name, fields, n=1)
+            message = "no such config field" + (f" (did you mean {close[0]}?)" if close else "; see `calltune config`")
+        lines.append(f"{source}: {name}: {message}")
+    return "\n".join(lines)
+
+
+def _type_name(annotation) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return " | ".join(str(a) for a in typing.get_args(annotation))
+    return str(annotation) if typing.get_args(annotation) else annotation.__name__  # list[str] | int
+
+
+def describe_fields() -> list[dict[str, Any]]:
+    """Every config field as {name, type, default, description}, in the config's order (`calltune config`)."""
+    out, defaults = [], Config().model_dump()
+    for name, field in Config.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, Section):
+            out += [{"name": f"{name}.{k}", "type": _type_name(f.annotation), "default": defaults[name][k],
+                     "description": f.description or ""} for k, f in sub.model_fields.items()]
+        else:
+            out.append({"name": name, "type": _type_name(field.annotation), "default": defaults[name],
+                        "description": field.description or ""})
+    return out

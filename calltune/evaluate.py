@@ -30,6 +30,7 @@ from calltune.gate import decide
 from calltune.infer import is_vertex, predict, read_predictions
 from calltune.io import write_json, write_jsonl
 from calltune.models import device, load_model, model_source, read_model_card, set_threads
+from calltune.model_card import write_model_card
 from calltune.report import Report, loss_curve_png
 from calltune.tune import encode_example, encode_file, reply_logits
 
@@ -256,6 +257,8 @@ def evaluate(model_dir: str | Path, test_path: str | Path, out_dir: str | Path, 
         "decoding": infer.model_dump(include={"max_new_tokens", "temperature", "top_p"}),
     }
     write_json(out_dir / "comparison.json", comparison)
+    if card and "config" in card:  # a model calltune tuned: its model card, completed (calltune.model_card)
+        write_model_card(model_dir, comparison=comparison, to=out_dir / "model_card.md")
     write_json(out_dir / "metrics.json", {**result, "skipped": records["tuned"].get("skipped", 0),
                                           "threshold": cfg.threshold, "model": str(model_dir),
                                           "base_model": (card or {}).get("base_model"), "test_path": str(test_path),
@@ -358,7 +361,7 @@ def _charts(keys: list[str], records: dict, path: Path) -> Path | None:
     from calltune.io import atomic_open
 
     names = list(records)
-    cols = min(4, len(keys))
+    cols = min(2, len(keys))  # two charts a row: the image stays legible when the page scales it to a narrow window
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), dpi=100, squeeze=False)
     for ax, key in zip(axes.flat, keys):

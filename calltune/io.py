@@ -9,6 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+# mkstemp creates 0600 files; a finished output gets the mode a plain open() would give it (0644 under umask 022).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def read_jsonl(path: str | Path) -> Iterator[dict]:
     """Yield one object per non-empty line; a bad line raises an error naming file and line."""
@@ -32,6 +36,7 @@ def atomic_open(path: str | Path, mode: str = "w"):
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+            os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

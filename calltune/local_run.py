@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import json
-from contextlib import closing
+import logging
+import os
+import re
+import shutil
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +14,9 @@ from calltune.config import Config
 from calltune.io import write_json
 
 
-def run_local(cfg: Config, out: Path) -> dict[str, Any]:
+def run_local(cfg: Config, out: Path, *, verbose: bool = False) -> dict[str, Any]:
+    """verbose: kfp.local's own log as it is (every task's executor input and outputs); otherwise one line per
+    step's start and end, and the steps' own progress lines (see run_log)."""
     from kfp import local
 
     from calltune.pipelines import build_pipeline
@@ -22,10 +28,85 @@ def run_local(cfg: Config, out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     root = (out / "pipeline_root").resolve()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-    build_pipeline("local", cfg)(**cfg.pipeline_params())
-    summary = summarize(cfg, _only_run_dir(root))
+    pipeline = build_pipeline("local", cfg)
+    with run_log(root, verbose):
+        pipeline(**cfg.pipeline_params())
+    run_dir = _only_run_dir(root)
+    # The evaluate step's completed model card replaces the tune-time one in this run's model folder.
+    card, model_dir = run_dir / "evaluate" / "evaluation" / "model_card.md", run_dir / "tune" / "model"
+    if card.is_file() and model_dir.is_dir():
+        shutil.copyfile(card, model_dir / "README.md")
+    summary = summarize(cfg, run_dir)
     write_json(out / "summary.json", summary)
     return summary
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_CUSTOM_IMAGE = "You may be attemping to run a task that uses custom"  # kfp.local's words, misspelling included
+_TASK_SITE = Path(__file__).with_name("quiet_kfp")  # its sitecustomize configures the task processes' logging
+
+
+class _StepLines(logging.Filter):
+    """kfp.local's orchestration log (records of the root logger) as one line per step: its start, and its end
+    with the step's figures; the per-task artifact listings are dropped."""
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self.root = root
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        text = _ANSI.sub("", record.getMessage())
+        if done := re.fullmatch(r"Task '(.+)' finished with status SUCCESS", text):
+            text = f"{done[1]}: done{_figures(self.root, done[1])}"
+        elif not text.startswith(("Running pipeline", "Executing task")):
+            return False
+        record.msg, record.args = text, ()
+        return True
+
+
+def _figures(root: Path, task: str, limit: int = 8) -> str:
+    """A finished step's returned value and first metrics, e.g. ": calls=60, quarantined=4, rows=64"."""
+    runs = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    outputs = task_outputs(runs[-1], task) if runs else None
+    if not outputs:
+        return ""
+    figures = {"result": outputs["Output"]} if "Output" in outputs else {}
+    figures.update(outputs.get("metrics") or {})
+    shown = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(figures.items())[:limit]]
+    return (": " + ", ".join(shown) + (", ..." if len(figures) > limit else "")) if shown else ""
+
+
+@contextmanager
+def run_log(root: Path, verbose: bool):
+    """While the pipeline runs: the step lines above, no custom-image warning (every calltune step runs in
+    calltune:latest, which kfp.local cannot know is this environment), and task processes that log only calltune's
+    progress and warnings (calltune/quiet_kfp/sitecustomize.py). verbose: nothing changed."""
+    if verbose:
+        yield
+        return
+    root_logger, warnings_logger = logging.getLogger(), logging.getLogger("py.warnings")
+    steps = _StepLines(root)
+
+    def not_custom_image(record: logging.LogRecord) -> bool:
+        return _CUSTOM_IMAGE not in record.getMessage()
+
+    old_path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(_TASK_SITE), *([old_path] if old_path else [])])
+    logging.captureWarnings(True)
+    root_logger.addFilter(steps)
+    warnings_logger.addFilter(not_custom_image)
+    try:
+        yield
+    finally:
+        warnings_logger.removeFilter(not_custom_image)
+        root_logger.removeFilter(steps)
+        logging.captureWarnings(False)
+        if old_path is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old_path
 
 
 def _only_run_dir(root: Path) -> Path:
@@ -59,7 +140,8 @@ def summarize(cfg: Config, run_dir: Path) -> dict[str, Any]:
     verdict = (steps["gate"] or {}).get("Output")
     decided_by = ("threshold" if verdict is None else "all checks passed" if verdict == "promote" else verdict)
     comparison = run_dir / "evaluate" / "evaluation" / "comparison.json"
-    checks = json.loads(comparison.read_text(encoding="utf-8"))["gate"]["checks"] if comparison.is_file() else []
+    compared = json.loads(comparison.read_text(encoding="utf-8")) if comparison.is_file() else {}
+    checks = compared.get("gate", {}).get("checks", [])
     try:
         with closing(open_registry(cfg.deploy, cfg.state_path())) as registry:
             versions = registry.list_versions(cfg.deploy.secret_id)
@@ -80,6 +162,10 @@ def summarize(cfg: Config, run_dir: Path) -> dict[str, Any]:
         "gate": {"metric": "accuracy", "accuracy": accuracy, "threshold": cfg.evaluate.threshold,
                  "passed": deployed is not None, "decision": "promote" if deployed else "keep",
                  "decided_by": decided_by, "checks": checks},
+        # Every compared model's gate metric with its 95% interval ({value, low, high, n}), or why it was skipped.
+        "accuracy": {name: model["metrics"].get("accuracy") if "metrics" in model else {"skipped": model["skipped"]}
+                     for name, model in compared.get("models", {}).items()},
+        "report": str(run_dir / "evaluate" / "evaluation" / "report.html") if comparison.is_file() else None,
         # An evaluation-only run: the model evaluated instead of a tuned one (reference, kind, source, model_sha, ...).
         "evaluation_only": (steps["resolve-model"] or {}).get("model"),
         # new_version false: the secret's latest version already served this model (calltune.deploy.deploy).
@@ -89,3 +175,44 @@ def summarize(cfg: Config, run_dir: Path) -> dict[str, Any]:
                                          == run_dir.name for v in versions)} if deployed else None),
         "serving_version": max((v.version for v in versions), default=None),
     }
+
+
+def outcome(summary: dict[str, Any], cfg: Config, out: Path) -> list[str]:
+    """The end of `calltune run` for a person: each model's score with its interval, the decision and the check
+    that made it, what now serves, where the report is, and what to try next."""
+    lines = [""]
+    for name, acc in summary["accuracy"].items():
+        if acc and "skipped" in acc:
+            lines.append(f"{name:<9} skipped: {acc['skipped']}")
+        elif acc and acc.get("value") is not None:
+            interval = f" [95% interval {acc['low']:.4f} to {acc['high']:.4f}]" if acc.get("low") is not None else ""
+            lines.append(f"{name:<9} token accuracy {acc['value']:.4f}{interval} on {acc.get('n', '?')} test examples")
+    gate, promoted = summary["gate"], summary["promoted"]
+    if gate["accuracy"] is None:
+        lines.append("no token accuracy: the evaluate step did not finish")
+    else:
+        lines.append(f"gate: accuracy {gate['accuracy']:.4f} vs threshold {gate['threshold']}; "
+                     f"decided by: {gate['decided_by']}")
+    lines += [f"  {c['check']}: {({True: 'pass', False: 'FAIL', None: 'skipped'})[c['passed']]} ({c['detail']})"
+              for c in gate["checks"]]
+    if promoted:
+        lines.append(f"promoted as {promoted['secret_id']} version {promoted['version']}" if promoted["new_version"]
+                     else f"promoted; {promoted['secret_id']} version {promoted['version']} already serves this model, "
+                          f"no version added")
+    else:
+        prev = summary["serving_version"]
+        lines.append(f"not promoted; {cfg.deploy.secret_id} stays at "
+                     f"{'version ' + str(prev) if prev else 'no version (nothing deployed yet)'}")
+    if evaluated := summary["evaluation_only"]:
+        lines.append(f"evaluation-only run (no tuning) of {evaluated['reference']}: {evaluated['kind']} model "
+                     f"{evaluated['source']}, sha {evaluated['model_sha']}")
+    if summary.get("report"):
+        lines.append(f"report:  {summary['report']}")
+    lines.append(f"summary: {out / 'summary.json'}")
+    if summary["serving_version"]:
+        lines += ["next:", "  calltune chat    talk to the serving model, as the seller",
+                  "  calltune serve   an OpenAI-compatible API for the serving model (http://127.0.0.1:8000/v1)"]
+    else:
+        lines += ["next: nothing serves yet; tune longer (e.g. tune.epochs=2) or lower evaluate.threshold, then "
+                  "calltune run again"]
+    return lines

@@ -3,7 +3,8 @@
 No intermediate files: calls flow from the parser processes through the translator and the splitter
 into the sampler, which holds only what the splits need (see calltune.sample), so memory stays flat
 however large the input. Writes into out_dir: the split files (train/validation/test, each as
-.jsonl (Vertex), .messages.jsonl and .examples.jsonl), quarantine.jsonl and report.json.
+.jsonl (Vertex), .messages.jsonl and .examples.jsonl), quarantine.jsonl, report.json and, when translating,
+calls.jsonl (the translated calls with each turn's original text in text_original).
 
 Without translation the parser processes also split the calls and, knowing the sampler's current
 threshold, send back the examples only of calls that could still be sampled (a count for the others):
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from calltune.config import Config, SplitConfig
 from calltune.ingest import Quarantine, Source, check, default_workers, iter_calls, map_chunks, parse_chunk, resolve_input
-from calltune.io import write_json
+from calltune.io import atomic_open, dumps, write_json
 from calltune.sample import Sampler, call_key
 from calltune.turns import STAT_KEYS, count_examples, split_call
 
@@ -72,9 +73,12 @@ def prepare(input_path: str | Path, out_dir: str | Path, cfg: Config, *, workers
         else:
             from calltune.translate import translate_stream  # only a translating run needs the backends
             calls = iter_calls(path, cfg.data, quarantine, workers=workers, stats=ingest_stats)
-            for call in translate_stream(calls, cfg.translate, cfg.state_path(), translate_stats):
-                sampler.add(call["call_id"], split_call(call, cfg.split, split_stats))
-                progress.update()
+            # The translated calls too, each turn's original text beside it, as the pipeline's translate step keeps.
+            with atomic_open(out_dir / "calls.jsonl") as calls_out:
+                for call in translate_stream(calls, cfg.translate, cfg.state_path(), translate_stats):
+                    calls_out.write(dumps(call) + "\n")
+                    sampler.add(call["call_id"], split_call(call, cfg.split, split_stats))
+                    progress.update()
     check(path, ingest_stats["rows"], split_stats["calls"], quarantine, cfg.data.max_bad_fraction)
     splits = sampler.write(out_dir)
     seconds = time.perf_counter() - start

@@ -40,6 +40,11 @@ class Report:
             self._parts.append(("table", rows))
         return self
 
+    def terms(self, terms: dict[str, str]) -> Report:
+        """A glossary: each term with what it means."""
+        self._parts.append(("terms", terms))
+        return self
+
     def image(self, png: Path | None, alt: str) -> Report:
         if png is not None:
             self._parts.append(("image", (base64.b64encode(Path(png).read_bytes()).decode(), alt)))
@@ -62,14 +67,20 @@ class Report:
             elif kind == "image":
                 data, alt = value
                 out += [f"![{alt}](data:image/png;base64,{data})", ""]
+            elif kind == "terms":
+                out += [f"- **{term}**: {meaning}" for term, meaning in value.items()] + [""]
         return "\n".join(out)
 
     def to_html(self) -> str:
         e = html.escape
         out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(self.title)}</title>",
-               "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
-               "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;"
-               "text-align:left;vertical-align:top;white-space:pre-wrap}</style></head><body>",
+               "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+               # Everything fits the window at any width: images scale down, long words and paths wrap anywhere.
+               "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
+               "img{max-width:100%;height:auto;display:block}"
+               "table{border-collapse:collapse;max-width:100%}td,th{border:1px solid #ccc;padding:.3em .6em;"
+               "text-align:left;vertical-align:top;white-space:pre-wrap;overflow-wrap:anywhere}"
+               "dt{font-weight:bold}dd{margin:0 0 .5em 1.5em}</style></head><body>",
                f"<h1>{e(self.title)}</h1>"]
         for kind, value in self._parts:
             if kind == "heading":
@@ -85,6 +96,8 @@ class Report:
             elif kind == "image":
                 data, alt = value
                 out.append(f"<img alt='{e(alt)}' src='data:image/png;base64,{data}'>")
+            elif kind == "terms":
+                out.append("<dl>" + "".join(f"<dt>{e(t)}</dt><dd>{e(m)}</dd>" for t, m in value.items()) + "</dl>")
         out.append("</body></html>")
         return "\n".join(out)
 

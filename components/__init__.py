@@ -20,4 +20,31 @@ from calltune.components.evaluate import evaluate  # noqa: E402
 from calltune.components.gate import gate  # noqa: E402
 from calltune.components.deploy import deploy  # noqa: E402
 
+# Inputs that are not config fields (those take their config field's description: one source for both).
+_WIRED = {
+    "calls_in": "Calls (calls.jsonl) from the ingest step.",
+    "calls": "Translated calls (calls.jsonl, originals kept) from the translate step.",
+    "examples": "Prompt/target examples (examples.jsonl) from the turn-split step.",
+    "splits_in": "The sample step's splits folder (train / validation / test).",
+    "splits": "Splits folder: <split>.examples.jsonl, <split>.jsonl (Vertex), <split>.messages.jsonl.",
+    "model": "Model folder: the tuned adapter (or the evaluated model) and its calltune_model.json.",
+    "predictions": "The tuned model's predictions on the test split, from batch-infer.",
+    "evaluation": "The evaluate step's folder: comparison.json (read by the gate), errors.json and the report.",
+    "accuracy": "The tuned model's token accuracy on the test split (the gate metric).",
+    "run_id": "Pipeline run name: makes deploy idempotent per run and labels published predictions.",
+}
+
+
+def _describe_inputs() -> None:
+    """Put each input's description into the component spec, so the compiled YAML carries it on every component."""
+    from calltune.config import Config
+
+    docs = {**Config().pipeline_signature()[1], **_WIRED}
+    for name in __all__[1:]:
+        for arg, spec in (globals()[name].component_spec.inputs or {}).items():
+            spec.description = spec.description or docs.get(arg)
+
+
 __all__ = ["IMAGE", "ingest", "translate", "turn_split", "sample", "synthesize", "tune", "resolve_model", "batch_infer", "evaluate", "gate", "deploy"]
+
+_describe_inputs()

@@ -20,9 +20,11 @@ def ingest(
     report: Output[Markdown],
 ):
     """Reads raw calls (seed CSV, calls JSONL, Q&A JSON, chat JSONL) into calls.jsonl; bad rows go to quarantine."""
-    from calltune.artifacts import publish
+    from calltune.artifacts import first_turns, head, publish
     from calltune.config import DataConfig
     from calltune.ingest import ingest as run, resolve_input
 
     result = run(resolve_input(data_input), calls.path, quarantine.path, DataConfig.from_params(locals()))
-    publish(result, "Ingest", artifacts=(calls, quarantine), metrics=metrics, report_md=report)
+    publish(result, "Ingest", artifacts=(calls, quarantine), metrics=metrics, report_md=report,
+            examples={"A call as ingested (texts repaired)": first_turns(calls.path),
+                      "Quarantined rows, with the reason": head(quarantine.path, 3, ("row", "reason", "raw"))})

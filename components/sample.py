@@ -21,9 +21,14 @@ def sample(
 
     `splits` is a folder with `<split>.examples.jsonl`, `<split>.jsonl` (Vertex) and `<split>.messages.jsonl`.
     """
-    from calltune.artifacts import publish
+    from pathlib import Path
+
+    from calltune.artifacts import head, publish
     from calltune.config import SampleConfig
     from calltune.sample import sample as run
 
     result = run(examples.path, splits.path, SampleConfig.from_params(locals()), seed)
-    publish(result, "Sample", artifacts=(splits,), metrics=metrics, report_md=report)
+    publish(result, "Sample", artifacts=(splits,), metrics=metrics, report_md=report,
+            examples={f"First {name} examples": head(Path(splits.path) / f"{name}.examples.jsonl", 2,
+                                                    ("example_id", "call_id", "prompt", "target"))
+                      for name in ("train", "validation", "test")})

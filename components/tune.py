@@ -48,6 +48,8 @@ def tune(
     from calltune.artifacts import publish
     from calltune.backends.tuners import tune as run
     from calltune.config import TuneConfig
+    from calltune.model_card import used_settings
 
     result = run(splits.path, model.path, TuneConfig.from_params(locals()), seed=seed, state_dir=state_dir)
+    result["config"] = used_settings(result["config"])  # the report shows only what the backend used
     publish(result, "Tune", artifacts=(model,), metrics=metrics, html=report, plot=Path(model.path) / "loss_curve.png")

@@ -14,9 +14,11 @@ def turn_split(
     report: Output[Markdown],
 ):
     """Pairs each customer turn with the seller turn just before it (causal), plus earlier turns as history."""
-    from calltune.artifacts import publish
+    from calltune.artifacts import head, publish
     from calltune.config import SplitConfig
     from calltune.turns import turn_split as run
 
     result = run(calls.path, examples.path, SplitConfig.from_params(locals()))
-    publish(result, "Turn split", artifacts=(examples,), metrics=metrics, report_md=report)
+    publish(result, "Turn split", artifacts=(examples,), metrics=metrics, report_md=report,
+            examples={"Example pairs: the seller's prompt and the customer's reply (the target)":
+                      head(examples.path, 3, ("example_id", "history", "prompt", "target"))})

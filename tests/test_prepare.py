@@ -106,3 +106,8 @@ def test_prepare_translates_through_the_cache(tmp_path):
     assert again["translate"]["translated"] == 0 and again["translate"]["cache_hits"] == 4
     targets = [row["contents"][-1]["parts"][0]["text"] for s in ("train", "test") for row in read_jsonl(tmp_path / "a" / f"{s}.jsonl")]
     assert len(targets) == 2 and not {"Se for cara, não quero.", "Quinta não dá, prefiro sexta."} & set(targets)
+    # The translated calls are kept too, each turn's Portuguese original beside its translation.
+    calls = list(read_jsonl(tmp_path / "a" / "calls.jsonl"))
+    turns = [t for call in calls for t in call["turns"]]
+    assert len(calls) == first["calls"] and all(t["text_original"] != t["text"] for t in turns)
+    assert {"Se for cara, não quero.", "Quinta não dá, prefiro sexta."} <= {t["text_original"] for t in turns}

@@ -12,13 +12,17 @@ from calltune.config import TuneConfig
 
 
 def tune(splits: str | Path, out_dir: str | Path, cfg: TuneConfig, *, seed: int, state_dir: str | Path) -> dict:
+    """Either backend; then the folder's README.md model card (calltune.model_card), evaluation pending."""
+    from calltune.model_card import add_model_card
+
     splits = Path(splits)
     if cfg.backend == "gemini":
         from calltune.backends.gemini_tuner import tune_gemini
 
-        return tune_gemini(splits, Path(out_dir), cfg)
+        return add_model_card(out_dir, tune_gemini(splits, Path(out_dir), cfg), splits)
     from calltune.tune import train_lora
 
     validation = splits / "validation.examples.jsonl"
-    return train_lora(splits / "train.examples.jsonl", validation if validation.exists() else None, Path(out_dir),
+    card = train_lora(splits / "train.examples.jsonl", validation if validation.exists() else None, Path(out_dir),
                       cfg, seed=seed, state_dir=Path(state_dir).expanduser())
+    return add_model_card(out_dir, card, splits)
