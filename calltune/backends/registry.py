@@ -109,12 +109,11 @@ class SqliteRegistry:
 
     def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
-        if readonly:
-            if not self.path.is_file():
-                raise SecretNotFound(f"no registry at {self.path}: nothing has been deployed there yet")
+        if readonly and self.path.is_file():
             self._db = connect_sqlite(self.path, readonly=True)
             return
-        self._db = connect_sqlite(self.path)
+        # Nothing deployed yet, read-only: an empty registry in memory, so no file is created by a reader.
+        self._db = sqlite3.connect(":memory:", isolation_level=None) if readonly else connect_sqlite(self.path)
         with write_transaction(self._db) as db:
             db.execute("CREATE TABLE IF NOT EXISTS secrets (secret_id TEXT PRIMARY KEY, create_time TEXT NOT NULL)")
             db.execute("""CREATE TABLE IF NOT EXISTS versions (
@@ -127,6 +126,8 @@ class SqliteRegistry:
                 payload BLOB NOT NULL,
                 PRIMARY KEY (secret_id, version),
                 UNIQUE (secret_id, request_id))""")
+        if readonly:
+            self._db.execute("PRAGMA query_only = ON")
 
     def __enter__(self) -> SqliteRegistry:
         return self
@@ -217,7 +218,7 @@ class SqliteRegistry:
 
 def open_registry(cfg: DeployConfig, state_dir: str | Path, *, readonly: bool = False) -> Registry:
     """The registry `deploy.registry` names: sqlite (in state_dir) or secret-manager (in deploy.project).
-    `readonly`: for commands that only read (a missing local registry is then SecretNotFound, not created)."""
+    `readonly`: for commands that only read (a missing local registry reads as empty and is not created)."""
     if cfg.registry == "sqlite":
         return SqliteRegistry(Path(state_dir).expanduser() / REGISTRY_FILE, readonly=readonly)
     if cfg.registry == "secret-manager":
