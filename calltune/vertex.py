@@ -42,6 +42,15 @@ def images(cfg: Config) -> tuple[str, str]:
             cfg.gcp.trainer_image or os.environ.get(TRAINER_IMAGE_ENV, ""))
 
 
+def deploy_target(cfg: Config, target: str) -> str:
+    """store or vertex-endpoint: deploy.target, with auto = vertex-endpoint for an open model (hf-lora, or an
+    evaluated model folder) on the Vertex target."""
+    if cfg.deploy.target != "auto":
+        return cfg.deploy.target
+    open_model = cfg.tune.backend == "hf-lora" and not cfg.evaluate.model.startswith("projects/")
+    return "vertex-endpoint" if target == "vertex" and open_model else "store"
+
+
 def vertex_problems(cfg: Config, *, compiling: bool) -> list[str]:
     """Why this config cannot run on Vertex AI: each step runs on its own machine, so nothing local survives."""
     g, problems = cfg.gcp, []
@@ -67,6 +76,23 @@ def vertex_problems(cfg: Config, *, compiling: bool) -> list[str]:
         value = getattr(getattr(cfg, section), field)
         if ("/" in value or value.startswith(".")) and not value.startswith(("/gcs/", "projects/")):
             problems.append(f"{section}.{field} must be a bundled model name or a /gcs/ folder (got {value!r})")
+    if deploy_target(cfg, "vertex") == "vertex-endpoint":
+        if cfg.tune.backend == "gemini":
+            problems.append("deploy.target=vertex-endpoint serves open models (tune.backend=hf-lora); a tuned Gemini "
+                            "already has its endpoint: use deploy.target=store (or auto)")
+        if not _IMAGE.fullmatch(g.serving_image):
+            problems.append(f"gcp.serving_image must be a registry image with a tag or digest (got {g.serving_image!r})")
+        if g.serving_max_replicas < g.serving_min_replicas:
+            problems.append(f"gcp.serving_max_replicas ({g.serving_max_replicas}) is below gcp.serving_min_replicas "
+                            f"({g.serving_min_replicas})")
+    if g.tensorboard:
+        if not re.fullmatch(r"projects/[^/]+/locations/[^/]+/tensorboards/[^/]+", g.tensorboard):
+            problems.append(f"gcp.tensorboard must be projects/P/locations/L/tensorboards/ID (got {g.tensorboard!r})")
+        if not g.base_output_directory or not g.service_account:
+            problems.append("gcp.tensorboard needs gcp.base_output_directory and gcp.service_account (Vertex writes "
+                            "the logs as that account)")
+    if g.base_output_directory and not _GCS_FOLDER.fullmatch(g.base_output_directory):
+        problems.append(f"gcp.base_output_directory must be a gs:// folder (got {g.base_output_directory!r})")
     if compiling:
         for field, env, image in zip(("image", "trainer_image"), (IMAGE_ENV, TRAINER_IMAGE_ENV), images(cfg)):
             if field == "trainer_image" and cfg.tune.backend == "gemini":
@@ -74,12 +100,13 @@ def vertex_problems(cfg: Config, *, compiling: bool) -> list[str]:
             if not _IMAGE.fullmatch(image):
                 problems.append(f"gcp.{field} (or ${env}) must be a registry image with a tag or digest, e.g. "
                                 f"REGION-docker.pkg.dev/PROJECT/REPO/NAME:TAG (got {image!r})")
-        if g.accelerator_type:
-            from google.cloud.aiplatform_v1.types import AcceleratorType
+        from google.cloud.aiplatform_v1.types import AcceleratorType
 
-            known = [a.name for a in AcceleratorType if a.value]
-            if g.accelerator_type not in known:
-                problems.append(f"gcp.accelerator_type {g.accelerator_type!r} is not a Vertex accelerator; one of {known}")
+        known = [a.name for a in AcceleratorType if a.value]
+        for field in ("accelerator_type", "eval_accelerator_type", "serving_accelerator_type"):
+            value = getattr(g, field)
+            if value and value not in known:
+                problems.append(f"gcp.{field} {value!r} is not a Vertex accelerator; one of {known}")
     return problems
 
 

@@ -19,5 +19,6 @@ from calltune.components.batch_infer import batch_infer  # noqa: E402
 from calltune.components.evaluate import evaluate  # noqa: E402
 from calltune.components.gate import gate  # noqa: E402
 from calltune.components.deploy import deploy  # noqa: E402
+from calltune.components.deploy_endpoint import deploy_endpoint  # noqa: E402
 
-__all__ = ["IMAGE", "ingest", "translate", "turn_split", "sample", "synthesize", "tune", "resolve_model", "batch_infer", "evaluate", "gate", "deploy"]
+__all__ = ["IMAGE", "ingest", "translate", "turn_split", "sample", "synthesize", "tune", "resolve_model", "batch_infer", "evaluate", "gate", "deploy", "deploy_endpoint"]
