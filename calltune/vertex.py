@@ -169,6 +169,11 @@ def parameter_values(template_path: Path, cfg: Config) -> dict[str, Any]:
             f"template, but evaluate.model is {cfg.evaluate.model or 'empty'}; compile one "
             f"{'without' if evaluation_only else 'with'} evaluate.model set (python compile.py --target vertex "
             f"{'' if evaluation_only else 'evaluate.model=secret:latest'})".rstrip())
+    on_endpoint = "exec-deploy-endpoint" in spec.get("deploymentSpec", {}).get("executors", {})
+    if on_endpoint != (deploy_target(cfg, "vertex") == "vertex-endpoint"):
+        raise ValueError(f"pipeline template {template_path} deploys to {'a Vertex endpoint' if on_endpoint else 'the model store'}"
+                         f", but deploy.target resolves to {deploy_target(cfg, 'vertex')}; compile it again with "
+                         f"this deploy.target")
     return values
 
 
