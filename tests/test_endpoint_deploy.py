@@ -10,6 +10,7 @@ import pytest
 
 from calltune.backends.registry import open_registry
 from calltune.backends.vertex_endpoint import EndpointChat, EndpointError
+from calltune.cli import main
 from calltune.config import DeployConfig, GcpConfig
 from calltune.deploy import model_sha
 from calltune.endpoint_deploy import deploy_to_endpoint, rollback, serves_on_endpoint
@@ -26,7 +27,7 @@ def fake():
 def env(tmp_path, fake):
     mount = tmp_path / "gcs"
     gcp = GcpConfig(project="test-project", api_endpoint=fake.endpoint)
-    cfg = DeployConfig(target="vertex-endpoint", max_retries=2, retry_backoff_s=0.01, timeout_s=5)
+    cfg = DeployConfig(target="vertex-endpoint", max_retries=3, retry_backoff_s=0.01, timeout_s=5)
 
     def model(name: str, merged: bool = False) -> Path:
         d = mount / "bucket" / "runs" / name
@@ -118,11 +119,13 @@ def test_rollback_puts_the_previous_model_back_on_the_endpoint_and_in_the_secret
     env.deploy(second, "run-2")
     fake.inject(503)
     fake.lose_answer(lambda method, path: path.endswith(":undeployModel"))
-    back = rollback(env.cfg, env.gcp, env.state)
-    assert (back["rolled_back_to"], back["rolled_back_from"], back["version"]) == (1, 2, 3)
-    assert back["vertex_model"] == one["vertex_model"] and len(fake.uploads) == 2  # re-deployed, not re-uploaded
+    # `calltune rollback` with the default deploy.target=auto sees that the secret names a Vertex model
+    assert main(["rollback", f"state_dir={env.state}", "deploy.registry=sqlite", "deploy.max_retries=3",
+                 "deploy.retry_backoff_s=0.01", "gcp.project=test-project", f"gcp.api_endpoint={fake.endpoint}"]) == 0
+    assert len(fake.uploads) == 2  # re-deployed, not re-uploaded
     assert [d["model"] for d in fake.endpoints[one["endpoint"]]["deployedModels"]] == [one["vertex_model"]]
     latest, payload = env.versions()[0]
+    assert (latest.version, latest.annotations["rollback_to"], latest.annotations["rollback_from"]) == (3, "1", "2")
     assert payload == one["endpoint"] and latest.annotations["vertex_model"] == one["vertex_model"]
     assert _answer(fake, one["endpoint"]).startswith(_display(first))
     with pytest.raises(ValueError, match="no earlier enabled version"):  # m2 was left by a rollback: not a target
