@@ -51,6 +51,48 @@ def deploy_target(cfg: Config, target: str) -> str:
     return "vertex-endpoint" if target == "vertex" and open_model else "store"
 
 
+_GOOGLE_TRANSLATE = ("project", "location", "model", "glossary", "endpoint", "max_concurrency", "max_retries",
+                     "retry_backoff_s", "timeout_s")
+_LORA = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "use_dora", "padding_free", "compile", "attention",
+         "processes", "merge")
+
+
+def console_hidden(cfg: Config) -> set[str]:
+    """Pipeline parameters the Vertex template leaves out of the console's run form: the settings of features this
+    template does not use (synthesis off, no judge, a local translator, the other tuner's fields, an endpoint's
+    concurrency for a local model), settings its DAG or machines fix (tune.backend, tune.processes, deploy.registry,
+    deploy.target) and deploy's retry/timeout/API-override knobs. They are compiled in as constants from the config,
+    and `calltune submit` refuses a config whose values for them differ, so the config stays the single source."""
+    def fields(section: str, names=None) -> set[str]:
+        return {f"{section}_{f}" for f in names or type(getattr(cfg, section)).model_fields}
+
+    hidden = fields("tune", ("backend", "processes")) | fields("deploy", (
+        "registry", "target", "endpoint", "max_retries", "retry_backoff_s", "timeout_s"))  # + operational knobs
+    if not cfg.synthesize.enabled:
+        hidden |= fields("synthesize")
+    if cfg.judge.backend == "none":
+        hidden |= fields("judge")
+    if cfg.translate.backend != "google":
+        hidden |= fields("translate", _GOOGLE_TRANSLATE)
+    gemini = [f for f in type(cfg.tune).model_fields if f.startswith("gemini_")]
+    hidden |= fields("tune", gemini if cfg.tune.backend == "hf-lora" else _LORA)
+    if cfg.tune.backend == "hf-lora" and not cfg.evaluate.model.startswith("projects/"):
+        hidden |= fields("infer", ("max_concurrency", "vertex_base_url"))
+    return hidden
+
+
+def _compiled_constants(spec: dict) -> dict[str, list]:
+    """Parameter name -> the constants the template's tasks receive under that name (nested DAGs included)."""
+    found: dict[str, list] = {}
+    dags = [spec.get("root", {}).get("dag", {})] + [c.get("dag", {}) for c in spec.get("components", {}).values()]
+    for dag in dags:
+        for task in dag.get("tasks", {}).values():
+            for name, value in task.get("inputs", {}).get("parameters", {}).items():
+                if "constant" in value.get("runtimeValue", {}):
+                    found.setdefault(name, []).append(value["runtimeValue"]["constant"])
+    return found
+
+
 def vertex_problems(cfg: Config, *, compiling: bool) -> list[str]:
     """Why this config cannot run on Vertex AI: each step runs on its own machine, so nothing local survives."""
     g, problems = cfg.gcp, []
@@ -157,6 +199,14 @@ def parameter_values(template_path: Path, cfg: Config) -> dict[str, Any]:
     spec = spec.get("pipelineSpec", spec)
     declared = set(spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {}))
     values = cfg.pipeline_params()
+    constants = _compiled_constants(spec)
+    fixed = {name for name in set(values) - declared if name in constants}  # left out of the console form
+    changed = sorted(name for name in fixed if any(c != values[name] for c in constants[name]))
+    if changed:
+        raise ValueError(f"pipeline template {template_path} was compiled with other values of "
+                         + ", ".join(f"{n.replace('_', '.', 1)}={constants[n][0]!r}" for n in changed)
+                         + " (settings it fixes, not parameters); compile it again with this config")
+    values = {k: v for k, v in values.items() if k not in fixed}
     unknown = sorted(set(values) - declared)
     if unknown:
         raise ValueError(f"pipeline template {template_path} has no parameters {unknown}: it was compiled from another "

@@ -28,10 +28,13 @@ from kfp import dsl
 
 from calltune import components as c
 from calltune.config import Config, ConfigError
-from calltune.vertex import check_vertex, deploy_target, images
+from calltune.vertex import check_vertex, console_hidden, deploy_target, images
 
 NAME = "calltune"
 TARGETS = ("local", "vertex")
+# What a person changes first on a rerun, named first in the Vertex template's description.
+MAIN = ("data_input", "tune_base_model", "tune_epochs", "tune_learning_rate", "sample_train_size", "sample_test_size",
+        "evaluate_threshold", "evaluate_min_gain_over_base")
 STEPS = ("ingest", "translate", "turn_split", "sample", "synthesize", "tune", "resolve_model", "batch_infer", "evaluate",
          "gate", "deploy")
 
@@ -98,11 +101,16 @@ def build_pipeline(target: Literal["local", "vertex"] = "local", config: Config 
                           "Storage for Vertex to serve it); use store (or auto) locally")
     s = steps_for(target, cfg)
     signature, docs = cfg.pipeline_signature()
+    # The Vertex console's run form shows only what a rerun of this template can change (see console_hidden);
+    # the rest goes in as constants from the config.
+    hidden = console_hidden(cfg) if target == "vertex" else set()
+    fixed = {name: value for name, value in cfg.pipeline_params().items() if name in hidden}
+    signature = signature.replace(parameters=[q for q in signature.parameters.values() if q.name not in hidden])
     names = list(signature.parameters)
     gcp = {f"gcp_{k}": v for k, v in cfg.gcp.model_dump().items()}
 
     def calltune_pipeline(*args):
-        p = dict(zip(names, args))
+        p = {**fixed, **dict(zip(names, args))}
         ingest = s["ingest"](**_params_for(s["ingest"], p))
         translated = s["translate"](calls_in=ingest.outputs["calls"], **_params_for(s["translate"], p))
         split = s["turn_split"](calls=translated.outputs["calls"], **_params_for(s["turn_split"], p))
@@ -130,5 +138,6 @@ def build_pipeline(target: Literal["local", "vertex"] = "local", config: Config 
     calltune_pipeline.__signature__ = signature
     calltune_pipeline.__doc__ = (
         "Turns sales-call transcripts into a model that plays the customer, and promotes it when it is good enough.\n\n"
-        "Args:\n" + "".join(f"    {name}: {' '.join(docs[name].split())}\n" for name in names))
+        + (f"Most reruns change: {', '.join(n for n in MAIN if n in names)}.\n\n" if hidden else "")
+        + "Args:\n" + "".join(f"    {name}: {' '.join(docs[name].split())}\n" for name in names))
     return dsl.pipeline(name=NAME)(calltune_pipeline)

@@ -104,13 +104,16 @@ def test_deploy_is_gated_as_in_the_local_variant(vertex_spec, tmp_path):
 
 
 def test_parameters_have_defaults_and_descriptions_for_console_reruns(vertex_spec):
+    from calltune.vertex import console_hidden
+
     params = vertex_spec["root"]["inputDefinitions"]["parameters"]
-    expected = load_config(ROOT / "configs" / "vertex.yaml", VERTEX_OVERRIDES).pipeline_params()
-    assert set(params) == set(expected)
+    cfg = load_config(ROOT / "configs" / "vertex.yaml", VERTEX_OVERRIDES)
+    expected = cfg.pipeline_params()
+    assert set(params) == set(expected) - console_hidden(cfg)
     assert not any(name.startswith("gcp_") for name in params)  # compile/submit-time settings, not parameters
     assert all("defaultValue" in p and p.get("description") for p in params.values())
     assert params["state_dir"]["defaultValue"] == "/gcs/test-bucket/state"
-    assert params["deploy_registry"]["defaultValue"] == "secret-manager"
+    assert {"data_input", "tune_base_model", "tune_epochs", "tune_learning_rate", "evaluate_threshold"} <= set(params)
 
 
 def test_compile_is_deterministic_across_processes(tmp_path):
@@ -184,7 +187,10 @@ def test_gemini_tuning_is_a_plain_step_without_a_gpu_machine(tmp_path):
     assert "worker_pool_specs" not in _custom_job(spec)
     assert "accelerator" not in out.read_text()
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert params["tune_backend"]["defaultValue"] == "gemini"
+    # the tuner is fixed by the DAG: a constant of the tune task, not a console parameter
+    assert "tune_backend" not in params and "tune_lora_r" not in params
+    assert spec["root"]["dag"]["tasks"]["tune"]["inputs"]["parameters"]["tune_backend"] == \
+        {"runtimeValue": {"constant": "gemini"}}
     assert params["tune_gemini_staging_uri"]["defaultValue"] == "gs://test-bucket/tuning"
 
 
@@ -279,8 +285,8 @@ def test_a_template_and_a_config_that_disagree_on_the_deploy_target_are_refused(
     template = tmp_path / "t.yaml"
     template.write_text(yaml.safe_dump(vertex_spec))
     cfg = load_config(ROOT / "configs" / "vertex.yaml", VERTEX_OVERRIDES)
-    assert parameter_values(template, cfg)["deploy_target"] == cfg.deploy.target
-    with pytest.raises(ValueError, match="deploys to a Vertex endpoint"):
+    assert "deploy_target" not in parameter_values(template, cfg)  # fixed by the DAG: not a console parameter
+    with pytest.raises(ValueError, match="deploy.target"):
         parameter_values(template, load_config(ROOT / "configs" / "vertex.yaml", VERTEX_OVERRIDES + ["deploy.target=store"]))
 
 
@@ -290,3 +296,25 @@ def test_an_endpoint_deploy_is_refused_on_the_local_target():
 
     with pytest.raises(ConfigError, match="only on the Vertex target"):
         build_pipeline("local", load_config(None, ["deploy.target=vertex-endpoint"]))
+
+
+def test_the_console_form_shows_what_a_rerun_can_change_and_the_config_still_decides_the_rest(vertex_spec, tmp_path):
+    from calltune.vertex import parameter_values
+
+    params = vertex_spec["root"]["inputDefinitions"]["parameters"]
+    full = load_config(ROOT / "configs" / "vertex.yaml", VERTEX_OVERRIDES).pipeline_params()
+    assert len(params) <= len(full) // 2  # 122 fields; a LoRA run without synthesis or judge shows under half
+    for gone in ("tune_gemini_staging_uri", "judge_model", "synthesize_conversations", "translate_glossary",
+                 "deploy_registry", "tune_backend"):
+        assert gone not in params
+    assert vertex_spec["pipelineInfo"]["description"].startswith(
+        "Turns sales-call transcripts") and "Most reruns change: data_input, tune_base_model" in \
+        vertex_spec["pipelineInfo"]["description"]
+    template = tmp_path / "t.yaml"
+    template.write_text(yaml.safe_dump(vertex_spec))
+    # submit sends only the form's parameters; a config that differs in a fixed setting is refused, naming it
+    sent = parameter_values(template, load_config(ROOT / "configs" / "vertex.yaml", VERTEX_OVERRIDES))
+    assert set(sent) == set(params)
+    with pytest.raises(ValueError, match=r"other values of synthesize\.conversations=50"):
+        parameter_values(template, load_config(ROOT / "configs" / "vertex.yaml",
+                                               VERTEX_OVERRIDES + ["synthesize.conversations=10"]))
