@@ -150,3 +150,34 @@ def test_a_model_outside_cloud_storage_is_refused_before_any_call(fake, env, tmp
     with pytest.raises(ValueError, match="not on Cloud Storage"):
         env.deploy(local, "run-1")
     assert fake.requests == []
+
+
+def test_calltune_serve_answers_through_the_endpoint_the_secret_names(fake, env):
+    from fastapi.testclient import TestClient
+
+    from calltune.config import ServeConfig
+    from calltune.runtime.responders import EndpointResponder
+    from calltune.serve import Watcher, create_app, load_responder
+
+    first = env.model("m1")
+    env.deploy(first, "run-1")
+    cfg = ServeConfig(vertex_base_url=fake.endpoint)
+    watcher = Watcher(env.cfg, env.state, 60, lambda endpoint: load_responder(endpoint, cfg))
+    watcher.start()
+    try:
+        assert isinstance(watcher.current.responder, EndpointResponder)  # not Gemini's generateContent
+        client = TestClient(create_app(watcher, cfg))
+        fake.inject(429, 500)
+        fake.lose_answer(lambda method, path: path.endswith("/chat/completions"))
+        answer = client.post("/v1/chat/completions", json={"model": env.cfg.secret_id, "messages": [
+            {"role": "system", "content": "You are Ana, a buyer."}, {"role": "user", "content": "How much is it?"}]})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["choices"][0]["message"]["content"] == f"{_display(first)} says: How much is it?"
+        sent = [r.body for r in fake.answered() if r.path.endswith("/chat/completions")][-1]
+        assert sent["model"] == "customer" and sent["messages"][0] == {"role": "system", "content": "You are Ana, a buyer."}
+        with client.stream("POST", "/v1/chat/completions", json={
+                "messages": [{"role": "user", "content": "Hi"}], "stream": True}) as streamed:
+            body = "".join(streamed.iter_text())
+        assert body.count("data: ") >= 3 and "says:" in body and body.rstrip().endswith("data: [DONE]")
+    finally:
+        watcher.stop()

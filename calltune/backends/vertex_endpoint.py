@@ -251,15 +251,26 @@ class EndpointChat:
             self.client.api_key = self._token()  # ADC tokens last an hour: refreshed when expired
         return self.client
 
-    def reply(self, messages: list[dict], *, max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0) -> str:
-        """The model's reply to `messages` (OpenAI chat form)."""
-        out = self._fresh().chat.completions.create(model=SERVED_NAME, messages=messages, max_tokens=max_tokens,
-                                                     temperature=temperature, top_p=top_p)
-        return out.choices[0].message.content or ""
+    def complete(self, messages: list[dict], *, max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int | None = None, stop: list[str] | None = None, stream: bool = False):
+        """The chat completion (or, with `stream`, its chunks) for `messages` (OpenAI chat form)."""
+        extra = {"seed": seed} if seed is not None else {}
+        extra |= {"stop": stop} if stop else {}
+        extra |= {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
+        return self._fresh().chat.completions.create(model=SERVED_NAME, messages=messages, max_tokens=max_tokens,
+                                                      temperature=temperature, top_p=top_p, **extra)
 
-    def stream(self, messages: list[dict], *, max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0):
-        """The reply's text pieces as they come (server-sent events)."""
-        for chunk in self._fresh().chat.completions.create(model=SERVED_NAME, messages=messages, max_tokens=max_tokens,
-                                                            temperature=temperature, top_p=top_p, stream=True):
-            if chunk.choices and chunk.choices[0].delta.content:
-                yield chunk.choices[0].delta.content
+    def reply(self, messages: list[dict], **sampling) -> str:
+        """The model's reply to `messages`."""
+        return self.complete(messages, **sampling).choices[0].message.content or ""
+
+    def is_vllm(self) -> bool:
+        """Whether deploy.target=vertex-endpoint made the endpoint (its calltune label): a tuned Gemini's endpoint
+        has the same kind of name but answers generateContent instead."""
+        import requests
+
+        headers = {} if self._plain else {"Authorization": f"Bearer {self._token()}"}
+        root = str(self.client.base_url).split("/v1beta1/")[0]
+        answer = requests.get(f"{root}/v1/{self.endpoint}", headers=headers, timeout=30)
+        answer.raise_for_status()
+        return LABEL_SECRET in (answer.json().get("labels") or {})

@@ -4,19 +4,21 @@ and the OpenAI-compatible chat completions route of a vLLM endpoint (v1beta1).
 Models are uploaded (models:upload), listed with a `labels.KEY="VALUE"` filter and read; endpoints are created,
 listed the same way, read, updated (traffic split), and get models deployed and undeployed. Long-running operations
 finish at once (`done: true`). The chat route answers as the deployed model with the most traffic:
-`<model display name> says: <last user text>`; a model whose display name is in `silent` answers 503 instead (it never came up).
+`<model display name> says: <last user text>` (streamed as
+server-sent events when asked); a model whose display name is in `silent` answers 503 instead (it never came up).
 
 Besides the base's faults (429, 500, HANG before the handler runs), `lose_answer(predicate)` makes the next request
 whose (method, path) matches run its handler and then drop the connection: the change is made, the answer lost.
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 from urllib.parse import unquote
 
 from . import ApiError
-from .vertex_pipelines import LoopbackFake
+from .vertex_pipelines import LoopbackFake, Raw
 
 _V1 = "/v1/(?P<parent>projects/[^/]+/locations/[^/]+)"
 _TYPE = "type.googleapis.com/google.cloud.aiplatform.v1."
@@ -169,6 +171,16 @@ class FakeVertexEndpoints(LoopbackFake):
         if not messages or not isinstance(messages[-1].get("content"), str):
             raise ApiError(400, "messages must end with a text message")
         text = f"{self.models[model]['displayName']} says: {messages[-1]['content']}"
+        if body.get("stream"):  # server-sent events: the reply in two pieces, then the usage
+            head = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 0, "model": body.get("model", "")}
+            half = len(text) // 2
+            events = [{**head, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                      for piece in (text[:half], text[half:])]
+            events.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            events.append({**head, "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2,
+                                                            "total_tokens": 3}})
+            return Raw("".join(f"data: {json.dumps(e)}\n\n" for e in events).encode() + b"data: [DONE]\n\n",
+                       "text/event-stream")
         return {"id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model", ""),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
