@@ -22,6 +22,9 @@ mkdir -p "$OUT"
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+for bench in "${CALLTUNE_BENCH:-}" ../shared/bench shared/bench /work/shared/bench; do  # the TRL anchor, HF baseline
+  if [[ -n $bench && -f $bench/trl_sft_anchor.py ]]; then export CALLTUNE_BENCH=$(cd "$bench" && pwd); break; fi
+done
 
 step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, log to OUT/NAME.log, keep going on failure
   local name=$1 limit=$2 start rc
@@ -55,11 +58,11 @@ print({'device': torch.cuda.get_device_name(), 'torch': torch.__version__, 'cuda
 else
   step preflight 60 "$PY" -c "import torch; print({'device': 'cpu', 'torch': torch.__version__})"
   step tune_tiny 300 "$PY" benchmarks/tune_throughput.py --sizes tiny --steps 3 \
-    --variants calltune_sdpa,trl_packed,baseline_flatten
-  step pipeline 600 "$PY" -m calltune.cli run --out "$OUT/run" "state_dir=$OUT/state" \
+    --variants calltune_sdpa,trl_packed,baseline_flatten  # the GPU runs add flex_attention, packed_liger, 360m, 1.5b
+  step pipeline 1500 "$PY" -m calltune.cli run --out "$OUT/run" "state_dir=$OUT/state" \
     translate.backend=none tune.max_steps=2 sample.train_size=16 sample.validation_size=0 sample.test_size=8 \
     evaluate.samples=2 evaluate.bootstrap_samples=10 evaluate.embedding_model= infer.max_new_tokens=8
-  step batch_infer 300 "$PY" benchmarks/generate_throughput.py --examples 8 --batch-size 4 --max-new-tokens 8 \
+  step batch_infer 600 "$PY" benchmarks/generate_throughput.py --examples 8 --batch-size 4 --max-new-tokens 8 \
     --state-dir "$OUT/state"
 fi
 echo "summary: $SUMMARY"

@@ -15,7 +15,7 @@ from pathlib import Path
 from calltune.backends.registry import SecretNotFound, open_registry
 from calltune.backends.vertex_endpoint import VertexEndpoints, vllm_args
 from calltune.config import DeployConfig, GcpConfig
-from calltune.deploy import deploy, disable_old_versions, model_sha
+from calltune.deploy import deploy, disable_old_versions, store_model
 from calltune.models import model_source, read_model_card
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,9 @@ def deploy_to_endpoint(model_dir: Path, cfg: DeployConfig, gcp: GcpConfig, state
     model_dir = Path(model_dir)
     if isinstance(model_source(model_dir), str):  # a remote model (a tuned Gemini) already has its endpoint
         return deploy(model_dir, cfg, state_dir, run_id=run_id, metrics=metrics)
-    sha = model_sha(model_dir)
+    # Served from the model store (state_dir/models/<sha>): vLLM reads the gs:// files each time a replica starts,
+    # so they must outlive the run's folder; evaluate can score the champion from there too.
+    store, sha = store_model(model_dir, state_dir)
     with closing(open_registry(cfg, state_dir)) as registry:
         try:
             latest = registry.get_version(cfg.secret_id)
@@ -67,10 +69,10 @@ def deploy_to_endpoint(model_dir: Path, cfg: DeployConfig, gcp: GcpConfig, state
         log.info("deploy: model %s already serves from %s version %d", sha, cfg.secret_id, latest.version)
         return {"secret_id": cfg.secret_id, "version": latest.version, "endpoint": registry_payload(cfg, state_dir),
                 "model_sha": sha, "created": False, "disabled": [], "vertex_model": latest.annotations["vertex_model"]}
-    artifact_uri, args = serving_args(model_dir, gcp, mount)
+    artifact_uri, args = serving_args(store, gcp, mount)
     served = VertexEndpoints(gcp, cfg).serve(sha=sha, display_name=f"calltune-{sha}", artifact_uri=artifact_uri,
                                              args=args)
-    annotations = {"run_id": run_id, "model_sha": sha, "vertex_model": served.model,
+    annotations = {"run_id": run_id, "model_sha": sha, "model_store": store.as_uri(), "vertex_model": served.model,
                    "deployed_model_id": served.deployed_model_id, **{f"metric.{k}": str(v) for k, v in metrics.items()}}
     with closing(open_registry(cfg, state_dir)) as registry:
         before = {v.version for v in _versions(registry, cfg.secret_id)}

@@ -26,6 +26,7 @@ def fake():
 @pytest.fixture
 def env(tmp_path, fake):
     mount = tmp_path / "gcs"
+    state = mount / "bucket" / "state"  # on Vertex, state_dir is a /gcs/ folder
     gcp = GcpConfig(project="test-project", api_endpoint=fake.endpoint)
     cfg = DeployConfig(target="vertex-endpoint", max_retries=3, retry_backoff_s=0.01, timeout_s=5)
 
@@ -41,17 +42,16 @@ def env(tmp_path, fake):
         return d
 
     def deploy(model_dir: Path, run_id: str) -> dict:
-        return deploy_to_endpoint(model_dir, cfg, gcp, tmp_path / "state", run_id=run_id, metrics={"accuracy": 0.5},
-                                  mount=mount)
+        return deploy_to_endpoint(model_dir, cfg, gcp, state, run_id=run_id, metrics={"accuracy": 0.5}, mount=mount)
 
     def versions():
-        with closing(open_registry(cfg, tmp_path / "state")) as r:
+        with closing(open_registry(cfg, state)) as r:
             return [(v, r.access(cfg.secret_id, v.version).decode()) for v in r.list_versions(cfg.secret_id)]
 
     class Env:
         pass
     e = Env()
-    e.gcp, e.cfg, e.model, e.deploy, e.versions, e.state = gcp, cfg, model, deploy, versions, tmp_path / "state"
+    e.gcp, e.cfg, e.model, e.deploy, e.versions, e.state = gcp, cfg, model, deploy, versions, state
     return e
 
 
@@ -71,9 +71,13 @@ def test_promotions_reuse_one_endpoint_and_undeploy_the_old_model_only_after_the
     assert len(fake.endpoints) == 1 and one["endpoint"] == two["endpoint"] == next(iter(fake.endpoints))
     assert [u["model"]["displayName"] for u in fake.uploads] == [_display(first), _display(second)]
     # The adapter rides on its base as LoRA module "customer"; a merged model is served whole under that name.
+    # Served from the model store, which outlives the run's folder (vLLM reads the files whenever a replica starts).
     lora_args, merged_args = (u["model"]["containerSpec"]["args"] for u in fake.uploads)
-    assert "--lora-modules=customer=gs://bucket/runs/m1" in lora_args and "--model=gs://bucket/state/base" in lora_args
-    assert "--model=gs://bucket/runs/m2/merged" in merged_args and "--served-model-name=customer" in merged_args
+    one_sha, two_sha = model_sha(first), model_sha(second)
+    assert f"--lora-modules=customer=gs://bucket/state/models/{one_sha}" in lora_args
+    assert "--model=gs://bucket/state/base" in lora_args
+    assert f"--model=gs://bucket/state/models/{two_sha}/merged" in merged_args and "--served-model-name=customer" in merged_args
+    assert (env.state / "models" / one_sha / "adapter_model.safetensors").read_bytes() == b"m1"
     endpoint = fake.endpoints[one["endpoint"]]
     assert [d["model"] for d in endpoint["deployedModels"]] == [two["vertex_model"]]
     paths = [(r.method, r.path.rsplit("/", 1)[-1], r.status) for r in fake.requests]
@@ -142,13 +146,10 @@ def test_apps_chat_through_the_endpoint_despite_429_500_and_a_lost_answer(fake, 
         EndpointChat("file:///models/abc")
 
 
-def test_a_model_outside_cloud_storage_is_refused_before_any_call(fake, env, tmp_path):
-    local = tmp_path / "local-model"
-    local.mkdir()
-    (local / "adapter_model.safetensors").write_bytes(b"x")
-    (local / "calltune_model.json").write_text(json.dumps({"base_model_path": "/gcs/bucket/base"}))
-    with pytest.raises(ValueError, match="not on Cloud Storage"):
-        env.deploy(local, "run-1")
+def test_a_state_dir_outside_cloud_storage_is_refused_before_any_call(fake, env, tmp_path):
+    with pytest.raises(ValueError, match="not on Cloud Storage"):  # the model store must be where Vertex reads
+        deploy_to_endpoint(env.model("m1"), env.cfg, env.gcp, tmp_path / "local-state", run_id="run-1",
+                           metrics={}, mount=tmp_path / "gcs")
     assert fake.requests == []
 
 
