@@ -60,15 +60,14 @@ def deploy_to_endpoint(model_dir: Path, cfg: DeployConfig, gcp: GcpConfig, state
     # so they must outlive the run's folder; evaluate can score the champion from there too.
     store, sha = store_model(model_dir, state_dir)
     with closing(open_registry(cfg, state_dir)) as registry:
-        try:
-            latest = registry.get_version(cfg.secret_id)
-        except SecretNotFound:
-            latest = None
-    if latest and latest.state == "ENABLED" and latest.annotations.get("model_sha") == sha \
-            and latest.annotations.get("vertex_model") and latest.annotations.get("run_id") != run_id:
-        log.info("deploy: model %s already serves from %s version %d", sha, cfg.secret_id, latest.version)
-        return {"secret_id": cfg.secret_id, "version": latest.version, "endpoint": registry_payload(cfg, state_dir),
-                "model_sha": sha, "created": False, "disabled": [], "vertex_model": latest.annotations["vertex_model"]}
+        versions = _versions(registry, cfg.secret_id)  # newest first
+        latest = versions[0] if versions else None
+        if latest and latest.state == "ENABLED" and latest.annotations.get("model_sha") == sha \
+                and latest.annotations.get("vertex_model") and latest.annotations.get("run_id") != run_id:
+            log.info("deploy: model %s already serves from %s version %d", sha, cfg.secret_id, latest.version)
+            return {"secret_id": cfg.secret_id, "version": latest.version, "model_sha": sha, "created": False,
+                    "endpoint": registry.access(cfg.secret_id, latest.version).decode(), "disabled": [],
+                    "vertex_model": latest.annotations["vertex_model"]}
     artifact_uri, args = serving_args(store, gcp, mount)
     served = VertexEndpoints(gcp, cfg).serve(sha=sha, display_name=f"calltune-{sha}", artifact_uri=artifact_uri,
                                              args=args)
@@ -91,11 +90,6 @@ def _versions(registry, secret_id: str) -> list:
         return registry.list_versions(secret_id)
     except SecretNotFound:
         return []
-
-
-def registry_payload(cfg: DeployConfig, state_dir: Path) -> str:
-    with closing(open_registry(cfg, state_dir)) as registry:
-        return registry.access(cfg.secret_id).decode()
 
 
 def serves_on_endpoint(cfg: DeployConfig, state_dir: Path) -> bool:

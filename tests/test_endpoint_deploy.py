@@ -104,6 +104,8 @@ def test_faults_and_lost_answers_never_make_a_second_endpoint_upload_or_version(
     again = env.deploy(first, "run-1")
     assert again["version"] == result["version"] == 1 and not again["created"]
     assert len(fake.uploads) == 1 and len(fake.endpoints) == 1 and len(env.versions()) == 1
+    # Another run promoting the model already served (an evaluation-only run of the champion): nothing changes.
+    assert not env.deploy(first, "run-2")["created"] and len(env.versions()) == 1 and len(fake.uploads) == 1
 
 
 def test_a_model_that_does_not_answer_is_taken_off_and_the_champion_keeps_serving(fake, env):
