@@ -51,13 +51,14 @@ class ChatSession:
 
 
 def repl(session: ChatSession, seller_first: bool = False, read: Callable[[str], str] = input,
-         out: TextIO = sys.stdout, max_new_tokens: int = 64) -> None:
+         out: TextIO | None = None, max_new_tokens: int = 64) -> None:
     """The terminal loop: readline line editing when the terminal has it; lines typed while the customer is
     answering are dropped, not taken as the next seller lines."""
     try:
         import readline  # noqa: F401 (importing it gives input() line editing and history)
     except ImportError:
         pass
+    out = out or sys.stdout
 
     def start() -> None:
         if not seller_first and session.responder.split.opening_prompt:

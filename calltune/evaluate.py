@@ -18,7 +18,6 @@ import gc
 import json
 import logging
 import math
-import time
 from pathlib import Path
 
 from calltune import metrics as M

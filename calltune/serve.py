@@ -557,6 +557,8 @@ def open_server(cfg: ServeConfig, deploy: DeployConfig, state_dir: Path, split: 
 
 def serve(cfg: ServeConfig, deploy: DeployConfig, state_dir: Path, split: SplitConfig | None = None) -> None:
     """Serve until interrupted."""
+    for name in ("httpx", "httpx2", "httpcore"):  # their request lines name the endpoint, the secret's payload
+        logging.getLogger(name).setLevel(logging.WARNING)
     server, watcher = open_server(cfg, deploy, state_dir, split)
     try:
         served = watcher.current

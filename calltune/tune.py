@@ -16,8 +16,8 @@ import shutil
 from pathlib import Path
 from typing import NamedTuple
 
-from calltune.config import TuneConfig
-from calltune.io import file_sha256, read_jsonl, write_json
+from calltune.config import SplitConfig, TuneConfig
+from calltune.io import file_sha256, write_json
 from calltune.models import MODEL_CARD, device, is_encoder_decoder, resolve_base_model, set_threads, weights_sha256
 from calltune.report import loss_curve_png
 from calltune.runtime.encoding import encode_causal as encode_example  # noqa: F401 (its name before the runtime)
@@ -100,23 +100,25 @@ def checkpoint_dir(state_dir: Path, cfg: TuneConfig, base_sha: str, train_path, 
 
 
 def train_lora(train_path: str | Path, validation_path: str | Path | None, out_dir: str | Path, cfg: TuneConfig,
-               *, seed: int, state_dir: Path) -> dict:
+               *, seed: int, state_dir: Path, split: SplitConfig | None = None, system_prompt: str = "") -> dict:
     """Tune, and write the model folder (the KFP Model artifact): adapter, tokenizer, calltune_model.json,
     training_log.json, loss_curve.png, tensorboard/ (and merged/ with `cfg.merge`). Returns the report (the
     content of calltune_model.json). With several GPUs (or `cfg.processes` > 1) the work is spread over one
-    data-parallel process per device; rank 0 writes the folder."""
+    data-parallel process per device; rank 0 writes the folder. `split` (how the examples were windowed) and
+    `system_prompt` (their system instructions' template) go into the card for serving."""
+    serving = {"split": split.model_dump() if split else None, "system_prompt_template": system_prompt}
     processes = cfg.processes or _gpu_count() or 1
     cluster = vertex_cluster(os.environ)
     # TORCHELASTIC_RUN_ID marks a launched worker (Vertex may set WORLD_SIZE on the machine itself)
     launched = "TORCHELASTIC_RUN_ID" in os.environ or ("WORLD_SIZE" in os.environ and cluster is None)
     if (processes > 1 or cluster) and not launched:
-        report = _launch(processes, train_path, validation_path, out_dir, cfg, seed, state_dir, cluster)
+        report = _launch(processes, train_path, validation_path, out_dir, cfg, seed, state_dir, serving, cluster)
         if cluster and cluster.node_rank > 0:
             log.info("node %d of %d done; node 0 writes the model and the step's outputs", cluster.node_rank,
                      cluster.nodes)
             raise SystemExit(0)  # before the KFP executor writes outputs: only the chief's count
         return report
-    return _train(train_path, validation_path, out_dir, cfg, seed=seed, state_dir=state_dir)
+    return _train(train_path, validation_path, out_dir, cfg, seed=seed, state_dir=state_dir, serving=serving)
 
 
 class Cluster(NamedTuple):
@@ -169,26 +171,28 @@ def launch_config(processes: int, cluster: Cluster | None):
 
 
 def _launch(processes: int, train_path, validation_path, out_dir, cfg: TuneConfig, seed: int, state_dir,
-            cluster: Cluster | None = None) -> dict:
+            serving: dict, cluster: Cluster | None = None) -> dict:
     from torch.distributed.launcher.api import elastic_launch
 
     log.info("data-parallel tuning on %d processes%s", processes,
              f" on each of {cluster.nodes} machines (this is node {cluster.node_rank})" if cluster else "")
     config = launch_config(processes, cluster)
     results = elastic_launch(config, _worker)(str(train_path), validation_path and str(validation_path), str(out_dir),
-                                              cfg.model_dump(), seed, str(state_dir))
+                                              cfg.model_dump(), seed, str(state_dir), serving)
     return results[0]
 
 
-def _worker(train_path, validation_path, out_dir, cfg: dict, seed: int, state_dir: str) -> dict | None:
+def _worker(train_path, validation_path, out_dir, cfg: dict, seed: int, state_dir: str, serving: dict) -> dict | None:
     import torch
 
     if not torch.cuda.is_available():  # CPU workers share the cores
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(os.environ["LOCAL_WORLD_SIZE"])))
-    return _train(train_path, validation_path, out_dir, TuneConfig(**cfg), seed=seed, state_dir=Path(state_dir))
+    return _train(train_path, validation_path, out_dir, TuneConfig(**cfg), seed=seed, state_dir=Path(state_dir),
+                  serving=serving)
 
 
-def _train(train_path, validation_path, out_dir, cfg: TuneConfig, *, seed: int, state_dir: Path) -> dict | None:
+def _train(train_path, validation_path, out_dir, cfg: TuneConfig, *, seed: int, state_dir: Path,
+           serving: dict) -> dict | None:
     from transformers import AutoTokenizer
 
     from calltune import seq2seq
@@ -260,6 +264,11 @@ def _train(train_path, validation_path, out_dir, cfg: TuneConfig, *, seed: int, 
         "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
         "device": device(),
         "system_prompt": systems.most_common(1)[0][0],  # the chat's default persona
+        # What serving needs to build the context training saw (calltune.runtime): the window, the persona
+        # template, the end-of-turn token that ends a reply.
+        **({"split": serving["split"]} if serving["split"] else {}),
+        "system_prompt_template": serving["system_prompt_template"],
+        "end_of_turn_token": tokenizer.eos_token,
         "config": cfg.model_dump(),
     }
     write_json(out_dir / MODEL_CARD, card)  # written last: its presence marks a complete model folder

@@ -119,6 +119,7 @@ class LocalResponder:
             closing = item is None
             if not batch:
                 continue
+            log.debug("generating %d requests together", len(batch))
             try:
                 results = generate(self.model, self.tokenizer, [r for r, _ in batch])
             except Exception as exc:  # every request of the batch gets the error, the worker goes on
