@@ -21,6 +21,7 @@ import importlib.util
 import io
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -28,7 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's calltune, when run as a script
 
-BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench"
+# ../shared/bench beside the checkout; $CALLTUNE_BENCH elsewhere (a worktree, a device machine's copy)
+BENCH = Path(os.environ.get("CALLTUNE_BENCH") or Path(__file__).resolve().parents[2] / "shared" / "bench")
 PEAK_BF16 = 989e12  # H100 SXM dense bf16, the shared scripts' figure
 WARMUP = 10
 STEPS: list[dict] = []  # filled by the hook: one record per training step of the variant running

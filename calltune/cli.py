@@ -142,9 +142,13 @@ def cmd_chat(args) -> int:
 
 def cmd_rollback(args) -> int:
     from calltune.deploy import rollback
+    from calltune.endpoint_deploy import rollback as rollback_endpoint, serves_on_endpoint
 
     cfg = _config(args)
-    res = rollback(cfg.deploy, cfg.state_path(), to=args.to)
+    if serves_on_endpoint(cfg.deploy, cfg.state_path()):  # deploy.target=vertex-endpoint: the endpoint's traffic too
+        res = rollback_endpoint(cfg.deploy, cfg.gcp, cfg.state_path(), to=args.to)
+    else:
+        res = rollback(cfg.deploy, cfg.state_path(), to=args.to)
     print(f"{res['secret_id']} version {res['version']} (now latest) holds version {res['rolled_back_to']}'s endpoint; "
           + ("the latest version was disabled, nothing was served" if res["latest_was_disabled"] else
              f"version {res['rolled_back_from']} is no longer served"))

@@ -296,6 +296,11 @@ class DeployConfig(Section):
     retry_backoff_s: float = Field(1.0, gt=0, description="secret-manager: the first retry waits up to this long (random "
                                                           "jitter); the bound doubles with each retry, up to 60 s.")
     timeout_s: float = Field(30.0, gt=0, description="secret-manager: seconds one call may take before it counts as timed out (and is retried).")
+    target: Literal["auto", "store", "vertex-endpoint"] = Field(
+        "auto", description="What the secret names: store = the model's folder in the model store (file://; a tuned "
+                            "Gemini: its endpoint); vertex-endpoint = the promoted open model served on a Vertex AI "
+                            "endpoint by the vLLM container (gcp.serving_*), named by its resource name; auto = "
+                            "vertex-endpoint on the Vertex target for hf-lora, else store. Chosen when compiling.")
 
 
 class ServeConfig(Section):
@@ -351,6 +356,36 @@ class GcpConfig(Section):
                                                    "(Vertex AI Pipelines' execution cache).")
     template_registry: str = Field("", description="Artifact Registry Kubeflow Pipelines repository for templates, "
                                                    "e.g. https://REGION-kfp.pkg.dev/PROJECT/REPO.")
+    eval_machine_type: str = Field("g2-standard-12", description="Machine type of the batch_infer and evaluate "
+                                                                 "CustomJobs (and synthesize's with the local generator).")
+    eval_accelerator_type: str = Field("NVIDIA_L4", description="GPU of the batch_infer, evaluate (and local synthesize) "
+                                                                "CustomJobs; empty: they run as plain CPU pipeline steps.")
+    eval_accelerator_count: int = Field(1, ge=1, description="GPUs on the batch_infer/evaluate machine (one model "
+                                                             "process uses one GPU; more only for the memory).")
+    replica_count: int = Field(1, ge=1, description="Machines of the tune CustomJob: above 1, data-parallel over "
+                                                    "every GPU of every machine (Vertex worker pools; torch elastic "
+                                                    "reads Vertex's CLUSTER_SPEC).")
+    tensorboard: str = Field("", description="Vertex AI TensorBoard instance the tune CustomJob writes to, "
+                                             "projects/P/locations/L/tensorboards/ID; needs base_output_directory "
+                                             "and service_account.")
+    base_output_directory: str = Field("", description="gs:// folder of the tune CustomJob's outputs (its "
+                                                       "AIP_TENSORBOARD_LOG_DIR and checkpoints dirs); empty: none.")
+    serving_image: str = Field(
+        "us-docker.pkg.dev/vertex-ai/vertex-vision-model-garden-dockers/pytorch-vllm-serve:20251205_0916_RC01",
+        description="deploy.target=vertex-endpoint: serving container of the uploaded model (Vertex Model Garden's "
+                    "prebuilt vLLM image, OpenAI-compatible chat completions).")
+    serving_machine_type: str = Field("g2-standard-12", description="deploy.target=vertex-endpoint: machine type of "
+                                                                    "the endpoint's replicas.")
+    serving_accelerator_type: str = Field("NVIDIA_L4", description="deploy.target=vertex-endpoint: GPU of each "
+                                                                   "endpoint replica.")
+    serving_accelerator_count: int = Field(1, ge=1, description="deploy.target=vertex-endpoint: GPUs per replica "
+                                                                "(vLLM's tensor-parallel size).")
+    serving_min_replicas: int = Field(1, ge=1, description="deploy.target=vertex-endpoint: replicas kept up (and "
+                                                           "billed) around the clock.")
+    serving_max_replicas: int = Field(1, ge=1, description="deploy.target=vertex-endpoint: autoscaling ceiling.")
+    endpoint_display_name: str = Field("", description="deploy.target=vertex-endpoint: display name of the endpoint, "
+                                                       "created once and reused (found by its calltune label); "
+                                                       "empty: calltune-<deploy.secret_id>.")
     api_endpoint: str = Field("", description="Vertex AI API endpoint override (empty: REGION-aiplatform.googleapis.com). "
                                               "An http:// endpoint (a local fake) gets anonymous credentials: "
                                               "credentials never go over plain HTTP.")

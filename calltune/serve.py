@@ -43,7 +43,8 @@ from starlette.exceptions import HTTPException
 from calltune.backends.registry import open_registry
 from calltune.config import DeployConfig, ServeConfig, SplitConfig
 from calltune.runtime.encoding import PromptTooLong
-from calltune.runtime.responders import GeminiResponder, LocalResponder, Responder, Sampling, conversation
+from calltune.runtime.responders import (EndpointResponder, GeminiResponder, LocalResponder, Responder, Sampling,
+                                         conversation)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,11 @@ def load_responder(endpoint: str, cfg: ServeConfig | None = None, split: SplitCo
 
     cfg = cfg or ServeConfig()
     if endpoint.startswith("projects/"):
+        from calltune.backends.vertex_endpoint import EndpointChat, is_endpoint
+
+        chat = EndpointChat(endpoint, api_endpoint=cfg.vertex_base_url) if is_endpoint(endpoint) else None
+        if chat and chat.is_vllm():  # deploy.target=vertex-endpoint: the vLLM container's chat completions
+            return EndpointResponder(endpoint, split=split, max_concurrency=cfg.max_batch, chat=chat)
         return GeminiResponder(endpoint, cfg.vertex_base_url, split, max_concurrency=cfg.max_batch)
     return LocalResponder(model_path_from_endpoint(endpoint), split, max_batch=cfg.max_batch,
                           max_prompt_tokens=cfg.max_prompt_tokens)

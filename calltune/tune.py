@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 from calltune.config import SplitConfig, TuneConfig
 from calltune.io import file_sha256, write_json
@@ -107,9 +108,46 @@ def train_lora(train_path: str | Path, validation_path: str | Path | None, out_d
     `system_prompt` (their system instructions' template) go into the card for serving."""
     serving = {"split": split.model_dump() if split else None, "system_prompt_template": system_prompt}
     processes = cfg.processes or _gpu_count() or 1
-    if processes > 1 and "WORLD_SIZE" not in os.environ:
-        return _launch(processes, train_path, validation_path, out_dir, cfg, seed, state_dir, serving)
+    cluster = vertex_cluster(os.environ)
+    # TORCHELASTIC_RUN_ID marks a launched worker (Vertex may set WORLD_SIZE on the machine itself)
+    launched = "TORCHELASTIC_RUN_ID" in os.environ or ("WORLD_SIZE" in os.environ and cluster is None)
+    if (processes > 1 or cluster) and not launched:
+        report = _launch(processes, train_path, validation_path, out_dir, cfg, seed, state_dir, serving, cluster)
+        if cluster and cluster.node_rank > 0:
+            log.info("node %d of %d done; node 0 writes the model and the step's outputs", cluster.node_rank,
+                     cluster.nodes)
+            raise SystemExit(0)  # before the KFP executor writes outputs: only the chief's count
+        return report
     return _train(train_path, validation_path, out_dir, cfg, seed=seed, state_dir=state_dir, serving=serving)
+
+
+class Cluster(NamedTuple):
+    nodes: int
+    node_rank: int
+    rendezvous: str  # host:port of node 0, where torch elastic's c10d rendezvous listens
+
+
+def vertex_cluster(environ) -> Cluster | None:
+    """The machines of a Vertex AI CustomJob with several replicas, from the CLUSTER_SPEC Vertex sets on each:
+    {"cluster": {"workerpool0": ["host:port"], "workerpool1": [...]}, "task": {"type": "workerpool1", "index": 0}}.
+    Training runs on workerpool0 (the chief, node 0) and workerpool1 (the others, in order); None on one machine."""
+    raw = environ.get("CLUSTER_SPEC")
+    if not raw:
+        return None
+    try:
+        spec = json.loads(raw)
+        pools, task = spec["cluster"], spec["task"]
+        hosts = [*pools["workerpool0"], *pools.get("workerpool1", [])]
+        this = pools[task["type"]][int(task["index"])]
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ValueError(f"CLUSTER_SPEC is not Vertex AI's cluster description ({type(exc).__name__}: {exc}): "
+                         f"{raw[:200]}") from None
+    if len(hosts) < 2:
+        return None
+    if this not in hosts:
+        raise ValueError(f"CLUSTER_SPEC: this replica ({task['type']}[{task['index']}]) is not a training worker "
+                         f"(only workerpool0 and workerpool1 train)")
+    return Cluster(len(hosts), hosts.index(this), hosts[0])
 
 
 def _gpu_count() -> int:
@@ -118,13 +156,27 @@ def _gpu_count() -> int:
     return torch.cuda.device_count()
 
 
-def _launch(processes: int, train_path, validation_path, out_dir, cfg: TuneConfig, seed: int, state_dir,
-            serving: dict) -> dict:
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+def launch_config(processes: int, cluster: Cluster | None):
+    """torch elastic's settings: one machine (a free local port), or every machine of a Vertex cluster meeting at
+    node 0 (the same run id on all of them)."""
+    from torch.distributed.launcher.api import LaunchConfig
 
-    log.info("data-parallel tuning on %d processes", processes)
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes, run_id=f"calltune-{os.getpid()}",
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=1)
+    if cluster is None:
+        return LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes, run_id=f"calltune-{os.getpid()}",
+                            rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=1)
+    return LaunchConfig(min_nodes=cluster.nodes, max_nodes=cluster.nodes, nproc_per_node=processes,
+                        run_id=f"calltune-{cluster.rendezvous}", rdzv_backend="c10d", rdzv_endpoint=cluster.rendezvous,
+                        rdzv_configs={"is_host": cluster.node_rank == 0, "join_timeout": 900}, max_restarts=0,
+                        monitor_interval=1)
+
+
+def _launch(processes: int, train_path, validation_path, out_dir, cfg: TuneConfig, seed: int, state_dir,
+            serving: dict, cluster: Cluster | None = None) -> dict:
+    from torch.distributed.launcher.api import elastic_launch
+
+    log.info("data-parallel tuning on %d processes%s", processes,
+             f" on each of {cluster.nodes} machines (this is node {cluster.node_rank})" if cluster else "")
+    config = launch_config(processes, cluster)
     results = elastic_launch(config, _worker)(str(train_path), validation_path and str(validation_path), str(out_dir),
                                               cfg.model_dump(), seed, str(state_dir), serving)
     return results[0]

@@ -43,6 +43,57 @@ def images(cfg: Config) -> tuple[str, str]:
             cfg.gcp.trainer_image or os.environ.get(TRAINER_IMAGE_ENV, ""))
 
 
+def deploy_target(cfg: Config, target: str) -> str:
+    """store or vertex-endpoint: deploy.target, with auto = vertex-endpoint for an open model (hf-lora, or an
+    evaluated model folder) on the Vertex target."""
+    if cfg.deploy.target != "auto":
+        return cfg.deploy.target
+    open_model = cfg.tune.backend == "hf-lora" and not cfg.evaluate.model.startswith("projects/")
+    return "vertex-endpoint" if target == "vertex" and open_model else "store"
+
+
+_GOOGLE_TRANSLATE = ("project", "location", "model", "glossary", "endpoint", "max_concurrency", "max_retries",
+                     "retry_backoff_s", "timeout_s")
+_LORA = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "use_dora", "padding_free", "compile", "attention",
+         "processes", "merge")
+
+
+def console_hidden(cfg: Config) -> set[str]:
+    """Pipeline parameters the Vertex template leaves out of the console's run form: the settings of features this
+    template does not use (synthesis off, no judge, a local translator, the other tuner's fields, an endpoint's
+    concurrency for a local model), settings its DAG or machines fix (tune.backend, tune.processes, deploy.registry,
+    deploy.target) and deploy's retry/timeout/API-override knobs. They are compiled in as constants from the config,
+    and `calltune submit` refuses a config whose values for them differ, so the config stays the single source."""
+    def fields(section: str, names=None) -> set[str]:
+        return {f"{section}_{f}" for f in names or type(getattr(cfg, section)).model_fields}
+
+    hidden = fields("tune", ("backend", "processes")) | fields("deploy", (
+        "registry", "target", "endpoint", "max_retries", "retry_backoff_s", "timeout_s"))  # + operational knobs
+    if not cfg.synthesize.enabled:
+        hidden |= fields("synthesize")
+    if cfg.judge.backend == "none":
+        hidden |= fields("judge")
+    if cfg.translate.backend != "google":
+        hidden |= fields("translate", _GOOGLE_TRANSLATE)
+    gemini = [f for f in type(cfg.tune).model_fields if f.startswith("gemini_")]
+    hidden |= fields("tune", gemini if cfg.tune.backend == "hf-lora" else _LORA)
+    if cfg.tune.backend == "hf-lora" and not cfg.evaluate.model.startswith("projects/"):
+        hidden |= fields("infer", ("max_concurrency", "vertex_base_url"))
+    return hidden
+
+
+def _compiled_constants(spec: dict) -> dict[str, list]:
+    """Parameter name -> the constants the template's tasks receive under that name (nested DAGs included)."""
+    found: dict[str, list] = {}
+    dags = [spec.get("root", {}).get("dag", {})] + [c.get("dag", {}) for c in spec.get("components", {}).values()]
+    for dag in dags:
+        for task in dag.get("tasks", {}).values():
+            for name, value in task.get("inputs", {}).get("parameters", {}).items():
+                if "constant" in value.get("runtimeValue", {}):
+                    found.setdefault(name, []).append(value["runtimeValue"]["constant"])
+    return found
+
+
 def vertex_problems(cfg: Config, *, compiling: bool) -> list[str]:
     """Why this config cannot run on Vertex AI: each step runs on its own machine, so nothing local survives."""
     g, problems = cfg.gcp, []
@@ -68,6 +119,23 @@ def vertex_problems(cfg: Config, *, compiling: bool) -> list[str]:
         value = getattr(getattr(cfg, section), field)
         if ("/" in value or value.startswith(".")) and not value.startswith(("/gcs/", "projects/")):
             problems.append(f"{section}.{field} must be a bundled model name or a /gcs/ folder (got {value!r})")
+    if deploy_target(cfg, "vertex") == "vertex-endpoint":
+        if cfg.tune.backend == "gemini":
+            problems.append("deploy.target=vertex-endpoint serves open models (tune.backend=hf-lora); a tuned Gemini "
+                            "already has its endpoint: use deploy.target=store (or auto)")
+        if not _IMAGE.fullmatch(g.serving_image):
+            problems.append(f"gcp.serving_image must be a registry image with a tag or digest (got {g.serving_image!r})")
+        if g.serving_max_replicas < g.serving_min_replicas:
+            problems.append(f"gcp.serving_max_replicas ({g.serving_max_replicas}) is below gcp.serving_min_replicas "
+                            f"({g.serving_min_replicas})")
+    if g.tensorboard:
+        if not re.fullmatch(r"projects/[^/]+/locations/[^/]+/tensorboards/[^/]+", g.tensorboard):
+            problems.append(f"gcp.tensorboard must be projects/P/locations/L/tensorboards/ID (got {g.tensorboard!r})")
+        if not g.base_output_directory or not g.service_account:
+            problems.append("gcp.tensorboard needs gcp.base_output_directory and gcp.service_account (Vertex writes "
+                            "the logs as that account)")
+    if g.base_output_directory and not _GCS_FOLDER.fullmatch(g.base_output_directory):
+        problems.append(f"gcp.base_output_directory must be a gs:// folder (got {g.base_output_directory!r})")
     if compiling:
         for field, env, image in zip(("image", "trainer_image"), (IMAGE_ENV, TRAINER_IMAGE_ENV), images(cfg)):
             if field == "trainer_image" and cfg.tune.backend == "gemini":
@@ -75,12 +143,13 @@ def vertex_problems(cfg: Config, *, compiling: bool) -> list[str]:
             if not _IMAGE.fullmatch(image):
                 problems.append(f"gcp.{field} (or ${env}) must be a registry image with a tag or digest, e.g. "
                                 f"REGION-docker.pkg.dev/PROJECT/REPO/NAME:TAG (got {image!r})")
-        if g.accelerator_type:
-            from google.cloud.aiplatform_v1.types import AcceleratorType
+        from google.cloud.aiplatform_v1.types import AcceleratorType
 
-            known = [a.name for a in AcceleratorType if a.value]
-            if g.accelerator_type not in known:
-                problems.append(f"gcp.accelerator_type {g.accelerator_type!r} is not a Vertex accelerator; one of {known}")
+        known = [a.name for a in AcceleratorType if a.value]
+        for field in ("accelerator_type", "eval_accelerator_type", "serving_accelerator_type"):
+            value = getattr(g, field)
+            if value and value not in known:
+                problems.append(f"gcp.{field} {value!r} is not a Vertex accelerator; one of {known}")
     return problems
 
 
@@ -131,6 +200,14 @@ def parameter_values(template_path: Path, cfg: Config) -> dict[str, Any]:
     spec = spec.get("pipelineSpec", spec)
     declared = set(spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {}))
     values = cfg.pipeline_params()
+    constants = _compiled_constants(spec)
+    fixed = {name for name in set(values) - declared if name in constants}  # left out of the console form
+    changed = sorted(name for name in fixed if any(c != values[name] for c in constants[name]))
+    if changed:
+        raise ValueError(f"pipeline template {template_path} was compiled with other values of "
+                         + ", ".join(f"{n.replace('_', '.', 1)}={constants[n][0]!r}" for n in changed)
+                         + " (settings it fixes, not parameters); compile it again with this config")
+    values = {k: v for k, v in values.items() if k not in fixed}
     unknown = sorted(set(values) - declared)
     if unknown:
         raise ValueError(f"pipeline template {template_path} has no parameters {unknown}: it was compiled from another "
@@ -143,6 +220,11 @@ def parameter_values(template_path: Path, cfg: Config) -> dict[str, Any]:
             f"template, but evaluate.model is {cfg.evaluate.model or 'empty'}; compile one "
             f"{'without' if evaluation_only else 'with'} evaluate.model set (python compile.py --target vertex "
             f"{'' if evaluation_only else 'evaluate.model=secret:latest'})".rstrip())
+    on_endpoint = "exec-deploy-endpoint" in spec.get("deploymentSpec", {}).get("executors", {})
+    if on_endpoint != (deploy_target(cfg, "vertex") == "vertex-endpoint"):
+        raise ValueError(f"pipeline template {template_path} deploys to {'a Vertex endpoint' if on_endpoint else 'the model store'}"
+                         f", but deploy.target resolves to {deploy_target(cfg, 'vertex')}; compile it again with "
+                         f"this deploy.target")
     return values
 
 

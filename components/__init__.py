@@ -19,6 +19,7 @@ from calltune.components.batch_infer import batch_infer  # noqa: E402
 from calltune.components.evaluate import evaluate  # noqa: E402
 from calltune.components.gate import gate  # noqa: E402
 from calltune.components.deploy import deploy  # noqa: E402
+from calltune.components.deploy_endpoint import deploy_endpoint  # noqa: E402
 
 # Inputs that are not config fields (those take their config field's description: one source for both).
 _WIRED = {
@@ -45,6 +46,6 @@ def _describe_inputs() -> None:
             spec.description = spec.description or docs.get(arg)
 
 
-__all__ = ["IMAGE", "ingest", "translate", "turn_split", "sample", "synthesize", "tune", "resolve_model", "batch_infer", "evaluate", "gate", "deploy"]
+__all__ = ["IMAGE", "ingest", "translate", "turn_split", "sample", "synthesize", "tune", "resolve_model", "batch_infer", "evaluate", "gate", "deploy", "deploy_endpoint"]
 
 _describe_inputs()

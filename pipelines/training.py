@@ -13,8 +13,11 @@ artifact goes to batch-infer, evaluate and deploy as the tuned model's would.
 Targets differ only in how steps run, chosen when the pipeline is built (kfp.local cannot run container
 components such as Google Cloud Pipeline Components' CustomJob, so no runtime branch): "local" runs every step
 under kfp.local; "vertex" runs the same components on Vertex AI Pipelines in the component image, and the tune
-component as a Vertex CustomJob on the configured GPU machine, in the trainer image. Images are stamped into
-copies of the components, so the shared ones never change.
+component as a Vertex CustomJob on the configured GPU machine (gcp.replica_count machines: worker pools), in the
+trainer image; so do batch_infer and evaluate (and synthesize with the local generator) on their own GPU machine
+(gcp.eval_*) when the models are local ones; and with deploy.target=vertex-endpoint, deploy_endpoint replaces deploy
+(only there: the local variant cannot reach a Vertex endpoint). Images are stamped into copies of the components, so
+the shared ones never change.
 """
 from __future__ import annotations
 
@@ -24,11 +27,14 @@ from typing import Literal
 from kfp import dsl
 
 from calltune import components as c
-from calltune.config import Config
-from calltune.vertex import check_vertex, images
+from calltune.config import Config, ConfigError
+from calltune.vertex import check_vertex, console_hidden, deploy_target, images
 
 NAME = "calltune"
 TARGETS = ("local", "vertex")
+# What a person changes first on a rerun, named first in the Vertex template's description.
+MAIN = ("data_input", "tune_base_model", "tune_epochs", "tune_learning_rate", "sample_train_size", "sample_test_size",
+        "evaluate_threshold", "evaluate_min_gain_over_base")
 STEPS = ("ingest", "translate", "turn_split", "sample", "synthesize", "tune", "resolve_model", "batch_infer", "evaluate",
          "gate", "deploy")
 
@@ -47,21 +53,38 @@ def _stamped(component, image: str):
     return stamped
 
 
+def _custom_job(component, cfg: Config, machine_type: str, accelerator_type: str, accelerator_count: int, **job):
+    """`component` as a Vertex CustomJob on that machine: the same program, run by GCPC's CustomJob launcher."""
+    from google_cloud_pipeline_components.v1.custom_job import create_custom_training_job_from_component
+
+    return create_custom_training_job_from_component(
+        component, machine_type=machine_type, accelerator_type=accelerator_type, accelerator_count=accelerator_count,
+        service_account=cfg.gcp.service_account, labels=dict(cfg.gcp.labels), **job)
+
+
 def steps_for(target: str, cfg: Config) -> dict:
     """Step name -> the component that runs it on `target`. tune runs in the trainer image, and on "vertex" as a
-    CustomJob on the configured GPUs, only for tune.backend=hf-lora (chosen when building, like the target)."""
+    CustomJob on the configured GPUs, only for tune.backend=hf-lora (chosen when building, like the target); so do
+    the steps that load local models (batch_infer, evaluate, and synthesize's local generator) on gcp.eval_*."""
     image, trainer_image = images(cfg)
     steps = {name: _stamped(getattr(c, name), image) for name in STEPS}
+    if target == "vertex" and deploy_target(cfg, target) == "vertex-endpoint":
+        steps["deploy"] = _stamped(c.deploy_endpoint, image)
     if cfg.tune.backend == "gemini":  # the tuning runs on Vertex AI's side: a plain step in the component image
         return steps
     steps["tune"] = _stamped(c.tune, trainer_image or image)
     if target == "vertex":
-        from google_cloud_pipeline_components.v1.custom_job import create_custom_training_job_from_component
-
         g = cfg.gcp
-        steps["tune"] = create_custom_training_job_from_component(
-            steps["tune"], machine_type=g.machine_type, accelerator_type=g.accelerator_type,
-            accelerator_count=g.accelerator_count, service_account=g.service_account, labels=dict(g.labels))
+        steps["tune"] = _custom_job(steps["tune"], cfg, g.machine_type, g.accelerator_type, g.accelerator_count,
+                                    replica_count=g.replica_count, tensorboard=g.tensorboard,
+                                    base_output_directory=g.base_output_directory)
+        gpu_steps = ["batch_infer", "evaluate"]
+        if cfg.synthesize.enabled and cfg.synthesize.backend == "local" and not cfg.evaluate.model:
+            gpu_steps.append("synthesize")
+        if g.eval_accelerator_type and not cfg.evaluate.model.startswith("projects/"):  # else: plain CPU steps
+            for name in gpu_steps:
+                steps[name] = _custom_job(_stamped(getattr(c, name), trainer_image or image), cfg,
+                                          g.eval_machine_type, g.eval_accelerator_type, g.eval_accelerator_count)
     return steps
 
 
@@ -73,12 +96,21 @@ def build_pipeline(target: Literal["local", "vertex"] = "local", config: Config 
     cfg = config or Config()
     if target == "vertex":
         check_vertex(cfg, compiling=True)
+    elif cfg.deploy.target == "vertex-endpoint":
+        raise ConfigError("deploy.target=vertex-endpoint runs only on the Vertex target (the model must be in Cloud "
+                          "Storage for Vertex to serve it); use store (or auto) locally")
     s = steps_for(target, cfg)
     signature, docs = cfg.pipeline_signature()
+    # The Vertex console's run form shows only what a rerun of this template can change (see console_hidden);
+    # the rest goes in as constants from the config.
+    hidden = console_hidden(cfg) if target == "vertex" else set()
+    fixed = {name: value for name, value in cfg.pipeline_params().items() if name in hidden}
+    signature = signature.replace(parameters=[q for q in signature.parameters.values() if q.name not in hidden])
     names = list(signature.parameters)
+    gcp = {f"gcp_{k}": v for k, v in cfg.gcp.model_dump().items()}
 
     def calltune_pipeline(*args):
-        p = dict(zip(names, args))
+        p = {**fixed, **dict(zip(names, args))}
         ingest = s["ingest"](**_params_for(s["ingest"], p))
         translated = s["translate"](calls_in=ingest.outputs["calls"], **_params_for(s["translate"], p))
         split = s["turn_split"](calls=translated.outputs["calls"], **_params_for(s["turn_split"], p))
@@ -99,11 +131,13 @@ def build_pipeline(target: Literal["local", "vertex"] = "local", config: Config 
         with dsl.If(evaluation.outputs["Output"] >= p["evaluate_threshold"], name="accuracy-gate"):
             verdict = s["gate"](evaluation=evaluation.outputs["evaluation"], **_params_for(s["gate"], p))
             with dsl.If(verdict.outputs["Output"] == "promote", name="comparison-gate"):
+                # deploy_endpoint also takes gcp.* settings: compile-time constants, not pipeline parameters
                 s["deploy"](model=model, accuracy=evaluation.outputs["Output"],
-                            run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **_params_for(s["deploy"], p))
+                            run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **_params_for(s["deploy"], {**gcp, **p}))
 
     calltune_pipeline.__signature__ = signature
     calltune_pipeline.__doc__ = (
         "Turns sales-call transcripts into a model that plays the customer, and promotes it when it is good enough.\n\n"
-        "Args:\n" + "".join(f"    {name}: {' '.join(docs[name].split())}\n" for name in names))
+        + (f"Most reruns change: {', '.join(n for n in MAIN if n in names)}.\n\n" if hidden else "")
+        + "Args:\n" + "".join(f"    {name}: {' '.join(docs[name].split())}\n" for name in names))
     return dsl.pipeline(name=NAME)(calltune_pipeline)

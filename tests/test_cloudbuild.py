@@ -109,7 +109,8 @@ def test_compile_upload_and_submit_steps_run_against_the_fakes(workspace, fakes)
         _run_step(step_id, workspace, values, templates)
 
     compiled = yaml.safe_load((workspace / "build" / "calltune-vertex.yaml").read_text())
-    images = {e["container"]["image"] for n, e in compiled["deploymentSpec"]["executors"].items() if n != "exec-tune"}
+    images = {e["container"]["image"] for n, e in compiled["deploymentSpec"]["executors"].items()
+              if n not in ("exec-tune", "exec-batch-infer", "exec-evaluate")}  # GPU CustomJob launchers
     assert images == {env["CALLTUNE_IMAGE"]}
     assert env["CALLTUNE_TRAINER_IMAGE"] in (workspace / "build" / "calltune-vertex.yaml").read_text()
 

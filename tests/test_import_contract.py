@@ -12,7 +12,7 @@ ALLOWED_CYCLES = [{"calltune.backends.google_translate", "calltune.backends.tran
                   {"calltune.backends.registry", "calltune.backends.secret_manager"}]
 # The model runtime sits under training, evaluation and the apps: it may use only these.
 RUNTIME_MAY_IMPORT = {"calltune.config", "calltune.io", "calltune.render", "calltune.schema", "calltune.turns",
-                      "calltune.models", "calltune.backends.genai"}
+                      "calltune.models", "calltune.backends.genai", "calltune.backends.vertex_endpoint"}
 
 
 def modules() -> dict[str, Path]:

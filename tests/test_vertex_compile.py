@@ -41,11 +41,11 @@ def _executors(spec) -> dict:
     return spec["deploymentSpec"]["executors"]
 
 
-def _custom_job(spec) -> dict:
-    """The tune task's CustomJob settings: the defaults of its component's inputs."""
-    tune = spec["root"]["dag"]["tasks"]["tune"]
+def _custom_job(spec, task: str = "tune") -> dict:
+    """A task's CustomJob settings: the defaults of its component's inputs."""
+    t = spec["root"]["dag"]["tasks"][task]
     return {k: v.get("defaultValue") for k, v in
-            spec["components"][tune["componentRef"]["name"]]["inputDefinitions"]["parameters"].items()}
+            spec["components"][t["componentRef"]["name"]]["inputDefinitions"]["parameters"].items()}
 
 
 def test_tune_is_a_custom_job_on_the_configured_gpus_running_the_shared_component(vertex_spec, tmp_path):
@@ -70,10 +70,11 @@ def test_tune_is_a_custom_job_on_the_configured_gpus_running_the_shared_componen
 
 def test_every_step_runs_in_the_stamped_image(vertex_spec):
     images = {name: e["container"]["image"] for name, e in _executors(vertex_spec).items()}
-    launcher = images.pop("exec-tune")  # the CustomJob launcher; the trainer image is in its worker pool
-    assert launcher.startswith("gcr.io/ml-pipeline/google-cloud-pipeline-components:")
-    # resolve_model runs only in evaluation-only pipelines
-    assert set(images) == {f"exec-{name.replace('_', '-')}" for name in STEPS} - {"exec-tune", "exec-resolve-model"}
+    for job in ("exec-tune", "exec-batch-infer", "exec-evaluate"):  # CustomJob launchers; the trainer image is
+        assert images.pop(job).startswith("gcr.io/ml-pipeline/google-cloud-pipeline-components:")  # in the pool
+    # resolve_model runs only in evaluation-only pipelines; deploy_endpoint stands in for deploy on Vertex
+    assert set(images) == {f"exec-{name.replace('_', '-')}" for name in STEPS} - {
+        "exec-tune", "exec-batch-infer", "exec-evaluate", "exec-resolve-model", "exec-deploy"} | {"exec-deploy-endpoint"}
     assert set(images.values()) == {IMAGE}
 
 
@@ -94,21 +95,25 @@ def _guarded(spec) -> dict[str, list[str]]:
 
 def test_deploy_is_gated_as_in_the_local_variant(vertex_spec, tmp_path):
     guarded = _guarded(vertex_spec)
-    assert "deploy" in guarded and "deploy" not in vertex_spec["root"]["dag"]["tasks"]
-    assert any("evaluate-Output" in c and ">=" in c and "evaluate_threshold" in c for c in guarded["deploy"])
+    assert "deploy-endpoint" in guarded and "deploy-endpoint" not in vertex_spec["root"]["dag"]["tasks"]
+    assert any("evaluate-Output" in c and ">=" in c and "evaluate_threshold" in c for c in guarded["deploy-endpoint"])
     local = tmp_path / "local.yaml"
     _compile_script().compile_pipeline("local", None, local)
-    assert _guarded(yaml.safe_load(local.read_text())) == guarded
+    local_guarded = _guarded(yaml.safe_load(local.read_text()))
+    assert local_guarded.pop("deploy") == guarded.pop("deploy-endpoint") and local_guarded == guarded
 
 
 def test_parameters_have_defaults_and_descriptions_for_console_reruns(vertex_spec):
+    from calltune.vertex import console_hidden
+
     params = vertex_spec["root"]["inputDefinitions"]["parameters"]
-    expected = load_config(ROOT / "configs" / "vertex.yaml", VERTEX_OVERRIDES).pipeline_params()
-    assert set(params) == set(expected)
+    cfg = load_config(ROOT / "configs" / "vertex.yaml", VERTEX_OVERRIDES)
+    expected = cfg.pipeline_params()
+    assert set(params) == set(expected) - console_hidden(cfg)
     assert not any(name.startswith("gcp_") for name in params)  # compile/submit-time settings, not parameters
     assert all("defaultValue" in p and p.get("description") for p in params.values())
     assert params["state_dir"]["defaultValue"] == "/gcs/test-bucket/state"
-    assert params["deploy_registry"]["defaultValue"] == "secret-manager"
+    assert {"data_input", "tune_base_model", "tune_epochs", "tune_learning_rate", "evaluate_threshold"} <= set(params)
 
 
 def test_compile_is_deterministic_across_processes(tmp_path):
@@ -182,5 +187,134 @@ def test_gemini_tuning_is_a_plain_step_without_a_gpu_machine(tmp_path):
     assert "worker_pool_specs" not in _custom_job(spec)
     assert "accelerator" not in out.read_text()
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert params["tune_backend"]["defaultValue"] == "gemini"
+    # the tuner is fixed by the DAG: a constant of the tune task, not a console parameter
+    assert "tune_backend" not in params and "tune_lora_r" not in params
+    assert spec["root"]["dag"]["tasks"]["tune"]["inputs"]["parameters"]["tune_backend"] == \
+        {"runtimeValue": {"constant": "gemini"}}
     assert params["tune_gemini_staging_uri"]["defaultValue"] == "gs://test-bucket/tuning"
+
+
+# ---- issue 16: GPU evaluation steps, multi-node tuning, TensorBoard, deploy to a Vertex endpoint ----
+EVAL_GPU = ["gcp.eval_machine_type=a2-highgpu-1g", "gcp.eval_accelerator_type=NVIDIA_TESLA_A100"]
+
+
+def _pool(spec, task: str) -> dict:
+    [pool] = _custom_job(spec, task)["worker_pool_specs"]
+    return pool
+
+
+def test_batch_infer_and_evaluate_are_gpu_custom_jobs_of_the_shared_components(tmp_path):
+    out = tmp_path / "v.yaml"
+    _compile_script().compile_pipeline("vertex", ROOT / "configs" / "vertex.yaml", out, VERTEX_OVERRIDES + GPU + EVAL_GPU)
+    spec = yaml.safe_load(out.read_text())
+    for task, function in (("batch-infer", "batch_infer"), ("evaluate", "evaluate")):
+        pool = _pool(spec, task)
+        assert pool["machine_spec"] == {"machine_type": "a2-highgpu-1g", "accelerator_type": "NVIDIA_TESLA_A100",
+                                        "accelerator_count": 1}
+        assert pool["container_spec"]["image_uri"] == TRAINER_IMAGE
+        args = pool["container_spec"]["args"]
+        assert args[args.index("--function_to_execute") + 1] == function
+    # evaluate's accuracy still drives the gate, and its evaluation artifact still reaches it
+    assert any("evaluate-Output" in c for c in _guarded(spec)["gate"])
+
+
+def test_a_cpu_only_config_keeps_them_plain_steps(tmp_path):
+    out = tmp_path / "cpu.yaml"
+    _compile_script().compile_pipeline("vertex", ROOT / "configs" / "vertex.yaml", out,
+                                       VERTEX_OVERRIDES + ["gcp.eval_accelerator_type="])
+    executors = _executors(yaml.safe_load(out.read_text()))
+    for name, function in (("exec-batch-infer", "batch_infer"), ("exec-evaluate", "evaluate")):
+        container = executors[name]["container"]
+        assert container["image"] == IMAGE and container["args"][container["args"].index("--function_to_execute") + 1] == function
+
+
+def test_synthesize_with_the_local_generator_gets_the_gpu_too(tmp_path):
+    out = tmp_path / "synth.yaml"
+    _compile_script().compile_pipeline("vertex", ROOT / "configs" / "vertex.yaml", out,
+                                       VERTEX_OVERRIDES + EVAL_GPU + ["synthesize.enabled=true"])
+    assert _pool(yaml.safe_load(out.read_text()), "synthesize")["container_spec"]["image_uri"] == TRAINER_IMAGE
+
+
+def test_several_machines_make_worker_pools_and_the_job_reports_to_tensorboard(tmp_path):
+    out = tmp_path / "multi.yaml"
+    tensorboard = "projects/test-project/locations/us-central1/tensorboards/42"
+    _compile_script().compile_pipeline("vertex", ROOT / "configs" / "vertex.yaml", out, VERTEX_OVERRIDES + GPU + [
+        "gcp.replica_count=3", f"gcp.tensorboard={tensorboard}", "gcp.base_output_directory=gs://test-bucket/jobs"])
+    job = _custom_job(yaml.safe_load(out.read_text()))
+    chief, workers = job["worker_pool_specs"]
+    assert (chief["replica_count"], workers["replica_count"]) == (1, 2)
+    assert chief["machine_spec"] == workers["machine_spec"] and chief["container_spec"] == workers["container_spec"]
+    assert (job["tensorboard"], job["base_output_directory"]) == (tensorboard, "gs://test-bucket/jobs")
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("gcp.tensorboard=my-board", "gcp.tensorboard must be"),
+    ("gcp.base_output_directory=/tmp/out", "gcp.base_output_directory must be"),
+    ("gcp.serving_image=vllm:latest", "gcp.serving_image"),
+    ("gcp.eval_accelerator_type=NVIDIA_TPU_9000", "gcp.eval_accelerator_type"),
+])
+def test_bad_gpu_and_serving_settings_are_named(override, needle):
+    from calltune.vertex import vertex_problems
+
+    problems = vertex_problems(load_config(ROOT / "configs" / "vertex.yaml", VERTEX_OVERRIDES + [override]), compiling=True)
+    assert any(p.startswith(needle) for p in problems), problems
+
+
+def test_deploy_to_an_endpoint_is_in_the_vertex_yaml_only(vertex_spec, tmp_path):
+    container = _executors(vertex_spec)["exec-deploy-endpoint"]["container"]
+    assert container["args"][container["args"].index("--function_to_execute") + 1] == "deploy_endpoint"
+    inputs = next(t for c in vertex_spec["components"].values() for n, t in c.get("dag", {}).get("tasks", {}).items()
+                  if n == "deploy-endpoint")["inputs"]["parameters"]
+    # the serving settings are compile-time constants from gcp.*, the rest pipeline parameters
+    assert inputs["gcp_serving_image"]["runtimeValue"]["constant"].startswith(
+        "us-docker.pkg.dev/vertex-ai/vertex-vision-model-garden-dockers/pytorch-vllm-serve:")
+    assert inputs["gcp_project"]["runtimeValue"]["constant"] == "test-project"
+    local = tmp_path / "local.yaml"
+    _compile_script().compile_pipeline("local", None, local)
+    assert "deploy-endpoint" not in local.read_text() and "serving_image" not in local.read_text()
+    store = tmp_path / "store.yaml"
+    _compile_script().compile_pipeline("vertex", ROOT / "configs" / "vertex.yaml", store,
+                                       VERTEX_OVERRIDES + ["deploy.target=store"])
+    assert "exec-deploy" in _executors(yaml.safe_load(store.read_text()))
+    assert "deploy-endpoint" not in store.read_text()
+
+
+def test_a_template_and_a_config_that_disagree_on_the_deploy_target_are_refused(vertex_spec, tmp_path):
+    from calltune.vertex import parameter_values
+
+    template = tmp_path / "t.yaml"
+    template.write_text(yaml.safe_dump(vertex_spec))
+    cfg = load_config(ROOT / "configs" / "vertex.yaml", VERTEX_OVERRIDES)
+    assert "deploy_target" not in parameter_values(template, cfg)  # fixed by the DAG: not a console parameter
+    with pytest.raises(ValueError, match="deploy.target"):
+        parameter_values(template, load_config(ROOT / "configs" / "vertex.yaml", VERTEX_OVERRIDES + ["deploy.target=store"]))
+
+
+def test_an_endpoint_deploy_is_refused_on_the_local_target():
+    from calltune.config import ConfigError
+    from calltune.pipelines.training import build_pipeline
+
+    with pytest.raises(ConfigError, match="only on the Vertex target"):
+        build_pipeline("local", load_config(None, ["deploy.target=vertex-endpoint"]))
+
+
+def test_the_console_form_shows_what_a_rerun_can_change_and_the_config_still_decides_the_rest(vertex_spec, tmp_path):
+    from calltune.vertex import parameter_values
+
+    params = vertex_spec["root"]["inputDefinitions"]["parameters"]
+    full = load_config(ROOT / "configs" / "vertex.yaml", VERTEX_OVERRIDES).pipeline_params()
+    assert len(params) <= len(full) // 2  # 123 fields; a LoRA run without synthesis or judge shows under half
+    for gone in ("tune_gemini_staging_uri", "judge_model", "synthesize_conversations", "translate_glossary",
+                 "deploy_registry", "tune_backend"):
+        assert gone not in params
+    assert vertex_spec["pipelineInfo"]["description"].startswith(
+        "Turns sales-call transcripts") and "Most reruns change: data_input, tune_base_model" in \
+        vertex_spec["pipelineInfo"]["description"]
+    template = tmp_path / "t.yaml"
+    template.write_text(yaml.safe_dump(vertex_spec))
+    # submit sends only the form's parameters; a config that differs in a fixed setting is refused, naming it
+    sent = parameter_values(template, load_config(ROOT / "configs" / "vertex.yaml", VERTEX_OVERRIDES))
+    assert set(sent) == set(params)
+    with pytest.raises(ValueError, match=r"other values of synthesize\.conversations=50"):
+        parameter_values(template, load_config(ROOT / "configs" / "vertex.yaml",
+                                               VERTEX_OVERRIDES + ["synthesize.conversations=10"]))

@@ -9,7 +9,7 @@ import yaml
 
 from calltune import cli
 from calltune.config import load_config
-from calltune.vertex import git_commit
+from calltune.vertex import console_hidden, git_commit
 from fakes.storage import FakeStorage
 from fakes.vertex_pipelines import (BUCKET, PROJECT, SERVICE_ACCOUNT, VERTEX_OVERRIDES, FakeKfpRegistry,
                                     FakePipelineService)
@@ -67,7 +67,8 @@ def test_submit_sends_the_template_with_the_configs_values_account_labels_and_ca
     compiled = yaml.safe_load(template.read_text())
     assert job["pipelineSpec"]["deploymentSpec"] == compiled["deploymentSpec"]
     assert job["pipelineSpec"]["root"]["inputDefinitions"] == compiled["root"]["inputDefinitions"]
-    expected = load_config(CONFIG, VERTEX_OVERRIDES + ["evaluate.threshold=0.55"]).pipeline_params()
+    cfg = load_config(CONFIG, VERTEX_OVERRIDES + ["evaluate.threshold=0.55"])
+    expected = {k: v for k, v in cfg.pipeline_params().items() if k not in console_hidden(cfg)}  # the rest: constants
     assert job["runtimeConfig"]["parameterValues"] == expected
     assert job["runtimeConfig"]["gcsOutputDirectory"] == f"gs://{BUCKET}/pipeline_root"
     assert job["serviceAccount"] == SERVICE_ACCOUNT

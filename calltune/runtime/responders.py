@@ -174,3 +174,48 @@ class GeminiResponder:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+
+
+class EndpointResponder:
+    """A model served on a Vertex AI endpoint by the vLLM container (deploy.target=vertex-endpoint), through its
+    OpenAI-compatible chat completions (calltune.backends.vertex_endpoint.EndpointChat); requests run in parallel
+    threads (vLLM batches them on its side), streamed when the caller wants the text as it comes."""
+
+    system = ""
+
+    def __init__(self, endpoint: str, base_url: str = "", split: SplitConfig | None = None, max_concurrency: int = 8,
+                 chat=None):
+        from calltune.backends.vertex_endpoint import EndpointChat
+
+        self.split = split or SplitConfig()
+        self._chat = chat or EndpointChat(endpoint, api_endpoint=base_url)
+        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="calltune-endpoint")
+
+    def start(self, example: Example, sampling: Sampling, on_text=None, cancelled=None) -> Future[Generation]:
+        return self._pool.submit(self._generate, example, sampling, on_text, cancelled)
+
+    def _generate(self, example: Example, sampling: Sampling, on_text, cancelled) -> Generation:
+        messages = to_messages({**example, "target": ""})["messages"][:-1]
+        settings = dict(max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
+                        seed=sampling.seed, stop=list(sampling.stop) or None)
+        if on_text is None:
+            out = self._chat.complete(messages, **settings)
+            usage = out.usage
+            return Generation((out.choices[0].message.content or "").strip(), usage.prompt_tokens if usage else 0,
+                              usage.completion_tokens if usage else 0,
+                              "length" if out.choices[0].finish_reason == "length" else "stop")
+        text, finish, usage = "", "stop", None
+        for chunk in self._chat.complete(messages, stream=True, **settings):
+            usage = chunk.usage or usage
+            if cancelled and cancelled():
+                finish = "cancelled"
+                break
+            if chunk.choices and chunk.choices[0].delta.content:
+                text += chunk.choices[0].delta.content
+                on_text(chunk.choices[0].delta.content)
+            if chunk.choices and chunk.choices[0].finish_reason == "length":
+                finish = "length"
+        return Generation(text, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0, finish)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
