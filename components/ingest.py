@@ -14,6 +14,7 @@ def ingest(
     data_persona_fields: list,
     data_system_prompt: str,
     data_max_bad_fraction: float,
+    data_max_field_chars: int,
     calls: Output[Dataset],
     quarantine: Output[Dataset],
     metrics: Output[Metrics],
