@@ -151,7 +151,7 @@ def render(card: dict[str, Any], comparison: dict | None = None) -> str:
                      *([("architecture", card["architecture"])] if card.get("architecture") else [])], ("", ""))
     lines += ["## Training data", ""]
     if data:
-        lines += _table([(s, d["examples"], d["sha256"]) for s, d in data.items()],
+        lines += _table([(s, data[s]["examples"], data[s]["sha256"]) for s in SPLITS if s in data],
                         ("split", "examples", "sha256 of <split>.examples.jsonl"))
         lines += ["Splits are made by call: no call is in two splits. The test split was never seen in tuning.", ""]
     facts = [(k, card[k]) for k in ("train_examples", "train_skipped", "train_tokens", "train_target_tokens",

@@ -79,7 +79,8 @@ class Report:
                "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
                "img{max-width:100%;height:auto;display:block}"
                "table{border-collapse:collapse;max-width:100%}td,th{border:1px solid #ccc;padding:.3em .6em;"
-               "text-align:left;vertical-align:top;white-space:pre-wrap;overflow-wrap:anywhere}"
+               "text-align:left;vertical-align:top;white-space:pre-wrap;overflow-wrap:break-word}"
+               ".long{overflow-wrap:anywhere}"
                "dt{font-weight:bold}dd{margin:0 0 .5em 1.5em}</style></head><body>",
                f"<h1>{e(self.title)}</h1>"]
         for kind, value in self._parts:
@@ -91,7 +92,7 @@ class Report:
                 cols = list(value[0])
                 out.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>")
                 for row in value:
-                    out.append("<tr>" + "".join(f"<td>{e(_cell(row.get(c, '')))}</td>" for c in cols) + "</tr>")
+                    out.append("<tr>" + "".join(_td(_cell(row.get(c, ""))) for c in cols) + "</tr>")
                 out.append("</table>")
             elif kind == "image":
                 data, alt = value
@@ -109,6 +110,12 @@ class Report:
         with atomic_open(page) as fh:
             fh.write(self.to_html())
         return md, page
+
+
+def _td(text: str) -> str:
+    # Only a cell with a long unbreakable token (a path, a hash) may break it anywhere: elsewhere words stay whole.
+    long = any(len(word) > 30 for word in text.split())
+    return f"<td class='long'>{html.escape(text)}</td>" if long else f"<td>{html.escape(text)}</td>"
 
 
 def _md_cell(value: Any) -> str:

@@ -97,47 +97,56 @@ def test_compiled_components_describe_their_inputs(tmp_path):
 # ---- the evaluation report, the model card ----
 
 @pytest.fixture(scope="module")
-def evaluated(tuned_model, tiny_examples_path, tmp_path_factory) -> tuple[Path, Path, dict]:
-    """(the tuned model folder with its tune-time card, the evaluation folder, the tuned model's results)."""
-    from calltune.model_card import add_model_card
-
-    source, card = tuned_model
-    model = tmp_path_factory.mktemp("card") / "model"
-    shutil.copytree(source, model)
-    splits = tiny_examples_path.parent  # train.examples.jsonl; the card records what it finds
-    add_model_card(model, json.loads((model / "calltune_model.json").read_text()), splits)
+def evaluated(base_model_dir, tiny_examples_path, tmp_path_factory) -> tuple[Path, dict]:
+    """(the evaluation folder, the results) of the bundled base model, the champion being the same weights (its
+    scores are reused: a second column in every table at no cost). The tuned-model path runs end to end in
+    tests/test_pipeline_run.py."""
     out = tmp_path_factory.mktemp("evaluation") / "evaluation"
-    cfg = EvaluateConfig(threshold=0.0, bootstrap_samples=100, samples=4, embedding_model="")
-    result = evaluate(model, tiny_examples_path, out, cfg, infer=InferConfig(max_new_tokens=8), champion=str(model),
-                      seed=3)
-    return model, out, result
+    cfg = EvaluateConfig(threshold=0.0, bootstrap_samples=100, samples=4, embedding_model="", compare=["champion"])
+    result = evaluate(base_model_dir, tiny_examples_path, out, cfg, infer=InferConfig(max_new_tokens=4),
+                      champion=str(base_model_dir), seed=3)
+    return out, result
 
 
-def test_model_card_is_a_hugging_face_card_with_base_data_settings_and_evaluation(evaluated, tiny_examples_path):
+def test_model_card_is_a_hugging_face_card_with_base_data_settings_and_evaluation(evaluated, tiny_examples_path,
+                                                                                    tmp_path):
     from huggingface_hub import ModelCard
 
+    from calltune.config import TuneConfig
     from calltune.io import file_sha256
+    from calltune.model_card import add_model_card, write_model_card
 
-    model, out, result = evaluated
-    tuned = ModelCard.load(model / "README.md")  # written at tune: evaluation pending
+    out, result = evaluated
+    model = tmp_path / "model"
+    model.mkdir()
+    # calltune_model.json as the tune step writes it (calltune.tune.train_lora), the base in the local cache
+    card = {"base_model": "smollm2-135m-instruct", "base_model_path": str(tmp_path / "cache" / "smollm2"),
+            "base_sha256": "ab" * 32, "architecture": "causal", "seed": 7, "steps": 12, "epochs": 3.0,
+            "train_examples": 4, "train_skipped": 0, "final_train_loss": 1.25, "validation_loss": None,
+            "system_prompt": "You are Ana, a prospective customer.", "config": TuneConfig().model_dump()}
+    (model / "calltune_model.json").write_text(json.dumps(card))
+    recorded = add_model_card(model, card, tiny_examples_path.parent)  # the tune step: evaluation pending
+    assert recorded["data"]["train"] == {"examples": 4, "sha256": file_sha256(tiny_examples_path)}
+    tuned = ModelCard.load(model / "README.md")
     assert tuned.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and tuned.data.library_name == "peft"
+    assert str(tmp_path) not in tuned.content  # never the local cache path
     assert not tuned.data.eval_results and "Pending" in tuned.text
     assert file_sha256(tiny_examples_path) in tuned.text and "More Information Needed" not in tuned.text
     assert "| lora_r | 16 |" in tuned.text and "gemini_" not in tuned.text  # only the settings hf-lora reads
     assert "## Intended use" in tuned.text and "## Limits" in tuned.text
 
-    done = ModelCard.load(out / "model_card.md")  # completed at evaluate
+    comparison = json.loads((out / "comparison.json").read_text())  # the evaluate step's, completing the card
+    done = ModelCard.load(write_model_card(model, comparison=comparison, to=tmp_path / "model_card.md"))
     results = {r.metric_type: r.metric_value for r in done.data.eval_results}
     assert results["accuracy"] == round(result["accuracy"], 4)
-    comparison = json.loads((out / "comparison.json").read_text())
-    acc = comparison["models"]["base"]["metrics"]["accuracy"]
-    assert f"{acc['value']:.4f} [{acc['low']:.4f}, {acc['high']:.4f}]" in done.text  # the base, with its interval
+    acc = comparison["models"]["champion"]["metrics"]["accuracy"]
+    assert f"{acc['value']:.4f} [{acc['low']:.4f}, {acc['high']:.4f}]" in done.text  # with its interval
     assert f"decided by: {comparison['gate']['decided_by']}" in done.text
 
 
 def test_evaluation_files_are_readable_by_others(evaluated):
-    _, out, _ = evaluated
-    for name in ("report.html", "comparison.json", "charts.png", "model_card.md"):
+    out, _ = evaluated
+    for name in ("report.html", "comparison.json", "charts.png", "metrics.json"):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~_umask(), name
 
 
@@ -150,7 +159,7 @@ def _umask() -> int:
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
 def test_evaluation_report_fits_the_window(evaluated, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
-    _, out, _ = evaluated
+    out, _ = evaluated
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
