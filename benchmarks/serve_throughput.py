@@ -89,6 +89,7 @@ def main() -> int:
                         help="requests per level: this many per client, at least 8")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--state-dir", type=Path, help="where the converted base model is kept (default: temporary)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: every core this process may use)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -98,6 +99,10 @@ def main() -> int:
     from calltune.serve import open_server
 
     set_threads()
+    if args.threads:  # on a machine shared with other work, fewer threads than cores can be faster
+        import torch
+
+        torch.set_num_threads(args.threads)
     levels = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         state = (args.state_dir or Path(tmp)).expanduser()

@@ -78,6 +78,7 @@ class LocalResponder:
             or min(self.tokenizer.model_max_length, 1 << 16)
         self.max_prompt_tokens = max_prompt_tokens or self.context
         self.max_batch = max_batch
+        self._closed = False
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._worker = threading.Thread(target=self._run, name="calltune-generate", daemon=True)
         self._worker.start()
@@ -96,27 +97,31 @@ class LocalResponder:
         return future
 
     def close(self) -> None:
-        """Stop the worker once the requests already queued are answered."""
-        self._queue.put(None)
+        """Let the worker stop once no request has come for a second: the requests already queued (and any a
+        request handler that picked this model just before it was replaced sends now) are still answered."""
+        self._closed = True
+        self._queue.put(None)  # wakes the worker
 
     def _run(self) -> None:
-        closing = False
-        while not closing:
-            item = self._queue.get()
+        while True:
+            try:
+                item = self._queue.get(timeout=1.0 if self._closed else None)
+            except queue.Empty:
+                return
             batch = []
-            while item is not None:
-                request, future = item
-                if request.cancelled and request.cancelled():  # gave up while waiting
-                    future.set_result(Generation("", len(request.prompt), 0, "cancelled"))
-                elif future.set_running_or_notify_cancel():
-                    batch.append(item)
+            while True:
+                if item is not None:
+                    request, future = item
+                    if request.cancelled and request.cancelled():  # gave up while waiting
+                        future.set_result(Generation("", len(request.prompt), 0, "cancelled"))
+                    elif future.set_running_or_notify_cancel():
+                        batch.append(item)
                 if len(batch) >= self.max_batch:
                     break
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            closing = item is None
             if not batch:
                 continue
             log.debug("generating %d requests together", len(batch))
