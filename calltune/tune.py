@@ -24,6 +24,8 @@ from calltune.schema import Example
 
 log = logging.getLogger(__name__)
 
+PERSONAS_KEPT = 200  # distinct system instructions recorded in the model card
+
 
 def _chat_ids(tokenizer, messages: list[dict], **kwargs) -> list[int]:
     return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"]
@@ -342,6 +344,8 @@ def _train(train_path, validation_path, out_dir, cfg: TuneConfig, *, seed: int, 
         "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
         "device": device(),
         "system_prompt": systems.most_common(1)[0][0],  # the chat's default persona
+        # The practice page's customers: each system instruction trained on, exactly as rendered, most used first.
+        "personas": [{"system": s, "examples": n} for s, n in systems.most_common(PERSONAS_KEPT)],
         "config": cfg.model_dump(),
     }
     write_json(out_dir / MODEL_CARD, card)  # written last: its presence marks a complete model folder
