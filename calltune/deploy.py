@@ -6,7 +6,6 @@ new version, since `latest` is always the most recently created one.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -18,20 +17,9 @@ from urllib.request import url2pathname
 
 from calltune.backends.registry import Registry, SecretNotFound, VersionDisabled, open_registry
 from calltune.config import DeployConfig
-from calltune.io import file_sha256
+from calltune.models import model_sha
 
 log = logging.getLogger(__name__)
-
-
-def model_sha(model_dir: Path) -> str:
-    """SHA-256 over every file's relative path and contents, first 16 hex digits: same files, same store entry."""
-    files = sorted(p for p in model_dir.rglob("*") if p.is_file())
-    if not files:
-        raise ValueError(f"model folder {model_dir} holds no files")
-    total = hashlib.sha256()
-    for p in files:
-        total.update(f"{p.relative_to(model_dir).as_posix()}\0{file_sha256(p)}\n".encode())
-    return total.hexdigest()[:16]
 
 
 def store_model(model_dir: Path, state_dir: Path) -> tuple[Path, str]:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from calltune.config import TuneConfig
+from calltune.config import SplitConfig, TuneConfig
 
 
-def tune(splits: str | Path, out_dir: str | Path, cfg: TuneConfig, *, seed: int, state_dir: str | Path) -> dict:
+def tune(splits: str | Path, out_dir: str | Path, cfg: TuneConfig, *, seed: int, state_dir: str | Path,
+         split: SplitConfig | None = None, system_prompt: str = "") -> dict:
+    """`split` and `system_prompt` (the template the data's system instructions came from) go into a local model's
+    card, so serving windows conversations as the examples were."""
     splits = Path(splits)
     if cfg.backend == "gemini":
         from calltune.backends.gemini_tuner import tune_gemini
@@ -21,4 +24,4 @@ def tune(splits: str | Path, out_dir: str | Path, cfg: TuneConfig, *, seed: int,
 
     validation = splits / "validation.examples.jsonl"
     return train_lora(splits / "train.examples.jsonl", validation if validation.exists() else None, Path(out_dir),
-                      cfg, seed=seed, state_dir=Path(state_dir).expanduser())
+                      cfg, seed=seed, state_dir=Path(state_dir).expanduser(), split=split, system_prompt=system_prompt)
