@@ -19,7 +19,7 @@ import re
 import string
 import threading
 from importlib import resources
-from typing import Callable, Literal, Sequence
+from typing import Literal, Protocol, Sequence
 
 from fastapi import APIRouter, FastAPI, HTTPException
 from fastapi.responses import JSONResponse, Response
@@ -40,8 +40,13 @@ HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; st
 MAX_TEXT = 20_000  # characters of one field or turn the page may send
 MAX_TURNS = 400
 
-# (version number, endpoint) of the model answering now, or None while none is; the endpoint stays on the server.
-Served = Callable[[], "tuple[int, str] | None"]
+
+
+class Watcher(Protocol):
+    """calltune.serve.Watcher: `current` (.version, .endpoint) is the model answering now, or None while none is (then
+    `problem` says why, never naming the secret's payload). The endpoint stays on the server."""
+    current: object
+    problem: str
 
 
 def template_fields(template: str) -> list[str]:
@@ -107,8 +112,8 @@ def _error(status: int, message: str) -> JSONResponse:
 class Practice:
     """What the page's endpoints read: the config, the served model's card (cached per endpoint), the judge."""
 
-    def __init__(self, cfg: Config, served: Served):
-        self.cfg, self.served = cfg, served
+    def __init__(self, cfg: Config, watcher: Watcher):
+        self.cfg, self.watcher = cfg, watcher
         self._cards: dict[str, dict | None] = {}
         self._judge = None
         self._lock = threading.Lock()
@@ -146,21 +151,26 @@ class Practice:
                 self._judge = make_judge(self.cfg.judge, self.cfg.state_path())
             return self._judge
 
+    def served_card(self) -> tuple[int | None, dict | None]:
+        served = self.watcher.current
+        return (served.version, self.card(served.endpoint)) if served else (None, None)
+
     def setup(self) -> dict:
-        served = self.served()
-        version, card = (served[0], self.card(served[1])) if served else (None, None)
+        version, card = self.served_card()
         template = self.template(card)
         judge = self.cfg.judge
-        return {"model": self.cfg.deploy.secret_id, "version": version,
+        return {"model": self.cfg.deploy.secret_id, "version": version, "problem": self.watcher.problem if
+                version is None else "",
                 "customers": customers(card, template, self.cfg.data.persona_fields),
                 "fields": template_fields(template), "opening_prompt": self.opening_prompt(card),
-                "judge": f"{judge.backend}:{judge.model}" if judge.backend != "none" else None}
+                "judge": f"{judge.backend}:{judge.model}" if judge.backend != "none" else None,
+                "timeout_s": self.cfg.serve.request_timeout_s}
 
 
-def practice_routers(cfg: Config, served: Served) -> tuple[APIRouter, APIRouter]:
+def practice_routers(cfg: Config, watcher: Watcher) -> tuple[APIRouter, APIRouter]:
     """(page, api): the page's files, public (they hold no data), and its JSON endpoints, to be included behind
     the API's key like /v1."""
-    practice = Practice(cfg, served)
+    practice = Practice(cfg, watcher)
     page, api = APIRouter(include_in_schema=False), APIRouter(prefix="/practice/api", tags=["practice page"])
 
     def static(name: str) -> Response:
@@ -180,8 +190,7 @@ def practice_routers(cfg: Config, served: Served) -> tuple[APIRouter, APIRouter]
     def persona(body: PersonaRequest) -> dict:
         from calltune.ingest import _render  # the very function ingest renders data.system_prompt with
 
-        served = practice.served()
-        template = practice.template(practice.card(served[1]) if served else None)
+        template = practice.template(practice.served_card()[1])
         unknown = sorted(set(body.fields) - set(template_fields(template)))
         if unknown:
             return _error(400, f"unknown persona fields {unknown}: the template uses {template_fields(template)}")
@@ -208,8 +217,9 @@ def practice_routers(cfg: Config, served: Served) -> tuple[APIRouter, APIRouter]
     return page, api
 
 
-def mount_practice(app: FastAPI, cfg: Config, served: Served, dependencies: Sequence = ()) -> None:
-    """Serve the practice page at `/` of `app`; `dependencies` (the API key check) guard its JSON endpoints."""
-    page, api = practice_routers(cfg, served)
+def mount_practice(app: FastAPI, cfg: Config, dependencies: Sequence = ()) -> None:
+    """Serve the practice page at `/` of `calltune serve`'s app (its `state.watcher` says which model answers);
+    `dependencies` (the API key check) guard the page's JSON endpoints."""
+    page, api = practice_routers(cfg, app.state.watcher)
     app.include_router(page)
     app.include_router(api, dependencies=list(dependencies))

@@ -6,7 +6,8 @@
 const $ = (id) => document.getElementById(id);
 const KEY = "calltune.apiKey";  // sessionStorage only: the key leaves with the tab
 const params = new URLSearchParams(location.search);
-const TIMEOUT_S = Number(params.get("timeout_s")) || 120;  // longest silence while waiting for a reply
+// Longest silence while waiting for a reply: a little over the server's own request timeout, unless set in the URL.
+const timeoutS = () => Number(params.get("timeout_s")) || (state.setup ? state.setup.timeout_s + 5 : 120);
 const AUTO_RETRIES = 5;  // 429/503 with Retry-After are retried this often before the seller is asked
 
 const state = {
@@ -31,7 +32,7 @@ class HttpError extends Error {
 }
 
 const unreachable = () => new HttpError(0, "Cannot reach the calltune server. Is `calltune serve` still running?");
-const timedOut = () => new HttpError(-1, `No answer for ${TIMEOUT_S} s: the server may be overloaded.`);
+const timedOut = () => new HttpError(-1, `No answer for ${timeoutS()} s: the server may be overloaded.`);
 
 function headers(json) {
   const h = {};
@@ -129,7 +130,7 @@ function askForKey(why, then) {
 // ---------------------------------------------------------------- setup: the served version and the customers
 
 function versionLabel(setup) {
-  return setup.version === null ? `${setup.model}: no version is being served right now`
+  return setup.version === null ? `${setup.model}: nothing is being served right now${setup.problem ? ` (${setup.problem})` : ""}`
     : `Customer model: ${setup.model} · version ${setup.version}`;
 }
 
@@ -231,7 +232,7 @@ function chatMessages() {
 async function streamReply(messages, onText) {
   const abort = new AbortController();
   let timer;
-  const arm = () => { clearTimeout(timer); timer = setTimeout(() => abort.abort(), TIMEOUT_S * 1000); };
+  const arm = () => { clearTimeout(timer); timer = setTimeout(() => abort.abort(), timeoutS() * 1000); };
   arm();
   try {
     let resp;
@@ -266,7 +267,7 @@ async function streamReply(messages, onText) {
           const data = line.slice(5).trim();
           if (data === "[DONE]") return model;
           const payload = JSON.parse(data);
-          if (payload.error) throw new HttpError(payload.error.code || 500, payload.error.message || "generation failed");
+          if (payload.error) throw new HttpError(0, payload.error.message || "The reply failed on the server.");
           model = payload.model || model;
           const delta = payload.choices && payload.choices[0] && payload.choices[0].delta;
           if (delta && delta.content) onText(delta.content);
@@ -316,7 +317,7 @@ async function startCall() {
   let setup;
   try {
     setup = await loadSetup();
-    if (setup.version === null) throw new HttpError(503, "No model version is being served right now.");
+    if (setup.version === null) throw new HttpError(0, `No model version is being served right now${setup.problem ? `: ${setup.problem}` : ""}.`);
     state.customer = await chosenCustomer();
   } catch (err) {
     showError(err, startCall);
