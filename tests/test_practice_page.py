@@ -18,6 +18,7 @@ from calltune.ingest import ingest
 from calltune.serve import open_server
 
 playwright_api = pytest.importorskip("playwright.sync_api")
+playwright_api.expect.set_options(timeout=60_000)  # the 2 CPUs may be busy generating: wait, never fail on time
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("CALLTUNE_CHROMIUM", "/usr/bin/chromium")
@@ -89,11 +90,12 @@ def serving(cfg: Config, port: int = 0):
         watcher.stop()
 
 
-def wait_for_version(url: str, version: int) -> None:
+def wait_for_version(url: str, version: int | None, key: str = "") -> None:
     import httpx
 
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     deadline = time.monotonic() + 120
-    while httpx.get(f"{url}/practice/api/setup").json()["version"] != version:
+    while httpx.get(f"{url}/practice/api/setup", headers=headers).json()["version"] != version:
         assert time.monotonic() < deadline, f"version {version} never served"
         time.sleep(0.05)
 
@@ -204,3 +206,93 @@ def test_the_page_names_a_version_promoted_between_calls(page, tiny_chat_model, 
             "A new model version is answering: llm-endpoint version 2 (your last call was with version 1).")
         expect(page.locator("#served")).to_have_text("Customer model: llm-endpoint · version 2")
         say(page, "Hello, is this Ana?")
+
+
+def test_errors_are_shown_and_recoverable_by_keyboard_on_a_phone(browser, persona_model, tmp_path, monkeypatch):
+    """API key asked once and kept in the tab's session only; 429 and a disabled version retried after Retry-After;
+    a silent server timed out; a stopped server reported, and the call goes on once it is back. Keyboard only, on a
+    phone-sized screen."""
+    expect = playwright_api.expect
+    monkeypatch.setenv("CALLTUNE_API_KEY", "pk-practice-key")
+    cfg = practice_config(tmp_path / "state")
+    deploy(persona_model, cfg.deploy, cfg.state_path(), run_id="run-1", metrics={})
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    context.set_default_timeout(60_000)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    held = []  # requests the fake network drops on the floor
+
+    def network(route):
+        mode = faults.pop(0) if faults else "pass"
+        if mode == "429":
+            route.fulfill(status=429, headers={"Retry-After": "1"}, content_type="application/json",
+                          body=json.dumps({"error": {"message": "Too many requests", "type": "rate_limit"}}))
+        elif mode == "hang":
+            held.append(route)
+        else:
+            route.continue_()
+
+    faults: list[str] = []
+    page.route("**/v1/chat/completions", network)
+    with serving(cfg) as url:
+        page.goto(f"{url}/?timeout_s=2")
+        expect(page.get_by_label("API key")).to_be_focused()  # the page asks for the key first
+        page.keyboard.type("pk-practice-key")
+        page.keyboard.press("Enter")
+        expect(page.locator("#served")).to_have_text("Customer model: llm-endpoint · version 1")
+        assert page.evaluate("[sessionStorage.getItem('calltune.apiKey'), localStorage.length]") == ["pk-practice-key", 0]
+        assert "pk-practice-key" not in page.content()
+
+        page.get_by_label("Customer", exact=True).focus()
+        page.keyboard.press("ArrowDown")  # Bruno
+        page.keyboard.press("Tab")
+        expect(page.get_by_label("The customer answers the phone first")).to_be_focused()
+        page.keyboard.press("Space")  # the seller speaks first
+        page.keyboard.press("Tab")
+        page.keyboard.press("Enter")  # Start the call
+        expect(page.get_by_label("Your line")).to_be_focused()
+        expect(page.locator("#call-with")).to_contain_text("Bruno · FollowUp")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
+
+        faults[:] = ["429"]
+        page.keyboard.type("who is calling ?")
+        page.keyboard.press("Enter")
+        expect(page.locator("#error-text")).to_contain_text("Too many requests (HTTP 429) Retrying in 1 s")
+        expect(page.locator(".turn.customer:not(.streaming)")).to_have_count(1)  # retried by itself
+        expect(page.locator("#error")).to_be_hidden()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "practice-page-phone.png", full_page=True)
+
+        faults[:] = ["hang"]
+        say_line = page.get_by_label("Your line")
+        say_line.type("price ?")
+        say_line.press("Enter")
+        expect(page.locator("#error-text")).to_have_text("No answer for 2 s: the server may be overloaded.")
+        expect(page.get_by_role("button", name="Retry now")).to_be_focused()
+        page.keyboard.press("Enter")
+        expect(page.locator(".turn.customer:not(.streaming)")).to_have_count(2)
+
+        with closing(open_registry(cfg.deploy, cfg.state_path())) as registry:
+            registry.disable(cfg.deploy.secret_id, 1)
+            wait_for_version(url, None, key="pk-practice-key")
+            say_line.type("friday ?")
+            say_line.press("Enter")
+            expect(page.locator("#error-text")).to_contain_text("llm-endpoint version 1 (the latest) is disabled")
+            expect(page.locator("#error-text")).to_contain_text("Retrying in")
+            registry.enable(cfg.deploy.secret_id, 1)
+        expect(page.locator(".turn.customer:not(.streaming)")).to_have_count(3)
+
+        port = int(url.rsplit(":", 1)[1])
+    # The server is down.
+    say_line.type("ana ?")
+    say_line.press("Enter")
+    expect(page.locator("#error-text")).to_have_text("Cannot reach the calltune server. Is `calltune serve` still running?")
+    expect(page.locator(".turn.seller")).to_have_count(4)  # the line is kept
+    with serving(cfg, port=port):
+        page.keyboard.press("Enter")  # Retry now
+        expect(page.locator(".turn.customer:not(.streaming)")).to_have_count(4)
+    for route in held:
+        route.abort()
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"

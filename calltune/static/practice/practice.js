@@ -308,7 +308,7 @@ async function customerReplies() {
     showError(err, customerReplies);
   } finally {
     setBusy(false);
-    $("line").focus();
+    if ($("error").hidden) $("line").focus();  // else the error's Retry button has it
   }
 }
 
