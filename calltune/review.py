@@ -7,10 +7,8 @@ nothing is ever filled in for the judge.
 """
 from __future__ import annotations
 
-import json
-import re
-
 from calltune.config import JudgeConfig
+from calltune.judge import answer_object
 
 SYSTEM = ("You coach salespeople. A seller has just practised a sales call against a simulated customer; you review "
           "the SELLER's conduct (never the customer's), strictly, consistently and concretely.")
@@ -33,7 +31,6 @@ Answer with one JSON object and nothing else, the rationale first:
 "positive": "<what the seller did well>", "negative": "<what the seller should do better>", "grade": <0-10>}}"""
 
 FIELDS = ("rationale", "overview", "positive", "negative")
-_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 
 
 class ReviewError(RuntimeError):
@@ -50,13 +47,8 @@ def build_request(system: str, turns: list[dict], cfg: JudgeConfig) -> dict:
 
 def parse(answer: str) -> dict:
     """{"rationale", "overview", "positive", "negative", "grade"} from the judge's answer; ReviewError if unreadable."""
-    text = answer.strip().removeprefix("```json").removeprefix("```").removesuffix("```")
-    match = _OBJECT.search(text)
-    try:
-        obj = json.loads(match.group(0)) if match else None
-    except ValueError:
-        obj = None
-    if not isinstance(obj, dict):
+    obj = answer_object(answer)
+    if obj is None:
         raise ReviewError("the judge did not answer with a JSON object")
     missing = [f for f in FIELDS if not isinstance(obj.get(f), str) or not obj[f].strip()]
     if missing:
