@@ -19,7 +19,7 @@ import re
 import string
 import threading
 from importlib import resources
-from typing import Literal, Protocol, Sequence
+from typing import Annotated, Literal, Protocol, Sequence
 
 from fastapi import APIRouter, FastAPI, HTTPException
 from fastapi.responses import JSONResponse, Response
@@ -91,7 +91,7 @@ def customers(card: dict | None, template: str, shown_fields: Sequence[str]) -> 
 
 class PersonaRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    fields: dict[str, str] = Field(max_length=64)
+    fields: dict[str, Annotated[str, Field(max_length=MAX_TEXT)]] = Field(max_length=64)
 
 
 class Turn(BaseModel):

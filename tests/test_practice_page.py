@@ -13,7 +13,7 @@ from fakes.openai_compat import FakeOpenAI
 
 from calltune.backends.registry import open_registry
 from calltune.config import Config, DataConfig, TuneConfig
-from calltune.deploy import deploy
+from calltune.deploy import deploy, rollback
 from calltune.ingest import ingest
 from calltune.serve import open_server
 
@@ -54,7 +54,10 @@ def persona_model(tmp_path_factory, tiny_chat_model) -> Path:
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CALLTUNE_CHROMIUM)")
+        missing = f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CALLTUNE_CHROMIUM)"
+        if os.environ.get("CALLTUNE_REQUIRE_BROWSER"):  # CI: the browser tests must run, not skip
+            pytest.fail(missing)
+        pytest.skip(missing)
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield browser
@@ -206,6 +209,13 @@ def test_the_page_names_a_version_promoted_between_calls(page, tiny_chat_model, 
             "A new model version is answering: llm-endpoint version 2 (your last call was with version 1).")
         expect(page.locator("#served")).to_have_text("Customer model: llm-endpoint · version 2")
         say(page, "Hello, is this Ana?")
+
+        rollback(cfg.deploy, cfg.state_path())  # version 3, with version 1's model, lands during the call
+        wait_for_version(url, 3)
+        say(page, "price ?")
+        expect(page.locator("#notice")).to_have_text(
+            "llm-endpoint version 3 answers from this reply on: it was promoted during the call.")
+        expect(page.locator("#served")).to_have_text("Customer model: llm-endpoint · version 3")
 
 
 def test_errors_are_shown_and_recoverable_by_keyboard_on_a_phone(browser, persona_model, tmp_path, monkeypatch):

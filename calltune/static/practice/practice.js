@@ -302,6 +302,12 @@ async function customerReplies() {
     text.textContent = reply || "(silence)";
     state.turns.push({ role: "customer", text: reply });
     if (model && !state.servedBy.includes(model)) state.servedBy.push(model);
+    const promoted = model && /\/versions\/(\d+)$/.exec(model);
+    if (promoted && Number(promoted[1]) !== state.setup.version) {  // a promotion landed during this call
+      state.setup.version = state.lastVersion = Number(promoted[1]);
+      $("served").textContent = versionLabel(state.setup);
+      notice(`${state.setup.model} version ${promoted[1]} answers from this reply on: it was promoted during the call.`);
+    }
     state.autoRetries = 0;
   } catch (err) {
     li.remove();  // a half reply is not part of the call; retrying asks again
