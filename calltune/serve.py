@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
+from calltune.backends.generators import _is_loopback as is_loopback  # one definition of loopback
 from calltune.backends.registry import open_registry
 from calltune.config import Config, DeployConfig, ServeConfig, SplitConfig
 from calltune.runtime.encoding import PromptTooLong
@@ -477,15 +477,6 @@ def _log_request(request: Request, status: int, started: float) -> None:
 
 
 # ---- running it ----
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
 
 def api_key_for(cfg: ServeConfig) -> str:
     """The API key from `$<serve.api_key_env>`; a non-loopback bind without one is refused."""
