@@ -79,7 +79,7 @@ def answer_object(answer: str) -> dict | None:
 def parse(answer: str) -> dict[str, int | None]:
     """criterion -> score 1..5, or None where the answer gives none that can be read."""
     obj = answer_object(answer)
-    if not isinstance(obj, dict) or not str(obj.get("rationale") or "").strip():
+    if obj is None or not str(obj.get("rationale") or "").strip():
         return dict.fromkeys(CRITERIA)
     out: dict[str, int | None] = {}
     for name in CRITERIA:

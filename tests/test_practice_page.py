@@ -170,6 +170,7 @@ def test_a_call_with_a_trained_persona_streams_downloads_and_is_reviewed(page, p
             expect(page.locator("#review h3")).to_have_text(
                 ["The judge's reasoning", "Overview", "What went well", "What to do better", "Grade"])
             expect(page.locator("#review")).to_contain_text(review["rationale"])
+            page.screenshot(path=ARTIFACTS / "practice-page-after-call.png", full_page=True)
             sent = judge.bodies()[-1]["messages"][-1]["content"]
             assert BRUNO in sent and f"seller: {lines[1]}" in sent and f"customer: {replies[2]}" in sent
 
