@@ -168,7 +168,7 @@ def cmd_serve(args) -> int:
     flags = {"host": args.host, "port": args.port, "refresh_s": args.refresh_s, "max_tokens": args.max_tokens,
              "vertex_base_url": args.vertex_base_url}
     cfg.serve = type(cfg.serve)(**{**cfg.serve.model_dump(), **{k: v for k, v in flags.items() if v is not None}})
-    serve(cfg.serve, cfg.deploy, cfg.state_path(), cfg.split)
+    serve(cfg.serve, cfg.deploy, cfg.state_path(), cfg.split, page=cfg)
     return 0
 
 

@@ -65,15 +65,21 @@ def build_request(row: dict, cfg: JudgeConfig, seed: int) -> dict:
             "temperature": 0.0, "max_tokens": cfg.max_tokens, "seed": seed}
 
 
-def parse(answer: str) -> dict[str, int | None]:
-    """criterion -> score 1..5, or None where the answer gives none that can be read."""
+def answer_object(answer: str) -> dict | None:
+    """The one JSON object a judge answered (bare or in a ```json fence), or None."""
     text = answer.strip().removeprefix("```json").removeprefix("```").removesuffix("```")
     match = _OBJECT.search(text)
     try:
         obj = json.loads(match.group(0)) if match else None
     except ValueError:
-        obj = None
-    if not isinstance(obj, dict) or not str(obj.get("rationale") or "").strip():
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def parse(answer: str) -> dict[str, int | None]:
+    """criterion -> score 1..5, or None where the answer gives none that can be read."""
+    obj = answer_object(answer)
+    if obj is None or not str(obj.get("rationale") or "").strip():
         return dict.fromkeys(CRITERIA)
     out: dict[str, int | None] = {}
     for name in CRITERIA:

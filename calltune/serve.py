@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException
 
 from calltune.backends.generators import _is_loopback as is_loopback  # one definition of loopback
 from calltune.backends.registry import open_registry
-from calltune.config import DeployConfig, ServeConfig, SplitConfig
+from calltune.config import Config, DeployConfig, ServeConfig, SplitConfig
 from calltune.runtime.encoding import PromptTooLong
 from calltune.runtime.responders import (EndpointResponder, GeminiResponder, LocalResponder, Responder, Sampling,
                                          conversation)
@@ -533,24 +533,31 @@ class Server:
 
 
 def open_server(cfg: ServeConfig, deploy: DeployConfig, state_dir: Path, split: SplitConfig | None = None,
-                load: Callable[[str], Responder] | None = None) -> tuple[Server, Watcher]:
+                load: Callable[[str], Responder] | None = None, page: Config | None = None) -> tuple[Server, Watcher]:
     """Check the API key rule, load the latest version's model, start watching, bind; `Server.run()` or
-    `.start()` answers. The caller stops both (`server.stop()`, `watcher.stop()`)."""
+    `.start()` answers. The caller stops both (`server.stop()`, `watcher.stop()`). `page`: the whole config, to
+    serve the practice page (calltune.practice) at `/` too."""
     key = api_key_for(cfg)
     watcher = Watcher(deploy, state_dir, cfg.refresh_s, load or (lambda endpoint: load_responder(endpoint, cfg, split)))
     watcher.start()
     try:
-        return Server(create_app(watcher, cfg, key), cfg), watcher
+        app = create_app(watcher, cfg, key)
+        if page is not None:
+            from calltune.practice import mount_practice
+
+            mount_practice(app, page, [AUTHENTICATED])
+        return Server(app, cfg), watcher
     except BaseException:
         watcher.stop()
         raise
 
 
-def serve(cfg: ServeConfig, deploy: DeployConfig, state_dir: Path, split: SplitConfig | None = None) -> None:
+def serve(cfg: ServeConfig, deploy: DeployConfig, state_dir: Path, split: SplitConfig | None = None,
+          page: Config | None = None) -> None:
     """Serve until interrupted."""
     for name in ("httpx", "httpx2", "httpcore"):  # their request lines name the endpoint, the secret's payload
         logging.getLogger(name).setLevel(logging.WARNING)
-    server, watcher = open_server(cfg, deploy, state_dir, split)
+    server, watcher = open_server(cfg, deploy, state_dir, split, page=page)
     try:
         served = watcher.current
         log.info("serve: %s %s at %s/v1 (checking for new versions every %g s%s)", deploy.secret_id,

@@ -27,6 +27,8 @@ from calltune.tuning import callbacks, lora_config, training_args
 
 log = logging.getLogger(__name__)
 
+PERSONAS_KEPT = 200  # distinct system instructions recorded in the model card
+
 
 @functools.cache
 def _trainer_class(cuda: bool):
@@ -264,6 +266,8 @@ def _train(train_path, validation_path, out_dir, cfg: TuneConfig, *, seed: int, 
         "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
         "device": device(),
         "system_prompt": systems.most_common(1)[0][0],  # the chat's default persona
+        # The practice page's customers: each system instruction trained on, exactly as rendered, most used first.
+        "personas": [{"system": s, "examples": n} for s, n in systems.most_common(PERSONAS_KEPT)],
         # What serving needs to build the context training saw (calltune.runtime): the window, the persona
         # template, the end-of-turn token that ends a reply.
         **({"split": serving["split"]} if serving["split"] else {}),

@@ -1,0 +1,118 @@
+"""The practice page's server side without a browser: personas read back from what ingest rendered, the judge's
+review (through the real openai client against a loopback fake), the API key on the page's endpoints, and a page
+that loads nothing from elsewhere."""
+import json
+import re
+from importlib import resources
+
+import httpx
+import pytest
+from fakes.openai_compat import FakeOpenAI
+
+from calltune.config import Config, DataConfig
+from calltune.deploy import deploy
+from calltune.ingest import ingest
+from calltune.practice import persona_fields, template_fields
+from calltune.review import ReviewError, parse
+from calltune.serve import open_server
+
+TEMPLATES = [DataConfig().system_prompt,
+             "You are {character} ({company}).  A {meeting_type} call;\n{character} is busy.",
+             "{character}"]
+PERSONAS = [{"character": "Beatriz Almeida", "meeting_type": "FirstContact", "company": "Vértice"},
+            {"character": "João", "meeting_type": "", "company": "NetVale Fibra"},
+            {"character": "Ana, a nurse", "meeting_type": "Follow Up", "company": ""}]
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_persona_fields_are_read_back_from_the_instructions_ingest_rendered(template, tmp_path):
+    calls = tmp_path / "calls.jsonl"
+    calls.write_text("".join(json.dumps({"call_id": str(i), "persona": p, "turns": [{"role": "bot", "text": "Hi"}]})
+                             + "\n" for i, p in enumerate(PERSONAS)), encoding="utf-8")
+    ingest(calls, tmp_path / "out.jsonl", tmp_path / "q.jsonl", DataConfig(format="calls_jsonl", system_prompt=template))
+    rendered = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    fields = template_fields(template)
+    for persona, call in zip(PERSONAS, rendered):
+        assert persona_fields(template, call["system"]) == {f: persona[f] for f in fields}
+    assert persona_fields(TEMPLATES[0], "You are a customer.") == {}  # another template's instruction: no fields
+
+
+def test_a_review_is_the_judges_own_or_none():
+    good = {"rationale": "Asked for time first.", "overview": "Short.", "positive": "Polite.", "negative": "No next step.",
+            "grade": "7"}
+    assert parse("```json\n" + json.dumps(good) + "\n```") == {**good, "grade": 7}
+    for bad, message in [({**good, "rationale": " "}, "no rationale"), ({**good, "grade": 11}, "grade 11"),
+                         ({**good, "grade": True}, "grade True"), ({k: v for k, v in good.items() if k != "negative"},
+                                                                   "no negative")]:
+        with pytest.raises(ReviewError, match=message):
+            parse(json.dumps(bad))
+    with pytest.raises(ReviewError, match="JSON object"):
+        parse("Grade: 7/10")
+
+
+@pytest.fixture
+def served(tiny_chat_model, tmp_path, monkeypatch):
+    """`calltune serve` with the page, an API key and a judge behind the real openai client."""
+    pytest.importorskip("openai")
+    monkeypatch.setenv("CALLTUNE_API_KEY", "pk-key")
+    monkeypatch.setenv("PRACTICE_JUDGE_KEY", "sk-judge")
+    with FakeOpenAI(api_key="sk-judge") as judge:
+        cfg = Config(state_dir=str(tmp_path / "state"),
+                     judge={"backend": "openai", "model": "judge-1", "base_url": f"{judge.endpoint}/v1",
+                            "api_key_env": "PRACTICE_JUDGE_KEY", "max_retries": 1, "retry_backoff_s": 0.01})
+        deploy(tiny_chat_model, cfg.deploy, cfg.state_path(), run_id="run-1", metrics={})
+        server, watcher = open_server(cfg.serve.model_copy(update={"port": 0}), cfg.deploy, cfg.state_path(),
+                                      cfg.split, page=cfg)
+        server.start()
+        try:
+            yield server.url, judge, tmp_path
+        finally:
+            server.stop()
+            watcher.stop()
+
+
+CALL = {"call_id": "practice-1", "persona": {}, "system": "You are Ana.",
+        "turns": [{"role": "customer", "text": "Hello?"}, {"role": "seller", "text": "Hi Ana, it is Bruno."}]}
+
+
+def test_the_page_is_public_and_its_endpoints_need_the_api_key(served):
+    url, _, tmp_path = served
+    with httpx.Client(base_url=url) as client:
+        page = client.get("/")
+        assert page.status_code == 200 and "Content-Security-Policy" in page.headers
+        assert client.get("/practice/api/setup").status_code == 401
+        assert client.post("/practice/api/review", json=CALL).status_code == 401
+        assert client.get("/practice/index.htm").status_code == 404  # only the page's own files
+        setup = client.get("/practice/api/setup", headers={"Authorization": "Bearer pk-key"})
+        assert setup.status_code == 200
+        body = setup.text
+        assert setup.json()["version"] == 1 and setup.json()["judge"] == "openai:judge-1"
+        assert str(tmp_path) not in body and "file:" not in body and "sk-judge" not in body
+
+
+def test_the_judge_reviews_the_seller_or_the_page_is_told_why_not(served):
+    url, judge, _ = served
+    auth = {"Authorization": "Bearer pk-key"}
+    with httpx.Client(base_url=url, headers=auth, timeout=60) as client:
+        judge.replies.extend(['{"rationale": "Named himself.", "overview": "An opening.", "positive": "Clear.", '
+                              '"negative": "No question.", "grade": 5}', "I think it was fine."])
+        assert client.post("/practice/api/review", json=CALL).json() == {
+            "rationale": "Named himself.", "overview": "An opening.", "positive": "Clear.", "negative": "No question.",
+            "grade": 5}
+        prompt = judge.bodies()[-1]["messages"][-1]["content"]
+        assert "You are Ana." in prompt and "customer: Hello?\nseller: Hi Ana, it is Bruno." in prompt
+        unreadable = client.post("/practice/api/review", json=CALL)
+        assert unreadable.status_code == 502
+        assert unreadable.json()["error"]["message"] == "the judge did not answer with a JSON object"
+        judge.inject(500, 500)  # fails after its one retry
+        failed = client.post("/practice/api/review", json=CALL)
+        assert failed.status_code == 502 and failed.json()["error"]["message"].startswith("the judge did not answer")
+        assert client.post("/practice/api/review", json={**CALL, "turns": []}).status_code == 400
+
+
+def test_the_page_loads_nothing_from_elsewhere():
+    static = resources.files("calltune") / "static" / "practice"
+    for name in ("index.html", "practice.js", "practice.css"):
+        text = (static / name).read_text(encoding="utf-8")
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.IGNORECASE), name
+        assert "@import" not in text and "innerHTML" not in text, name

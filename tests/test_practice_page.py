@@ -1,0 +1,309 @@
+"""The practice page in a real browser: headless Chromium (Debian's /usr/bin/chromium, driven by Playwright) against
+`calltune serve`'s app on a tiny model, deployed through calltune's own deploy code. Screenshots of the page go to
+$CALLTUNE_TEST_ARTIFACTS (default out/test-artifacts)."""
+import json
+import os
+import time
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import make_example, write_examples
+from fakes.openai_compat import FakeOpenAI
+
+from calltune.backends.registry import open_registry
+from calltune.config import Config, DataConfig, TuneConfig
+from calltune.deploy import deploy, rollback
+from calltune.ingest import ingest
+from calltune.serve import open_server
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+playwright_api.expect.set_options(timeout=60_000)  # the 2 CPUs may be busy generating: wait, never fail on time
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("CALLTUNE_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("CALLTUNE_TEST_ARTIFACTS", ROOT / "out" / "test-artifacts"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+TEMPLATE = "You are {character}, a busy customer on a {meeting_type} sales call."
+ANA, BRUNO = (TEMPLATE.format(character=c, meeting_type=m) for c, m in [("Ana", "FirstContact"), ("Bruno", "FollowUp")])
+JUDGE_KEY = "sk-test-practice-judge"
+# Counts text changes inside customer replies: a streamed reply changes several times, a whole one once.
+COUNT_STREAMED = """() => { window.replyUpdates = 0; new MutationObserver((records) => {
+  for (const r of records) if (r.target.closest && r.target.closest('.turn.customer .text')
+      || r.target.parentElement && r.target.parentElement.closest('.turn.customer .text')) window.replyUpdates++;
+}).observe(document.getElementById('transcript'), {subtree: true, childList: true, characterData: true}); }"""
+
+
+@pytest.fixture(scope="module")
+def persona_model(tmp_path_factory, tiny_chat_model) -> Path:
+    """A LoRA on the tiny word-level chat model, trained in seconds on two personas (Ana three times, Bruno once)
+    until it answers with words of its vocabulary."""
+    from calltune.tune import train_lora
+
+    tmp = tmp_path_factory.mktemp("persona-model")
+    lines = [("who is calling ?", ANA), ("price ?", ANA), ("friday ?", ANA), ("ana ?", BRUNO)]
+    examples = [make_example(i, [], line, "yes , ana is calling . who is calling ?", system=system)
+                for i, (line, system) in enumerate(lines)]
+    cfg = TuneConfig(base_model=str(tiny_chat_model), max_steps=10, learning_rate=0.05, batch_size=4, max_seq_len=96,
+                     lora_dropout=0.0)
+    train_lora(write_examples(tmp / "train.jsonl", examples), None, tmp / "model", cfg, seed=0, state_dir=tmp / "state")
+    return tmp / "model"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        missing = f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CALLTUNE_CHROMIUM)"
+        if os.environ.get("CALLTUNE_REQUIRE_BROWSER"):  # CI: the browser tests must run, not skip
+            pytest.fail(missing)
+        pytest.skip(missing)
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(accept_downloads=True, viewport={"width": 1100, "height": 900})
+    context.set_default_timeout(60_000)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def practice_config(state: Path, **judge) -> Config:
+    return Config(state_dir=str(state), data={"system_prompt": TEMPLATE}, judge=judge or {})
+
+
+@contextmanager
+def serving(cfg: Config, port: int = 0):
+    """`calltune serve` for cfg (its API and the practice page), on loopback; yields its base URL."""
+    serve_cfg = cfg.serve.model_copy(update={"port": port, "refresh_s": 0.05})
+    server, watcher = open_server(serve_cfg, cfg.deploy, cfg.state_path(), cfg.split, page=cfg)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        watcher.stop()
+
+
+def wait_for_version(url: str, version: int | None, key: str = "") -> None:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{url}/practice/api/setup", headers=headers).json()["version"] != version:
+        assert time.monotonic() < deadline, f"version {version} never served"
+        time.sleep(0.05)
+
+
+def customer_turns(page) -> list[str]:
+    return page.evaluate("[...document.querySelectorAll('.turn.customer:not(.streaming) .text')].map(e => e.textContent)")
+
+
+def say(page, line: str) -> str:
+    """Type a line as the seller (Enter sends it) and wait for the customer's reply; returns the reply."""
+    replies = len(customer_turns(page))
+    page.get_by_label("Your line").fill(line)
+    page.get_by_label("Your line").press("Enter")
+    playwright_api.expect(page.locator(".turn.customer:not(.streaming)")).to_have_count(replies + 1)
+    return customer_turns(page)[-1]
+
+
+def read_calls(path: Path, tmp_path: Path) -> list[dict]:
+    """The downloaded transcript through calltune's own calls_jsonl reader."""
+    report = ingest(path, tmp_path / "calls.jsonl", tmp_path / "quarantine.jsonl", DataConfig(format="calls_jsonl"))
+    assert (report["calls"], report["quarantined"]) == (1, 0), report
+    return [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+
+
+def test_a_call_with_a_trained_persona_streams_downloads_and_is_reviewed(page, persona_model, tmp_path):
+    review = {"rationale": "The seller asked for the customer by name and asked for a minute.",
+              "overview": "A short opening.", "positive": "Polite opening.", "negative": "No next step.", "grade": 4}
+    with FakeOpenAI(api_key=JUDGE_KEY, replies=[json.dumps(review)]) as judge:
+        os.environ["CALLTUNE_TEST_JUDGE_KEY"] = JUDGE_KEY
+        cfg = practice_config(tmp_path / "state", backend="openai", model="judge-1", base_url=f"{judge.endpoint}/v1",
+                              api_key_env="CALLTUNE_TEST_JUDGE_KEY")
+        deploy(persona_model, cfg.deploy, cfg.state_path(), run_id="run-1", metrics={})
+        with serving(cfg) as url:
+            page.goto(url)
+            expect = playwright_api.expect
+            expect(page.locator("#served")).to_have_text("Customer model: llm-endpoint · version 1")
+            # The persona the model was trained on, its fields read back through data.system_prompt.
+            customer = page.get_by_label("Customer", exact=True)
+            expect(customer.locator("option")).to_have_text(
+                ["Ana · FirstContact", "Bruno · FollowUp", "Describe your own customer…"])
+            customer.select_option(label="Bruno · FollowUp")
+            expect(page.locator("#customer-details")).to_contain_text(BRUNO)
+
+            page.evaluate(COUNT_STREAMED)
+            page.get_by_role("button", name="Start the call").click()
+            page.wait_for_selector(".turn.customer:not(.streaming)")  # the customer answers the phone
+            lines = ["Hello, is this Bruno?", "Do you have a minute to talk about insurance?"]
+            replies = [customer_turns(page)[0]] + [say(page, line) for line in lines]
+            assert all(replies), replies
+            assert page.evaluate("window.replyUpdates") > len(replies)  # replies arrived in pieces
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=ARTIFACTS / "practice-page.png", full_page=True)
+
+            page.get_by_role("button", name="End the call").click()
+            with page.expect_download() as download:
+                page.get_by_role("link", name="Download the transcript (JSONL)").click()
+            saved = tmp_path / download.value.suggested_filename
+            download.value.save_as(saved)
+            [call] = read_calls(saved, tmp_path)
+            assert call["system"] == BRUNO and call["persona"] == {"character": "Bruno", "meeting_type": "FollowUp"}
+            assert call["turns"] == [{"role": "customer", "text": replies[0]},
+                                     {"role": "seller", "text": lines[0]}, {"role": "customer", "text": replies[1]},
+                                     {"role": "seller", "text": lines[1]}, {"role": "customer", "text": replies[2]}]
+            assert page.get_by_label("Transcript, in calltune's calls_jsonl input format").input_value() == \
+                saved.read_text()
+
+            # The judge's review, its reasoning first; the judge saw the whole call, seller and customer.
+            expect(page.locator("#review .grade")).to_have_text("4 / 10")
+            expect(page.locator("#review h3")).to_have_text(
+                ["The judge's reasoning", "Overview", "What went well", "What to do better", "Grade"])
+            expect(page.locator("#review")).to_contain_text(review["rationale"])
+            page.screenshot(path=ARTIFACTS / "practice-page-after-call.png", full_page=True)
+            sent = judge.bodies()[-1]["messages"][-1]["content"]
+            assert BRUNO in sent and f"seller: {lines[1]}" in sent and f"customer: {replies[2]}" in sent
+
+            # Nothing on the page names a file or the secret's payload.
+            shown = page.content() + json.dumps(page.evaluate("fetch('/practice/api/setup').then(r => r.json())"))
+            assert str(tmp_path) not in shown and "file:" not in shown
+
+
+def test_the_page_names_a_version_promoted_between_calls(page, tiny_chat_model, persona_model, tmp_path):
+    cfg = practice_config(tmp_path / "state")
+    deploy(tiny_chat_model, cfg.deploy, cfg.state_path(), run_id="run-1", metrics={})
+    with serving(cfg) as url:
+        page.goto(url)
+        expect = playwright_api.expect
+        expect(page.locator("#served")).to_have_text("Customer model: llm-endpoint · version 1")
+        # No model card: the seller describes the customer, rendered through the training template.
+        page.get_by_label("Customer", exact=True).select_option(label="Describe your own customer…")
+        page.get_by_label("Character").fill("Bruno Lima")
+        page.get_by_label("Meeting type").fill("FollowUp")
+        page.get_by_label("The customer answers the phone first").uncheck()
+        page.get_by_role("button", name="Start the call").click()
+        expect(page.locator("#call-with")).to_have_text("You are calling Bruno Lima · FollowUp. Version 1 answers.")
+        say(page, "who is calling ?")
+        page.get_by_role("button", name="End the call").click()
+        # No judge configured: the page says so and shows no review.
+        expect(page.locator("#review")).to_contain_text("No judge is configured")
+        expect(page.locator("#review .grade")).to_have_count(0)
+        call = json.loads(page.get_by_label("Transcript, in calltune's calls_jsonl input format").input_value())
+        assert call["system"] == "You are Bruno Lima, a busy customer on a FollowUp sales call."
+
+        deploy(persona_model, cfg.deploy, cfg.state_path(), run_id="run-2", metrics={})  # promoted between calls
+        wait_for_version(url, 2)
+        page.get_by_role("button", name="New call").click()
+        page.get_by_label("Customer", exact=True).select_option(label="Ana · FirstContact")
+        page.get_by_role("button", name="Start the call").click()
+        expect(page.locator("#notice")).to_have_text(
+            "A new model version is answering: llm-endpoint version 2 (your last call was with version 1).")
+        expect(page.locator("#served")).to_have_text("Customer model: llm-endpoint · version 2")
+        say(page, "Hello, is this Ana?")
+
+        rollback(cfg.deploy, cfg.state_path())  # version 3, with version 1's model, lands during the call
+        wait_for_version(url, 3)
+        say(page, "price ?")
+        expect(page.locator("#notice")).to_have_text(
+            "llm-endpoint version 3 answers from this reply on: it was promoted during the call.")
+        expect(page.locator("#served")).to_have_text("Customer model: llm-endpoint · version 3")
+
+
+def test_errors_are_shown_and_recoverable_by_keyboard_on_a_phone(browser, persona_model, tmp_path, monkeypatch):
+    """API key asked once and kept in the tab's session only; 429 and a disabled version retried after Retry-After;
+    a silent server timed out; a stopped server reported, and the call goes on once it is back. Keyboard only, on a
+    phone-sized screen."""
+    expect = playwright_api.expect
+    monkeypatch.setenv("CALLTUNE_API_KEY", "pk-practice-key")
+    cfg = practice_config(tmp_path / "state")
+    deploy(persona_model, cfg.deploy, cfg.state_path(), run_id="run-1", metrics={})
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    context.set_default_timeout(60_000)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    held = []  # requests the fake network drops on the floor
+
+    def network(route):
+        mode = faults.pop(0) if faults else "pass"
+        if mode == "429":
+            route.fulfill(status=429, headers={"Retry-After": "1"}, content_type="application/json",
+                          body=json.dumps({"error": {"message": "Too many requests", "type": "rate_limit"}}))
+        elif mode == "hang":
+            held.append(route)
+        else:
+            route.continue_()
+
+    faults: list[str] = []
+    page.route("**/v1/chat/completions", network)
+    with serving(cfg) as url:
+        page.goto(f"{url}/?timeout_s=2")
+        expect(page.get_by_label("API key")).to_be_focused()  # the page asks for the key first
+        page.keyboard.type("pk-practice-key")
+        page.keyboard.press("Enter")
+        expect(page.locator("#served")).to_have_text("Customer model: llm-endpoint · version 1")
+        assert page.evaluate("[sessionStorage.getItem('calltune.apiKey'), localStorage.length]") == ["pk-practice-key", 0]
+        assert "pk-practice-key" not in page.content()
+
+        page.get_by_label("Customer", exact=True).focus()
+        page.keyboard.press("ArrowDown")  # Bruno
+        page.keyboard.press("Tab")
+        expect(page.get_by_label("The customer answers the phone first")).to_be_focused()
+        page.keyboard.press("Space")  # the seller speaks first
+        page.keyboard.press("Tab")
+        page.keyboard.press("Enter")  # Start the call
+        expect(page.get_by_label("Your line")).to_be_focused()
+        expect(page.locator("#call-with")).to_contain_text("Bruno · FollowUp")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
+
+        faults[:] = ["429"]
+        page.keyboard.type("who is calling ?")
+        page.keyboard.press("Enter")
+        expect(page.locator("#error-text")).to_contain_text("Too many requests (HTTP 429) Retrying in 1 s")
+        expect(page.locator(".turn.customer:not(.streaming)")).to_have_count(1)  # retried by itself
+        expect(page.locator("#error")).to_be_hidden()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "practice-page-phone.png", full_page=True)
+
+        faults[:] = ["hang"]
+        say_line = page.get_by_label("Your line")
+        say_line.type("price ?")
+        say_line.press("Enter")
+        expect(page.locator("#error-text")).to_have_text("No answer for 2 s: the server may be overloaded.")
+        expect(page.get_by_role("button", name="Retry now")).to_be_focused()
+        page.keyboard.press("Enter")
+        expect(page.locator(".turn.customer:not(.streaming)")).to_have_count(2)
+
+        with closing(open_registry(cfg.deploy, cfg.state_path())) as registry:
+            registry.disable(cfg.deploy.secret_id, 1)
+            wait_for_version(url, None, key="pk-practice-key")
+            say_line.type("friday ?")
+            say_line.press("Enter")
+            expect(page.locator("#error-text")).to_contain_text("llm-endpoint version 1 (the latest) is disabled")
+            expect(page.locator("#error-text")).to_contain_text("Retrying in")
+            registry.enable(cfg.deploy.secret_id, 1)
+        expect(page.locator(".turn.customer:not(.streaming)")).to_have_count(3)
+
+        port = int(url.rsplit(":", 1)[1])
+    # The server is down.
+    say_line.type("ana ?")
+    say_line.press("Enter")
+    expect(page.locator("#error-text")).to_have_text("Cannot reach the calltune server. Is `calltune serve` still running?")
+    expect(page.locator(".turn.seller")).to_have_count(4)  # the line is kept
+    with serving(cfg, port=port):
+        page.keyboard.press("Enter")  # Retry now
+        expect(page.locator(".turn.customer:not(.streaming)")).to_have_count(4)
+    for route in held:
+        route.abort()
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
