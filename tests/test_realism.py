@@ -181,3 +181,55 @@ def test_simulating_a_local_model_generates_every_turn(tiny_chat_model, split):
     sims = simulate(calls, reply)
     assert [len(s.customers) for s in sims] == [5, 5]
     assert [s.sellers for s in sims] == [c.sellers for c in calls]
+
+
+def _answer(**fields):
+    import json
+
+    return json.dumps({"rationale": "Short, hesitant replies, as on a real call.", **fields})
+
+
+def test_judge_scores_whole_calls_and_picks_the_real_one_in_both_orders(monkeypatch, split):
+    from calltune.config import JudgeConfig
+    from calltune.judge import make_judge
+    from fakes.openai_compat import FakeOpenAI
+
+    calls, _ = calls_from_examples(split[0][:10])  # two calls
+    replies = [_answer(persona_consistency=5, call_realism=4), _answer(persona_consistency=4, call_realism=4),
+               _answer(persona_consistency=3, call_realism=2), "no JSON here",
+               _answer(real="A"), _answer(real="A"),      # real call shown first: both right
+               _answer(real="B"), "{not json"]            # real call shown second: one right, one unreadable
+    monkeypatch.setenv("CALLTUNE_TEST_JUDGE_KEY", "sk-test")
+    with FakeOpenAI(api_key="sk-test", replies=replies) as fake:
+        cfg = JudgeConfig(backend="openai", model="judge-1", base_url=f"{fake.endpoint}/v1",
+                          api_key_env="CALLTUNE_TEST_JUDGE_KEY", max_concurrency=1, retry_backoff_s=0.01)
+        generator = make_judge(cfg)
+        out = realism(calls, {"copy": simulate(calls, copy_model)}, judge_ctx=(cfg, generator), samples=100)
+        generator.close()
+        prompts = [b["messages"][-1]["content"] for b in fake.bodies()]
+    assert len(prompts) == 8 and "Which call has the real customer?" in prompts[4]
+    assert out["metrics"]["real"]["persona_consistency"].value == 4.5
+    assert out["metrics"]["copy"]["persona_consistency"].value == 3  # the unparseable answer is left out, not zero
+    assert out["metrics"]["copy"]["judge_detection"].value == 1.0
+    assert out["judge"]["copy"] == {"calls": 2, "failed": 0, "unparseable": 1, "pairwise_unreadable": 1}
+
+
+def test_a_configured_seller_model_plays_the_seller_after_the_real_opening(monkeypatch, split):
+    from calltune.config import SimulateConfig
+    from calltune.simulate import make_seller
+    from fakes.openai_compat import FakeOpenAI
+
+    calls, _ = calls_from_examples(split[0][:10])
+    monkeypatch.setenv("CALLTUNE_TEST_SELLER_KEY", "sk-seller")
+    seen = []
+    with FakeOpenAI(api_key="sk-seller", replies=["Seller: Shall I send you the contract?"] * 8) as fake:
+        cfg = SimulateConfig(seller="openai", seller_model="seller-1", seller_base_url=f"{fake.endpoint}/v1",
+                             seller_api_key_env="CALLTUNE_TEST_SELLER_KEY")
+        sims = simulate(calls, lambda ex: seen.extend(ex) or copy_model(ex), seller=make_seller(cfg), cfg=cfg)
+        bodies = fake.bodies()
+    assert len(bodies) == 8  # every seller line after the opening, in both calls
+    assert calls[0].customers[0] in bodies[0]["messages"][-1]["content"]  # the seller model hears the call so far
+    assert [s.sellers for s in sims] == [[c.sellers[0]] + ["Shall I send you the contract?"] * 4 for c in calls]
+    assert [e["prompt"] for e in seen if e["call_id"] == calls[0].call_id][1] == "Shall I send you the contract?"
+    with pytest.raises(ValueError, match="simulate.seller_model"):
+        make_seller(SimulateConfig(seller="openai"))
