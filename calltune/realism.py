@@ -264,6 +264,9 @@ def realism(calls, simulated: dict[str, list], *, embedder=None, train_examples:
         if embedder is not None:
             est["discriminator_auc"], per_call["discriminator_auc"] = discriminator_auc(real_turns, turns, embedder,
                                                                                       **kw)
+        # Per call, too agreeable: the real customer's share of friction turns minus the model's.
+        per_call["friction_deficit"] = [r - m for r, m in zip(out["per_call"][REAL]["friction_rate"],
+                                                              per_call.pop("friction_rate"))]
         est["length_wasserstein"] = length_wasserstein(real_turns, turns, **kw)
         per_call["length_wasserstein"] = [abs(np.mean([_words(t) for t in s] or [0]) - np.mean([_words(t) for t in r] or [0]))
                                           for s, r in zip(turns, real_turns)]

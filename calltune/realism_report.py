@@ -97,7 +97,8 @@ def section(r: Report, realism: dict, calls: list, simulated: dict[str, list], c
     sims = simulated.get("tuned")
     if worst and sims and cfg.worst:
         r.text(f"Worst {cfg.worst} calls of the tuned model per metric (per call: discriminator_auc = mean P(simulated) "
-               f"of its turns; length_wasserstein = gap between mean reply lengths, words):")
+               f"of its turns; length_wasserstein = gap between mean reply lengths, words; friction_deficit = the real "
+               f"customer's share of friction turns minus the model's):")
         table = []
         for metric, values in worst.items():
             order = sorted((v, i) for i, v in enumerate(values) if v is not None and math.isfinite(v) and v > 0)

@@ -108,7 +108,7 @@ def test_copying_the_real_customer_is_indistinguishable_and_in_role(split, embed
     assert m["length_wasserstein"].value == 0
     for k in ("question_rate", "friction_rate", "premature_ending_rate", "degeneration_rate"):
         assert m[k].value == out["metrics"]["real"][k].value
-    # The rules measured on the real calls: friction and one premature goodbye ("Fine, goodbye then." is last).
+    # The rules measured on the real calls: friction; a goodbye only in a call's last turn is no premature ending.
     assert out["metrics"]["real"]["friction_rate"].value > 0.3
     assert out["metrics"]["real"]["premature_ending_rate"].value == 0
 
@@ -132,6 +132,10 @@ def test_a_model_that_repeats_itself_is_flagged(split, embedder):
     assert m["degeneration_rate"].value == pytest.approx(4 / 5) and real["degeneration_rate"].value == 0
     assert m["first_turn_distinct_1"].value < 0.1 < real["first_turn_distinct_1"].value
     assert m["friction_rate"].value == 0 and m["question_rate"].value == 0
+    assert min(out["per_call"]["parrot"]["friction_deficit"]) > 0  # every call: more agreeable than the real one
+    hangs_up = simulate(calls, lambda ex: ["Not interested, goodbye." for _ in ex])
+    early = realism(calls, {"early": hangs_up}, samples=100)["metrics"]["early"]
+    assert early["premature_ending_rate"].value == 1 and early["friction_rate"].value == 1
     assert "role classifier" in out["notes"][0]  # no train split given: the rules alone decide
 
 
