@@ -237,3 +237,31 @@ def test_a_configured_seller_model_plays_the_seller_after_the_real_opening(monke
     assert [e["prompt"] for e in seen if e["call_id"] == calls[0].call_id][1] == "Shall I send you the contract?"
     with pytest.raises(ValueError, match="simulate.seller_model"):
         make_seller(SimulateConfig(seller="openai"))
+
+
+def test_evaluate_reports_whole_call_realism_and_the_gate_reads_it_back(tiny_chat_model, split, tmp_path):
+    import json
+
+    from calltune.config import InferConfig
+    from calltune.evaluate import evaluate
+    from calltune.gate import gate
+    from calltune.io import read_jsonl
+    from conftest import write_examples
+
+    test = write_examples(tmp_path / "test.examples.jsonl", split[0][:15])  # three calls
+    write_examples(tmp_path / "train.examples.jsonl", split[1])
+    cfg = EvaluateConfig(compare=[], bootstrap_samples=50, max_role_violation_rate=0.5)
+    result = evaluate(tiny_chat_model, test, tmp_path / "out", cfg, infer=InferConfig(max_new_tokens=3),
+                      max_seq_len=256)
+    comparison = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    assert comparison["realism"]["simulation"]["calls"] == 3
+    assert set(comparison["realism"]["metrics"]) == {"real", "tuned"}
+    assert "discriminator_auc" in comparison["realism"]["metrics"]["tuned"]
+    assert [len(c["turns"]) for c in read_jsonl(tmp_path / "out" / "simulated" / "tuned.jsonl")] == [10, 10, 10]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "Whole-call realism" in page and "realism_lengths" not in page  # the histogram is embedded
+    # The gate step decides from comparison.json as evaluate did, realism check included.
+    decision = gate(tmp_path / "out" / "comparison.json", cfg)
+    assert decision == comparison["gate"]
+    assert any(c["check"] == "role_violation_rate" for c in decision["checks"])
+    assert "realism_role_violation_rate" in result
