@@ -253,6 +253,39 @@ class EvaluateConfig(Section):
                                        "folder, secret:latest or secret:VERSION (the model in that version of "
                                        "deploy.secret_id), or a Vertex endpoint projects/P/locations/L/endpoints/E. "
                                        "Empty: tune.")
+    decide_on: Literal["point", "interval"] = Field(
+        "point", description="point: the gate compares the point values; interval: the threshold and the gain over base "
+                             "must hold at the lower bound of their 95% intervals, and each realism maximum at the upper "
+                             "bound of its interval (a pass within noise keeps the current model).")
+    max_discriminator_auc: float = Field(
+        1.0, ge=0.5, le=1, description="Gate check on whole-call realism: deploy only when a classifier tells the tuned "
+                                       "model's simulated customer turns from real ones with at most this ROC AUC (0.5: "
+                                       "indistinguishable); 1.0: off.")
+    max_role_violation_rate: float = Field(
+        1.0, ge=0, le=1, description="Gate check on whole-call realism: deploy only when at most this share of the tuned "
+                                     "model's simulated customer turns sound like the seller or an assistant; 1.0: off.")
+
+
+class SimulateConfig(Section):
+    """Whole-call simulation of the held-out test calls (calltune.simulate) and its realism metrics (calltune.realism)."""
+    prefix: ClassVar[str] = "simulate"
+    enabled: bool = Field(True, description="Simulate every test call closed-loop (the model hears its own earlier "
+                                            "replies) with each compared model, and score whole-call realism.")
+    max_calls: int = Field(0, ge=0, description="Simulate at most this many test calls (0: all).")
+    samples: int = Field(3, ge=0, description="Whole simulated calls shown beside the real ones in the report.")
+    worst: int = Field(3, ge=0, description="Worst calls listed per realism metric in the report.")
+    seller: Literal["replay", "openai", "gemini"] = Field(
+        "replay", description="Who plays the seller: replay = the real seller's turns; openai (any OpenAI-compatible "
+                              "chat API) or gemini (Vertex AI) = that model plays the seller from the call's brief, "
+                              "after the real opening line (fully interactive calls).")
+    seller_model: str = Field("", description="openai/gemini seller: the model name, e.g. gpt-4o-mini or gemini-2.5-flash.")
+    seller_base_url: str = Field("", description="openai seller: API base URL (empty: api.openai.com); gemini: API "
+                                                 "endpoint override.")
+    seller_api_key_env: str = Field("OPENAI_API_KEY", description="openai seller: environment variable that holds the "
+                                                                  "API key (never in the config or the logs).")
+    seller_project: str = Field("", description="gemini seller: Google Cloud project billed.")
+    seller_location: str = Field("us-central1", description="gemini seller: Vertex AI location.")
+    seller_max_tokens: int = Field(128, ge=8, description="Longest seller line the seller model may write.")
 
 
 class JudgeConfig(Section):
@@ -403,6 +436,7 @@ class Config(BaseModel):
     tune: TuneConfig = Field(default_factory=TuneConfig)
     infer: InferConfig = Field(default_factory=InferConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    simulate: SimulateConfig = Field(default_factory=SimulateConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)

@@ -69,6 +69,19 @@ def _repeat_share(words: list[str]) -> float:
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
+def is_loop(reply: str) -> bool:
+    """The repetition category's rule (a generation loop inside one reply)."""
+    words = _words(reply)
+    return len(words) >= REPEAT_MIN_WORDS and _repeat_share(words) >= REPEAT_SHARE
+
+
+def spoke_as_seller(reply: str, seller_lines: list[str], target: str) -> bool:
+    """The seller_line category's rule: a seller's role label, or a copy of a seller line of the conversation."""
+    copied = max(rouge_l_scores([reply] * len(seller_lines), seller_lines), default=0.0)
+    own = rouge_l_scores([reply], [target])[0]
+    return bool(_SELLER_LABEL.match(reply)) or (copied >= SELLER_COPY_ROUGE and copied > own)
+
+
 def _seller_lines(instructions: str) -> list[str]:
     return [line[len("seller: "):] for line in instructions.split("\n") if line.startswith("seller: ")]
 
@@ -95,16 +108,9 @@ def _flags(rows: list[dict], scores: dict[str, list]) -> dict[str, list[bool] | 
     else:
         flags["wrong_language"] = None
 
-    flags["repetition"] = [len(w) >= REPEAT_MIN_WORDS and _repeat_share(w) >= REPEAT_SHARE
-                           for w in map(_words, replies)]
-
-    seller = []
-    for row, reply, target in zip(rows, replies, targets):
-        lines = _seller_lines(row["instructions"])
-        copied = max(rouge_l_scores([reply] * len(lines), lines), default=0.0)
-        own = rouge_l_scores([reply], [target])[0]
-        seller.append(bool(_SELLER_LABEL.match(reply)) or (copied >= SELLER_COPY_ROUGE and copied > own))
-    flags["seller_line"] = seller
+    flags["repetition"] = [is_loop(reply) for reply in replies]
+    flags["seller_line"] = [spoke_as_seller(reply, _seller_lines(row["instructions"]), target)
+                            for row, reply, target in zip(rows, replies, targets)]
 
     persona = scores.get("persona_fidelity")
     flags["off_persona"] = None if persona is None else [p is not None and p <= OFF_PERSONA_MAX for p in persona]

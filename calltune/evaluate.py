@@ -10,6 +10,10 @@ configured; calltune.error_analysis lists each model's worst replies and failure
 Every metric carries a seeded bootstrap 95% interval over the test examples (calltune.metrics). The gate's decision
 (calltune.gate) and the evidence go into report.html: metric table, bar charts with the intervals, loss curve,
 and side-by-side sample conversations.
+Whole calls: each local or Vertex model also plays every held-out test call closed-loop (calltune.simulate: the real
+seller's turns, the model's own earlier replies), and calltune.realism compares those calls with the real ones
+(discriminator AUC, role adherence, form, friction and endings, each with a 95% interval over calls); the gate can
+check them (off by default) and the report has a "Whole-call realism" section.
 """
 from __future__ import annotations
 
@@ -21,11 +25,11 @@ import math
 from pathlib import Path
 
 from calltune import metrics as M
-from calltune.config import DeployConfig, EvaluateConfig, InferConfig, JudgeConfig, TuneConfig
+from calltune.config import DeployConfig, EvaluateConfig, InferConfig, JudgeConfig, SimulateConfig, TuneConfig
 from calltune.error_analysis import analyze
 from calltune.gate import decide
 from calltune.infer import is_vertex, predict, read_predictions
-from calltune.io import write_json, write_jsonl
+from calltune.io import read_jsonl, write_json, write_jsonl
 from calltune.model_card import write_model_card
 from calltune.models import device, load_model, model_sha, model_source, read_model_card, set_threads
 from calltune.report import Report, loss_curve_png
@@ -73,8 +77,12 @@ def _text(rows: list[dict], key: str) -> list[str]:
 
 
 def _score_model(name: str, source: str | Path, test_path: Path, out_dir: Path, cfg: EvaluateConfig,
-                 infer: InferConfig, *, max_len: int, seed: int, judge_ctx, predictions, reported=None) -> dict:
-    """`reported`: the model card of an endpoint model, whose tuning job reported its validation metrics."""
+                 infer: InferConfig, *, max_len: int, seed: int, judge_ctx, predictions, reported=None,
+                 sim_ctx=None) -> dict:
+    """`reported`: the model card of an endpoint model, whose tuning job reported its validation metrics.
+    `sim_ctx`: (calls, SimulateConfig, seller generator or None) to simulate whole calls with, or None."""
+    from calltune.simulate import local_replier, simulate, vertex_replier
+
     record: dict = {"source": str(source)}
     parts = None
     if is_vertex(source):
@@ -85,6 +93,10 @@ def _score_model(name: str, source: str | Path, test_path: Path, out_dir: Path, 
             rows, report = predict(source, test_path, out_dir / "predictions" / name, infer, seed=seed,
                                    limit=cfg.max_examples)
         record["note"] = "a Vertex endpoint gives no token probabilities: text metrics only"
+        if sim_ctx is not None:
+            calls, sim_cfg, seller = sim_ctx
+            record["simulated"] = simulate(calls, vertex_replier(str(source), infer), seller=seller, cfg=sim_cfg,
+                                           seed=seed)
         if reported and reported.get("validation_token_accuracy") is not None:
             record["note"] = (f"accuracy{' and loss' if reported.get('validation_loss') is not None else ''}: "
                               f"{REPORTED}, without a bootstrap interval (a Vertex endpoint gives no token "
@@ -108,7 +120,12 @@ def _score_model(name: str, source: str | Path, test_path: Path, out_dir: Path, 
         else:
             rows, report = predict(source, test_path, out_dir / "predictions" / name, infer, seed=seed,
                                    max_seq_len=max_len, limit=cfg.max_examples, loaded=(model, tokenizer))
-        record.update(skipped=skipped, tokens=sum(parts["tokens"]))
+        record.update(skipped=skipped, tokens=sum(parts["tokens"]), parts=parts)
+        if sim_ctx is not None:
+            calls, sim_cfg, seller = sim_ctx
+            log.info("simulating %d whole test calls with %s", len(calls), name)
+            record["simulated"] = simulate(calls, local_replier(model, tokenizer, infer, max_len), seller=seller,
+                                           cfg=sim_cfg, seed=seed)
         del model
         gc.collect()
     record.update(examples=len(rows), model_sha=report.get("model_sha", ""), rows=rows)
@@ -148,15 +165,16 @@ def _score_model(name: str, source: str | Path, test_path: Path, out_dir: Path, 
 def evaluate(model_dir: str | Path, test_path: str | Path, out_dir: str | Path, cfg: EvaluateConfig, *,
              infer: InferConfig | None = None, judge: JudgeConfig | None = None, champion: str | None = None,
              champion_note: str = "", predictions: str | Path | None = None, seed: int = 42,
-             max_seq_len: int | None = None, state_dir: str | Path = ".") -> dict:
+             max_seq_len: int | None = None, state_dir: str | Path = ".", simulation: SimulateConfig | None = None) -> dict:
     """Score the model folder (tuned or plain base) and the models in `cfg.compare` on the test examples: the base
     model it was tuned from (from its model card) and `champion` (a model folder or Vertex resource; None: skipped,
     `champion_note` says why). `predictions`: the tuned model's predictions table, when batch inference already
     ran. Writes metrics.json, comparison.json, report.md/html, charts.png and predictions/<model>/ into out_dir;
-    returns the tuned model's finite metrics (accuracy, loss, ..., base_accuracy, champion_accuracy)."""
+    returns the tuned model's finite metrics (accuracy, loss, ..., base_accuracy, champion_accuracy).
+    `simulation`: whole-call simulation and realism (default: on; comparison.json["realism"], simulated/<model>.jsonl)."""
     set_threads()
     model_dir, out_dir, test_path = Path(model_dir), Path(out_dir), Path(test_path)
-    infer, judge = infer or InferConfig(), judge or JudgeConfig()
+    infer, judge, simulation = infer or InferConfig(), judge or JudgeConfig(), simulation or SimulateConfig()
     if cfg.cross_encoder:
         _cross_encoder(cfg.cross_encoder)  # a bad folder fails now, not after the models are scored
     card = read_model_card(model_dir)
@@ -181,6 +199,12 @@ def evaluate(model_dir: str | Path, test_path: str | Path, out_dir: str | Path, 
     from calltune.judge import make_judge
 
     generator = make_judge(judge, state_dir)
+    sim_ctx, sim_report = None, {}
+    if simulation.enabled:
+        from calltune.simulate import calls_from_examples, make_seller
+
+        calls, sim_report = calls_from_examples(list(read_jsonl(test_path)), simulation.max_calls)
+        sim_ctx = (calls, simulation, make_seller(simulation, state_dir))
     records, scored = {}, {}  # scored: weights sha -> the model already scored with them
     for name, source in sources.items():
         sha = None if is_vertex(source) else model_sha(Path(source))
@@ -193,31 +217,57 @@ def evaluate(model_dir: str | Path, test_path: str | Path, out_dir: str | Path, 
         records[name] = _score_model(name, source, test_path, out_dir, cfg, infer, max_len=max_len, seed=seed,
                                      judge_ctx=(judge, generator) if generator else None,
                                      predictions=predictions if name == "tuned" else None,
-                                     reported=endpoint_card if name == "tuned" else None)
+                                     reported=endpoint_card if name == "tuned" else None, sim_ctx=sim_ctx)
+    realism = None
+    if sim_ctx is not None:
+        from calltune.realism import realism as measure
+
+        train = test_path.with_name("train.examples.jsonl")
+        realism = measure(sim_ctx[0], {n: r["simulated"] for n, r in records.items() if "simulated" in r},
+                          embedder=_embedder(cfg.embedding_model) if cfg.embedding_model else None,
+                          train_examples=list(read_jsonl(train)) if train.is_file() else None,
+                          judge_ctx=(judge, generator) if generator else None,
+                          samples=cfg.bootstrap_samples, seed=seed)
+        realism["simulation"] = {**sim_report, "seller": simulation.seller}
+        if sim_ctx[2] is not None:
+            sim_ctx[2].close()
     if generator is not None:
         generator.close()
     accuracy = {n: r["metrics"]["accuracy"].value if "accuracy" in r["metrics"] else None for n, r in records.items()}
     if "champion" in records and accuracy["champion"] is None:
         skipped["champion"] = records["champion"]["note"]
-    decision = decide(accuracy, cfg, skipped)
+    gain = _gains(records, cfg.bootstrap_samples, seed)
+    decision = decide(accuracy, cfg, skipped, intervals={n: r["metrics"].get("accuracy") for n, r in records.items()},
+                      gain=gain, realism=realism and realism["metrics"])
 
     tuned = records["tuned"]["metrics"]
     result = {k: tuned.get(k, M.NAN).value for k in HEADLINE}  # an endpoint may report no accuracy or loss
     result.update(examples=records["tuned"]["examples"], tokens=records["tuned"].get("tokens", 0))
     result.update({k: e.value for k, e in tuned.items() if k not in HEADLINE})
     result.update({f"{n}_accuracy": accuracy[n] for n in ("base", "champion") if n in records})
+    result.update({f"gain_over_{n}": e.value for n, e in gain.items()})
+    if realism is not None:
+        result.update({f"realism_{k}": e.value for k, e in realism["metrics"].get("tuned", {}).items()})
     result = {k: v for k, v in result.items() if v is not None and math.isfinite(v)}  # NaNs stay in comparison.json
 
     out_dir.mkdir(parents=True, exist_ok=True)
     comparison = {
-        "models": {n: {**{k: v for k, v in r.items() if k not in ("rows", "scores")},
+        "models": {n: {**{k: v for k, v in r.items() if k not in ("rows", "scores", "parts", "simulated")},
                        "metrics": {k: _finite(e.as_dict()) for k, e in r["metrics"].items()}}
                    for n, r in records.items()}
                   | {n: {"skipped": why} for n, why in skipped.items() if n not in records},
+        "gain": {n: _finite(e.as_dict()) for n, e in gain.items()},
         "gate": decision, "test_path": str(test_path), "max_seq_len": max_len, "seed": seed,
         "bootstrap_samples": cfg.bootstrap_samples, "confidence": M.LEVEL,
         "decoding": infer.model_dump(include={"max_new_tokens", "temperature", "top_p"}),
     }
+    if realism is not None:
+        comparison["realism"] = {**{k: v for k, v in realism.items() if k not in ("metrics", "per_call")},
+                                 "metrics": {n: {k: _finite(e.as_dict()) for k, e in m.items()}
+                                             for n, m in realism["metrics"].items()}}
+        for n, r in records.items():
+            if "simulated" in r:
+                write_jsonl(out_dir / "simulated" / f"{n}.jsonl", (c.as_dict() for c in r["simulated"]))
     write_json(out_dir / "comparison.json", comparison)
     if card and "config" in card:  # a model calltune tuned: its model card, completed (calltune.model_card)
         write_model_card(model_dir, comparison=comparison, to=out_dir / "model_card.md")
@@ -228,11 +278,26 @@ def evaluate(model_dir: str | Path, test_path: str | Path, out_dir: str | Path, 
                                           "decided_by": decision["decided_by"]})
     errors = {n: analyze(r["rows"], r["scores"], worst=cfg.error_examples) for n, r in records.items()}
     write_json(out_dir / "errors.json", errors)
-    _report(model_dir, records, skipped, decision, cfg, out_dir, errors)
+    _report(model_dir, records, skipped, decision, cfg, out_dir, errors,
+            realism=realism and (realism, sim_ctx[0], simulation), gain=gain)
     log.info("accuracy %.4f, loss %.4f, perplexity %.2f over %d tokens; gate: %s (%s)",
              *(result.get(k, math.nan) for k in HEADLINE), result["tokens"], decision["decision"],
              decision["decided_by"])
     return result
+
+
+def _gains(records: dict, samples: int, seed: int) -> dict[str, M.Estimate]:
+    """Tuned minus base / champion token accuracy, paired over the same test examples (one bootstrap resample
+    draws the same examples for both models)."""
+    tuned = records["tuned"].get("parts")
+    out = {}
+    for name in ("base", "champion"):
+        other = records.get(name, {}).get("parts")
+        if tuned is None or other is None or len(other["tokens"]) != len(tuned["tokens"]):
+            continue
+        out[name] = M.accuracy_gain(tuned["correct"], tuned["tokens"], other["correct"], other["tokens"],
+                                    samples=samples, seed=seed)
+    return out
 
 
 def _finite(d: dict) -> dict:
@@ -246,13 +311,16 @@ def _cell(e: M.Estimate) -> str:
 
 
 def _report(model_dir: Path, records: dict, skipped: dict, decision: dict, cfg: EvaluateConfig, out_dir: Path,
-            errors: dict) -> None:
+            errors: dict, realism=None, gain: dict | None = None) -> None:
     r = Report("calltune evaluation")
     verdict = "PROMOTE" if decision["decision"] == "promote" else "KEEP the current model"
     r.text(f"Decision: {verdict} (decided by: {decision['decided_by']}). Model: {model_dir}.")
     r.heading("Gate checks")
     r.table([{"check": c["check"], "result": {True: "pass", False: "FAIL", None: "skipped"}[c["passed"]],
               "detail": c["detail"]} for c in decision["checks"]])
+    for name, e in (gain or {}).items():
+        r.text(f"Gain over {name}: {e.value:+.4f} token accuracy [{e.low:+.4f}, {e.high:+.4f}] (paired bootstrap "
+               f"over the same test examples).")
     r.heading("Metrics")
     r.text(f"Every model on the same {records['tuned']['examples']} test examples; value [95% bootstrap interval, "
            f"{cfg.bootstrap_samples} resamples of the examples]. accuracy = teacher-forced next-token accuracy on "
@@ -283,15 +351,37 @@ def _report(model_dir: Path, records: dict, skipped: dict, decision: dict, cfg: 
         r.image(loss_curve_png(json.loads(log_file.read_text(encoding="utf-8")), out_dir / "loss_curve.png"),
                 "training loss curve")
     _errors_section(r, errors)
+    if realism:
+        from calltune.realism_report import section
+
+        result, calls, simulation = realism
+        section(r, result, calls, {n: rec["simulated"] for n, rec in records.items() if "simulated" in rec},
+                simulation, out_dir)
     r.heading("Sample conversations")
+    r.text("Single turns, teacher-forced context (the real history), from several calls: the real customer's reply "
+           "beside every model's.")
     by_id = {n: {row["example_id"]: row for row in rec["rows"]} for n, rec in records.items()}
     samples = []
-    for row in records["tuned"]["rows"][:cfg.samples]:
+    for row in _across_calls(records["tuned"]["rows"], cfg.samples):
         sample = {"conversation": row["instructions"], "customer (real)": row["target_responses"]}
         sample.update({n: by_id[n].get(row["example_id"], {}).get("candidate_responses", "") for n in names})
         samples.append(sample)
     r.table(samples)
     r.write(out_dir)
+
+
+def _across_calls(rows: list[dict], k: int) -> list[dict]:
+    """k rows taken round-robin over the calls (a middle turn of each call first), not the first rows."""
+    by_call: dict[str, list[dict]] = {}
+    for row in rows:
+        by_call.setdefault(row.get("call_id", ""), []).append(row)
+    queues = [q[len(q) // 2:] + q[:len(q) // 2] for q in by_call.values()]
+    picked: list[dict] = []
+    while len(picked) < k and any(queues):
+        for q in queues:
+            if q and len(picked) < k:
+                picked.append(q.pop(0))
+    return picked
 
 
 def _errors_section(r: Report, errors: dict) -> None:

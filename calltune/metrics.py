@@ -60,6 +60,15 @@ def from_sums(parts: np.ndarray, score: Callable[[np.ndarray], np.ndarray], *, s
     return _interval(point, score(_weights(n, samples, seed) @ parts), n)
 
 
+def resampled(n: int, stat: Callable[[np.ndarray], float], *, samples: int = 1000, seed: int = 0) -> Estimate:
+    """A statistic of n units (e.g. whole calls) that takes one weight per unit: its value with every weight 1, and
+    the percentile interval over bootstrap resamples, each a vector of how often every unit is drawn. For statistics
+    that are no ratio of sums (ROC AUC, Wasserstein distance)."""
+    if n == 0:
+        return NAN
+    return _interval(stat(np.ones(n)), np.array([stat(w) for w in _weights(n, samples, seed)]), n)
+
+
 def _ratio(sums: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return sums[:, 0] / sums[:, 1]
@@ -74,6 +83,14 @@ def token_accuracy(correct, tokens, *, samples: int = 1000, seed: int = 0) -> Es
     """Share of target tokens predicted right; per-example counts, so the bootstrap resamples examples."""
     return from_sums(np.stack([np.asarray(correct, float), np.asarray(tokens, float)], 1), _ratio,
                      samples=samples, seed=seed)
+
+
+def accuracy_gain(correct, tokens, other_correct, other_tokens, *, samples: int = 1000, seed: int = 0) -> Estimate:
+    """Token accuracy minus another model's on the same examples, paired: a resample draws the same examples for
+    both, so the interval is of the difference itself (narrower than two separate intervals suggest)."""
+    parts = np.stack([np.asarray(a, float) for a in (correct, tokens, other_correct, other_tokens)], 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return from_sums(parts, lambda s: s[:, 0] / s[:, 1] - s[:, 2] / s[:, 3], samples=samples, seed=seed)
 
 
 def loss(nll, tokens, *, samples: int = 1000, seed: int = 0) -> Estimate:

@@ -20,6 +20,20 @@ def evaluate(
     evaluate_samples: int,
     evaluate_error_examples: int,
     evaluate_cross_encoder: str,
+    evaluate_decide_on: str,
+    evaluate_max_discriminator_auc: float,
+    evaluate_max_role_violation_rate: float,
+    simulate_enabled: bool,
+    simulate_max_calls: int,
+    simulate_samples: int,
+    simulate_worst: int,
+    simulate_seller: str,
+    simulate_seller_model: str,
+    simulate_seller_base_url: str,
+    simulate_seller_api_key_env: str,
+    simulate_seller_project: str,
+    simulate_seller_location: str,
+    simulate_seller_max_tokens: int,
     infer_max_new_tokens: int,
     infer_temperature: float,
     infer_top_p: float,
@@ -54,7 +68,8 @@ def evaluate(
 ) -> float:
     """Scores the tuned model, the base model and the champion on the test split (never seen in training); returns
     the tuned model's token accuracy, the first gate metric. `evaluation` holds comparison.json (read by the gate),
-    errors.json (error analysis), every model's predictions and the report.
+    errors.json (error analysis), every model's predictions, its closed-loop simulated test calls (simulated/) and
+    the report.
 
     The output is the plain `Output` parameter: kfp.local resolves only that name inside a dsl.If condition. It is
     -1 for a model without a token accuracy (an endpoint whose tuning job reported none): never promoted.
@@ -62,7 +77,7 @@ def evaluate(
     from pathlib import Path
     import shutil
 
-    from calltune.config import DeployConfig, EvaluateConfig, InferConfig, JudgeConfig
+    from calltune.config import DeployConfig, EvaluateConfig, InferConfig, JudgeConfig, SimulateConfig
     from calltune.evaluate import current_champion, evaluate as run
 
     params = locals()
@@ -71,7 +86,8 @@ def evaluate(
     out = Path(evaluation.path)
     result = run(Path(model.path), Path(splits.path) / "test.examples.jsonl", out, EvaluateConfig.from_params(params),
                  infer=InferConfig.from_params(params), judge=JudgeConfig.from_params(params), champion=champion,
-                 champion_note=note, predictions=Path(predictions.path), seed=seed, state_dir=state)
+                 champion_note=note, predictions=Path(predictions.path), seed=seed, state_dir=state,
+                 simulation=SimulateConfig.from_params(params))
     shutil.copyfile(out / "report.html", report.path)
     for name, value in result.items():
         metrics.log_metric(name, value)

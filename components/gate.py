@@ -11,6 +11,9 @@ def gate(
     evaluate_min_gain_over_base: float,
     evaluate_champion_tolerance: float,
     evaluate_compare: list,
+    evaluate_decide_on: str = "point",
+    evaluate_max_discriminator_auc: float = 1.0,
+    evaluate_max_role_violation_rate: float = 1.0,
 ) -> str:
     """The promotion decision from the evaluate step's comparison: "promote", or the name of the check that failed.
 

