@@ -73,7 +73,9 @@ def deploy_to_endpoint(model_dir: Path, cfg: DeployConfig, gcp: GcpConfig, state
                                              args=args)
     annotations = {"run_id": run_id, "model_sha": sha, "model_store": store.as_uri(), "vertex_model": served.model,
                    "deployed_model_id": served.deployed_model_id, **{f"metric.{k}": str(v) for k, v in metrics.items()}}
-    with closing(open_registry(cfg, state_dir)) as registry:
+    # The endpoint work above takes minutes, longer than a registry hold should; the write itself is held (and
+    # keyed by run_id), so concurrent deploys and rollbacks never interleave their version bookkeeping.
+    with closing(open_registry(cfg, state_dir)) as registry, registry.exclusive(cfg.secret_id):
         before = {v.version for v in _versions(registry, cfg.secret_id)}
         version = registry.add_version(cfg.secret_id, served.endpoint.encode(), annotations=annotations,
                                        request_id=run_id)
@@ -132,7 +134,7 @@ def rollback(cfg: DeployConfig, gcp: GcpConfig, state_dir: Path, to: int | None 
     annotations = {**{k: v for k, v in target.annotations.items() if not k.startswith("rollback_")},
                    "deployed_model_id": served.deployed_model_id,
                    "rollback_from": str(latest.version), "rollback_to": str(target.version)}
-    with closing(open_registry(cfg, state_dir)) as registry:
+    with closing(open_registry(cfg, state_dir)) as registry, registry.exclusive(cfg.secret_id):
         added = registry.add_version(cfg.secret_id, served.endpoint.encode(), annotations=annotations,
                                      request_id=f"rollback-{latest.version}-to-{target.version}")
         disabled = disable_old_versions(registry, cfg.secret_id, cfg.keep_enabled_versions)

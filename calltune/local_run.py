@@ -143,7 +143,7 @@ def summarize(cfg: Config, run_dir: Path) -> dict[str, Any]:
     compared = json.loads(comparison.read_text(encoding="utf-8")) if comparison.is_file() else {}
     checks = compared.get("gate", {}).get("checks", [])
     try:
-        with closing(open_registry(cfg.deploy, cfg.state_path())) as registry:
+        with closing(open_registry(cfg.deploy, cfg.state_path(), readonly=True)) as registry:
             versions = registry.list_versions(cfg.deploy.secret_id)
     except SecretNotFound:
         versions = []
