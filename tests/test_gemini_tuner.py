@@ -12,7 +12,7 @@ from kfp.dsl import Dataset, Metrics, Output
 from calltune.backends.gemini_tuner import TuningJobError, check, tune_gemini
 from calltune.components import IMAGE
 from calltune.components import tune as tune_component
-from calltune.config import DeployConfig, EvaluateConfig, InferConfig, TuneConfig
+from calltune.config import DataConfig, DeployConfig, EvaluateConfig, InferConfig, SplitConfig, TuneConfig
 from calltune.io import write_jsonl
 from calltune.models import MODEL_CARD, model_source, read_model_card
 from calltune.render import to_vertex
@@ -244,7 +244,8 @@ def gemini_tune(source: str, staging: str, base_url: str) -> Metrics:
                                          if f"tune_{k}" in tune_component.component_spec.inputs
                                          and k not in ("gemini_staging_uri", "gemini_base_url", "gemini_project")},
         tune_gemini_staging_uri=staging, tune_gemini_base_url=base_url, tune_gemini_project="proj",
-        seed=1, state_dir="/tmp/unused")
+        split_history_turns=SplitConfig().history_turns, split_opening_prompt=SplitConfig().opening_prompt,
+        data_system_prompt=DataConfig().system_prompt, seed=1, state_dir="/tmp/unused")
     return task.outputs["metrics"]
 
 
