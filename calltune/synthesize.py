@@ -49,7 +49,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from calltune.backends import connect_sqlite, write_transaction
+from calltune.db import KeyedCache, cache_key
 from calltune.backends.generators import GenerateError, Generator, make_generator
 from calltune.config import SplitConfig, SynthesizeConfig
 from calltune.io import read_jsonl, write_jsonl
@@ -66,7 +66,6 @@ TRACE_FILE = "synthetic_trace.jsonl"
 QUALITY_REASONS = ("unparseable", "role_order", "length", "language")
 REMOVAL_REASONS = ("duplicate_heldout", "near_duplicate_heldout", "duplicate_train", "near_duplicate_train",
                    "duplicate_synthetic", "near_duplicate_synthetic", "over_max_share")
-_SQL_VARS = 500
 
 INSTRUCTION = ("You write realistic sales phone calls between a seller and a customer, used as training data. "
                "Answer with the call only: one turn a line, each line starting with \"Seller:\" or \"Customer:\".")
@@ -92,34 +91,10 @@ class Prompt:
 
 # ---------------------------------------------------------------- cache
 
-class GenerationCache:
+def generation_cache(state_dir: Path) -> KeyedCache:
     """(generator name, prompt_sha) -> answer; the request is kept beside it, so every answer traces to its prompt."""
-
-    def __init__(self, path: Path):
-        self._db = connect_sqlite(path)
-        self._db.execute("""CREATE TABLE IF NOT EXISTS generations (
-            key BLOB PRIMARY KEY, generator TEXT NOT NULL, prompt_sha TEXT NOT NULL, request TEXT NOT NULL,
-            answer TEXT NOT NULL) WITHOUT ROWID""")
-
-    @staticmethod
-    def key(generator: str, prompt_sha: str) -> bytes:
-        return hashlib.sha256(f"{generator}\0{prompt_sha}".encode()).digest()
-
-    def get_many(self, generator: str, shas: list[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
-        for i in range(0, len(shas), _SQL_VARS):
-            keys = [self.key(generator, s) for s in shas[i:i + _SQL_VARS]]
-            rows = self._db.execute(f"SELECT prompt_sha, answer FROM generations WHERE key IN ({','.join('?' * len(keys))})", keys)
-            found.update(rows)
-        return found
-
-    def put_many(self, generator: str, pairs: list[tuple[Prompt, str]]) -> None:
-        with write_transaction(self._db) as db:
-            db.executemany("INSERT OR REPLACE INTO generations VALUES (?, ?, ?, ?, ?)",
-                           ((self.key(generator, p.sha), generator, p.sha, _canonical(p.request), a) for p, a in pairs))
-
-    def close(self) -> None:
-        self._db.close()
+    return KeyedCache(Path(state_dir).expanduser() / CACHE_FILE, "generations",
+                      ("generator", "prompt_sha", "request", "answer"))
 
 
 def _canonical(obj) -> str:
@@ -186,12 +161,12 @@ def build_prompts(train: list[Example], cfg: SynthesizeConfig, seed: int) -> lis
 
 # ---------------------------------------------------------------- generation
 
-def generate_answers(prompts: list[Prompt], generator: Generator, cache: GenerationCache, stats: Counter) -> dict[str, str]:
+def generate_answers(prompts: list[Prompt], generator: Generator, cache: KeyedCache, stats: Counter) -> dict[str, str]:
     """prompt_sha -> answer for every prompt: from the cache, else from the generator (cached as each batch is back).
 
     Raises GenerateError naming the first prompt that failed for good, after the others have finished and been cached.
     """
-    answers = cache.get_many(generator.name, [p.sha for p in prompts])
+    answers = cache.get_many({cache_key(generator.name, p.sha): p.sha for p in prompts})
     stats["cache_hits"] += len(answers)
     todo = [p for p in prompts if p.sha not in answers]
     batches = [todo[i:i + generator.max_batch] for i in range(0, len(todo), generator.max_batch)]
@@ -210,7 +185,8 @@ def generate_answers(prompts: list[Prompt], generator: Generator, cache: Generat
             except Exception as exc:  # noqa: BLE001 - the others still finish and are cached first
                 failed.append((batch, exc))
                 continue
-            cache.put_many(generator.name, list(zip(batch, out)))
+            cache.put_many((cache_key(generator.name, p.sha), generator.name, p.sha, _canonical(p.request), a)
+                            for p, a in zip(batch, out))
             answers.update((p.sha, a) for p, a in zip(batch, out))
             stats["generated_now"] += len(batch)
             progress.update(len(batch))
@@ -319,7 +295,7 @@ def synthesize(splits_in: str | Path, splits_out: str | Path, cfg: SynthesizeCon
     prompts = build_prompts(train, cfg, seed)
     generator = make_generator(cfg, Path(state_dir).expanduser())
     stats: Counter = Counter()
-    cache = GenerationCache(Path(state_dir).expanduser() / CACHE_FILE)
+    cache = generation_cache(state_dir)
     try:
         answers = generate_answers(prompts, generator, cache, stats)
     finally:

@@ -155,7 +155,7 @@ class _Client:
         from google.api_core import exceptions
         from google.genai import errors, types
 
-        from calltune.backends import Retrying
+        from calltune.backends.retry import Retrying
         from calltune.backends.genai import transient, vertex_client
 
         self.cfg, self.sleep, self.types = cfg, sleep, types

@@ -29,10 +29,10 @@ import uuid
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from calltune.backends import MAX_BACKOFF_S, Retrying, brief
-from calltune.backends.registry import (RegistryError, RequestIdConflict, SecretNotFound, SecretVersion,
-                                        VersionDisabled, VersionNotFound, check_new_version, check_secret_id,
-                                        version_number)
+from calltune.backends.registry_base import (RegistryError, RequestIdConflict, SecretNotFound, SecretVersion,
+                                             VersionDisabled, VersionNotFound, check_new_version, check_secret_id,
+                                             version_number)
+from calltune.backends.retry import MAX_BACKOFF_S, Retrying, brief
 from calltune.config import DeployConfig
 
 log = logging.getLogger(__name__)
