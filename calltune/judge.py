@@ -15,7 +15,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 from calltune import metrics
-from calltune.config import JudgeConfig, SynthesizeConfig
+from calltune.config import JudgeConfig
 
 log = logging.getLogger(__name__)
 
