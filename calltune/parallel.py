@@ -5,7 +5,6 @@ import multiprocessing
 from collections import deque
 from typing import Any, Callable, Iterator
 
-
 _WORKER_STATE: Any = None
 
 

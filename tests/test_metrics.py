@@ -40,6 +40,25 @@ def test_corpus_scores_match_sacrebleu():
     assert M.chrf(candidates, references).value == pytest.approx(sacrebleu.corpus_chrf(candidates, [references]).score)
 
 
+ODD_PAIRS = [  # replies of every shape a model writes: empty, one character, punctuation, accents, repeats
+    ("", "sim"), ("a", "a"), ("Não, obrigado!", "não obrigado"), ("ok ok ok ok", "ok"), ("?", "!"),
+    ("Pode me ligar na sexta-feira às 10h?", "Me liga sexta às dez, por favor."), ("   ", "x"),
+    ("the price, honestly, is too high", "the price is too high"), ("ééé", "eee")]
+
+
+@pytest.mark.parametrize("subset", [range(9), range(3), [0, 6], [1], [2, 2, 5, 7, 7, 7]])
+def test_bleu_and_chrf_equal_sacrebleu_on_any_corpus(subset):
+    """The bootstrap resamples corpora like these (repeats included): each must score as sacrebleu scores it."""
+    import sacrebleu
+
+    candidates = [ODD_PAIRS[i][0] for i in subset]
+    references = [ODD_PAIRS[i][1] for i in subset]
+    assert M.bleu(candidates, references, samples=10).value == pytest.approx(sacrebleu.corpus_bleu(
+        candidates, [references], use_effective_order=True).score)
+    assert M.chrf(candidates, references, samples=10).value == pytest.approx(
+        sacrebleu.corpus_chrf(candidates, [references]).score)
+
+
 def test_token_accuracy_pools_tokens_not_examples():
     # 1/1 and 1/3 correct: 2 of 4 tokens, not the mean of the two shares (2/3)
     assert M.token_accuracy([1, 1], [1, 3]).value == 0.5

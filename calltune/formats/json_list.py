@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from calltune.formats.base import CHAT_ROLES, ParseSettings, Reject, make_call, role_turns
+from calltune.formats.base import (
+    CHAT_ROLES,
+    ParseSettings,
+    Reject,
+    make_call,
+    role_turns,
+)
 from calltune.schema import Call
 
 

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from calltune.formats.base import (CHAT_ROLES, ParseSettings, Reject, json_object, list_field, make_call,
-                                   repair_field, role_turns)
+from calltune.formats.base import (
+    CHAT_ROLES,
+    ParseSettings,
+    Reject,
+    json_object,
+    list_field,
+    make_call,
+    repair_field,
+    role_turns,
+)
 from calltune.schema import Call
 from calltune.text import repair_text
 

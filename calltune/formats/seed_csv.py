@@ -6,9 +6,14 @@ import ast
 import re
 from typing import Any
 
-from calltune.formats.base import ParseSettings, Reject, make_call, repair_field, role_turns
+from calltune.formats.base import (
+    ParseSettings,
+    Reject,
+    make_call,
+    repair_field,
+    role_turns,
+)
 from calltune.schema import Call
-
 
 # Python's repr of the export's list: [{'message': '...', 'role': 'bot'}, ...]. Matched exactly, it is read
 # several times faster than ast.literal_eval (the main cost of ingest); anything else goes to literal_eval.
