@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 

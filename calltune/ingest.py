@@ -18,7 +18,9 @@ Each input unit (CSV row, JSONL line, list item, acronym conversation) becomes e
 quarantine row, so rows = calls + quarantined. Hostile rows are quarantined, never a traceback: a text longer than
 `data.max_field_chars` (checked before a literal is parsed, so memory stays bounded), nesting too deep, a lone
 surrogate (not Unicode). NUL and other control characters (but tab and newlines) are removed from every text.
-A file that cannot be read at all (not UTF-8, CR-only line endings) is refused with one line naming file and row. Row numbers are 1-based (CSV: data row; JSONL: line).
+A file that cannot be read at all (not UTF-8, CR-only line endings) is refused with one line naming file and row.
+Row numbers are 1-based (CSV: data row; JSONL: line). The parsers, one module per file format, are in
+calltune.formats; the process pool in calltune.parallel.
 The JSON list formats are single documents and are read whole; every other format streams.
 """
 from __future__ import annotations
@@ -31,10 +33,11 @@ import os
 import re
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from importlib import resources
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tqdm import tqdm
 

@@ -102,11 +102,6 @@ def rouge_l_scores(candidates: list[str], references: list[str]) -> list[float]:
     return [scorer.score(r, c)["rougeL"].fmeasure for c, r in zip(candidates, references)]
 
 
-def rouge_l(candidates: list[str], references: list[str], *, samples: int = 1000, seed: int = 0) -> Estimate:
-    """Mean ROUGE-L F1, per reply."""
-    return mean(rouge_l_scores(candidates, references), samples=samples, seed=seed)
-
-
 CHRF_ORDER, CHRF_BETA = 6, 2  # sacrebleu's chrF defaults: character 6-grams, recall twice as important
 
 
@@ -266,14 +261,10 @@ def example_scores(candidates: list[str], references: list[str], *, embedder: Em
     return out
 
 
-def text_metrics(candidates: list[str], references: list[str], *, embedder: Embedder | None = None,
-                 cross_encoder: CrossEncoderScorer | None = None, scores: dict[str, np.ndarray] | None = None,
+def text_metrics(candidates: list[str], references: list[str], *, scores: dict[str, np.ndarray],
                  samples: int = 1000, seed: int = 0) -> dict[str, Estimate]:
-    """Every reference-based and reply-only metric of generated replies. `scores`: their `example_scores`, when
-    already computed (else they are, with `embedder` and `cross_encoder`)."""
+    """Every reference-based and reply-only metric of generated replies; `scores` are their `example_scores`."""
     kw = {"samples": samples, "seed": seed}
-    if scores is None:
-        scores = example_scores(candidates, references, embedder=embedder, cross_encoder=cross_encoder)
     out = {
         "rouge_l": mean(scores["rouge_l"], **kw),
         "chrf": chrf(candidates, references, **kw),

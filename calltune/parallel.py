@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import multiprocessing
 from collections import deque
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 _WORKER_STATE: Any = None
 

@@ -14,15 +14,15 @@ from __future__ import annotations
 import re
 import sys
 from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
-from calltune.db import KeyedCache, cache_key
 from calltune.backends.translators import TranslateError, Translator, make_translator
 from calltune.config import TranslateConfig
+from calltune.db import KeyedCache, cache_key
 from calltune.io import read_jsonl, write_jsonl
 from calltune.schema import Call
 from calltune.text import repair_text

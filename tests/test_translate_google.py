@@ -7,14 +7,15 @@ import threading
 import time
 
 import pytest
-from conftest import crash_when_cached
-from fakes.translate import MAX_CODEPOINTS, FakeTranslation, detect, fake_translation
 
 from calltune.backends.translators import TranslateError, make_translator
 from calltune.config import TranslateConfig
-from calltune.io import read_jsonl, write_jsonl
 from calltune.db import cache_key
+from calltune.io import read_jsonl, write_jsonl
 from calltune.translate import CACHE_FILE, translate_calls, translate_stream, translation_cache
+
+from conftest import crash_when_cached
+from fakes.translate import MAX_CODEPOINTS, FakeTranslation, detect, fake_translation
 
 pytest.importorskip("google.cloud.translate_v3")
 

@@ -1,8 +1,8 @@
 """Generator backend: Gemini on Vertex AI through google-genai, one request per call, `concurrency` at once."""
 from __future__ import annotations
 
-from calltune.backends.generator_base import GenerateError, GeneratorSettings, retrying
 from calltune.backends.genai import to_contents, transient, vertex_client
+from calltune.backends.generator_base import GenerateError, GeneratorSettings, retrying
 from calltune.backends.retry import brief
 
 

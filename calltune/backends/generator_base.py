@@ -6,13 +6,14 @@ A request is `{"messages": [{"role": "system"|"user", "content"}], "temperature"
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, Protocol, Union
+from collections.abc import Callable
+from typing import Protocol
 
 from calltune.backends.retry import Retrying
 from calltune.config import JudgeConfig, SynthesizeConfig
 
 # The sections that configure a generator (synthesize, judge): messages name their settings by `cfg.prefix`.
-GeneratorSettings = Union[SynthesizeConfig, JudgeConfig]
+GeneratorSettings = SynthesizeConfig | JudgeConfig
 
 
 class GenerateError(RuntimeError):

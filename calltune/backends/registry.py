@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from calltune.backends.registry_base import (Registry, RegistryError, RequestIdConflict, SecretNotFound,
-                                             SecretVersion, VersionDisabled, VersionNotFound)
+from calltune.backends.registry_base import (
+    Registry,
+    RegistryError,
+    RequestIdConflict,
+    SecretNotFound,
+    SecretVersion,
+    VersionDisabled,
+    VersionNotFound,
+)
 from calltune.backends.sqlite_registry import REGISTRY_FILE, SqliteRegistry
 from calltune.config import DeployConfig
 

@@ -12,8 +12,9 @@ Payloads are never logged and never appear in errors or in `SecretVersion`.
 from __future__ import annotations
 
 import re
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import ContextManager, Protocol
+from typing import Protocol
 
 _SECRET_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")  # Secret Manager's rule for secret ids
 
@@ -56,7 +57,7 @@ class Registry(Protocol):
     def list_secrets(self) -> list[str]: ...
     def disable(self, secret_id: str, version: int | str) -> SecretVersion: ...
     def enable(self, secret_id: str, version: int | str) -> SecretVersion: ...
-    def exclusive(self, secret_id: str) -> ContextManager[None]: ...
+    def exclusive(self, secret_id: str) -> AbstractContextManager[None]: ...
     def close(self) -> None: ...
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
 

@@ -26,12 +26,20 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
-from calltune.backends.registry_base import (RegistryError, RequestIdConflict, SecretNotFound, SecretVersion,
-                                             VersionDisabled, VersionNotFound, check_new_version, check_secret_id,
-                                             version_number)
+from calltune.backends.registry_base import (
+    RegistryError,
+    RequestIdConflict,
+    SecretNotFound,
+    SecretVersion,
+    VersionDisabled,
+    VersionNotFound,
+    check_new_version,
+    check_secret_id,
+    version_number,
+)
 from calltune.backends.retry import MAX_BACKOFF_S, Retrying, brief
 from calltune.config import DeployConfig
 

@@ -3,13 +3,21 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
-from calltune.backends.registry_base import (RequestIdConflict, SecretNotFound, SecretVersion, VersionDisabled,
-                                             VersionNotFound, check_new_version, check_secret_id, version_number)
+from calltune.backends.registry_base import (
+    RequestIdConflict,
+    SecretNotFound,
+    SecretVersion,
+    VersionDisabled,
+    VersionNotFound,
+    check_new_version,
+    check_secret_id,
+    version_number,
+)
 from calltune.db import connect_sqlite, write_transaction
 
 REGISTRY_FILE = "registry.sqlite"
@@ -67,7 +75,7 @@ class SqliteRegistry:
                     request_id: str | None = None) -> SecretVersion:
         """Add the next version (creating the secret if needed); a repeated request_id returns the version it added."""
         annotations = check_new_version(secret_id, payload, annotations)
-        now = datetime.now(timezone.utc).isoformat()
+        now = datetime.now(UTC).isoformat()
         with write_transaction(self._db) as db:
             if request_id is not None:
                 row = db.execute(f"SELECT {_COLUMNS}, payload FROM versions WHERE secret_id = ? AND request_id = ?",

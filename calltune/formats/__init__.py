@@ -1,7 +1,8 @@
 """The input formats' parsers: one record (a CSV row, a JSONL line, a JSON list item) -> one call, or Reject."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from calltune.formats.base import ParseSettings
 from calltune.formats.json_list import parse_acronym, parse_qa_json
