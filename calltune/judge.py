@@ -88,8 +88,6 @@ def make_judge(cfg: JudgeConfig, state_dir="."):
     """A generator (calltune.backends.generators) for the configured judge; None when judging is off."""
     if cfg.backend == "none":
         return None
-    if not cfg.model:
-        raise ValueError(f"judge.backend={cfg.backend} needs judge.model (the judge model's name)")
     from calltune.backends.generators import make_generator
 
     return make_generator(cfg, state_dir)

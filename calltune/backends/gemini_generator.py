@@ -13,8 +13,6 @@ class GeminiGenerator:
         from google.genai import types  # only when this backend is used
 
         p = cfg.prefix
-        if not cfg.model:
-            raise ValueError(f"{p}.backend=gemini needs {p}.model (e.g. gemini-2.5-flash)")
         project, location = cfg.project, cfg.location
         if cfg.model.startswith("projects/"):  # an endpoint or tuned model names its own project and location
             parts = cfg.model.split("/")

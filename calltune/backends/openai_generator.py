@@ -16,8 +16,6 @@ class OpenAICompatGenerator:
         import openai  # only when this backend is used (pip install calltune[synth])
 
         p = cfg.prefix
-        if not cfg.model:
-            raise ValueError(f"{p}.backend=openai needs {p}.model (the model name the endpoint serves)")
         key = ""
         if cfg.api_key_env:
             key = os.environ.get(cfg.api_key_env, "")
