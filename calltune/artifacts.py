@@ -1,6 +1,7 @@
 """Publishing a step's report dict to KFP output artifacts (duck-typed: no kfp import here)."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Iterable
@@ -83,7 +84,9 @@ def head(path: str | Path, n: int = 3, fields: Iterable[str] = (), cut: int = 30
 
 def first_turns(calls: str | Path, n: int = 4) -> list[dict[str, Any]]:
     """The first call's first n turns: role, text and, when translated, the original text beside it."""
-    call = next(iter(head(calls, 1, cut=10**9)), None)
+    from calltune.io import read_jsonl
+
+    call = next(read_jsonl(calls), None) if Path(calls).is_file() else None
     turns = (call or {}).get("turns") or []
     return [{"call": call["call_id"], "role": t.get("role", ""), "text": _short(t.get("text", ""), 300),
              **({"original": _short(t["text_original"], 300)} if "text_original" in t else {})}
@@ -91,7 +94,7 @@ def first_turns(calls: str | Path, n: int = 4) -> list[dict[str, Any]]:
 
 
 def _short(value: Any, cut: int) -> str:
-    text = value if isinstance(value, str) else str(value)
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     return text if len(text) <= cut else text[:cut] + "..."
 
 

@@ -1,74 +1,95 @@
-"""Talk to a tuned model as the seller: it answers as the customer, with the same chat rendering as training."""
+"""Talk to a tuned model as the seller: it answers as the customer, windowed and rendered as in training
+(`calltune.runtime`), and `calltune chat`'s terminal loop around it."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import sys
+from typing import Callable, TextIO
 
-from calltune.config import SplitConfig
+from calltune.runtime.responders import Responder, Sampling, conversation, reply
 
-if TYPE_CHECKING:
-    from calltune.serve import Responder
-
-
-def generate_reply(model, tokenizer, messages: list[dict], max_new_tokens: int = 64,
-                   temperature: float = 0.0) -> str:
-    """The assistant (customer) turn that follows `messages`; greedy when temperature is 0."""
-    import torch
-
-    if model.config.is_encoder_decoder:  # T5-style: the plain-text conversation its training read (calltune.seq2seq)
-        from calltune.infer import instructions
-
-        roles = {"user": "seller", "assistant": "customer"}
-        turns = [m for m in messages if m["role"] != "system"]
-        text = instructions({"system": next((m["content"] for m in messages if m["role"] == "system"), ""),
-                             "history": [{"role": roles[m["role"]], "text": m["content"]} for m in turns[:-1]],
-                             "prompt": turns[-1]["content"]})
-        inputs, start = tokenizer(text, return_tensors="pt").to(model.device), 0
-    else:
-        inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                               return_dict=True).to(model.device)
-        start = inputs["input_ids"].shape[1]  # a causal model's output starts with the prompt
-    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    with torch.inference_mode():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id, top_p=None, top_k=None, **sampling)
-    return tokenizer.decode(out[0, start:], skip_special_tokens=True).strip()
+HELP = """Type the seller's lines; the model answers as the customer.
+  /reset  start the call again (the customer answers the phone again unless you speak first)
+  /help   this text
+  /quit   leave (also Ctrl-D)"""
 
 
 class ChatSession:
-    """One conversation: a system instruction, then alternating seller/customer turns.
+    """One conversation: a system instruction, then alternating seller/customer turns, windowed with the split
+    settings the model was trained with (its model card), as `calltune serve` windows them."""
 
-    The model saw at most `history_turns` earlier turns before the seller's line in training, so the same
-    window is kept here; the opening prompt stands in for the seller when the customer speaks first
-    (answering the phone), exactly as in the training examples, and is not kept as a turn.
-    """
-
-    def __init__(self, responder: Responder, system: str | None = None, opening_prompt: str | None = None,
-                 history_turns: int | None = None):
-        """`responder`: the model (calltune.serve.load_responder: a local model folder or a Vertex endpoint); the
-        system instruction defaults to the persona a local model was tuned with."""
+    def __init__(self, responder: Responder, system: str | None = None):
+        """`system` None: the persona the model was tuned with (a local model's card)."""
         self.responder = responder
-        split = SplitConfig()
-        self.system = getattr(responder, "system", "") if system is None else system
-        self.opening_prompt = split.opening_prompt if opening_prompt is None else opening_prompt
-        self.history_turns = split.history_turns if history_turns is None else history_turns
+        self.system = responder.system if system is None else system
         self.turns: list[dict] = []  # {"role": "seller"|"customer", "text": ...}
 
-    def _messages(self, seller_text: str) -> list[dict]:
-        history = self.turns[-self.history_turns:] if self.history_turns else []
-        messages = [{"role": "system", "content": self.system}] if self.system else []
-        messages += [{"role": "user" if t["role"] == "seller" else "assistant", "content": t["text"]} for t in history]
-        return messages + [{"role": "user", "content": seller_text}]
+    def _answer(self, max_new_tokens: int, temperature: float) -> str:
+        example = conversation(self.responder, self.system, self.turns)
+        return reply(self.responder, example, Sampling(max_new_tokens, temperature)).text
 
     def reply(self, seller_text: str, max_new_tokens: int = 64, temperature: float = 0.0) -> str:
         """The customer's answer to the seller's line; both are added to the conversation."""
-        answer = self.responder.reply(self._messages(seller_text), max_new_tokens, temperature)
-        self.turns += [{"role": "seller", "text": seller_text}, {"role": "customer", "text": answer}]
+        self.turns.append({"role": "seller", "text": seller_text})
+        try:
+            answer = self._answer(max_new_tokens, temperature)
+        except BaseException:
+            self.turns.pop()
+            raise
+        self.turns.append({"role": "customer", "text": answer})
         return answer
 
     def opening(self, max_new_tokens: int = 64, temperature: float = 0.0) -> str:
-        """The customer's first line when the phone is answered."""
-        if not self.opening_prompt:
+        """The customer's first line when the phone is answered (the model's opening prompt stands in for the
+        seller, as in training)."""
+        if self.turns:
+            raise ValueError("the call has already started")
+        if not self.responder.split.opening_prompt:
             raise ValueError("no opening prompt is set: the seller speaks first")
-        answer = self.responder.reply(self._messages(self.opening_prompt), max_new_tokens, temperature)
+        answer = self._answer(max_new_tokens, temperature)
         self.turns.append({"role": "customer", "text": answer})
         return answer
+
+
+def repl(session: ChatSession, seller_first: bool = False, read: Callable[[str], str] = input,
+         out: TextIO | None = None, max_new_tokens: int = 64) -> None:
+    """The terminal loop: readline line editing when the terminal has it; lines typed while the customer is
+    answering are dropped, not taken as the next seller lines."""
+    try:
+        import readline  # noqa: F401 (importing it gives input() line editing and history)
+    except ImportError:
+        pass
+    out = out or sys.stdout
+
+    def start() -> None:
+        if not seller_first and session.responder.split.opening_prompt:
+            print(f"customer> {session.opening(max_new_tokens)}", file=out)
+
+    print("You are the seller; /help for commands.", file=out)
+    start()
+    while True:
+        try:
+            line = read("seller> ").strip()
+        except EOFError:
+            print(file=out)
+            return
+        if line in ("/quit", "/exit"):
+            return
+        if line == "/help":
+            print(HELP, file=out)
+        elif line == "/reset":
+            session.turns = []
+            print("-- new call --", file=out)
+            start()
+        elif line.startswith("/"):
+            print(f"unknown command {line.split()[0]}; /help lists them", file=out)
+        elif line:
+            print(f"customer> {session.reply(line, max_new_tokens)}", file=out)
+            _drop_typed_ahead()
+
+
+def _drop_typed_ahead() -> None:
+    """Discard what was typed on the terminal while the reply was generated."""
+    if sys.stdin.isatty():
+        import termios
+
+        termios.tcflush(sys.stdin, termios.TCIFLUSH)

@@ -112,28 +112,31 @@ def cmd_secrets(args) -> int:
     return 0
 
 
-def cmd_chat(args) -> int:
-    from calltune.chat import ChatSession
+def _responder(cfg: Config, version: str = "latest"):
+    """The model in a version of the secret; errors name the version, never the secret's payload."""
     from calltune.deploy import resolve_endpoint
-    from calltune.serve import load_responder
+    from calltune.serve import load_responder, redact
+
+    endpoint = resolve_endpoint(cfg.deploy, cfg.state_path(), version=version)
+    serve = cfg.serve.model_copy(update={"vertex_base_url": cfg.serve.vertex_base_url or cfg.infer.vertex_base_url})
+    try:
+        return load_responder(endpoint, serve, cfg.split)
+    except Exception as exc:
+        why = redact(str(exc), endpoint, f"<{cfg.deploy.secret_id} version {version}>")
+        raise ValueError(f"{cfg.deploy.secret_id} version {version} cannot be loaded: {why}") from None
+
+
+def cmd_chat(args) -> int:
+    from calltune.chat import ChatSession, repl
 
     cfg = _config(args)
     _offline()
-    endpoint = resolve_endpoint(cfg.deploy, cfg.state_path(), version=args.version)
-    session = ChatSession(load_responder(endpoint, cfg.infer.vertex_base_url),
-                          opening_prompt=cfg.split.opening_prompt, history_turns=cfg.split.history_turns)
-    print(f"Customer model from {cfg.deploy.secret_id} ({args.version}). You are the seller; /quit to leave.")
-    if not args.seller_first:
-        print(f"customer> {session.opening()}")
-    while True:
-        try:
-            line = input("seller> ").strip()
-        except EOFError:
-            break
-        if line in ("/quit", "/exit"):
-            break
-        if line:
-            print(f"customer> {session.reply(line)}")
+    responder = _responder(cfg, args.version)
+    print(f"Customer model from {cfg.deploy.secret_id} ({args.version}).")
+    try:
+        repl(ChatSession(responder), seller_first=args.seller_first, max_new_tokens=cfg.serve.default_max_tokens)
+    finally:
+        responder.close()
     return 0
 
 
@@ -158,8 +161,10 @@ def cmd_serve(args) -> int:
     cfg = _config(args)
     _offline()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    serve(cfg.deploy, cfg.state_path(), host=args.host, port=args.port, refresh_s=args.refresh_s,
-          vertex_base_url=args.vertex_base_url, max_tokens=args.max_tokens)
+    flags = {"host": args.host, "port": args.port, "refresh_s": args.refresh_s, "max_tokens": args.max_tokens,
+             "vertex_base_url": args.vertex_base_url}
+    cfg.serve = type(cfg.serve)(**{**cfg.serve.model_dump(), **{k: v for k, v in flags.items() if v is not None}})
+    serve(cfg.serve, cfg.deploy, cfg.state_path(), cfg.split)
     return 0
 
 
@@ -238,15 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="version to roll back to (default: the newest enabled earlier version with another endpoint)")
     p.set_defaults(func=cmd_rollback)
 
-    p = common(sub.add_parser("serve", help="OpenAI-compatible /v1/chat/completions for the secret's latest version, "
-                                            "following new versions without a restart"))
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument("--refresh-s", type=float, default=30.0, help="seconds between checks for a new version (default: 30)")
-    p.add_argument("--max-tokens", type=int, default=256, help="longest reply a request may ask for (default: 256)")
-    p.add_argument("--vertex-base-url", default=os.environ.get("GOOGLE_VERTEX_BASE_URL", ""),
+    p = common(sub.add_parser("serve", help="OpenAI-compatible API (/v1/chat/completions, streaming) for the secret's "
+                                            "latest version, following new versions without a restart"))
+    p.add_argument("--host", help="address to listen on (default: serve.host, 127.0.0.1; any other needs an API key "
+                                  "in $CALLTUNE_API_KEY)")
+    p.add_argument("--port", type=int, help="port (default: serve.port, 8000)")
+    p.add_argument("--refresh-s", type=float, help="seconds between checks for a new version (default: serve.refresh_s)")
+    p.add_argument("--max-tokens", type=int, help="longest reply a request may ask for (default: serve.max_tokens)")
+    p.add_argument("--vertex-base-url", default=os.environ.get("GOOGLE_VERTEX_BASE_URL") or None,
                    help="Vertex AI API base URL for Vertex endpoints in the secret (default: $GOOGLE_VERTEX_BASE_URL, "
-                        "else the regional aiplatform.googleapis.com)")
+                        "else serve.vertex_base_url)")
     p.set_defaults(func=cmd_serve)
 
     p = common(sub.add_parser("secrets", help="list a secret's versions; disable or enable one"))

@@ -295,6 +295,33 @@ class DeployConfig(remote_calls("secret-manager", retries=5, timeout_s=30.0, giv
                                           "http:// endpoint (a local fake) gets anonymous credentials: credentials never go over plain HTTP.")
 
 
+class ServeConfig(Section):
+    """`calltune serve` and `calltune chat`: the OpenAI-compatible server of the secret's latest version."""
+    prefix: ClassVar[str] = "serve"
+    pipeline_parameters: ClassVar[bool] = False
+    host: str = Field("127.0.0.1", description="Address to listen on; any other than loopback needs an API key.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on (0: any free port).")
+    api_key_env: str = Field("CALLTUNE_API_KEY", description="Environment variable holding the API key clients send "
+                                                             "as `Authorization: Bearer KEY`; unset: no key is asked "
+                                                             "(loopback only). The key itself is never in the config.")
+    refresh_s: float = Field(30.0, gt=0, description="Seconds between checks of the secret's latest version: a "
+                                                     "promotion, rollback or disabling takes effect within this.")
+    max_tokens: int = Field(512, ge=1, description="Largest max_tokens a request may ask for.")
+    default_max_tokens: int = Field(128, ge=1, description="Reply length when a request sets no max_tokens.")
+    max_prompt_tokens: int = Field(4096, ge=16, description="Longest prompt after windowing; longer, the oldest "
+                                                            "history goes first, as in training (never beyond the "
+                                                            "model's context minus max_tokens).")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body; larger gets 413.")
+    max_batch: int = Field(16, ge=1, description="Local model: requests generated together in one batch.")
+    max_queue: int = Field(64, ge=0, description="Requests waiting beyond those generating; past it: 503 with "
+                                                 "Retry-After.")
+    request_timeout_s: float = Field(120.0, gt=0, description="A request still unanswered after this long gets 504 "
+                                                              "and its generation stops.")
+    idle_timeout_s: float = Field(5.0, gt=0, description="Seconds an idle keep-alive connection stays open.")
+    vertex_base_url: str = Field("", description="Vertex AI API endpoint override for a Vertex endpoint in the secret "
+                                                 "(empty: REGION-aiplatform.googleapis.com).")
+
+
 class GcpConfig(Section):
     """Where and how the pipeline runs on Vertex AI (compile.py --target vertex, calltune submit / upload)."""
     prefix: ClassVar[str] = "gcp"
@@ -340,6 +367,7 @@ class Config(BaseModel):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
     gcp: GcpConfig = Field(default_factory=GcpConfig)
 
     @field_validator("state_dir")

@@ -7,7 +7,6 @@ new version, since `latest` is always the most recently created one. Both decide
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -19,20 +18,9 @@ from urllib.request import url2pathname
 
 from calltune.backends.registry import Registry, SecretNotFound, SecretVersion, VersionDisabled, open_registry
 from calltune.config import DeployConfig
-from calltune.io import file_sha256
+from calltune.models import model_sha
 
 log = logging.getLogger(__name__)
-
-
-def model_sha(model_dir: Path) -> str:
-    """SHA-256 over every file's relative path and contents, first 16 hex digits: same files, same store entry."""
-    files = sorted(p for p in model_dir.rglob("*") if p.is_file())
-    if not files:
-        raise ValueError(f"model folder {model_dir} holds no files")
-    total = hashlib.sha256()
-    for p in files:
-        total.update(f"{p.relative_to(model_dir).as_posix()}\0{file_sha256(p)}\n".encode())
-    return total.hexdigest()[:16]
 
 
 def store_model(model_dir: Path, state_dir: Path) -> tuple[Path, str]:
@@ -73,11 +61,11 @@ def sweep_orphans(models: Path) -> list[Path]:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
-        return True
+    except PermissionError:  # it exists, as another user's process
+        pass
     return True
 
 

@@ -2,8 +2,8 @@
 
 Token accuracy (the gate) = share of target tokens t where argmax(logits at t-1) == token t (Vertex's "fraction
 of correct next step predictions"); loss = mean negative log-likelihood over the same tokens; perplexity =
-exp(loss). The target tokens come from `calltune.tune.encode_example` (`calltune.seq2seq` for an encoder-decoder
-model: teacher-forced on the decoder), the definition training uses. Each model
+exp(loss). The target tokens and the scores come from the model runtime (`calltune.runtime.encoding` and `.scoring`;
+an encoder-decoder model is teacher-forced on the decoder), the definition training uses. Each model
 also answers every test prompt (calltune.infer), and its replies are scored against the real customer's:
 ROUGE-L, chrF, BLEU, embedding cosine, reply length, distinct-n, and the cross-encoder and the LLM judge when
 configured; calltune.error_analysis lists each model's worst replies and failure categories (errors.json).
@@ -18,21 +18,19 @@ import gc
 import json
 import logging
 import math
-import time
 from pathlib import Path
 
 from calltune import metrics as M
-from calltune import seq2seq
 from calltune.config import DeployConfig, EvaluateConfig, InferConfig, JudgeConfig, TuneConfig
-from calltune.deploy import model_sha
 from calltune.error_analysis import analyze
 from calltune.gate import decide
 from calltune.infer import is_vertex, predict, read_predictions
 from calltune.io import write_json, write_jsonl
-from calltune.models import device, load_model, model_source, read_model_card, set_threads
 from calltune.model_card import write_model_card
+from calltune.models import device, load_model, model_sha, model_source, read_model_card, set_threads
 from calltune.report import Report, loss_curve_png
-from calltune.tune import encode_example, encode_file, reply_logits
+from calltune.runtime.encoding import encode_file, encoder
+from calltune.runtime.scoring import score
 
 log = logging.getLogger(__name__)
 
@@ -41,41 +39,6 @@ CHART_METRICS = ("accuracy", "rouge_l", "chrf", "bleu", "embedding_cosine", "cro
                  "persona_fidelity", "realism")
 HEADLINE = ("accuracy", "loss", "perplexity")
 REPORTED = "reported by the tuning job on the validation split"  # an endpoint model's accuracy (calltune_model.json)
-
-
-def score(model, tokenizer, rows: list[dict], batch_size: int) -> dict[str, list]:
-    """Per row, in the rows' order, over its target tokens: correct predictions, NLL, token count."""
-    import torch
-
-    out = {"correct": [0] * len(rows), "nll": [0.0] * len(rows), "tokens": [0] * len(rows)}
-    # Longest first, so each padded batch wastes little and a memory problem shows at once.
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
-    started, done = time.monotonic(), 0
-    for b in range(0, len(order), batch_size):
-        index = order[b:b + batch_size]
-        batch = [rows[i] for i in index]
-        width = max(len(r["input_ids"]) for r in batch)
-        ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention = torch.zeros_like(ids)
-        target = torch.zeros_like(ids, dtype=torch.bool)
-        for i, r in enumerate(batch):  # right padding: a causal model's real positions never see it
-            n = len(r["input_ids"])
-            ids[i, :n] = torch.tensor(r["input_ids"])
-            attention[i, :n] = 1
-            target[i, :n] = torch.tensor(r["completion_mask"], dtype=torch.bool)
-        ids, attention, target = ids.to(model.device), attention.to(model.device), target.to(model.device)
-        with torch.inference_mode():
-            logits, gold = reply_logits(model, ids, attention, target)
-        # reply_logits flattens the target positions row by row; split them back per example.
-        counts = target[:, 1:].sum(1).tolist()
-        hits = (logits.argmax(-1) == gold).split(counts)
-        nll = torch.nn.functional.cross_entropy(logits, gold, reduction="none").split(counts)
-        for i, h, n, c in zip(index, hits, nll, counts):
-            out["correct"][i], out["nll"][i], out["tokens"][i] = int(h.sum()), float(n.sum()), c
-        done += len(batch)
-        log.info("scored %d/%d examples (%.1f examples/s)", done, len(rows),
-                 done / max(time.monotonic() - started, 1e-9))
-    return out
 
 
 def current_champion(cfg: DeployConfig, state_dir: Path) -> tuple[str | None, str]:
@@ -128,12 +91,11 @@ def _score_model(name: str, source: str | Path, test_path: Path, out_dir: Path, 
                               f"probabilities); the other metrics score its replies to the test prompts")
     else:
         model, tokenizer = load_model(Path(source))
-        s2s = model.config.is_encoder_decoder
         encoded, examples, skipped = encode_file(test_path, tokenizer, max_len, limit=cfg.max_examples,
-                                                 encode=seq2seq.encode_example if s2s else encode_example)
+                                                 encode=encoder(model.config.is_encoder_decoder))
         log.info("evaluating %s (%s) on %d test examples (%d skipped) on %s", name, source, len(encoded),
                  skipped, device())
-        parts = (seq2seq.score if s2s else score)(model, tokenizer, encoded, cfg.batch_size)
+        parts = score(model, tokenizer, encoded, cfg.batch_size)
         if name == "tuned" and sum(parts["tokens"]) == 0:
             raise ValueError(f"{test_path}: no customer-reply tokens to score ({len(encoded)} examples usable, "
                              f"{skipped} longer than max_seq_len={max_len}); the test set is empty")

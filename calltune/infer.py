@@ -2,7 +2,7 @@
 
 A local model generates in batches: prompts sorted by length, left-padded (so every row's next token sits in the
 last column), one `generate` call per batch with its KV cache; greedy when `temperature` is 0, else seeded
-sampling. The prompt is exactly the context teacher-forced scoring uses (`calltune.tune.encode_example`: same
+sampling. The prompt is exactly the context teacher-forced scoring uses (`calltune.runtime.encoding`: same
 chat rendering, same history trimming to max_seq_len), so both metrics see the same examples. A Vertex AI
 endpoint or tuned Gemini model (`projects/P/locations/L/endpoints/E`) answers through google-genai.
 """
@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from calltune.config import InferConfig, TuneConfig
 from calltune.io import atomic_open, read_jsonl, write_jsonl
-from calltune.render import to_messages
+from calltune.models import load_model, model_sha, model_source, read_model_card
+from calltune.runtime.encoding import encode_file, encoder, instructions, prompt_ids
+from calltune.runtime.generation import Request, generate
+from calltune.runtime.responders import GeminiResponder, Sampling
 
 log = logging.getLogger(__name__)
 
@@ -27,64 +29,32 @@ def is_vertex(source: str | Path) -> bool:
     return str(source).startswith("projects/")
 
 
-def instructions(example: dict) -> str:
-    """The conversation up to the seller's line, as text; the same for every model, so tables line up."""
-    lines = [f"system: {example['system']}"] if example.get("system") else []
-    lines += [f"{t['role']}: {t['text']}" for t in example.get("history", [])]
-    return "\n".join(lines + [f"seller: {example['prompt']}"])
-
-
 def generate_batch(model, tokenizer, prompts: list[list[int]], cfg: InferConfig) -> list[str]:
-    """Replies to already-tokenized prompts, `cfg.batch_size` at a time, in the prompts' order."""
-    import torch
-
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    sampling = ({"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p}
-                if cfg.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None})
+    """Replies to already-tokenized prompts, `cfg.batch_size` at a time, in the prompts' order. Sampled rows draw
+    their seeds from torch's global generator, so `transformers.set_seed` makes them reproducible."""
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
     replies: list[str] = [""] * len(prompts)
     started = time.monotonic()
     for b in range(0, len(order), cfg.batch_size):
-        batch = [prompts[i] for i in order[b:b + cfg.batch_size]]
-        width = max(map(len, batch))
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        attention = torch.zeros_like(ids)
-        for i, p in enumerate(batch):  # left padding: generation continues from the last column of every row
-            ids[i, width - len(p):] = torch.tensor(p)
-            attention[i, width - len(p):] = 1
-        with torch.inference_mode():
-            out = model.generate(input_ids=ids.to(model.device), attention_mask=attention.to(model.device),
-                                 max_new_tokens=cfg.max_new_tokens, use_cache=True, top_k=None,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, **sampling)
-        reply = out[:, 0 if model.config.is_encoder_decoder else width:]  # a seq2seq output is the reply alone
-        for i, row in zip(order[b:b + cfg.batch_size], reply):
-            replies[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
-        done = min(b + cfg.batch_size, len(order))
+        index = order[b:b + cfg.batch_size]
+        batch = [Request(prompts[i], cfg.max_new_tokens, cfg.temperature, cfg.top_p) for i in index]
+        for i, generation in zip(index, generate(model, tokenizer, batch)):
+            replies[i] = generation.text
+        done = b + len(index)
         log.info("generated %d/%d replies (%.2f replies/s)", done, len(order),
                  done / max(time.monotonic() - started, 1e-9))
     return replies
-
-
-def prompt_ids(encoded: list[dict]) -> list[list[int]]:
-    """The prompt part (everything before the target tokens) of each `encode_example` row; a seq2seq row's
-    `input_ids` are the encoder's, the prompt alone."""
-    return [r["input_ids"] if "labels" in r else r["input_ids"][:r["completion_mask"].index(1)] for r in encoded]
 
 
 def _local(model_dir: Path, test_path: Path, cfg: InferConfig, max_seq_len: int | None, limit: int,
            seed: int, loaded=None) -> tuple[list[dict], list[str], int, str, str]:
     from transformers import set_seed
 
-    from calltune import seq2seq
-    from calltune.deploy import model_sha
-    from calltune.models import load_model, read_model_card
-    from calltune.tune import encode_example, encode_file
-
     card = read_model_card(model_dir)
     max_len = max_seq_len or (card["config"]["max_seq_len"] if card else TuneConfig().max_seq_len)
     model, tokenizer = loaded or load_model(model_dir)
-    encode = seq2seq.encode_example if model.config.is_encoder_decoder else encode_example
-    encoded, examples, skipped = encode_file(test_path, tokenizer, max_len, limit=limit, encode=encode)
+    encoded, examples, skipped = encode_file(test_path, tokenizer, max_len, limit=limit,
+                                             encode=encoder(model.config.is_encoder_decoder))
     set_seed(seed)  # only sampling draws from it
     replies = generate_batch(model, tokenizer, prompt_ids(encoded), cfg)
     return examples, replies, skipped, str(model_dir), model_sha(model_dir)
@@ -92,13 +62,13 @@ def _local(model_dir: Path, test_path: Path, cfg: InferConfig, max_seq_len: int 
 
 def _vertex(resource: str, test_path: Path, cfg: InferConfig,
             limit: int) -> tuple[list[dict], list[str], int, str, str]:
-    from calltune.serve import GeminiResponder
-
     examples = list(read_jsonl(test_path))[:limit or None]
-    responder = GeminiResponder(resource, cfg.vertex_base_url)
-    messages = [to_messages(e)["messages"][:-1] for e in examples]
-    with ThreadPoolExecutor(cfg.max_concurrency) as pool:
-        replies = list(pool.map(lambda m: responder.reply(m, cfg.max_new_tokens, cfg.temperature), messages))
+    responder = GeminiResponder(resource, cfg.vertex_base_url, max_concurrency=cfg.max_concurrency)
+    sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+    try:
+        replies = [f.result().text for f in [responder.start(e, sampling) for e in examples]]
+    finally:
+        responder.close()
     return examples, replies, 0, resource, ""
 
 
@@ -107,8 +77,6 @@ def predict(source: str | Path, test_path: str | Path, out_dir: str | Path | Non
     """Replies of a model folder (or the endpoint its card names) or a Vertex resource to every test example; writes predictions.parquet and
     predictions.jsonl into `out_dir` (when given). Returns (rows, report). `loaded`: an already loaded
     (model, tokenizer) of the folder, to skip loading it again."""
-    from calltune.models import model_source
-
     started = time.monotonic()
     test_path = Path(test_path)
     if not is_vertex(source):

@@ -177,9 +177,10 @@ def summarize(cfg: Config, run_dir: Path) -> dict[str, Any]:
     }
 
 
-def outcome(summary: dict[str, Any], cfg: Config, out: Path) -> list[str]:
+def outcome(summary: dict[str, Any], cfg: Config, out: Path, same_state: str = "") -> list[str]:
     """The end of `calltune run` for a person: each model's score with its interval, the decision and the check
-    that made it, what now serves, where the report is, and what to try next."""
+    that made it, what now serves, where the report is, and what to try next (with `same_state`: the options
+    that point the next commands at this run's state folder and secret)."""
     lines = [""]
     for name, acc in summary["accuracy"].items():
         if acc and "skipped" in acc:
@@ -208,11 +209,13 @@ def outcome(summary: dict[str, Any], cfg: Config, out: Path) -> list[str]:
                      f"{evaluated['source']}, sha {evaluated['model_sha']}")
     if summary.get("report"):
         lines.append(f"report:  {summary['report']}")
+    if (card := Path(summary["run_dir"]) / "tune" / "model" / "README.md").is_file():
+        lines.append(f"model card: {card}")
     lines.append(f"summary: {out / 'summary.json'}")
-    if summary["serving_version"]:
-        lines += ["next:", "  calltune chat    talk to the serving model, as the seller",
-                  "  calltune serve   an OpenAI-compatible API for the serving model (http://127.0.0.1:8000/v1)"]
-    else:
-        lines += ["next: nothing serves yet; tune longer (e.g. tune.epochs=2) or lower evaluate.threshold, then "
-                  "calltune run again"]
+    same = f" {same_state}" if same_state else ""
+    if not summary["serving_version"]:
+        lines.append("nothing serves yet: tune longer (e.g. tune.epochs=2) or lower evaluate.threshold, run again; "
+                     "then:")
+    lines += ["next:", f"  calltune chat{same}    talk to the serving model, as the seller",
+              f"  calltune serve{same}   an OpenAI-compatible API for it (http://127.0.0.1:8000/v1)"]
     return lines

@@ -16,6 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from calltune.io import file_sha256
+
 os.environ["HF_HUB_OFFLINE"] = "1"  # never download: every model here is local
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,24 @@ def weights_sha256(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def model_sha(model_dir: Path) -> str:
+    """SHA-256 over every file's relative path and contents, first 16 hex digits: same files, same store entry."""
+    files = sorted(p for p in Path(model_dir).rglob("*") if p.is_file())
+    if not files:
+        raise ValueError(f"model folder {model_dir} holds no files")
+    total = hashlib.sha256()
+    for p in files:
+        total.update(f"{p.relative_to(model_dir).as_posix()}\0{file_sha256(p)}\n".encode())
+    return total.hexdigest()[:16]
+
+
+def is_encoder_decoder(model_dir: str | Path) -> bool:
+    """Whether the Hugging Face model folder holds an encoder-decoder model (read from config.json only)."""
+    from transformers import AutoConfig
+
+    return bool(AutoConfig.from_pretrained(model_dir, trust_remote_code=False).is_encoder_decoder)
+
+
 def read_model_card(model_dir: Path) -> dict | None:
     path = Path(model_dir) / MODEL_CARD
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
@@ -144,8 +164,6 @@ def load_model(model_dir: Path):
     """(model, tokenizer) ready for inference, from a tuned model folder or a plain HF model folder."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
-    from calltune.seq2seq import is_encoder_decoder
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():

@@ -35,6 +35,9 @@ def tune(
     tune_gemini_base_url: str,
     tune_gemini_poll_interval_s: float,
     tune_gemini_timeout_s: float,
+    split_history_turns: int,
+    split_opening_prompt: str,
+    data_system_prompt: str,
     seed: int,
     state_dir: str,
     model: Output[Model],
@@ -47,9 +50,10 @@ def tune(
 
     from calltune.artifacts import publish
     from calltune.backends.tuners import tune as run
-    from calltune.config import TuneConfig
+    from calltune.config import SplitConfig, TuneConfig
     from calltune.model_card import used_settings
 
-    result = run(splits.path, model.path, TuneConfig.from_params(locals()), seed=seed, state_dir=state_dir)
+    result = run(splits.path, model.path, TuneConfig.from_params(locals()), seed=seed, state_dir=state_dir,
+                 split=SplitConfig.from_params(locals()), system_prompt=data_system_prompt)
     result["config"] = used_settings(result["config"])  # the report shows only what the backend used
     publish(result, "Tune", artifacts=(model,), metrics=metrics, html=report, plot=Path(model.path) / "loss_curve.png")

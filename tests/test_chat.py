@@ -1,6 +1,8 @@
-"""Chat: the tuned model answers as the customer and keeps the conversation."""
-from calltune.chat import ChatSession
-from calltune.serve import LocalResponder
+"""Chat: the tuned model answers as the customer and keeps the conversation; `calltune chat`'s commands."""
+import io
+
+from calltune.chat import ChatSession, repl
+from calltune.runtime.responders import LocalResponder
 from conftest import SYSTEM, TINY_DIALOGUES
 
 
@@ -24,10 +26,21 @@ def test_tuned_model_plays_the_customer_it_learnt(tuned_model):
     assert session.reply(prompt, max_new_tokens=24) == target  # greedy: the memorised reply
 
 
+def test_the_repl_has_help_reset_and_quit(tiny_chat_model):
+    session = ChatSession(LocalResponder(tiny_chat_model))
+    lines = iter(["/help", "who is calling ?", "/reset", "/nope", "", "/quit", "never read"])
+    out = io.StringIO()
+    repl(session, seller_first=True, read=lambda prompt: next(lines), out=out, max_new_tokens=4)
+    text = out.getvalue()
+    assert "/reset  start the call again" in text and "unknown command /nope" in text
+    assert text.count("customer> ") == 1 and "-- new call --" in text
+    assert session.turns == []  # /reset emptied it
+    assert next(lines) == "never read"  # /quit left the loop
+
+
 def test_chat_with_a_tuned_gemini_endpoint(tmp_path, monkeypatch, capsys):
     """`calltune chat` when the secret's payload is a Vertex endpoint (what deploying a tuned Gemini writes): the
     conversation goes through google-genai to that endpoint, with the kept turns as context."""
-    import io
     from contextlib import closing
 
     from fakes.vertex import FakeVertex
@@ -46,6 +59,21 @@ def test_chat_with_a_tuned_gemini_endpoint(tmp_path, monkeypatch, capsys):
         bodies = [r.body for r in fake.answered()]
     out = capsys.readouterr().out
     assert "customer> 777 says: Hello, is this Ana?" in out and "customer> 777 says: Can we talk on Friday?" in out
+    assert endpoint not in out  # the secret's payload is never shown
     # The second request carries the first exchange: the customer keeps the conversation.
     texts = [p["text"] for c in bodies[-1]["contents"] for p in c["parts"]]
     assert texts[-3:] == ["Hello, is this Ana?", "777 says: Hello, is this Ana?", "Can we talk on Friday?"]
+
+
+def test_a_bad_payload_is_reported_by_version_not_by_content(tmp_path, capsys):
+    from contextlib import closing
+
+    from calltune.backends.registry import open_registry
+    from calltune.cli import main
+    from calltune.config import DeployConfig
+
+    with closing(open_registry(DeployConfig(), tmp_path)) as registry:
+        registry.add_version("llm-endpoint", b"TOPSECRET-x")
+    assert main(["chat", f"state_dir={tmp_path}"]) == 1
+    err = capsys.readouterr().err
+    assert "llm-endpoint version latest cannot be loaded" in err and "TOPSECRET" not in err

@@ -3,8 +3,8 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
-from calltune.chat import generate_reply
 from calltune.config import InferConfig
 from calltune.deploy import model_sha
 from calltune.infer import COLUMNS, generate_batch, predict, prompt_ids, read_predictions
@@ -27,7 +27,13 @@ def test_batched_greedy_replies_equal_one_by_one_generation(loaded):
     prompts = prompt_ids([encode_example(e, tokenizer, 512) for e in EXAMPLES])
     assert len({len(p) for p in prompts}) > 1
     batched = generate_batch(model, tokenizer, prompts, InferConfig(max_new_tokens=8, batch_size=4))
-    single = [generate_reply(model, tokenizer, to_messages(e)["messages"][:-1], max_new_tokens=8) for e in EXAMPLES]
+    chat = [tokenizer.apply_chat_template(to_messages(e)["messages"][:-1], add_generation_prompt=True,
+                                          return_dict=True)["input_ids"] for e in EXAMPLES]
+    assert chat == prompts  # the prompt is the chat template's rendering of the conversation
+    # transformers' own greedy generate, one prompt at a time (no padding)
+    single = [tokenizer.decode(model.generate(torch.tensor([p]), max_new_tokens=8, do_sample=False, top_p=None,
+                                              top_k=None, temperature=None)[0, len(p):],
+                               skip_special_tokens=True).strip() for p in prompts]
     assert batched == single
     assert all(batched)
 

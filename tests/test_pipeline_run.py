@@ -59,3 +59,18 @@ def test_cli_run_keeps_the_serving_version_below_the_threshold(tmp_path, state_d
     assert summary["counts"]["ingest"]["quarantined"] > 0  # the bundled sample carries deliberate defects
     assert summary["serving_version"] == before
     assert "not promoted" in proc.stdout
+    # A log for people: no kfp executor dumps or custom-image warnings (all still there with --verbose) ...
+    log = proc.stdout + proc.stderr
+    assert "executor_input" not in log and "attemping to run a task that uses custom" not in log
+    assert "Executing task 'tune'" in log and "tune: done" in log  # one line per step's start and end
+    # ... ending with each model's score and interval, the check that decided, the report and what to do next.
+    base = summary["accuracy"]["base"]
+    end = proc.stdout[proc.stdout.index("\ntuned "):]
+    assert f"base      token accuracy {base['value']:.4f} [95% interval {base['low']:.4f} to {base['high']:.4f}]" in end
+    assert "decided by: threshold" in end and f"report:  {summary['report']}" in end
+    assert Path(summary["report"]).is_file()
+    assert end.rstrip().splitlines()[-2:] == [f"  calltune chat state_dir={state_dir}    talk to the serving model, as the seller",
+                                              f"  calltune serve state_dir={state_dir}   an OpenAI-compatible API for it (http://127.0.0.1:8000/v1)"]
+    # The run's model folder holds the completed model card.
+    card = (Path(summary["run_dir"]) / "tune" / "model" / "README.md").read_text()
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "Gate decision: kept out" in card

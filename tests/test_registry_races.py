@@ -92,7 +92,7 @@ def test_concurrent_promotions_of_one_model_add_one_version(tmp_path, pool, back
 def test_listing_opens_read_only_beside_a_writer(tmp_path, capsys):
     state = tmp_path / "state"
     assert main(["secrets", f"state_dir={state}"]) == 1  # nothing deployed: said so, and nothing created
-    assert "nothing has been deployed there yet" in capsys.readouterr().err
+    assert "secret 'llm-endpoint' not found" in capsys.readouterr().err
     assert not (state / REGISTRY_FILE).exists()
     deploy(make_model(tmp_path / "m", b"w"), DeployConfig(), state, run_id="run-1", metrics={})
     with closing(open_registry(DeployConfig(), state)) as writer, writer.exclusive("llm-endpoint"):

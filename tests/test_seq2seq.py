@@ -13,9 +13,9 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 from calltune import seq2seq
 from calltune.config import EvaluateConfig, InferConfig, TuneConfig, load_config
 from calltune.evaluate import evaluate
-from calltune.infer import instructions, predict
-from calltune.models import MODEL_CARD, load_model, weights_sha256
-from calltune.tune import encode_file
+from calltune.infer import predict
+from calltune.models import MODEL_CARD, is_encoder_decoder, load_model, weights_sha256
+from calltune.runtime.encoding import encode_file, encode_seq2seq, instructions
 from conftest import SYSTEM, TINY_DIALOGUES, make_example, write_examples
 
 T5_LINEAR = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
@@ -84,7 +84,7 @@ def tuned(tmp_path_factory, t5_dir, tokenizer):
     """(trainer, tuned model folder) after a short LoRA run that memorises the TRAIN replies; the folder is laid
     out as the tune step writes one: adapter, tokenizer, calltune_model.json naming the base."""
     work = tmp_path_factory.mktemp("s2s-tune")
-    rows = [seq2seq.encode_example(e, tokenizer, 128) for e in TRAIN]
+    rows = [encode_seq2seq(e, tokenizer, 128) for e in TRAIN]
     cfg = TuneConfig(base_model=str(t5_dir), max_steps=40, learning_rate=1e-2, batch_size=4, lora_r=8,
                      lora_alpha=16, lora_dropout=0.0, target_modules=T5_LINEAR, max_seq_len=128)
     trainer = seq2seq.make_trainer(t5_dir, rows, rows, cfg, seed=0, work_dir=work / "work")
@@ -105,16 +105,16 @@ def _squeeze(text: str) -> str:
 def test_is_encoder_decoder_reads_only_the_config(t5_dir, tmp_path):
     from transformers import LlamaConfig
 
-    assert seq2seq.is_encoder_decoder(t5_dir)
+    assert is_encoder_decoder(t5_dir)
     LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path / "causal")
-    assert not seq2seq.is_encoder_decoder(tmp_path / "causal")  # a config.json alone: no weights are needed
+    assert not is_encoder_decoder(tmp_path / "causal")  # a config.json alone: no weights are needed
     (tmp_path / "t5-config").mkdir()
     (tmp_path / "t5-config" / "config.json").write_bytes((t5_dir / "config.json").read_bytes())
-    assert seq2seq.is_encoder_decoder(tmp_path / "t5-config")
+    assert is_encoder_decoder(tmp_path / "t5-config")
 
 
 def test_encoder_reads_the_conversation_and_labels_are_exactly_the_reply_and_eos(tokenizer):
-    encoded = seq2seq.encode_example(LONG, tokenizer, max_len=512)
+    encoded = encode_seq2seq(LONG, tokenizer, max_len=512)
     encoder_text = tokenizer.decode(encoded["input_ids"], skip_special_tokens=True)
     assert encoder_text == _squeeze(instructions(LONG))  # system, every history turn, the seller's line
     assert encoder_text.endswith("seller: Would you like to compare the two plans?")
@@ -125,9 +125,9 @@ def test_encoder_reads_the_conversation_and_labels_are_exactly_the_reply_and_eos
 
 
 def test_long_conversations_lose_the_oldest_history_first_and_never_the_reply(tokenizer):
-    full = seq2seq.encode_example(LONG, tokenizer, max_len=512)
+    full = encode_seq2seq(LONG, tokenizer, max_len=512)
 
-    cut = seq2seq.encode_example(LONG, tokenizer, max_len=len(full["input_ids"]) - 5)
+    cut = encode_seq2seq(LONG, tokenizer, max_len=len(full["input_ids"]) - 5)
     text = tokenizer.decode(cut["input_ids"], skip_special_tokens=True)
     assert len(cut["input_ids"]) <= len(full["input_ids"]) - 5
     assert "Good morning, my name is Bruno" not in text  # the oldest turn went first
@@ -135,23 +135,23 @@ def test_long_conversations_lose_the_oldest_history_first_and_never_the_reply(to
     assert cut["labels"] == full["labels"]
 
     n = len(full["labels"])
-    tight = seq2seq.encode_example(LONG, tokenizer, max_len=n)  # no room even for the seller's whole line
+    tight = encode_seq2seq(LONG, tokenizer, max_len=n)  # no room even for the seller's whole line
     assert tight["input_ids"] == full["input_ids"][-n:] and tight["labels"] == full["labels"]
     assert "seller:" not in tokenizer.decode(tight["input_ids"]) and "plans?" in tokenizer.decode(tight["input_ids"])
-    assert seq2seq.encode_example(LONG, tokenizer, max_len=n - 1) is None  # the reply alone cannot fit
+    assert encode_seq2seq(LONG, tokenizer, max_len=n - 1) is None  # the reply alone cannot fit
 
 
 def test_a_broken_example_names_the_file_and_the_example(tokenizer, tmp_path):
     bad = {k: v for k, v in TEST[1].items() if k != "target"}
     path = write_examples(tmp_path / "test.examples.jsonl", [TEST[0], bad])
     with pytest.raises(ValueError, match=r"test\.examples\.jsonl: example 'call11:5' has a missing .*'target'"):
-        encode_file(path, tokenizer, 128, encode=seq2seq.encode_example)
+        encode_file(path, tokenizer, 128, encode=encode_seq2seq)
 
 
 def test_training_pads_labels_with_ignore_and_fits_the_replies(tuned, tokenizer):
     trainer, _ = tuned
     batch = next(iter(trainer.get_eval_dataloader()))
-    rows = [seq2seq.encode_example(e, tokenizer, 128) for e in TRAIN]
+    rows = [encode_seq2seq(e, tokenizer, 128) for e in TRAIN]
     for got, row in zip(batch["labels"].tolist(), rows):  # the collator keeps the dataset's order here
         n = len(row["labels"])
         assert got[:n] == row["labels"] and set(got[n:]) <= {-100}
@@ -244,11 +244,11 @@ def test_pipeline_run_with_a_seq2seq_base_completes_under_kfp_local(t5_dir, tmp_
 def test_chat_with_a_tuned_seq2seq_model(tuned):
     """`calltune chat` on a promoted T5: the encoder reads the same plain-text conversation as in training."""
     from calltune.chat import ChatSession
-    from calltune.serve import LocalResponder
+    from calltune.runtime.responders import LocalResponder
 
     _, model_dir = tuned
     history, prompt, target = TINY_DIALOGUES[1]
-    session = ChatSession(LocalResponder(model_dir), system=TRAIN[1]["system"], opening_prompt="")
+    session = ChatSession(LocalResponder(model_dir), system=TRAIN[1]["system"])
     session.turns = [{"role": r, "text": t} for r, t in history]
     assert _squeeze(session.reply(prompt, max_new_tokens=32)) == _squeeze(target)  # greedy: the memorised reply
     assert [t["role"] for t in session.turns][-2:] == ["seller", "customer"]

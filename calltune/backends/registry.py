@@ -22,7 +22,7 @@ __all__ = ["REGISTRY_FILE", "Registry", "RegistryError", "RequestIdConflict", "S
 
 def open_registry(cfg: DeployConfig, state_dir: str | Path, *, readonly: bool = False) -> Registry:
     """The registry `deploy.registry` names: sqlite (in state_dir) or secret-manager (in deploy.project).
-    `readonly`: for commands that only read (a missing local registry is then SecretNotFound, not created)."""
+    `readonly`: for commands that only read (a missing local registry reads as empty and is not created)."""
     if cfg.registry == "sqlite":
         return SqliteRegistry(Path(state_dir).expanduser() / REGISTRY_FILE, readonly=readonly)
     if cfg.registry == "secret-manager":

@@ -27,12 +27,11 @@ class SqliteRegistry:
 
     def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
-        if readonly:
-            if not self.path.is_file():
-                raise base.SecretNotFound(f"no registry at {self.path}: nothing has been deployed there yet")
+        if readonly and self.path.is_file():
             self._db = connect_sqlite(self.path, readonly=True)
             return
-        self._db = connect_sqlite(self.path)
+        # Nothing deployed yet, read-only: an empty registry in memory, so no file is created by a reader.
+        self._db = sqlite3.connect(":memory:", isolation_level=None) if readonly else connect_sqlite(self.path)
         with write_transaction(self._db) as db:
             db.execute("CREATE TABLE IF NOT EXISTS secrets (secret_id TEXT PRIMARY KEY, create_time TEXT NOT NULL)")
             db.execute("""CREATE TABLE IF NOT EXISTS versions (
@@ -45,6 +44,8 @@ class SqliteRegistry:
                 payload BLOB NOT NULL,
                 PRIMARY KEY (secret_id, version),
                 UNIQUE (secret_id, request_id))""")
+        if readonly:
+            self._db.execute("PRAGMA query_only = ON")
 
     def __enter__(self) -> SqliteRegistry:
         return self

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from calltune.config import TuneConfig
+from calltune.config import SplitConfig, TuneConfig
 
 
-def tune(splits: str | Path, out_dir: str | Path, cfg: TuneConfig, *, seed: int, state_dir: str | Path) -> dict:
-    """Either backend; then the folder's README.md model card (calltune.model_card), evaluation pending."""
+def tune(splits: str | Path, out_dir: str | Path, cfg: TuneConfig, *, seed: int, state_dir: str | Path,
+         split: SplitConfig | None = None, system_prompt: str = "") -> dict:
+    """Either backend; then the folder's README.md model card (calltune.model_card), evaluation pending.
+    `split` and `system_prompt` (the template the data's system instructions came from) go into a local model's
+    card, so serving windows conversations as the examples were."""
     from calltune.model_card import add_model_card
 
     splits = Path(splits)
@@ -24,5 +27,5 @@ def tune(splits: str | Path, out_dir: str | Path, cfg: TuneConfig, *, seed: int,
 
     validation = splits / "validation.examples.jsonl"
     card = train_lora(splits / "train.examples.jsonl", validation if validation.exists() else None, Path(out_dir),
-                      cfg, seed=seed, state_dir=Path(state_dir).expanduser())
+                      cfg, seed=seed, state_dir=Path(state_dir).expanduser(), split=split, system_prompt=system_prompt)
     return add_model_card(out_dir, card, splits)

@@ -1,0 +1,176 @@
+"""What answers a conversation as the customer: a local model folder (batched) or a Vertex AI endpoint.
+
+Both take a windowed example (`window`: the split settings the model was trained with, from its model card) and a
+`Sampling`, and return a `Generation` through a Future, so the server, the REPL and batch inference treat them alike.
+A local model's requests wait in a queue; one worker thread takes every request waiting when the model is free and
+generates them together (`calltune.runtime.generation`), so concurrent requests share the forward passes.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+from calltune.config import SplitConfig
+from calltune.models import load_model, read_model_card
+from calltune.render import to_messages
+from calltune.runtime.encoding import prompt_tokens, window
+from calltune.runtime.generation import Generation, Request, generate
+from calltune.schema import Example, Turn
+
+log = logging.getLogger(__name__)
+
+_VERTEX = re.compile(r"projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/(endpoints|models)/[^/]+")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int = 64
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+class Responder(Protocol):
+    system: str  # the persona used when a conversation brings none
+    split: SplitConfig  # how conversations are windowed
+
+    def start(self, example: Example, sampling: Sampling, on_text: Callable[[str], None] | None = None,
+              cancelled: Callable[[], bool] | None = None) -> Future[Generation]: ...
+
+    def close(self) -> None: ...
+
+
+def conversation(responder: Responder, system: str | None, turns: list[Turn]) -> Example:
+    """The responder's windowed example for the customer's next line after `turns` (ending with the seller's line;
+    empty: the customer answers the phone). `system` None: the responder's own persona."""
+    return window(responder.system if system is None else system, turns, responder.split)
+
+
+def reply(responder: Responder, example: Example, sampling: Sampling = Sampling()) -> Generation:
+    return responder.start(example, sampling).result()
+
+
+class LocalResponder:
+    """A local model folder. `split`: the windowing used when the model card does not record it (older models)."""
+
+    def __init__(self, model_dir: Path, split: SplitConfig | None = None, max_batch: int = 16,
+                 max_prompt_tokens: int = 0):
+        self.model, self.tokenizer = load_model(model_dir)
+        card = read_model_card(model_dir) or {}
+        self.system = card.get("system_prompt", "")
+        if "split" in card:
+            self.split = SplitConfig(**card["split"])
+        else:
+            self.split = split or SplitConfig()
+            if card:
+                log.warning("%s: the model card does not record its split settings; windowing with history_turns=%d",
+                            Path(model_dir).name, self.split.history_turns)
+        config = self.model.config
+        self.encoder_decoder = bool(config.is_encoder_decoder)
+        self.context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) \
+            or min(self.tokenizer.model_max_length, 1 << 16)
+        self.max_prompt_tokens = max_prompt_tokens or self.context
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._worker = threading.Thread(target=self._run, name="calltune-generate", daemon=True)
+        self._worker.start()
+
+    def prompt(self, example: Example, max_tokens: int) -> list[int]:
+        """The prompt tokens; the oldest history goes first when the prompt and `max_tokens` exceed the context
+        (PromptTooLong when even no history is too long)."""
+        room = self.context - max_tokens if not self.encoder_decoder else self.context
+        return prompt_tokens(example, self.tokenizer, self.encoder_decoder, min(room, self.max_prompt_tokens))
+
+    def start(self, example: Example, sampling: Sampling, on_text=None, cancelled=None) -> Future[Generation]:
+        request = Request(self.prompt(example, sampling.max_tokens), sampling.max_tokens, sampling.temperature,
+                          sampling.top_p, sampling.seed, sampling.stop, on_text, cancelled)
+        future: Future[Generation] = Future()
+        self._queue.put((request, future))
+        return future
+
+    def close(self) -> None:
+        """Stop the worker once the requests already queued are answered."""
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        closing = False
+        while not closing:
+            item = self._queue.get()
+            batch = []
+            while item is not None:
+                request, future = item
+                if request.cancelled and request.cancelled():  # gave up while waiting
+                    future.set_result(Generation("", len(request.prompt), 0, "cancelled"))
+                elif future.set_running_or_notify_cancel():
+                    batch.append(item)
+                if len(batch) >= self.max_batch:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            closing = item is None
+            if not batch:
+                continue
+            log.debug("generating %d requests together", len(batch))
+            try:
+                results = generate(self.model, self.tokenizer, [r for r, _ in batch])
+            except Exception as exc:  # every request of the batch gets the error, the worker goes on
+                log.exception("generation failed for a batch of %d", len(batch))
+                for _, future in batch:
+                    future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results):
+                future.set_result(result)
+
+
+class GeminiResponder:
+    """A Vertex AI endpoint or tuned Gemini model, through google-genai (Vertex mode); requests run in parallel
+    threads (the endpoint batches on its side)."""
+
+    system = ""
+
+    def __init__(self, resource: str, base_url: str = "", split: SplitConfig | None = None, max_concurrency: int = 8):
+        from google.genai import types
+
+        from calltune.backends.genai import vertex_client
+
+        match = _VERTEX.fullmatch(resource)
+        if not match:
+            raise ValueError("the endpoint is not a Vertex AI endpoint or model resource name")
+        self.resource, self.split, self._types = resource, split or SplitConfig(), types
+        self._client = vertex_client(match["project"], match["location"], base_url, timeout=120_000,
+                                     retry_options=types.HttpRetryOptions(attempts=5))
+        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="calltune-vertex")
+
+    def start(self, example: Example, sampling: Sampling, on_text=None, cancelled=None) -> Future[Generation]:
+        return self._pool.submit(self._generate, example, sampling, on_text)
+
+    def _generate(self, example: Example, sampling: Sampling, on_text) -> Generation:
+        from calltune.backends.genai import to_contents
+
+        system, contents = to_contents(to_messages({**example, "target": ""})["messages"][:-1])
+        extra = {"top_p": sampling.top_p} if sampling.top_p < 1 else {}
+        extra |= {"seed": sampling.seed} if sampling.seed is not None else {}
+        extra |= {"stop_sequences": list(sampling.stop)} if sampling.stop else {}
+        response = self._client.models.generate_content(
+            model=self.resource, contents=contents,
+            config=self._types.GenerateContentConfig(system_instruction=system, max_output_tokens=sampling.max_tokens,
+                                                     temperature=sampling.temperature, **extra))
+        text = (response.text or "").strip()
+        if on_text and text:
+            on_text(text)
+        usage = response.usage_metadata
+        finish = str(getattr(response.candidates[0], "finish_reason", "") if response.candidates else "")
+        return Generation(text, (usage and usage.prompt_token_count) or 0, (usage and usage.candidates_token_count) or 0,
+                          "length" if "MAX_TOKENS" in finish else "stop")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)

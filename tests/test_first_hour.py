@@ -1,0 +1,199 @@
+"""What a newcomer meets first: the CLI's --version, `calltune config`, errors naming the bad override, the model
+card, component input descriptions in the compiled YAML, and an evaluation report that fits the window."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+
+from calltune import __version__, cli
+from calltune.config import Config, EvaluateConfig, GcpConfig, InferConfig, describe_fields, load_config
+from calltune.evaluate import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"calltune {__version__}"
+
+
+def test_config_lists_every_field_with_type_default_and_description(capsys):
+    assert cli.main(["config", "--config", str(ROOT / "configs" / "local.yaml")]) == 0
+    out = capsys.readouterr().out
+    fields = describe_fields()
+    assert len(fields) == len(Config().pipeline_params()) + len(GcpConfig.model_fields)
+    assert all(f["description"] for f in fields)
+    assert "tune.epochs  (float, default: 1.0)\n    Training epochs" in out
+    assert "translate.backend  (none | local | google, default: \"local\")" in out
+
+
+def test_config_show_prints_the_yaml_with_the_overrides(capsys):
+    local = str(ROOT / "configs" / "local.yaml")
+    assert cli.main(["config", "--show", "--config", local, "tune.epochs=3", "translate.backend=none"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["tune"]["epochs"] == 3 and shown["translate"]["backend"] == "none"
+    assert shown["tune"]["learning_rate"] == load_config(local).tune.learning_rate  # the file's value, not the default
+    assert Config.model_validate(shown) == load_config(local, ["tune.epochs=3", "translate.backend=none"])
+
+
+@pytest.mark.parametrize("override, said", [
+    ("tune.epoch=3", "override 'tune.epoch=3': tune.epoch: no such config field (did you mean tune.epochs?)"),
+    ("tune.epochs=-1", "override 'tune.epochs=-1': tune.epochs: Input should be greater than 0"),
+    ("evaluate.compare=[base, rival]", "override 'evaluate.compare=[base, rival]': evaluate.compare.1:"),
+])
+def test_a_bad_override_is_named_not_the_config_file(override, said, capsys):
+    assert cli.main(["config", "--show", "--config", str(ROOT / "configs" / "local.yaml"), override]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "local.yaml" not in err and "Traceback" not in err
+
+
+def test_a_bad_value_in_the_file_names_the_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tune:\n  epochs: -2\n")
+    assert cli.main(["config", "--show", "--config", str(bad), "tune.batch_size=4"]) == 2
+    assert f"config {bad}: tune.epochs: Input should be greater than 0" in capsys.readouterr().err
+
+
+def test_every_option_has_help():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.choices and "run" in a.choices)
+    missing = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, p in sub.choices.items()
+               for a in p._actions if not a.help]
+    assert missing == []
+
+
+def test_compiled_components_describe_their_inputs(tmp_path):
+    from kfp import compiler
+
+    from calltune.pipelines import build_pipeline
+
+    out = tmp_path / "pipeline.yaml"
+    compiler.Compiler().compile(build_pipeline("local", Config()), str(out))
+    spec = yaml.safe_load(out.read_text())
+    docs = Config().pipeline_signature()[1]
+    seen = 0
+    for name, component in spec["components"].items():
+        if "executorLabel" not in component:
+            continue  # the condition groups
+        for kind in ("parameters", "artifacts"):
+            for arg, definition in component.get("inputDefinitions", {}).get(kind, {}).items():
+                assert definition.get("description"), f"{name}.{arg}"
+                if arg in docs:
+                    assert definition["description"] == docs[arg]
+                    seen += 1
+    assert seen >= len(docs)  # every config parameter is described on at least one component
+
+
+# ---- the evaluation report, the model card ----
+
+@pytest.fixture(scope="module")
+def evaluated(tuned_model, tiny_examples_path, tmp_path_factory) -> tuple[Path, Path, dict]:
+    """(the tuned model folder with its tune-time card, the evaluation folder, the tuned model's results)."""
+    from calltune.model_card import add_model_card
+
+    source, card = tuned_model
+    model = tmp_path_factory.mktemp("card") / "model"
+    shutil.copytree(source, model)
+    splits = tiny_examples_path.parent  # train.examples.jsonl; the card records what it finds
+    add_model_card(model, json.loads((model / "calltune_model.json").read_text()), splits)
+    out = tmp_path_factory.mktemp("evaluation") / "evaluation"
+    cfg = EvaluateConfig(threshold=0.0, bootstrap_samples=100, samples=4, embedding_model="")
+    result = evaluate(model, tiny_examples_path, out, cfg, infer=InferConfig(max_new_tokens=8), champion=str(model),
+                      seed=3)
+    return model, out, result
+
+
+def test_model_card_is_a_hugging_face_card_with_base_data_settings_and_evaluation(evaluated, tiny_examples_path):
+    from huggingface_hub import ModelCard
+
+    from calltune.io import file_sha256
+
+    model, out, result = evaluated
+    tuned = ModelCard.load(model / "README.md")  # written at tune: evaluation pending
+    assert tuned.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and tuned.data.library_name == "peft"
+    assert not tuned.data.eval_results and "Pending" in tuned.text
+    assert file_sha256(tiny_examples_path) in tuned.text and "More Information Needed" not in tuned.text
+    assert "| lora_r | 16 |" in tuned.text and "gemini_" not in tuned.text  # only the settings hf-lora reads
+    assert "## Intended use" in tuned.text and "## Limits" in tuned.text
+
+    done = ModelCard.load(out / "model_card.md")  # completed at evaluate
+    results = {r.metric_type: r.metric_value for r in done.data.eval_results}
+    assert results["accuracy"] == round(result["accuracy"], 4)
+    comparison = json.loads((out / "comparison.json").read_text())
+    acc = comparison["models"]["base"]["metrics"]["accuracy"]
+    assert f"{acc['value']:.4f} [{acc['low']:.4f}, {acc['high']:.4f}]" in done.text  # the base, with its interval
+    assert f"decided by: {comparison['gate']['decided_by']}" in done.text
+
+
+def test_evaluation_files_are_readable_by_others(evaluated):
+    _, out, _ = evaluated
+    for name in ("report.html", "comparison.json", "charts.png", "model_card.md"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~_umask(), name
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
+def test_evaluation_report_fits_the_window(evaluated, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    _, out, _ = evaluated
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            for width in (1280, 800):
+                page = browser.new_page(viewport={"width": width, "height": 900})
+                page.goto((out / "report.html").as_uri())
+                wide = page.evaluate("""() => [...document.querySelectorAll('body *')]
+                    .filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1)
+                    .map(e => e.tagName + ' ' + Math.round(e.getBoundingClientRect().right))""")
+                page.screenshot(path=str(tmp_path / f"report-{width}.png"), full_page=True)
+                assert wide == [], (width, wide[:5])
+                assert page.evaluate("document.documentElement.scrollWidth") <= width
+                images = page.evaluate("[...document.images].map(i => i.naturalWidth > 0)")
+                assert images and all(images)  # the charts render, scaled to the page
+                page.close()
+        finally:
+            browser.close()
+
+
+def test_data_step_reports_show_example_rows_and_explain_their_terms(tmp_path):
+    """The ingest and turn-split components' Markdown reports, as a person reads them after a run."""
+    from kfp.dsl import Dataset, Markdown, Metrics
+
+    from calltune import components
+    from calltune.io import read_jsonl
+
+    params = Config().pipeline_params()
+    art = {n: cls(uri=str(tmp_path / n)) for n, cls in (("calls", Dataset), ("quarantine", Dataset),
+                                                        ("metrics", Metrics), ("report", Markdown))}
+    data = {k: v for k, v in params.items() if k.startswith("data_")}
+    components.ingest.python_func(**{**data, "data_input": str(ROOT / "tests" / "fixtures" / "data" / "seed_calls.csv"),
+                                     "data_max_bad_fraction": 1.0}, **art)
+    report = (tmp_path / "report").read_text()
+    bad = next(read_jsonl(tmp_path / "quarantine"))
+    assert "## Quarantined rows, with the reason" in report and f"| {bad['row']} | {bad['reason']} |" in report
+    first = next(read_jsonl(tmp_path / "calls"))["turns"][0]
+    assert "## A call as ingested (texts repaired)" in report and first["text"] in report
+    assert "## Terms" in report and "- **quarantined**: records left out" in report
+
+    split = {"examples": Dataset(uri=str(tmp_path / "examples")), "metrics": Metrics(uri=str(tmp_path / "m2")),
+             "report": Markdown(uri=str(tmp_path / "split.md"))}
+    components.turn_split.python_func(calls=art["calls"], split_history_turns=2, split_opening_prompt="[ring]", **split)
+    report = (tmp_path / "split.md").read_text()
+    example = next(read_jsonl(tmp_path / "examples"))
+    assert f"| {example['example_id']} |" in report and example["target"] in report
+    assert "- **openings**: customer turns with no seller turn before them" in report

@@ -1,0 +1,110 @@
+"""The model runtime: serving builds exactly the prompt tokens training saw (split settings from the model card), and
+batched generation keeps every request's own settings."""
+import json
+from contextlib import closing
+
+import httpx
+import pytest
+from conftest import SYSTEM
+
+from calltune.backends.registry import open_registry
+from calltune.config import DeployConfig, ServeConfig, SplitConfig, TuneConfig
+from calltune.models import load_model
+from calltune.runtime.encoding import encode_causal, prompt_ids, window
+from calltune.runtime.generation import Request, generate
+from calltune.runtime.responders import LocalResponder, conversation
+from calltune.serve import open_server
+from calltune.tune import train_lora
+from calltune.turns import split_call
+
+TURNS = [("customer", "Hello?"), ("seller", "Hi, this is Bruno from Acme."), ("customer", "Oh, hi Bruno."),
+         ("seller", "Do you have a minute?"), ("customer", "A short one."), ("seller", "Our plan is fifty a month."),
+         ("customer", "That is a lot."), ("seller", "It covers the whole family."), ("customer", "Tell me more.")]
+CALL = {"call_id": "c1", "source_row": 1, "persona": {}, "system": SYSTEM,
+        "turns": [{"role": r, "text": t} for r, t in TURNS]}
+SPLIT = SplitConfig(history_turns=2, opening_prompt="[Ring ring]")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_llama_dir):
+    """A model tuned (one step) on examples split with non-default settings, recorded in its card."""
+    tmp = tmp_path_factory.mktemp("split-model")
+    examples = split_call(CALL, SPLIT)
+    train = tmp / "train.examples.jsonl"
+    train.write_text("".join(json.dumps(e) + "\n" for e in examples))
+    card = train_lora(train, None, tmp / "model", TuneConfig(base_model=str(tiny_llama_dir), max_steps=1, batch_size=2,
+                                                            max_seq_len=256), seed=0, state_dir=tmp / "state",
+                      split=SPLIT, system_prompt="You are {character}.")
+    return tmp / "model", card, examples
+
+
+def test_serving_builds_the_prompt_tokens_training_saw(trained, tmp_path):
+    model_dir, card, examples = trained
+    assert card["split"] == SPLIT.model_dump() and card["system_prompt_template"] == "You are {character}."
+    assert card["end_of_turn_token"] == "<|im_end|>"
+    responder = LocalResponder(model_dir)  # no split given: the card's
+    try:
+        assert responder.split == SPLIT
+        for example in examples:
+            trained_prompt = prompt_ids([encode_causal(example, responder.tokenizer, 256)])[0]
+            # What a seller's app sends: the whole call so far (the merged turns before the reply).
+            so_far = [{"role": t["role"], "text": t["text"]} for t in CALL["turns"][:example["turn_index"]]]
+            served = responder.prompt(conversation(responder, SYSTEM, so_far), max_tokens=16)
+            assert served == trained_prompt, example["example_id"]
+        # The defaults would have given the model more history than it ever saw.
+        default = responder.prompt(window(SYSTEM, so_far, SplitConfig()), max_tokens=16)
+        assert len(default) > len(served)
+    finally:
+        responder.close()
+
+    # And through the server: the whole call as OpenAI messages, the prompt counted as in training.
+    cfg = DeployConfig()
+    with closing(open_registry(cfg, tmp_path)) as registry:
+        registry.add_version(cfg.secret_id, model_dir.as_uri().encode())
+    server, watcher = open_server(ServeConfig(port=0), cfg, tmp_path)
+    server.start()
+    try:
+        messages = [{"role": "system", "content": SYSTEM}] + [
+            {"role": "user" if t["role"] == "seller" else "assistant", "content": t["text"]} for t in so_far]
+        r = httpx.post(server.url + "/v1/chat/completions", json={"messages": messages, "max_tokens": 1}, timeout=60)
+        assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == len(served)
+    finally:
+        server.stop()
+        watcher.stop()
+
+
+def test_the_opening_and_history_windows_follow_turn_split():
+    assert window(SYSTEM, [], SPLIT) == {**split_call({**CALL, "turns": CALL["turns"][:1]}, SPLIT)[0], "target": "",
+                                         "example_id": "live:0", "call_id": "live"}
+    with pytest.raises(ValueError, match="no seller line and no opening prompt"):
+        window(SYSTEM, [], SplitConfig(opening_prompt=""))
+    with pytest.raises(ValueError, match="the last turn must be the seller's"):
+        window(SYSTEM, [{"role": "customer", "text": "Hi"}], SPLIT)
+    # Consecutive seller lines are merged, as in training.
+    merged = window("", [{"role": "seller", "text": "Hi."}, {"role": "seller", "text": "Anyone there?"}], SPLIT)
+    assert merged["prompt"] == "Hi. Anyone there?" and merged["history"] == []
+
+
+def test_batched_rows_keep_their_own_settings(tiny_llama_dir):
+    model, tokenizer = load_model(tiny_llama_dir)
+    prompts = [tokenizer(t)["input_ids"] for t in ("Hello there", "A much longer prompt than the first one", "Hi")]
+    alone = generate(model, tokenizer, [Request(prompts[0], 6, temperature=1.0, seed=5)])[0]
+    pieces = []
+    batch = generate(model, tokenizer, [
+        Request(prompts[0], 6, temperature=1.0, seed=5),
+        Request(prompts[1], 3, on_text=pieces.append),
+        Request(prompts[2], 12, cancelled=lambda: False),
+    ])
+    assert batch[0] == alone  # a seeded row does not depend on what shares its batch
+    assert (batch[1].completion_tokens, batch[1].finish_reason) == (3, "length")
+    assert "".join(pieces) == batch[1].text and batch[1].prompt_tokens == len(prompts[1])
+    assert batch[2].finish_reason == "length" and batch[2].completion_tokens == 12
+    greedy = generate(model, tokenizer, [Request(prompts[2], 12)])[0]
+    assert greedy.text == batch[2].text  # left padding changes nothing for a greedy row
+
+    assert len(greedy.text) > 8
+    stop = greedy.text[6:8]
+    cut = generate(model, tokenizer, [Request(prompts[2], 12, stop=(stop,)),
+                                      Request(prompts[2], 12, cancelled=lambda: True)])
+    assert (cut[0].text, cut[0].finish_reason) == (greedy.text[:greedy.text.index(stop)].strip(), "stop")
+    assert (cut[1].finish_reason, cut[1].completion_tokens) == ("cancelled", 1)
