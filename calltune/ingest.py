@@ -18,32 +18,38 @@ Each input unit (CSV row, JSONL line, list item, acronym conversation) becomes e
 quarantine row, so rows = calls + quarantined. Hostile rows are quarantined, never a traceback: a text longer than
 `data.max_field_chars` (checked before a literal is parsed, so memory stays bounded), nesting too deep, a lone
 surrogate (not Unicode). NUL and other control characters (but tab and newlines) are removed from every text.
-A file that cannot be read at all (not UTF-8, CR-only line endings) is refused with one line naming file and row. Row numbers are 1-based (CSV: data row; JSONL: line).
+A file that cannot be read at all (not UTF-8, CR-only line endings) is refused with one line naming file and row.
+Row numbers are 1-based (CSV: data row; JSONL: line). The parsers, one module per file format, are in
+calltune.formats; the process pool in calltune.parallel.
 The JSON list formats are single documents and are read whole; every other format streams.
 """
 from __future__ import annotations
 
-import ast
 import csv
 import io
 import json
 import logging
-import multiprocessing
 import os
 import re
 import sys
-from collections import Counter, deque
-from functools import lru_cache
+from collections import Counter
+from collections.abc import Iterator
 from importlib import resources
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tqdm import tqdm
 
+from calltune.formats import PARSERS
+from calltune.formats.base import ROLES, ParseSettings, Reject
+from calltune.formats.seed_csv import parse_transcript
 from calltune.io import atomic_open, dumps
+from calltune.parallel import map_chunks
 from calltune.schema import Call
-from calltune.text import repair_text
+
+__all__ = ["IngestError", "Quarantine", "Source", "bundled_sample_path", "check", "default_workers", "detect_format",
+           "ingest", "iter_calls", "map_chunks", "parse_chunk", "parse_transcript", "resolve_input"]
 
 if TYPE_CHECKING:
     from calltune.config import DataConfig
@@ -57,16 +63,10 @@ RAW_LIMIT = 4000               # characters of a bad row kept in quarantine.json
 FIELD_LIMIT = 64 << 20         # longest CSV record (the csv module's default, 128 KiB, is too small)
 PARALLEL_MIN_BYTES = 32 << 20  # below this, starting parser processes costs more than it saves
 CHUNK_ROWS = 1000              # rows per chunk sent to a parser process
-ROLES = ("seller", "customer")
-_CHAT_ROLES = {"user": "seller", "assistant": "customer", "model": "customer"}
 
 
 class IngestError(ValueError):
     pass
-
-
-class _Reject(Exception):
-    """A bad row: its reason goes to quarantine.jsonl."""
 
 
 class Quarantine:
@@ -154,20 +154,16 @@ def detect_format(path: str | Path) -> str:
 
 # ---------------------------------------------------------------- the input: format, settings, chunks
 
-class Source:
+class Source(ParseSettings):
     """An input file opened for reading: its format, what the parsers need from the config and, for CSV,
     the columns. Small and picklable: it travels to the parser processes."""
 
     def __init__(self, path: str | Path, cfg: DataConfig):
+        super().__init__(cfg)
         self.path = Path(path)
         self.fmt = detect_format(self.path) if cfg.format == "auto" else cfg.format
-        if self.fmt not in _PARSERS:
+        if self.fmt not in PARSERS:
             raise IngestError(f"unknown data.format {self.fmt!r}")
-        self.role_map = dict(cfg.role_map)
-        self.persona_fields = list(cfg.persona_fields)
-        self.system_prompt = cfg.system_prompt
-        self.qa_keys = (cfg.qa_input_key, cfg.qa_output_key)
-        self.max_field_chars = cfg.max_field_chars
         bad = {k: v for k, v in self.role_map.items() if v not in ROLES}
         if bad:
             raise IngestError(f"data.role_map maps {bad} to roles other than {ROLES}")
@@ -193,9 +189,6 @@ class Source:
             wanted = {"transcription", "id", "meeting_id", *self.persona_fields}
             self.columns = [(i, name) for i, name in enumerate(header) if name in wanted]
 
-    def system(self, persona: dict[str, str]) -> str:
-        return _render(self.system_prompt, tuple(persona.items()))
-
     def chunks(self) -> Iterator[tuple[int, Any]]:
         """(first row number, payload) for every CHUNK_ROWS rows, read in the parent process. The streaming
         formats travel as the raw bytes of whole records: cheap to read and send, decoded by the parser."""
@@ -215,176 +208,6 @@ class Source:
                 yield row, payload
                 row += CHUNK_ROWS
 
-
-class _Blank(dict):
-    def __missing__(self, key):
-        return ""
-
-
-# Personas repeat across calls (a few characters, a few meeting types): render and repair each once.
-@lru_cache(maxsize=4096)
-def _render(template: str, persona: tuple[tuple[str, str], ...]) -> str:
-    return " ".join(template.format_map(_Blank(persona)).split())
-
-
-_repair_field = lru_cache(maxsize=4096)(repair_text)
-
-
-# ---------------------------------------------------------------- parsing one record
-
-
-# Python's repr of the export's list: [{'message': '...', 'role': 'bot'}, ...]. Matched exactly, it is read
-# several times faster than ast.literal_eval (the main cost of ingest); anything else goes to literal_eval.
-_PYSTR = r"""'[^'\\\n]*(?:\\.[^'\\\n]*)*'|"[^"\\\n]*(?:\\.[^"\\\n]*)*\""""
-# group 1: a message in plain quotes, taken as is; group 2: any other string literal; group 3: the role
-_ITEM = re.compile(rf"\{{'message': (?:'([^'\\\n]*)'|({_PYSTR})), 'role': '(\w+)'\}}")
-
-
-def parse_transcript(text: str, max_chars: int | None = None) -> Any:
-    """The Python literal in `transcription`, read without eval; raises ValueError/SyntaxError if not a literal.
-    A literal outside the fast path longer than `max_chars` is refused before parsing: literal_eval takes about
-    180 times the text in memory."""
-    out, pos, end = [], 1, len(text) - 1
-    if text[:1] == "[" and text[end:] == "]":
-        while m := _ITEM.match(text, pos):
-            message = m[1]
-            out.append({"message": ast.literal_eval(m[2]) if message is None else message, "role": m[3]})
-            pos = m.end()
-            if pos == end:
-                return out
-            if not text.startswith(", ", pos):
-                break
-            pos += 2
-    if max_chars is not None and len(text) > max_chars:
-        raise _Reject(f"transcript literal of {len(text)} characters, over data.max_field_chars={max_chars}")
-    return ast.literal_eval(text)
-
-
-def _turns(items: Any, role_map: dict[str, str], role_key: str, text_key: str) -> list[dict]:
-    if not isinstance(items, list):
-        raise _Reject("unparseable transcript")
-    turns, usable = [], False
-    for item in items:
-        try:
-            role, text = item[role_key], item[text_key]
-        except KeyError as exc:
-            raise _Reject(f"missing field '{exc.args[0]}'") from None
-        except (TypeError, IndexError):  # not a mapping
-            raise _Reject("unparseable transcript") from None
-        mapped = role_map.get(role) if isinstance(role, str) else None
-        if mapped is None:
-            raise _Reject(f"unknown role {role!r}")
-        if not isinstance(text, str):
-            raise _Reject("unparseable transcript")
-        text = repair_text(text)
-        usable = usable or (mapped == "customer" and text != "")
-        turns.append({"role": mapped, "text": text})
-    if not usable:
-        raise _Reject("no usable turn")
-    return turns
-
-
-def _call(call_id: Any, row: int, persona: dict, system: str, turns: list[dict]) -> Call:
-    return {"call_id": str(call_id), "source_row": row, "persona": persona, "system": system, "turns": turns}
-
-
-def _parse_seed_csv(row: int, rec: dict[str, str], src: Source) -> Call:
-    text = rec.get("transcription")
-    if text is None or not text.strip():
-        raise _Reject("missing field 'transcription'")
-    try:
-        items = parse_transcript(text, src.max_field_chars)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        raise _Reject("unparseable transcript") from None
-    turns = _turns(items, src.role_map, "role", "message")
-    persona = {f: _repair_field(rec[f]) for f in src.persona_fields if rec.get(f)}
-    call_id = rec.get("id") or rec.get("meeting_id") or f"row-{row}"
-    return _call(call_id, row, persona, src.system(persona), turns)
-
-
-def _json_object(line: str) -> dict:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError:
-        raise _Reject("bad JSON line") from None
-    except RecursionError:
-        raise _Reject("bad JSON line (nested too deeply)") from None
-    if not isinstance(obj, dict):
-        raise _Reject("bad JSON line")
-    return obj
-
-
-def _parse_calls_jsonl(row: int, line: str, src: Source) -> Call:
-    obj = _json_object(line)
-    if "turns" not in obj:
-        raise _Reject("missing field 'turns'")
-    turns = _turns(obj["turns"], src.role_map, "role", "text")
-    persona = obj.get("persona") or {}
-    if not isinstance(persona, dict):
-        raise _Reject("unparseable transcript")
-    persona = {str(k): _repair_field(str(v)) for k, v in persona.items()}
-    system = repair_text(obj["system"]) if isinstance(obj.get("system"), str) else src.system(persona)
-    return _call(obj.get("call_id") or f"row-{row}", row, persona, system, turns)
-
-
-def _list_field(obj: dict, key: str) -> list:
-    if key not in obj:
-        raise _Reject(f"missing field '{key}'")
-    if not isinstance(obj[key], list):
-        raise _Reject("unparseable transcript")
-    return obj[key]
-
-
-def _parse_messages(row: int, line: str, src: Source) -> Call:
-    obj = _json_object(line)
-    messages = _list_field(obj, "messages")
-    is_system = [isinstance(m, dict) and m.get("role") == "system" for m in messages]
-    turns = _turns([m for m, s in zip(messages, is_system) if not s], _CHAT_ROLES, "role", "content")
-    text = " ".join(m["content"] for m, s in zip(messages, is_system) if s and isinstance(m.get("content"), str))
-    return _call(obj.get("id") or f"row-{row}", row, {}, repair_text(text), turns)
-
-
-def _parts_text(content: Any) -> str:
-    if not isinstance(content, dict) or not isinstance(content.get("parts"), list):
-        raise _Reject("unparseable transcript")
-    return "".join(p["text"] for p in content["parts"] if isinstance(p, dict) and isinstance(p.get("text"), str))
-
-
-def _parse_vertex(row: int, line: str, src: Source) -> Call:
-    obj = _json_object(line)
-    contents = _list_field(obj, "contents")
-    items = [{"role": c.get("role"), "text": _parts_text(c)} if isinstance(c, dict) else c for c in contents]
-    turns = _turns(items, _CHAT_ROLES, "role", "text")
-    system = _parts_text(obj["systemInstruction"]) if obj.get("systemInstruction") else ""
-    return _call(obj.get("id") or f"row-{row}", row, {}, repair_text(system), turns)
-
-
-def _parse_qa(row: int, obj: Any, src: Source) -> Call:
-    if not isinstance(obj, dict):
-        raise _Reject("unparseable transcript")
-    for key in src.qa_keys:
-        if not isinstance(obj.get(key), str):
-            raise _Reject(f"missing field '{key}'")
-    q, a = src.qa_keys
-    turns = _turns([{"role": "seller", "text": obj[q]}, {"role": "customer", "text": obj[a]}],
-                   {"seller": "seller", "customer": "customer"}, "role", "text")
-    return _call(obj.get("id") or f"row-{row}", row, {}, "", turns)
-
-
-def _parse_acronym(row: int, rec: Any, src: Source) -> Call:
-    if not isinstance(rec, tuple):  # the whole entry, lacking a field
-        missing = "acronym" if not isinstance(rec, dict) or "acronym" not in rec else "conversation"
-        raise _Reject(f"missing field '{missing}'")
-    acronym, i, conversation = rec
-    return _call(f"{acronym}-{i}", row, {}, "", _turns(conversation, _CHAT_ROLES, "role", "content"))
-
-
-_PARSERS: dict[str, Callable[[int, Any, Source], Call]] = {
-    "seed_csv": _parse_seed_csv, "calls_jsonl": _parse_calls_jsonl, "messages": _parse_messages,
-    "vertex": _parse_vertex, "qa_json": _parse_qa, "acronym": _parse_acronym}
-
-
-# ---------------------------------------------------------------- reading (in the parent process)
 
 def _csv_record(fh: BinaryIO, path: Path, row: int) -> bytes:
     """One CSV record as bytes: lines up to one that closes every quote opened (a quote inside a field
@@ -460,26 +283,26 @@ def _records(src: Source, first_row: int, payload: Any) -> Iterator[tuple[int, A
 
 def parse_chunk(src: Source, chunk: tuple[int, Any]) -> tuple[list[Call], list[tuple[int, str, Any]]]:
     """A chunk of Source.chunks -> its calls, and its rejected rows as (row, reason, raw record)."""
-    parse = _PARSERS[src.fmt]
+    parse = PARSERS[src.fmt]
     calls, rejects = [], []
     for row, rec in _records(src, *chunk):
         try:
             calls.append(_clean(parse(row, rec, src), src.max_field_chars))
-        except _Reject as exc:
+        except Reject as exc:
             rejects.append((row, str(exc), rec))
     return calls, rejects
 
 
 def _clean_text(text: str, name: str, limit: int) -> str:
     if len(text) > limit:
-        raise _Reject(f"{name} of {len(text)} characters, over data.max_field_chars={limit}")
+        raise Reject(f"{name} of {len(text)} characters, over data.max_field_chars={limit}")
     if _SURROGATE.search(text):
-        raise _Reject(f"{name} holds a lone surrogate (\\ud800-\\udfff): not valid Unicode text")
+        raise Reject(f"{name} holds a lone surrogate (\\ud800-\\udfff): not valid Unicode text")
     return text.translate(_CONTROL)
 
 
 def _clean(call: Call, limit: int) -> Call:
-    """The call with NUL and control characters removed from its texts; _Reject for a text too long or not Unicode."""
+    """The call with NUL and control characters removed from its texts; Reject for a text too long or not Unicode."""
     call["turns"] = [{**t, "text": _clean_text(t["text"], f"turn {i} text", limit)} for i, t in enumerate(call["turns"], 1)]
     call["system"] = _clean_text(call["system"], "system", limit)
     call["persona"] = {_clean_text(k, "persona key", limit): _clean_text(v, f"persona {k!r}", limit)
@@ -491,38 +314,6 @@ def _clean(call: Call, limit: int) -> Call:
 def default_workers(path: str | Path) -> int:
     """All CPUs for a large file; one (no process start-up) for a small one."""
     return (os.cpu_count() or 1) if Path(path).stat().st_size >= PARALLEL_MIN_BYTES else 1
-
-
-_WORKER_STATE: Any = None
-
-
-def _init_worker(state: Any) -> None:
-    global _WORKER_STATE
-    _WORKER_STATE = state
-
-
-def _in_worker(fn: Callable, chunk: Any, *extra: Any) -> Any:
-    return fn(_WORKER_STATE, chunk, *extra)
-
-
-def map_chunks(fn: Callable, state: Any, chunks: Iterator, workers: int,
-               extra: Callable[[], tuple] = tuple) -> Iterator:
-    """fn(state, chunk, *extra()) for each chunk, in order, on `workers` processes (fn a module-level
-    function; state picklable, sent once to each process); extra() is called as each chunk is sent."""
-    if workers <= 1:
-        for chunk in chunks:
-            yield fn(state, chunk, *extra())
-        return
-    # Spawned, not forked: safe whatever threads the parent runs. At most two chunks per process in
-    # flight, so the reader never runs ahead of the parsers (flat memory).
-    with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (state,)) as pool:
-        pending: deque = deque()
-        for chunk in chunks:
-            pending.append(pool.apply_async(_in_worker, (fn, chunk, *extra())))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
 
 
 def iter_calls(path: str | Path, cfg: DataConfig, quarantine: Quarantine, *,

@@ -15,7 +15,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 from calltune import metrics
-from calltune.config import JudgeConfig, SynthesizeConfig
+from calltune.config import JudgeConfig
 
 log = logging.getLogger(__name__)
 
@@ -94,16 +94,9 @@ def make_judge(cfg: JudgeConfig, state_dir="."):
     """A generator (calltune.backends.generators) for the configured judge; None when judging is off."""
     if cfg.backend == "none":
         return None
-    if not cfg.model:
-        raise ValueError(f"judge.backend={cfg.backend} needs judge.model (the judge model's name)")
     from calltune.backends.generators import make_generator
 
-    fields = ("backend", "model", "base_url", "api_key_env", "project", "location", "max_concurrency",
-              "max_retries", "retry_backoff_s", "timeout_s")
-    try:
-        return make_generator(SynthesizeConfig(**{f: getattr(cfg, f) for f in fields}), state_dir)
-    except ValueError as exc:  # its messages name the synthesize section; the settings are judge.*
-        raise ValueError(f"judge: {str(exc).replace('synthesize.', 'judge.')}") from exc
+    return make_generator(cfg, state_dir)
 
 
 def judge(rows: list[dict], cfg: JudgeConfig, generator, *, seed: int = 42, samples: int = 1000) -> dict:

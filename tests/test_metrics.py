@@ -10,7 +10,7 @@ SAME = ["yes speaking who is calling", "friday at ten works for me", "that is to
 
 
 def test_identical_replies_score_perfectly():
-    assert M.rouge_l(SAME, SAME).value == pytest.approx(1.0)
+    assert M.rouge_l_scores(SAME, SAME) == pytest.approx([1.0] * 3)
     assert M.chrf(SAME, SAME).value == pytest.approx(100.0)
     assert M.bleu(SAME, SAME).value == pytest.approx(100.0)
     assert M.token_accuracy([3, 5], [3, 5]).value == 1.0
@@ -18,16 +18,16 @@ def test_identical_replies_score_perfectly():
 
 def test_disjoint_replies_score_zero():
     candidates, references = ["aaa bbb ccc", "ddd eee"], ["xxx yyy zzz", "qqq www"]
-    assert M.rouge_l(candidates, references).value == 0.0
+    assert M.rouge_l_scores(candidates, references) == [0.0, 0.0]
     assert M.chrf(candidates, references).value == 0.0
     assert M.bleu(candidates, references).value == 0.0
 
 
 def test_rouge_l_is_the_f1_of_the_longest_common_subsequence():
     # LCS("a b c d", "a c d e") = "a c d": precision 3/4, recall 3/4
-    assert M.rouge_l(["a b c d"], ["a c d e"]).value == pytest.approx(0.75)
+    assert M.rouge_l_scores(["a b c d"], ["a c d e"]) == pytest.approx([0.75])
     # LCS = 2 of candidate 2 words and reference 4 words: P=1, R=0.5, F=2/3
-    assert M.rouge_l(["a b"], ["a x b y"]).value == pytest.approx(2 / 3)
+    assert M.rouge_l_scores(["a b"], ["a x b y"]) == pytest.approx([2 / 3])
 
 
 def test_corpus_scores_match_sacrebleu():
@@ -38,6 +38,25 @@ def test_corpus_scores_match_sacrebleu():
     assert M.bleu(candidates, references).value == pytest.approx(sacrebleu.corpus_bleu(
         candidates, [references], use_effective_order=True).score)
     assert M.chrf(candidates, references).value == pytest.approx(sacrebleu.corpus_chrf(candidates, [references]).score)
+
+
+ODD_PAIRS = [  # replies of every shape a model writes: empty, one character, punctuation, accents, repeats
+    ("", "sim"), ("a", "a"), ("Não, obrigado!", "não obrigado"), ("ok ok ok ok", "ok"), ("?", "!"),
+    ("Pode me ligar na sexta-feira às 10h?", "Me liga sexta às dez, por favor."), ("   ", "x"),
+    ("the price, honestly, is too high", "the price is too high"), ("ééé", "eee")]
+
+
+@pytest.mark.parametrize("subset", [range(9), range(3), [0, 6], [1], [2, 2, 5, 7, 7, 7]])
+def test_bleu_and_chrf_equal_sacrebleu_on_any_corpus(subset):
+    """The bootstrap resamples corpora like these (repeats included): each must score as sacrebleu scores it."""
+    import sacrebleu
+
+    candidates = [ODD_PAIRS[i][0] for i in subset]
+    references = [ODD_PAIRS[i][1] for i in subset]
+    assert M.bleu(candidates, references, samples=10).value == pytest.approx(sacrebleu.corpus_bleu(
+        candidates, [references], use_effective_order=True).score)
+    assert M.chrf(candidates, references, samples=10).value == pytest.approx(
+        sacrebleu.corpus_chrf(candidates, [references]).score)
 
 
 def test_token_accuracy_pools_tokens_not_examples():
@@ -104,6 +123,6 @@ def test_embedding_cosine_with_the_offline_model(embedder):
     close, far = embedder.cosine(["That is too expensive for me.", "That is too expensive for me."],
                                  ["The price is too high for me.", "My dog likes to swim in the lake."])
     assert close > far + 0.3
-    scores = M.text_metrics(SAME, SAME, embedder=embedder, samples=100)
+    scores = M.text_metrics(SAME, SAME, scores=M.example_scores(SAME, SAME, embedder=embedder), samples=100)
     assert scores["embedding_cosine"].value == pytest.approx(1.0, abs=1e-5)
     assert set(scores) == {"rouge_l", "chrf", "bleu", "embedding_cosine", "reply_words", "distinct_1", "distinct_2"}

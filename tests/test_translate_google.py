@@ -7,13 +7,15 @@ import threading
 import time
 
 import pytest
-from conftest import crash_when_cached
-from fakes.translate import MAX_CODEPOINTS, FakeTranslation, detect, fake_translation
 
 from calltune.backends.translators import TranslateError, make_translator
 from calltune.config import TranslateConfig
+from calltune.db import cache_key
 from calltune.io import read_jsonl, write_jsonl
-from calltune.translate import CACHE_FILE, TranslationCache, translate_calls, translate_stream
+from calltune.translate import CACHE_FILE, translate_calls, translate_stream, translation_cache
+
+from conftest import crash_when_cached
+from fakes.translate import MAX_CODEPOINTS, FakeTranslation, detect, fake_translation
 
 pytest.importorskip("google.cloud.translate_v3")
 
@@ -160,8 +162,8 @@ def test_error_after_the_retry_budget_names_the_batch_and_leaves_the_cache_consi
     failed = [r for r in fake.requests if poison in r.body["contents"]]
     assert len(failed) == 3 and all(r.status == 500 for r in failed)
     lost = set(failed[0].body["contents"])
-    cache = TranslationCache(tmp_path / CACHE_FILE)
-    cached = cache.get_many("google:general/nmt", "pt", "en", uniq)
+    cache = translation_cache(tmp_path)
+    cached = cache.get_many({cache_key("google:general/nmt", "pt", "en", t): t for t in uniq})
     cache.close()
     assert set(cached) == set(fake.sent_texts())  # everything answered was stored...
     assert not set(cached) & lost  # ...and nothing of the failed batch

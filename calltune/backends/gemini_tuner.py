@@ -25,8 +25,8 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from calltune import gcs
 from calltune.config import TuneConfig
@@ -155,8 +155,8 @@ class _Client:
         from google.api_core import exceptions
         from google.genai import errors, types
 
-        from calltune.backends import Retrying
         from calltune.backends.genai import transient, vertex_client
+        from calltune.backends.retry import Retrying
 
         self.cfg, self.sleep, self.types = cfg, sleep, types
         # No client-side retries: every request goes through the one retry policy, so a create is never repeated

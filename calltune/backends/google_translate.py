@@ -14,8 +14,8 @@ import logging
 import threading
 from collections import Counter
 
-from calltune.backends import Retrying
-from calltune.backends.translators import TranslateError
+from calltune.backends.retry import Retrying
+from calltune.backends.translator_base import TranslateError
 from calltune.config import TranslateConfig
 
 log = logging.getLogger(__name__)

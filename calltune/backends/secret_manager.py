@@ -26,13 +26,11 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
-from calltune.backends import MAX_BACKOFF_S, Retrying, brief
-from calltune.backends.registry import (RegistryError, RequestIdConflict, SecretNotFound, SecretVersion,
-                                        VersionDisabled, VersionNotFound, check_new_version, check_secret_id,
-                                        version_number)
+from calltune.backends import registry_base as base
+from calltune.backends.retry import MAX_BACKOFF_S, Retrying, brief
 from calltune.config import DeployConfig
 
 log = logging.getLogger(__name__)
@@ -76,7 +74,7 @@ def _fit(annotations: dict[str, str], keep: str) -> dict[str, str]:
             break
         del annotations[key]
     if _size(annotations) > MAX_ANNOTATIONS_BYTES:
-        raise RegistryError(f"secret annotations take {_size(annotations)} bytes even without old calltune records; "
+        raise base.RegistryError(f"secret annotations take {_size(annotations)} bytes even without old calltune records; "
                             f"Secret Manager allows {MAX_ANNOTATIONS_BYTES} (fewer or shorter metrics?)")
     return annotations
 
@@ -104,7 +102,7 @@ class SecretManagerRegistry:
                      requests.exceptions.Timeout, requests.exceptions.ConnectionError)
         self._retrying = Retrying(service="Secret Manager", setting="deploy.max_retries", max_retries=cfg.max_retries,
                                   backoff_s=cfg.retry_backoff_s, retryable=lambda e: isinstance(e, retryable),
-                                  error=RegistryError, wrap_refusals=False)
+                                  error=base.RegistryError, wrap_refusals=False)
         # Refused before anything happened (RESOURCE_EXHAUSTED, or no connection made): safe to send again at once.
         self._not_applied = (exceptions.TooManyRequests, requests.exceptions.ConnectTimeout)
         try:
@@ -113,7 +111,7 @@ class SecretManagerRegistry:
                 client_options=ClientOptions(api_endpoint=cfg.endpoint) if cfg.endpoint else None,
                 credentials=AnonymousCredentials() if cfg.endpoint.startswith("http://") else None)
         except google.auth.exceptions.DefaultCredentialsError as exc:
-            raise RegistryError("deploy.registry=secret-manager found no Google Cloud credentials: run `gcloud auth "
+            raise base.RegistryError("deploy.registry=secret-manager found no Google Cloud credentials: run `gcloud auth "
                                 "application-default login` or set GOOGLE_APPLICATION_CREDENTIALS") from exc
 
     def __enter__(self) -> SecretManagerRegistry:
@@ -127,8 +125,8 @@ class SecretManagerRegistry:
 
     # ---- plumbing ----
     def _name(self, secret_id: str, version: int | str | None = None) -> str:
-        name = f"{self._parent}/secrets/{check_secret_id(secret_id)}"
-        return name if version is None else f"{name}/versions/{version_number(secret_id, version)}"
+        name = f"{self._parent}/secrets/{base.check_secret_id(secret_id)}"
+        return name if version is None else f"{name}/versions/{base.version_number(secret_id, version)}"
 
     def _delays(self) -> Iterator[float]:
         from google.api_core.retry import exponential_sleep_generator
@@ -146,10 +144,10 @@ class SecretManagerRegistry:
             yield
         except self._x.NotFound as exc:
             if version is not None and self._exists(secret_id):
-                raise VersionNotFound(f"secret {secret_id}: version {version} not found") from exc
-            raise SecretNotFound(f"secret {secret_id!r} not found in {self._parent}") from exc
+                raise base.VersionNotFound(f"secret {secret_id}: version {version} not found") from exc
+            raise base.SecretNotFound(f"secret {secret_id!r} not found in {self._parent}") from exc
         except self._x.GoogleAPICallError as exc:
-            raise RegistryError(f"Secret Manager refused a request on secret {secret_id}: {brief(exc)}") from exc
+            raise base.RegistryError(f"Secret Manager refused a request on secret {secret_id}: {brief(exc)}") from exc
 
     def _exists(self, secret_id: str) -> bool:
         try:
@@ -166,10 +164,10 @@ class SecretManagerRegistry:
         return self._call(f"list versions of {secret_id}", lambda **kw: list(self._client.list_secret_versions(**kw)),
                           parent=self._name(secret_id))
 
-    def _version(self, secret_id: str, v, annotations) -> SecretVersion:
+    def _version(self, secret_id: str, v, annotations) -> base.SecretVersion:
         number = _number(v.name)
         record = _records(annotations).get(number, {})
-        return SecretVersion(secret_id, number, v.state.name, v.create_time.isoformat(), record.get("annotations", {}))
+        return base.SecretVersion(secret_id, number, v.state.name, v.create_time.isoformat(), record.get("annotations", {}))
 
     def _update_annotations(self, secret_id: str, change: Callable[[dict], dict]):
         """Apply `change` to the secret's annotations; redone on the new state when another writer got there first."""
@@ -186,7 +184,7 @@ class SecretManagerRegistry:
             except self._x.BadRequest:  # FAILED_PRECONDITION on a stale etag; anything else is a real refusal
                 if self._get_secret(secret_id).etag == secret.etag:
                     raise
-        raise RegistryError(f"secret {secret_id}: its annotations kept changing under 20 updates in a row")
+        raise base.RegistryError(f"secret {secret_id}: its annotations kept changing under 20 updates in a row")
 
     @contextmanager
     def exclusive(self, secret_id: str) -> Iterator[None]:
@@ -208,7 +206,7 @@ class SecretManagerRegistry:
                     break
                 except _Busy as busy:
                     if time.monotonic() > waited_until:
-                        raise RegistryError(f"secret {secret_id}: another deploy or rollback holds its lease (annotation "
+                        raise base.RegistryError(f"secret {secret_id}: another deploy or rollback holds its lease (annotation "
                                             f"{LEASE}) until {time.ctime(busy.args[0])}; retry then") from None
                     time.sleep(min(next(delays), 5.0))
         try:
@@ -223,14 +221,14 @@ class SecretManagerRegistry:
 
     # ---- the Registry interface ----
     def add_version(self, secret_id: str, payload: bytes, *, annotations: dict[str, str] | None = None,
-                    request_id: str | None = None) -> SecretVersion:
+                    request_id: str | None = None) -> base.SecretVersion:
         """Add the next version (creating the secret if needed); a repeated request_id returns the version it added.
 
         Without a request_id, one is made up for this call, so its own retries are as safe.
         """
         import google_crc32c
 
-        annotations = check_new_version(secret_id, payload, annotations)
+        annotations = base.check_new_version(secret_id, payload, annotations)
         key = hashlib.sha256((request_id or uuid.uuid4().hex).encode()).hexdigest()[:16]
         pending = PENDING + key
         with self._errors(secret_id):
@@ -294,7 +292,7 @@ class SecretManagerRegistry:
                 return number
         return None
 
-    def _claim(self, secret_id: str, number: int, key: str, annotations: dict[str, str]) -> SecretVersion:
+    def _claim(self, secret_id: str, number: int, key: str, annotations: dict[str, str]) -> base.SecretVersion:
         record = json.dumps({"request": key, "annotations": annotations}, sort_keys=True, separators=(",", ":"))
 
         def change(a: dict) -> dict:
@@ -304,12 +302,12 @@ class SecretManagerRegistry:
         self._update_annotations(secret_id, change)
         return self.get_version(secret_id, number)
 
-    def _same_payload(self, secret_id: str, number: int, payload: bytes, request_id: str | None) -> SecretVersion:
+    def _same_payload(self, secret_id: str, number: int, payload: bytes, request_id: str | None) -> base.SecretVersion:
         try:
             if self.access(secret_id, number) != payload:
-                raise RequestIdConflict(f"secret {secret_id}: request_id {request_id!r} already added version "
+                raise base.RequestIdConflict(f"secret {secret_id}: request_id {request_id!r} already added version "
                                         f"{number} with a different payload")
-        except VersionDisabled:  # cannot be read back: trust the record
+        except base.VersionDisabled:  # cannot be read back: trust the record
             pass
         return self.get_version(secret_id, number)
 
@@ -326,21 +324,21 @@ class SecretManagerRegistry:
                 v = self.get_version(secret_id, version)
                 if v.state != "ENABLED":
                     alias = " (latest; older versions are not used instead)" if version == "latest" else ""
-                    raise VersionDisabled(f"secret {secret_id}: version {v.version}{alias} is {v.state.lower()}; "
+                    raise base.VersionDisabled(f"secret {secret_id}: version {v.version}{alias} is {v.state.lower()}; "
                                           f"enable it or add a new version") from None
                 raise
         data = response.payload.data
         if "data_crc32c" in response.payload and google_crc32c.value(data) != response.payload.data_crc32c:
-            raise RegistryError(f"secret {secret_id}: version {version} arrived corrupted (CRC32C mismatch)")
+            raise base.RegistryError(f"secret {secret_id}: version {version} arrived corrupted (CRC32C mismatch)")
         return data
 
-    def get_version(self, secret_id: str, version: int | str = "latest") -> SecretVersion:
+    def get_version(self, secret_id: str, version: int | str = "latest") -> base.SecretVersion:
         with self._errors(secret_id, version):
             v = self._call(f"get {secret_id} version {version}", self._client.get_secret_version,
                            name=self._name(secret_id, version))
             return self._version(secret_id, v, self._get_secret(secret_id).annotations)
 
-    def list_versions(self, secret_id: str) -> list[SecretVersion]:
+    def list_versions(self, secret_id: str) -> list[base.SecretVersion]:
         """Newest first, as Secret Manager lists them."""
         with self._errors(secret_id):
             annotations = self._get_secret(secret_id).annotations
@@ -352,16 +350,16 @@ class SecretManagerRegistry:
             secrets = self._call("list secrets", lambda **kw: list(self._client.list_secrets(**kw)), parent=self._parent)
         return sorted(s.name.rsplit("/", 1)[1] for s in secrets)
 
-    def _set_state(self, secret_id: str, version: int | str, action: str) -> SecretVersion:
-        if version_number(secret_id, version) == "latest":  # the alias works for get and access only
+    def _set_state(self, secret_id: str, version: int | str, action: str) -> base.SecretVersion:
+        if base.version_number(secret_id, version) == "latest":  # the alias works for get and access only
             version = self.get_version(secret_id, "latest").version
         with self._errors(secret_id, version):
             v = self._call(f"{action} {secret_id} version {version}", getattr(self._client, f"{action}_secret_version"),
                            name=self._name(secret_id, version))
             return self._version(secret_id, v, self._get_secret(secret_id).annotations)
 
-    def disable(self, secret_id: str, version: int | str) -> SecretVersion:
+    def disable(self, secret_id: str, version: int | str) -> base.SecretVersion:
         return self._set_state(secret_id, version, "disable")
 
-    def enable(self, secret_id: str, version: int | str) -> SecretVersion:
+    def enable(self, secret_id: str, version: int | str) -> base.SecretVersion:
         return self._set_state(secret_id, version, "enable")

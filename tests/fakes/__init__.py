@@ -10,7 +10,9 @@ Google's JSON error shape, or HANG (no answer until the fake stops, so the clien
 `inject(...)` queues faults for the next requests in order; `fail_when(predicate, fault)` applies one to every
 request whose body matches, for good (`every(n)`: every n-th request); `hang_after(n)` holds every request after the n-th.
 
-`latency_s` delays every answer (to see requests overlap).
+`latency_s` delays every answer (to see requests overlap). One HTTP handler serves every fake: inside a handler,
+`query()` and `_header(name)` read the request being handled; a handler may answer `Raw` bytes instead of JSON, and
+a subclass widens `_answer` for other shapes.
 
 Bounded: the fake stops itself after `lifetime_s`, answers 503 past `max_requests`, and refuses bodies over
 `max_body` bytes. Every request is recorded (`requests`), as is the peak number in flight (`peak_in_flight`).
@@ -22,10 +24,11 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
-from urllib.parse import urlsplit
+from typing import Any, NamedTuple
+from urllib.parse import parse_qs, urlsplit
 
 HANG = "hang"
 Fault = int | str  # an HTTP status, or HANG
@@ -42,6 +45,12 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status, self.message = status, message
+
+
+class Raw(NamedTuple):
+    """A non-JSON answer."""
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
 
 
 @dataclass
@@ -63,6 +72,7 @@ class FakeGoogleApi:
         self._faults: deque[Fault] = deque()
         self._rules: list[tuple[Callable[[Any], bool], Fault]] = []
         self._hang_after: int | None = None
+        self._local = threading.local()  # the request being handled, per server thread
         self._released = threading.Event()
         self.requests: list[Recorded] = []
         self.in_flight = self.peak_in_flight = 0
@@ -77,7 +87,7 @@ class FakeGoogleApi:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def start(self) -> "FakeGoogleApi":
+    def start(self) -> FakeGoogleApi:
         self._thread.start()
         self._timer.start()
         return self
@@ -162,6 +172,20 @@ class FakeGoogleApi:
                     return exc.status, _error(exc.status, exc.message)
         return 404, _error(404, f"fake: no route for {method} {path}")
 
+    # ---- the request being handled (inside a handler) ----
+    def query(self) -> dict[str, str]:
+        """The query string of the request being handled (last value of each key)."""
+        return {k: v[-1] for k, v in self._local.query.items()}
+
+    def _header(self, name: str) -> str:
+        return self._local.headers.get(name, "")
+
+    def _answer(self, status: int, payload: Any) -> tuple[int, dict[str, str], bytes]:
+        """(status, headers, body) of a handler's result: JSON, or `Raw` bytes. Subclasses add other shapes."""
+        if isinstance(payload, Raw):
+            return status, {"Content-Type": payload.content_type}, payload.body
+        return status, {"Content-Type": "application/json; charset=UTF-8"}, json.dumps(payload).encode()
+
     def _handler_class(self):
         fake = self
 
@@ -170,26 +194,30 @@ class FakeGoogleApi:
             disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
 
             def _handle(self):
+                url = urlsplit(self.path)
+                fake._local.query = parse_qs(url.query, keep_blank_values=True)
+                fake._local.headers = self.headers  # case-insensitive
                 length = int(self.headers.get("Content-Length") or 0)
                 if length > fake.max_body:
                     result = 413, _error(413, f"fake: body over {fake.max_body} bytes")
                     self.close_connection = True
                 else:
-                    result = fake._serve(self.command, urlsplit(self.path).path, self.rfile.read(length))
-                if result is None:  # hung: drop the connection without an answer
+                    result = fake._serve(self.command, url.path, self.rfile.read(length))
+                if result is None:  # hung, or the answer is lost: drop the connection without an answer
                     self.close_connection = True
                     return
-                data = json.dumps(result[1]).encode()
+                status, headers, data = fake._answer(*result)
                 try:
-                    self.send_response(result[0])
-                    self.send_header("Content-Type", "application/json; charset=UTF-8")
+                    self.send_response(status)
+                    for key, value in headers.items():
+                        self.send_header(key, value)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
                 except OSError:  # the client gave up (timed out) first
                     self.close_connection = True
 
-            do_GET = do_POST = do_PATCH = do_DELETE = _handle
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
             def log_message(self, *args):  # quiet
                 pass

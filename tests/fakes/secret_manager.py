@@ -16,12 +16,12 @@ import base64
 import re
 import threading
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 import google_crc32c
 
-from . import HANG, ApiError, Fault, FakeGoogleApi
+from . import HANG, ApiError, FakeGoogleApi, Fault
 
 MAX_ANNOTATIONS_BYTES = 16 * 1024
 _ANNOTATION_KEY = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9._-]{0,61}[a-zA-Z0-9])?")
@@ -30,7 +30,7 @@ _VERSION = _SECRET + r"/versions/(?P<version>[^/:]+)"
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class FakeSecretManager(FakeGoogleApi):

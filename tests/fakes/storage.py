@@ -25,18 +25,16 @@ import base64
 import hashlib
 import json
 import re
-import threading
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import NamedTuple
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
 import google_crc32c
 
-from . import ApiError, FakeGoogleApi, _error
+from . import ApiError, FakeGoogleApi
 
 _OBJECT = r"/storage/v1/b/(?P<bucket>[^/]+)/o/(?P<name>[^/]+)"
 
@@ -80,7 +78,6 @@ class FakeStorage(FakeGoogleApi):
 
     def __init__(self, *, buckets: tuple[str, ...] = (), **kwargs):
         super().__init__(**kwargs)
-        self._local = threading.local()
         self.buckets: dict[str, dict] = {}
         self.policies: dict[str, dict] = {}
         self.objects: dict[tuple[str, str], StoredObject] = {}  # (bucket, name) -> the live generation
@@ -120,13 +117,6 @@ class FakeStorage(FakeGoogleApi):
     def uploads(self) -> list:
         """Requests that wrote (or tried to write) an object: upload POSTs and resumable PUTs."""
         return [r for r in self.requests if r.path.startswith("/upload/")]
-
-    # ---- request context ----
-    def query(self) -> dict[str, str]:
-        return {k: v[-1] for k, v in self._local.query.items()}
-
-    def _header(self, name: str) -> str:
-        return self._local.headers.get(name, "")
 
     def _serve(self, method: str, path: str, raw: bytes):
         self._local.raw, self._local.path, self._local.method = raw, path, method
@@ -316,52 +306,15 @@ class FakeStorage(FakeGoogleApi):
         return resource
 
     # ---- serving ----
-    def _handler_class(self):
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def _handle(self):
-                url = urlsplit(self.path)
-                fake._local.query = parse_qs(url.query, keep_blank_values=True)
-                fake._local.headers = self.headers  # case-insensitive
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > fake.max_body:
-                    result = 413, _error(413, f"fake: body over {fake.max_body} bytes")
-                    self.close_connection = True
-                else:
-                    result = fake._serve(self.command, url.path, self.rfile.read(length))
-                if result is None:  # hung, or the answer is lost
-                    self.close_connection = True
-                    return
-                status, payload = result
-                headers = {}
-                if isinstance(payload, Answer):
-                    status, payload, headers = payload.status, payload.body, dict(payload.headers)
-                if isinstance(payload, bytes):
-                    data = payload
-                    headers.setdefault("Content-Type", "application/octet-stream")
-                else:
-                    data = json.dumps(payload).encode()
-                    headers["Content-Type"] = "application/json; charset=UTF-8"
-                try:
-                    self.send_response(status)
-                    for key, value in headers.items():
-                        self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:
-                    self.close_connection = True
-
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
-
-            def log_message(self, *args):
-                pass
-
-        return Handler
+    def _answer(self, status: int, payload) -> tuple[int, dict[str, str], bytes]:
+        """Besides JSON: an `Answer` (its own status and headers) and media bytes."""
+        headers = {}
+        if isinstance(payload, Answer):
+            status, payload, headers = payload.status, payload.body, dict(payload.headers)
+        if isinstance(payload, bytes):
+            return status, {"Content-Type": "application/octet-stream", **headers}, payload
+        status, json_headers, data = super()._answer(status, payload)
+        return status, {**headers, **json_headers}, data
 
 
 def _parse_multipart(content_type: str, raw: bytes) -> tuple[dict, bytes, str]:

@@ -1,10 +1,9 @@
 """Loopback fakes for delivering the pipeline: Vertex AI PipelineJobs and the Artifact Registry Kubeflow Pipelines
 repository (what `kfp.registry.RegistryClient` talks to); Cloud Storage is in fakes.storage.
 
-They extend the FakeGoogleApi base with what these APIs need beyond JSON: the query string (read with
-`query()` inside a handler), PUT, multipart form bodies (handed to the handler as a dict of strings) and non-JSON
-answers (a handler returns `Raw`). Every request is still recorded in `requests`; each fake also keeps what it
-was asked to create, in order, for the tests to assert on.
+They extend the FakeGoogleApi base with multipart form bodies (handed to the handler as a dict of strings);
+handlers read the query string with `query()` and answer `Raw` for non-JSON. Every request is still recorded in
+`requests`; each fake also keeps what it was asked to create, in order, for the tests to assert on.
 """
 from __future__ import annotations
 
@@ -12,34 +11,16 @@ import email.parser
 import email.policy
 import hashlib
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler
-from typing import NamedTuple
-from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from . import ApiError, FakeGoogleApi, _error
-
-
-class Raw(NamedTuple):
-    """A non-JSON answer."""
-    body: bytes
-    content_type: str = "text/plain; charset=utf-8"
+from . import ApiError, FakeGoogleApi, Raw
 
 
 class LoopbackFake(FakeGoogleApi):
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self._local = threading.local()
-
-    def query(self) -> dict[str, str]:
-        """The query string of the request being handled (last value of each key)."""
-        return {k: v[-1] for k, v in self._local.query.items()}
-
     def _serve(self, method: str, path: str, raw: bytes):
-        ctype = self._local.content_type
+        ctype = self._header("Content-Type")
         if ctype.startswith("multipart/"):
             message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
                 f"Content-Type: {ctype}\r\n\r\n".encode() + raw)
@@ -47,43 +28,6 @@ class LoopbackFake(FakeGoogleApi):
                     for part in message.iter_parts()}
             raw = json.dumps(form).encode()
         return super()._serve(method, path, raw)
-
-    def _handler_class(self):
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _handle(self):
-                url = urlsplit(self.path)
-                fake._local.query = parse_qs(url.query)
-                fake._local.content_type = self.headers.get("Content-Type", "")
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > fake.max_body:
-                    result = 413, _error(413, f"fake: body over {fake.max_body} bytes")
-                else:
-                    result = fake._serve(self.command, url.path, self.rfile.read(length))
-                if result is None:  # hung
-                    self.close_connection = True
-                    return
-                status, payload = result
-                body, ctype = ((payload.body, payload.content_type) if isinstance(payload, Raw)
-                               else (json.dumps(payload).encode(), "application/json; charset=UTF-8"))
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", ctype)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:
-                    self.close_connection = True
-
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
-
-            def log_message(self, *args):
-                pass
-
-        return Handler
 
 
 class FakePipelineService(LoopbackFake):

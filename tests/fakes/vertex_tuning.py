@@ -21,8 +21,8 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import defaultdict, deque
-from datetime import datetime, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from . import ApiError, FakeGoogleApi, _error
 
@@ -41,7 +41,7 @@ DEFAULT_METRICS = {
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class FakeVertexTuning(FakeGoogleApi):
