@@ -39,7 +39,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
-from calltune.backends.generators import _is_loopback as is_loopback  # one definition of loopback
+from calltune.backends.openai_generator import is_loopback  # one definition of loopback
 from calltune.backends.registry import open_registry
 from calltune.config import Config, DeployConfig, ServeConfig, SplitConfig
 from calltune.runtime.encoding import PromptTooLong

@@ -24,7 +24,7 @@ class OpenAICompatGenerator:
                                  f"({p}.api_key_env) is not set; set it to the API key, or set "
                                  f"{p}.api_key_env to empty for a server that needs none")
             url = urlsplit(cfg.base_url)
-            if url.scheme == "http" and not _is_loopback(url.hostname or ""):
+            if url.scheme == "http" and not is_loopback(url.hostname or ""):
                 raise ValueError(f"{p}.base_url {cfg.base_url!r} is plain http to another machine: the API key "
                                  f"is sent only over https (or to this machine)")
         self.name = f"openai:{cfg.model}"  # the endpoint is not part of it: the model name says what answers
@@ -50,7 +50,7 @@ class OpenAICompatGenerator:
         return response.choices[0].message.content or ""
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
