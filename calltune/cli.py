@@ -150,7 +150,7 @@ def cmd_rollback(args) -> int:
     else:
         res = rollback(cfg.deploy, cfg.state_path(), to=args.to)
     print(f"{res['secret_id']} version {res['version']} (now latest) holds version {res['rolled_back_to']}'s endpoint; "
-          + ("the latest version was disabled, nothing was served" if res["latest_was_disabled"] else
+          + ("the latest version was disabled, nothing was served" if res.get("latest_was_disabled") else
              f"version {res['rolled_back_from']} is no longer served"))
     if res["disabled"]:
         print(f"disabled old versions {res['disabled']} (deploy.keep_enabled_versions={cfg.deploy.keep_enabled_versions})")
@@ -296,15 +296,9 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 
 
 def _one_line(exc: ConfigError) -> str:
-    """A config error in one line: each invalid field with the value given and what is wrong."""
-    from pydantic import ValidationError
-
-    cause = exc.__cause__
-    if not isinstance(cause, ValidationError):
-        return " ".join(str(exc).split())
-    where = str(exc).split(":", 1)[0]
-    return f"{where}: " + "; ".join(f"{'.'.join(map(str, e['loc']))}={str(e.get('input'))[:60]}: {e['msg']}"
-                                    for e in cause.errors())
+    """A config error in one line: each bad value with the override, file or default that set it and what is wrong
+    (config.load_config writes one line per bad value)."""
+    return "; ".join(" ".join(line.split()) for line in str(exc).splitlines() if line.strip())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ not its opening keeps that example's real history in front (counted in the repor
 
 The model's context at turn k is the real example k with every customer turn of its history replaced by the
 model's own earlier reply: the same window, chat rendering and max_seq_len trimming as teacher-forced scoring
-(calltune.tune.encode_example). Generation is batched across calls: one batched generation per turn position
+(calltune.runtime.encoding). Generation is batched across calls: one batched generation per turn position
 (calltune.infer.generate_batch) for every call still running. With `simulate.seller` set to openai or gemini,
 that model writes every seller line after the real opening from the call's brief (the customer persona) and the
 conversation so far, so the call is fully interactive; the call keeps the real call's number of turns.
@@ -117,11 +117,10 @@ def context(call: Call, k: int, sellers: list[str], customers: list[str]) -> dic
 def local_replier(model, tokenizer, cfg: InferConfig, max_len: int):
     """Replies of a loaded local model to a list of examples, as batch inference makes them (same encoding, one
     `generate_batch` call for the list)."""
-    from calltune import seq2seq
     from calltune.infer import generate_batch, prompt_ids
-    from calltune.tune import encode_example
+    from calltune.runtime.encoding import encoder
 
-    encode = seq2seq.encode_example if model.config.is_encoder_decoder else encode_example
+    encode = encoder(model.config.is_encoder_decoder)
 
     def reply(examples: list[dict]) -> list[str]:
         encoded = [encode(e, tokenizer, max_len) for e in examples]
@@ -136,16 +135,15 @@ def local_replier(model, tokenizer, cfg: InferConfig, max_len: int):
 
 
 def vertex_replier(resource: str, cfg: InferConfig):
-    """Replies of a Vertex AI endpoint or tuned Gemini model, `cfg.max_concurrency` requests at once."""
-    from calltune.render import to_messages
-    from calltune.serve import GeminiResponder
+    """Replies of a Vertex AI endpoint or tuned Gemini model, `cfg.max_concurrency` requests at once (the
+    responder batch inference uses)."""
+    from calltune.runtime.responders import GeminiResponder, Sampling
 
-    responder = GeminiResponder(resource, cfg.vertex_base_url)
+    responder = GeminiResponder(resource, cfg.vertex_base_url, max_concurrency=cfg.max_concurrency)
+    sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
 
     def reply(examples: list[dict]) -> list[str]:
-        messages = [to_messages(e)["messages"][:-1] for e in examples]
-        with ThreadPoolExecutor(cfg.max_concurrency) as pool:
-            return list(pool.map(lambda m: responder.reply(m, cfg.max_new_tokens, cfg.temperature), messages))
+        return [f.result().text for f in [responder.start(e, sampling) for e in examples]]
 
     return reply
 

@@ -60,7 +60,7 @@ _LORA = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "use_dora", "
 
 def console_hidden(cfg: Config) -> set[str]:
     """Pipeline parameters the Vertex template leaves out of the console's run form: the settings of features this
-    template does not use (synthesis off, no judge, a local translator, the other tuner's fields, an endpoint's
+    template does not use (synthesis off, no judge, no seller model, a local translator, the other tuner's fields, an endpoint's
     concurrency for a local model), settings its DAG or machines fix (tune.backend, tune.processes, deploy.registry,
     deploy.target) and deploy's retry/timeout/API-override knobs. They are compiled in as constants from the config,
     and `calltune submit` refuses a config whose values for them differ, so the config stays the single source."""
@@ -73,6 +73,10 @@ def console_hidden(cfg: Config) -> set[str]:
         hidden |= fields("synthesize")
     if cfg.judge.backend == "none":
         hidden |= fields("judge")
+    if not cfg.simulate.enabled:
+        hidden |= fields("simulate")
+    elif cfg.simulate.seller == "replay":  # the real seller's lines are replayed: no seller model to configure
+        hidden |= fields("simulate", [f for f in type(cfg.simulate).model_fields if f.startswith("seller_")])
     if cfg.translate.backend != "google":
         hidden |= fields("translate", _GOOGLE_TRANSLATE)
     gemini = [f for f in type(cfg.tune).model_fields if f.startswith("gemini_")]

@@ -162,11 +162,5 @@ def chromium():
         browser.close()
 
 
-@pytest.fixture
-def artifacts_dir() -> Path:
-    """Where tests leave files for people to look at (screenshots): $CALLTUNE_TEST_ARTIFACTS or out/test-artifacts."""
-    import os
-
-    out = Path(os.environ.get("CALLTUNE_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "out" / "test-artifacts")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+# Where tests leave files for people to look at (screenshots); Playwright creates the folder.
+ARTIFACTS = Path(os.environ.get("CALLTUNE_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "out" / "test-artifacts")

@@ -33,11 +33,11 @@ def test_overrides_are_taken_before_and_after_options(tmp_path, capsys):
     (["rollback", "--to", "two"], "argument --to: invalid int value: 'two'"),
     (["nosuch"], "invalid choice: 'nosuch'"),
     (["rollback", "evaluate.threshold"], "override 'evaluate.threshold' is not key=value"),
-    (["rollback", "evaluate.threshold=5"], "evaluate.threshold=5: Input should be less than or equal to 1"),
-    (["rollback", "evaluate.threshold=-1"], "evaluate.threshold=-1: Input should be greater than or equal to 0"),
-    (["rollback", "evaluate.threshold=.nan"], "evaluate.threshold=nan: Input should be a finite number"),
-    (["rollback", "tune.epochs=.inf"], "tune.epochs=inf: Input should be a finite number"),
-    (["rollback", "state_dir="], "state_dir=: Value error, is empty; name a folder"),
+    (["rollback", "evaluate.threshold=5"], "override 'evaluate.threshold=5': evaluate.threshold: Input should be less than or equal to 1"),
+    (["rollback", "evaluate.threshold=-1"], "override 'evaluate.threshold=-1': evaluate.threshold: Input should be greater than or equal to 0"),
+    (["rollback", "evaluate.threshold=.nan"], "override 'evaluate.threshold=.nan': evaluate.threshold: Input should be a finite number"),
+    (["rollback", "tune.epochs=.inf"], "override 'tune.epochs=.inf': tune.epochs: Input should be a finite number"),
+    (["rollback", "state_dir="], "override 'state_dir=': state_dir: Value error, is empty; name a folder"),
 ])
 def test_usage_errors_are_one_line_with_exit_2(argv, needle, capsys):
     assert main(argv) == 2
@@ -47,7 +47,7 @@ def test_usage_errors_are_one_line_with_exit_2(argv, needle, capsys):
 def test_two_invalid_fields_are_named_in_the_same_line(capsys):
     assert main(["secrets", "evaluate.threshold=1.5", "tune.learning_rate=.inf"]) == 2
     err = one_line_error(capsys)
-    assert "evaluate.threshold=1.5" in err and "tune.learning_rate=inf" in err
+    assert "evaluate.threshold=1.5" in err and "override 'tune.learning_rate=.inf': tune.learning_rate: Input should be a finite number" in err
 
 
 def test_bounds_hold_in_yaml_too(tmp_path):

@@ -95,7 +95,7 @@ def test_tuned_model_is_compared_with_the_base_model_and_the_champion(tuned_mode
     tuned_rows = read_predictions(tmp_path / "out" / "predictions" / "tuned")
     assert [r["example_id"] for r in base_rows] == [r["example_id"] for r in tuned_rows]
     html = (tmp_path / "out" / "report.html").read_text()
-    assert "Decision: PROMOTE" in html and html.count("data:image/png;base64,") == 2  # charts and loss curve
+    assert "Decision: PROMOTE" in html and html.count("data:image/png;base64,") == 3  # charts, loss curve, realism lengths
     assert "<th>tuned</th><th>base</th><th>champion</th>" in html  # metric table and side-by-side samples
     assert escape(tuned_rows[0]["candidate_responses"]) in html and escape(base_rows[1]["candidate_responses"]) in html
 

@@ -36,7 +36,7 @@ def test_keeps_the_current_model_and_names_the_check(accuracy, decided_by):
 
 @pytest.mark.parametrize("bad", [math.nan, None, math.inf])
 def test_a_failed_or_nan_evaluation_never_promotes(bad):
-    d = decide({"tuned": bad, "base": 0.1, "champion": 0.1}, EvaluateConfig(threshold=-1.0))
+    d = decide({"tuned": bad, "base": 0.1, "champion": 0.1}, EvaluateConfig(threshold=0.0))
     assert d["decision"] == "keep" and d["decided_by"] == "evaluation"
     assert decide({"tuned": 0.9, "base": 0.1, "champion": math.nan}, CFG)["decided_by"] == "champion"
 

@@ -12,7 +12,8 @@ from kfp.dsl import Dataset, Metrics, Output
 from calltune.backends.gemini_tuner import TuningJobError, check, tune_gemini
 from calltune.components import IMAGE
 from calltune.components import tune as tune_component
-from calltune.config import DataConfig, DeployConfig, EvaluateConfig, InferConfig, SplitConfig, TuneConfig
+from calltune.config import (DataConfig, DeployConfig, EvaluateConfig, InferConfig, ServeConfig, SplitConfig,
+                             TuneConfig)
 from calltune.io import write_jsonl
 from calltune.models import MODEL_CARD, model_source, read_model_card
 from calltune.render import to_vertex
@@ -279,7 +280,8 @@ def test_evaluate_and_deploy_treat_an_endpoint_model_folder_as_the_endpoint(spli
         result = evaluate(model_dir, splits / "test.examples.jsonl", out,
                           EvaluateConfig(embedding_model="", bootstrap_samples=50, threshold=0.4),
                           infer=InferConfig(vertex_base_url=fake.endpoint), state_dir=state)
-        assert len(fake.answered()) == len(TINY_DIALOGUES)  # every test prompt went to the endpoint
+        # every test prompt went to the endpoint: once in batch inference, once in its call's closed-loop simulation
+        assert len(fake.answered()) == 2 * len(TINY_DIALOGUES)
     assert result["accuracy"] == 0.44
     comparison = json.loads((out / "comparison.json").read_text())
     tuned = comparison["models"]["tuned"]
@@ -294,5 +296,8 @@ def test_evaluate_and_deploy_treat_an_endpoint_model_folder_as_the_endpoint(spli
     assert deployed["endpoint"] == endpoint
     assert resolve_endpoint(DeployConfig(), state) == endpoint
     assert not (state / "models").exists()  # nothing copied to the local model store
-    # The chat server resolves the payload as a Vertex endpoint.
-    assert isinstance(load_responder(resolve_endpoint(DeployConfig(), state)), GeminiResponder)
+    # The chat server resolves the payload as a Vertex endpoint, one that calltune's endpoint deploy did not make.
+    with FakeVertex() as fake:
+        responder = load_responder(resolve_endpoint(DeployConfig(), state), ServeConfig(vertex_base_url=fake.endpoint))
+        assert isinstance(responder, GeminiResponder)
+        responder.close()

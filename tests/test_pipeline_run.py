@@ -50,7 +50,7 @@ def test_cli_run_keeps_the_serving_version_below_the_threshold(tmp_path, state_d
         before = None
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "calltune.cli", "run", "--out", str(out), f"state_dir={state_dir}",
-                           "evaluate.threshold=1.01", *TINY], cwd=ROOT, capture_output=True, text=True)
+                           "evaluate.threshold=1.0", *TINY], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["gate"]["passed"] is False and summary["promoted"] is None

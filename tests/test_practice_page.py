@@ -8,7 +8,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import make_example, write_examples
+from conftest import ARTIFACTS, make_example, write_examples
 from fakes.openai_compat import FakeOpenAI
 
 from calltune.backends.registry import open_registry
@@ -20,11 +20,6 @@ from calltune.serve import open_server
 playwright_api = pytest.importorskip("playwright.sync_api")
 playwright_api.expect.set_options(timeout=60_000)  # the 2 CPUs may be busy generating: wait, never fail on time
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("CALLTUNE_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(os.environ.get("CALLTUNE_TEST_ARTIFACTS", ROOT / "out" / "test-artifacts"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 TEMPLATE = "You are {character}, a busy customer on a {meeting_type} sales call."
 ANA, BRUNO = (TEMPLATE.format(character=c, meeting_type=m) for c, m in [("Ana", "FirstContact"), ("Bruno", "FollowUp")])
 JUDGE_KEY = "sk-test-practice-judge"
@@ -52,16 +47,9 @@ def persona_model(tmp_path_factory, tiny_chat_model) -> Path:
 
 
 @pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).is_file():
-        missing = f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CALLTUNE_CHROMIUM)"
-        if os.environ.get("CALLTUNE_REQUIRE_BROWSER"):  # CI: the browser tests must run, not skip
-            pytest.fail(missing)
-        pytest.skip(missing)
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+def browser(chromium):
+    """The session's headless Chromium (tests/conftest.py: Debian's, driven by Playwright)."""
+    return chromium
 
 
 @pytest.fixture
@@ -149,7 +137,6 @@ def test_a_call_with_a_trained_persona_streams_downloads_and_is_reviewed(page, p
             replies = [customer_turns(page)[0]] + [say(page, line) for line in lines]
             assert all(replies), replies
             assert page.evaluate("window.replyUpdates") > len(replies)  # replies arrived in pieces
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=ARTIFACTS / "practice-page.png", full_page=True)
 
             page.get_by_role("button", name="End the call").click()
@@ -272,7 +259,6 @@ def test_errors_are_shown_and_recoverable_by_keyboard_on_a_phone(browser, person
         expect(page.locator("#error-text")).to_contain_text("Too many requests (HTTP 429) Retrying in 1 s")
         expect(page.locator(".turn.customer:not(.streaming)")).to_have_count(1)  # retried by itself
         expect(page.locator("#error")).to_be_hidden()
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=ARTIFACTS / "practice-page-phone.png", full_page=True)
 
         faults[:] = ["hang"]

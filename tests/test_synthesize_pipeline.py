@@ -14,7 +14,7 @@ from calltune.synthesize import TRACE_FILE
 # The tiny slice (as in test_pipeline_run.py), untranslated to save time: the conversations are asked in Portuguese.
 TINY = ["translate.backend=none", "sample.train_size=24", "sample.validation_size=0", "sample.test_size=8",
         "tune.max_steps=2", "tune.batch_size=4", "tune.max_seq_len=128", "evaluate.max_examples=8",
-        "evaluate.threshold=1.01"]
+        "evaluate.threshold=1.0"]
 SYNTH = ["synthesize.enabled=true", "synthesize.backend=local", "synthesize.conversations=2", "synthesize.batch_size=2",
          "synthesize.few_shot=1", "synthesize.max_tokens=64", "synthesize.language=pt", "synthesize.max_share=0.5"]
 

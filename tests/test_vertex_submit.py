@@ -183,7 +183,7 @@ def test_a_config_field_the_template_lacks_is_an_error_not_dropped(template, ver
 
 
 def test_upload_needs_a_template_registry(template, capsys):
-    assert cli.main(["upload", str(template), "--config", CONFIG, "--tag", "x"]) == 2
+    assert cli.main(["upload", str(template), *VERTEX_OVERRIDES, "--config", CONFIG, "--tag", "x"]) == 2
     assert "gcp.template_registry" in capsys.readouterr().err
 
 

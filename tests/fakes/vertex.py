@@ -11,7 +11,13 @@ from . import ApiError, FakeGoogleApi
 
 class FakeVertex(FakeGoogleApi):
     routes = [("POST", r"/(?P<api>v1|v1beta1)/(?P<model>projects/[^/]+/locations/[^/]+/(endpoints|models)/[^/:]+)"
-                       r":generateContent", "generate_content")]
+                       r":generateContent", "generate_content"),
+              ("GET", r"/v1/(?P<model>projects/[^/]+/locations/[^/]+/endpoints/[^/:]+)", "get_endpoint")]
+
+    def get_endpoint(self, match, body) -> dict:
+        """A tuned Gemini's endpoint, as GetEndpoint shows it: no calltune labels (calltune serve asks, to tell it
+        from an endpoint that calltune's deploy made)."""
+        return {"name": match["model"], "displayName": match["model"].rsplit("/", 1)[1], "labels": {}}
 
     def generate_content(self, match, body: dict) -> dict:
         contents = (body or {}).get("contents") or []
