@@ -188,7 +188,7 @@ def practice_routers(cfg: Config, watcher: Watcher) -> tuple[APIRouter, APIRoute
 
     @api.post("/persona")
     def persona(body: PersonaRequest) -> dict:
-        from calltune.ingest import _render  # the very function ingest renders data.system_prompt with
+        from calltune.formats.base import render_system  # the very function ingest renders data.system_prompt with
 
         template = practice.template(practice.served_card()[1])
         unknown = sorted(set(body.fields) - set(template_fields(template)))
@@ -197,7 +197,7 @@ def practice_routers(cfg: Config, watcher: Watcher) -> tuple[APIRouter, APIRoute
         if not any(v.strip() for v in body.fields.values()):
             return _error(400, "describe the customer: fill in at least one field")
         fields = {k: " ".join(v.split()) for k, v in body.fields.items()}
-        return {"system": _render(template, tuple(fields.items())), "fields": fields}
+        return {"system": render_system(template, tuple(fields.items())), "fields": fields}
 
     @api.post("/review")
     def review(body: ReviewRequest):

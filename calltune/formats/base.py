@@ -31,7 +31,7 @@ class ParseSettings:
         self.max_field_chars = cfg.max_field_chars
 
     def system(self, persona: dict[str, str]) -> str:
-        return _render(self.system_prompt, tuple(persona.items()))
+        return render_system(self.system_prompt, tuple(persona.items()))
 
 
 class _Blank(dict):
@@ -41,7 +41,7 @@ class _Blank(dict):
 
 # Personas repeat across calls (a few characters, a few meeting types): render and repair each once.
 @lru_cache(maxsize=4096)
-def _render(template: str, persona: tuple[tuple[str, str], ...]) -> str:
+def render_system(template: str, persona: tuple[tuple[str, str], ...]) -> str:
     return " ".join(template.format_map(_Blank(persona)).split())
 
 
