@@ -182,7 +182,8 @@ def outcome(summary: dict[str, Any], cfg: Config, out: Path, same_state: str = "
     that made it, what now serves, where the report is, and what to try next (with `same_state`: the options
     that point the next commands at this run's state folder and secret)."""
     lines = [""]
-    for name, acc in summary["accuracy"].items():
+    accuracy = summary["accuracy"]  # tuned first, then what it is compared with (summary.json sorts its keys)
+    for name, acc in sorted(accuracy.items(), key=lambda item: (item[0] != "tuned", item[0] != "base", item[0])):
         if acc and "skipped" in acc:
             lines.append(f"{name:<9} skipped: {acc['skipped']}")
         elif acc and acc.get("value") is not None:
