@@ -28,11 +28,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from fakes.translate import FakeTranslation  # noqa: E402
-
 from calltune.config import DataConfig, TranslateConfig  # noqa: E402
 from calltune.ingest import Quarantine, bundled_sample_path, iter_calls  # noqa: E402
 from calltune.translate import translate_stream  # noqa: E402
+
+from fakes.translate import FakeTranslation  # noqa: E402
 
 CLIENTS = ["Beatriz", "Antônio", "Márcia", "João", "Sônia", "Cláudio", "Fernanda", "Otávio", "Inês", "Luís", "Tânia",
            "Eduardo", "Patrícia", "Rogério", "Lúcia", "Marcelo", "Renata", "Sérgio", "Vânia", "Fábio"]

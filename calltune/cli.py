@@ -5,7 +5,7 @@ import argparse
 import json
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from calltune import __version__
@@ -33,7 +33,7 @@ def cmd_run(args) -> int:
 
     cfg = _config(args)
     _offline()
-    out = Path(args.out or Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    out = Path(args.out or Path("runs") / datetime.now(UTC).strftime("%Y%m%d-%H%M%S"))
     summary = run_local(cfg, out, verbose=args.verbose)
     print("\n".join(outcome(summary, cfg, out, _same_state(args))))
     return 0
@@ -142,7 +142,8 @@ def cmd_chat(args) -> int:
 
 def cmd_rollback(args) -> int:
     from calltune.deploy import rollback
-    from calltune.endpoint_deploy import rollback as rollback_endpoint, serves_on_endpoint
+    from calltune.endpoint_deploy import rollback as rollback_endpoint
+    from calltune.endpoint_deploy import serves_on_endpoint
 
     cfg = _config(args)
     if serves_on_endpoint(cfg.deploy, cfg.state_path()):  # deploy.target=vertex-endpoint: the endpoint's traffic too

@@ -5,9 +5,10 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 # mkstemp creates 0600 files; a finished output gets the mode a plain open() would give it (0644 under umask 022).
 _UMASK = os.umask(0)

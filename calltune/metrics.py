@@ -12,9 +12,9 @@ import functools
 import json
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -101,7 +101,9 @@ def loss(nll, tokens, *, samples: int = 1000, seed: int = 0) -> Estimate:
 
 def perplexity(loss_estimate: Estimate) -> Estimate:
     """exp(loss); exp is monotone, so the loss interval maps onto the perplexity interval."""
-    f = lambda x: math.exp(min(x, 700.0)) if math.isfinite(x) else math.nan  # exp overflows past ~709
+    def f(x: float) -> float:
+        return math.exp(min(x, 700.0)) if math.isfinite(x) else math.nan  # exp overflows past ~709
+
     e = loss_estimate
     return Estimate(f(e.value), f(e.low), f(e.high), e.n)
 

@@ -18,8 +18,9 @@ import logging
 import re
 import string
 import threading
+from collections.abc import Sequence
 from importlib import resources
-from typing import Annotated, Literal, Protocol, Sequence
+from typing import Annotated, Literal, Protocol
 
 from fastapi import APIRouter, FastAPI, HTTPException
 from fastapi.responses import JSONResponse, Response

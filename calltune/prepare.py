@@ -20,7 +20,16 @@ from pathlib import Path
 from tqdm import tqdm
 
 from calltune.config import Config, SplitConfig
-from calltune.ingest import Quarantine, Source, check, default_workers, iter_calls, map_chunks, parse_chunk, resolve_input
+from calltune.ingest import (
+    Quarantine,
+    Source,
+    check,
+    default_workers,
+    iter_calls,
+    map_chunks,
+    parse_chunk,
+    resolve_input,
+)
 from calltune.io import atomic_open, dumps, write_json
 from calltune.sample import Sampler, call_key
 from calltune.turns import STAT_KEYS, count_examples, split_call

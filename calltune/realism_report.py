@@ -58,8 +58,10 @@ def section(r: Report, realism: dict, calls: list, simulated: dict[str, list], c
     sim = realism["simulation"]
     names = [REAL, *simulated]
     r.heading("Whole-call realism")
+    seller = ("the real seller turns were replayed" if sim["seller"] == "replay"
+              else f"{sim['seller']} played the seller after the real opening line")
     r.text(f"Each model played the customer in all {sim['calls']} held-out test calls ({sim['turns']} customer turns) "
-           f"closed-loop: {'the real seller turns were replayed' if sim['seller'] == 'replay' else sim['seller'] + ' played the seller after the real opening line'}, "
+           f"closed-loop: {seller}, "
            f"and the model heard its own earlier replies, never the real customer's. Value [95% bootstrap interval "
            f"over calls]; the real column measures the real calls by the same rule, the baseline a simulator should "
            f"match. Calls cut at a gap in the split: {sim['turns_cut_at_gaps']} turns left out; calls starting "

@@ -31,8 +31,14 @@ def make_trainer(base_path: Path, train_rows: list[dict], eval_rows: list[dict] 
     import torch
     from datasets import Dataset
     from peft import get_peft_model
-    from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer,
-                              Seq2SeqTrainingArguments, set_seed)
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+        set_seed,
+    )
 
     from calltune.tuning import callbacks, lora_config, training_args
 

@@ -27,10 +27,11 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -43,8 +44,14 @@ from calltune.backends.openai_generator import is_loopback  # one definition of 
 from calltune.backends.registry import open_registry
 from calltune.config import Config, DeployConfig, ServeConfig, SplitConfig
 from calltune.runtime.encoding import PromptTooLong
-from calltune.runtime.responders import (EndpointResponder, GeminiResponder, LocalResponder, Responder, Sampling,
-                                         conversation)
+from calltune.runtime.responders import (
+    EndpointResponder,
+    GeminiResponder,
+    LocalResponder,
+    Responder,
+    Sampling,
+    conversation,
+)
 
 log = logging.getLogger(__name__)
 

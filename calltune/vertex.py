@@ -12,14 +12,15 @@ import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
-from calltune.gcs import BUCKET
 from calltune.config import Config, ConfigError
+from calltune.gcs import BUCKET
 
 IMAGE_ENV, TRAINER_IMAGE_ENV = "CALLTUNE_IMAGE", "CALLTUNE_TRAINER_IMAGE"
 _GCS_FOLDER = re.compile(rf"gs://{BUCKET}(/.*)?")

@@ -74,11 +74,12 @@ def evaluate(
     The output is the plain `Output` parameter: kfp.local resolves only that name inside a dsl.If condition. It is
     -1 for a model without a token accuracy (an endpoint whose tuning job reported none): never promoted.
     """
-    from pathlib import Path
     import shutil
+    from pathlib import Path
 
     from calltune.config import DeployConfig, EvaluateConfig, InferConfig, JudgeConfig, SimulateConfig
-    from calltune.evaluate import current_champion, evaluate as run
+    from calltune.evaluate import current_champion
+    from calltune.evaluate import evaluate as run
 
     params = locals()
     state = Path(state_dir).expanduser()

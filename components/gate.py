@@ -22,7 +22,8 @@ def gate(
     from pathlib import Path
 
     from calltune.config import EvaluateConfig
-    from calltune.gate import PROMOTE, gate as decide
+    from calltune.gate import PROMOTE
+    from calltune.gate import gate as decide
 
     decision = decide(Path(evaluation.path) / "comparison.json", EvaluateConfig.from_params(locals()))
     for c in decision["checks"]:

@@ -3,6 +3,7 @@ import io
 
 from calltune.chat import ChatSession, repl
 from calltune.runtime.responders import LocalResponder
+
 from conftest import SYSTEM, TINY_DIALOGUES
 
 
@@ -43,11 +44,11 @@ def test_chat_with_a_tuned_gemini_endpoint(tmp_path, monkeypatch, capsys):
     conversation goes through google-genai to that endpoint, with the kept turns as context."""
     from contextlib import closing
 
-    from fakes.vertex import FakeVertex
-
     from calltune.backends.registry import open_registry
     from calltune.cli import main
     from calltune.config import DeployConfig
+
+    from fakes.vertex import FakeVertex
 
     endpoint = "projects/p/locations/us-central1/endpoints/777"
     with FakeVertex(lifetime_s=60) as fake:

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from calltune.cli import build_parser
+
 from fakes.storage import FakeStorage
 from fakes.vertex_pipelines import FakeKfpRegistry, FakePipelineService
 

@@ -14,6 +14,7 @@ from calltune.cli import main
 from calltune.config import DeployConfig, GcpConfig
 from calltune.deploy import model_sha
 from calltune.endpoint_deploy import deploy_to_endpoint, rollback, serves_on_endpoint
+
 from fakes.vertex_endpoints import FakeVertexEndpoints
 
 

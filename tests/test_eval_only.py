@@ -5,8 +5,6 @@ from contextlib import closing
 
 import numpy as np
 import pytest
-from conftest import make_example, write_examples
-from fakes.secret_manager import FakeSecretManager
 from safetensors.numpy import save_file
 
 from calltune.backends.registry import open_registry
@@ -16,6 +14,9 @@ from calltune.deploy import deploy, model_sha
 from calltune.local_run import run_local
 from calltune.model_ref import ModelRefError, locate, resolve_model
 from calltune.models import MODEL_CARD
+
+from conftest import make_example, write_examples
+from fakes.secret_manager import FakeSecretManager
 
 
 def plain_model(path, value: float = 0.0):
@@ -135,10 +136,10 @@ def test_folders_that_hold_no_usable_model_are_refused(tmp_path, models):
 
 def test_an_endpoint_becomes_a_model_folder_that_batch_inference_asks_and_deploy_publishes(tmp_path):
     pytest.importorskip("google.genai")
-    from fakes.vertex import FakeVertex
-
     from calltune.config import InferConfig
     from calltune.infer import predict
+
+    from fakes.vertex import FakeVertex
 
     endpoint, state, cfg = "projects/p/locations/us-central1/endpoints/123", tmp_path / "state", DeployConfig()
     report = resolve_model(endpoint, tmp_path / "direct", cfg, state)

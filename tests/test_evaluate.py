@@ -14,6 +14,7 @@ from calltune.evaluate import current_champion, evaluate
 from calltune.gate import gate
 from calltune.infer import read_predictions
 from calltune.render import to_messages
+
 from conftest import SYSTEM, make_example, write_examples
 
 # Different lengths, so the batched, padded pass has real padding to get right.

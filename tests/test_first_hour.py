@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 from pathlib import Path
 
@@ -12,8 +11,7 @@ import pytest
 import yaml
 
 from calltune import __version__, cli
-from calltune.config import (Config, EvaluateConfig, GcpConfig, InferConfig, ServeConfig, describe_fields,
-                             load_config)
+from calltune.config import Config, EvaluateConfig, GcpConfig, InferConfig, ServeConfig, describe_fields, load_config
 from calltune.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,8 @@ import pytest
 from kfp import dsl, local
 from kfp.dsl import Artifact, Output
 
-from calltune.components import IMAGE, gate as gate_component
+from calltune.components import IMAGE
+from calltune.components import gate as gate_component
 from calltune.config import EvaluateConfig
 from calltune.gate import decide, gate
 from calltune.local_run import task_outputs

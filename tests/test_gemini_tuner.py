@@ -12,11 +12,11 @@ from kfp.dsl import Dataset, Metrics, Output
 from calltune.backends.gemini_tuner import TuningJobError, check, tune_gemini
 from calltune.components import IMAGE
 from calltune.components import tune as tune_component
-from calltune.config import (DataConfig, DeployConfig, EvaluateConfig, InferConfig, ServeConfig, SplitConfig,
-                             TuneConfig)
+from calltune.config import DataConfig, DeployConfig, EvaluateConfig, InferConfig, ServeConfig, SplitConfig, TuneConfig
 from calltune.io import write_jsonl
 from calltune.models import MODEL_CARD, model_source, read_model_card
 from calltune.render import to_vertex
+
 from conftest import TINY_DIALOGUES, make_example
 from fakes import every
 from fakes.storage import FakeStorage

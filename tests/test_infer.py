@@ -11,6 +11,7 @@ from calltune.infer import COLUMNS, generate_batch, predict, prompt_ids, read_pr
 from calltune.models import load_model
 from calltune.render import to_messages
 from calltune.tune import encode_example
+
 from conftest import TINY_DIALOGUES, make_example, write_examples
 
 # Prompts of different lengths, so batches carry real left padding.

@@ -11,8 +11,16 @@ import ftfy
 import pytest
 
 from calltune.config import DataConfig
-from calltune.ingest import (IngestError, Quarantine, bundled_sample_path, detect_format, ingest, iter_calls,
-                             parse_transcript, resolve_input)
+from calltune.ingest import (
+    IngestError,
+    Quarantine,
+    bundled_sample_path,
+    detect_format,
+    ingest,
+    iter_calls,
+    parse_transcript,
+    resolve_input,
+)
 from calltune.io import read_jsonl
 from calltune.text import repair_text
 

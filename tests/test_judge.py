@@ -7,6 +7,7 @@ import pytest
 
 from calltune.config import JudgeConfig
 from calltune.judge import CRITERIA, judge, make_judge, parse
+
 from fakes.openai_compat import FakeOpenAI
 
 pytest.importorskip("openai")

@@ -7,7 +7,6 @@ from importlib import resources
 
 import httpx
 import pytest
-from fakes.openai_compat import FakeOpenAI
 
 from calltune.config import Config, DataConfig
 from calltune.deploy import deploy
@@ -15,6 +14,8 @@ from calltune.ingest import ingest
 from calltune.practice import persona_fields, template_fields
 from calltune.review import ReviewError, parse
 from calltune.serve import open_server
+
+from fakes.openai_compat import FakeOpenAI
 
 TEMPLATES = [DataConfig().system_prompt,
              "You are {character} ({company}).  A {meeting_type} call;\n{character} is busy.",

@@ -8,14 +8,15 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import ARTIFACTS, make_example, write_examples
-from fakes.openai_compat import FakeOpenAI
 
 from calltune.backends.registry import open_registry
 from calltune.config import Config, DataConfig, TuneConfig
 from calltune.deploy import deploy, rollback
 from calltune.ingest import ingest
 from calltune.serve import open_server
+
+from conftest import ARTIFACTS, make_example, write_examples
+from fakes.openai_compat import FakeOpenAI
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 playwright_api.expect.set_options(timeout=60_000)  # the 2 CPUs may be busy generating: wait, never fail on time

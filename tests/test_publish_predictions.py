@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 from kfp.dsl import Dataset, Metrics, Model
 
 from calltune.infer import COLUMNS, publish_predictions, read_predictions
+
 from conftest import TINY_DIALOGUES, make_example, write_examples
 from fakes.storage import FakeStorage
 
@@ -105,8 +105,8 @@ def test_bad_publish_settings_fail_clearly(uri, run_id, message):
 
 
 def test_the_pipeline_feeds_batch_infer_the_job_name_as_run_id(tmp_path):
-    from kfp import compiler
     import yaml
+    from kfp import compiler
 
     from calltune.config import Config
     from calltune.pipelines import build_pipeline

@@ -196,6 +196,7 @@ def _answer(**fields):
 def test_judge_scores_whole_calls_and_picks_the_real_one_in_both_orders(monkeypatch, split):
     from calltune.config import JudgeConfig
     from calltune.judge import make_judge
+
     from fakes.openai_compat import FakeOpenAI
 
     calls, _ = calls_from_examples(split[0][:10])  # two calls
@@ -221,6 +222,7 @@ def test_judge_scores_whole_calls_and_picks_the_real_one_in_both_orders(monkeypa
 def test_a_configured_seller_model_plays_the_seller_after_the_real_opening(monkeypatch, split):
     from calltune.config import SimulateConfig
     from calltune.simulate import make_seller
+
     from fakes.openai_compat import FakeOpenAI
 
     calls, _ = calls_from_examples(split[0][:10])
@@ -246,6 +248,7 @@ def test_evaluate_reports_whole_call_realism_and_the_gate_reads_it_back(tiny_cha
     from calltune.evaluate import evaluate
     from calltune.gate import gate
     from calltune.io import read_jsonl
+
     from conftest import write_examples
 
     test = write_examples(tmp_path / "test.examples.jsonl", split[0][:15])  # three calls

@@ -1,11 +1,18 @@
 import threading
-from contextlib import closing
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
 
 import pytest
 
-from calltune.backends.registry import (RegistryError, RequestIdConflict, SecretNotFound, SqliteRegistry,
-                                        VersionDisabled, VersionNotFound, open_registry)
+from calltune.backends.registry import (
+    RegistryError,
+    RequestIdConflict,
+    SecretNotFound,
+    SqliteRegistry,
+    VersionDisabled,
+    VersionNotFound,
+    open_registry,
+)
 from calltune.config import DeployConfig
 
 

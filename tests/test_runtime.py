@@ -5,7 +5,6 @@ from contextlib import closing
 
 import httpx
 import pytest
-from conftest import SYSTEM
 
 from calltune.backends.registry import open_registry
 from calltune.config import DeployConfig, ServeConfig, SplitConfig, TuneConfig
@@ -16,6 +15,8 @@ from calltune.runtime.responders import LocalResponder, conversation
 from calltune.serve import open_server
 from calltune.tune import train_lora
 from calltune.turns import split_call
+
+from conftest import SYSTEM
 
 TURNS = [("customer", "Hello?"), ("seller", "Hi, this is Bruno from Acme."), ("customer", "Oh, hi Bruno."),
          ("seller", "Do you have a minute?"), ("customer", "A short one."), ("seller", "Our plan is fifty a month."),

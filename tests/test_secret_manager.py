@@ -10,13 +10,14 @@ import threading
 from contextlib import closing
 
 import pytest
-from fakes import HANG, every
-from fakes.secret_manager import MAX_ANNOTATIONS_BYTES, FakeSecretManager
 from test_deploy import make_model
 
 from calltune.backends.registry import RegistryError, open_registry
 from calltune.config import DeployConfig
 from calltune.deploy import deploy, resolve_endpoint, rollback
+
+from fakes import HANG, every
+from fakes.secret_manager import MAX_ANNOTATIONS_BYTES, FakeSecretManager
 
 pytest.importorskip("google.cloud.secretmanager_v1")
 

@@ -16,6 +16,7 @@ from calltune.evaluate import evaluate
 from calltune.infer import predict
 from calltune.models import MODEL_CARD, is_encoder_decoder, load_model, weights_sha256
 from calltune.runtime.encoding import encode_file, encode_seq2seq, instructions
+
 from conftest import SYSTEM, TINY_DIALOGUES, make_example, write_examples
 
 T5_LINEAR = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]

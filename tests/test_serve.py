@@ -18,15 +18,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import SYSTEM, TINY_DIALOGUES
-from fakes.secret_manager import FakeSecretManager
-from fakes.vertex import FakeVertex
 
 from calltune.backends.registry import open_registry
 from calltune.cli import main
 from calltune.config import DeployConfig, ServeConfig
 from calltune.deploy import deploy, rollback
 from calltune.serve import open_server
+
+from conftest import SYSTEM, TINY_DIALOGUES
+from fakes.secret_manager import FakeSecretManager
+from fakes.vertex import FakeVertex
 
 ROOT = Path(__file__).resolve().parents[1]
 ENDPOINT = "projects/calltune-test/locations/us-central1/endpoints/{}"

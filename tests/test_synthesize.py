@@ -7,8 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import crash_when_cached
-from fakes.openai_compat import FakeOpenAI
 
 from calltune.backends.generators import GenerateError
 from calltune.config import SplitConfig, SynthesizeConfig
@@ -17,6 +15,9 @@ from calltune.render import to_messages, to_vertex
 from calltune.sample import write_split
 from calltune.synthesize import CACHE_FILE, TRACE_FILE, read_facts, synthesize
 from calltune.turns import split_call
+
+from conftest import crash_when_cached
+from fakes.openai_compat import FakeOpenAI
 
 pytest.importorskip("openai")
 
@@ -325,9 +326,9 @@ def test_a_wrong_key_fails_at_once_and_a_missing_one_before_any_request(tmp_path
 
 def test_gemini_backend_through_google_genai_with_retries():
     pytest.importorskip("google.genai")
-    from fakes.vertex import FakeVertex
-
     from calltune.backends.generators import make_generator
+
+    from fakes.vertex import FakeVertex
 
     with FakeVertex() as fake:
         fake.inject(503)

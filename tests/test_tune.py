@@ -5,12 +5,12 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from calltune.config import EvaluateConfig, InferConfig
+from calltune.config import EvaluateConfig, InferConfig, TuneConfig
 from calltune.evaluate import evaluate
 from calltune.models import MODEL_CARD, weights_sha256
 from calltune.render import to_messages
-from calltune.config import TuneConfig
 from calltune.tune import encode_example, make_trainer, train_lora
+
 from conftest import TINY_DIALOGUES, make_example, write_examples
 
 LONG_HISTORY = [("seller", "Good morning, my name is Bruno and I call from Acme Insurance about your car."),
@@ -152,7 +152,7 @@ def test_resume_after_a_stop_continues_from_the_last_checkpoint(tiny_llama_dir, 
     import calltune.tune as tune
 
     cfg = _tiny_cfg(tiny_llama_dir)
-    straight = train_lora(tiny_data, None, tmp_path / "straight", cfg, seed=3, state_dir=tmp_path / "s1")
+    train_lora(tiny_data, None, tmp_path / "straight", cfg, seed=3, state_dir=tmp_path / "s1")
 
     class Interrupt(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):

@@ -11,6 +11,7 @@ import yaml
 
 from calltune.config import Config, load_config
 from calltune.pipelines.training import STEPS
+
 from fakes.vertex_pipelines import IMAGE, SERVICE_ACCOUNT, TRAINER_IMAGE, VERTEX_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,9 +10,16 @@ import yaml
 from calltune import cli
 from calltune.config import load_config
 from calltune.vertex import console_hidden, git_commit
+
 from fakes.storage import FakeStorage
-from fakes.vertex_pipelines import (BUCKET, PROJECT, SERVICE_ACCOUNT, VERTEX_OVERRIDES, FakeKfpRegistry,
-                                    FakePipelineService)
+from fakes.vertex_pipelines import (
+    BUCKET,
+    PROJECT,
+    SERVICE_ACCOUNT,
+    VERTEX_OVERRIDES,
+    FakeKfpRegistry,
+    FakePipelineService,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "vertex.yaml")

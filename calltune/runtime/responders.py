@@ -11,10 +11,11 @@ import logging
 import queue
 import re
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from calltune.config import SplitConfig
 from calltune.models import load_model, read_model_card

@@ -147,7 +147,7 @@ class FakeVertexEndpoints(LoopbackFake):
         deployed["id"] = str(next(self._ids))
         deployed["model"] = deployed["model"].split("@")[0]
         e["deployedModels"].append(deployed)
-        split = {("%s" % deployed["id"] if k == "0" else k): v for k, v in (body.get("trafficSplit") or {"0": 100}).items()}
+        split = {(str(deployed["id"]) if k == "0" else k): v for k, v in (body.get("trafficSplit") or {"0": 100}).items()}
         self._check_traffic(e, split)
         e["trafficSplit"] = {k: v for k, v in split.items() if v}
         return self._op(match["name"], {"deployedModel": {"id": deployed["id"]}}, "DeployModelResponse")
