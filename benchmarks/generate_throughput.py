@@ -29,7 +29,7 @@ def test_prompts(state: Path, n: int, max_seq_len: int, tokenizer) -> list[list[
     from calltune.ingest import bundled_sample_path
     from calltune.io import read_jsonl
     from calltune.prepare import prepare
-    from calltune.tune import encode_example
+    from calltune.runtime.encoding import encode_causal as encode_example
 
     cfg = Config(state_dir=str(state))
     cfg.translate.backend = "none"

@@ -96,7 +96,7 @@ def main() -> int:
     from calltune.backends.registry import open_registry
     from calltune.config import DeployConfig, ServeConfig
     from calltune.models import resolve_base_model, set_threads
-    from calltune.serve import open_server
+    from calltune.serve import serving
 
     set_threads()
     if args.threads:  # on a machine shared with other work, fewer threads than cores can be faster
@@ -115,18 +115,13 @@ def main() -> int:
         for name, batch in (("one at a time", 1), ("batched", max(levels))):
             cfg = ServeConfig(port=0, max_batch=batch, max_queue=1024, max_tokens=args.max_tokens,
                               request_timeout_s=3600)
-            server, watcher = open_server(cfg, DeployConfig(), registry_state)
-            server.start()
-            try:
-                load(server.url, 1, pool[:2], 4)  # warm-up
+            with serving(cfg, DeployConfig(), registry_state) as url:
+                load(url, 1, pool[:2], 4)  # warm-up
                 for clients in levels:
                     requests = pool[:max(clients * args.requests_per_client, 8)]
-                    results.setdefault(name, {})[clients] = r = load(server.url, clients, requests, args.max_tokens)
+                    results.setdefault(name, {})[clients] = r = load(url, clients, requests, args.max_tokens)
                     print(f"{name:>14}  {clients:>3} clients  {len(requests):>3} requests  {r['replies_per_s']:6.2f} "
                           f"replies/s  p50 {r['p50']:6.2f} s  p99 {r['p99']:6.2f} s", flush=True)
-            finally:
-                server.stop()
-                watcher.stop()
     print("\nclients  replies/s batched / one at a time   p99 batched / one at a time")
     for clients in levels:
         b, o = results["batched"][clients], results["one at a time"][clients]

@@ -22,6 +22,11 @@ class Section(BaseModel):
     pipeline_parameters: ClassVar[bool] = True
 
     @classmethod
+    def setting(cls, name: str) -> str:
+        """How a user writes the field `name` (YAML section and `section.field` override): messages name it so."""
+        return f"{cls.prefix}.{name}"
+
+    @classmethod
     def from_params(cls, params: dict[str, Any]):
         """Rebuild the section from flat pipeline parameters (e.g. a component's `locals()`)."""
         p = cls.prefix + "_"
@@ -293,6 +298,29 @@ class SimulateConfig(Section):
     seller_project: str = Field("", description="gemini seller: Google Cloud project billed.")
     seller_location: str = Field("us-central1", description="gemini seller: Vertex AI location.")
     seller_max_tokens: int = Field(128, ge=8, description="Longest seller line the seller model may write.")
+
+    def seller_settings(self) -> SellerConfig:
+        return SellerConfig(backend=self.seller, model=self.seller_model, base_url=self.seller_base_url,
+                            api_key_env=self.seller_api_key_env, project=self.seller_project,
+                            location=self.seller_location)
+
+
+class SellerConfig(remote_calls("openai, gemini", concurrency=4, retries=5, timeout_s=120.0,
+                                 gives_up="the simulation fails")):
+    """simulate.seller_* as the settings of a generator (calltune.backends.generators) that plays the seller; the
+    request settings keep their defaults. Not a section of its own: SimulateConfig.seller_settings() makes it."""
+    prefix: ClassVar[str] = "simulate"
+    backend: Literal["openai", "gemini"]
+    model: str
+    base_url: str = ""
+    api_key_env: str = ""
+    project: str = ""
+    location: str = "us-central1"
+
+    @classmethod
+    def setting(cls, name: str) -> str:
+        field = "seller" if name == "backend" else f"seller_{name}"
+        return f"simulate.{field}" if field in SimulateConfig.model_fields else ""
 
 
 class JudgeConfig(remote_calls("openai, gemini", concurrency=4, retries=3, timeout_s=60.0,

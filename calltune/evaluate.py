@@ -32,7 +32,7 @@ from calltune.infer import is_vertex, predict, read_predictions
 from calltune.io import read_jsonl, write_json, write_jsonl
 from calltune.model_card import write_model_card
 from calltune.models import device, load_model, model_sha, model_source, read_model_card, set_threads
-from calltune.report import Report, loss_curve_png
+from calltune.report import Report, loss_curve_png, pyplot, save_png
 from calltune.runtime.encoding import encode_file, encoder
 from calltune.runtime.scoring import score
 
@@ -405,12 +405,7 @@ def _errors_section(r: Report, errors: dict) -> None:
 def _charts(keys: list[str], records: dict, path: Path) -> Path | None:
     if not keys:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    from calltune.io import atomic_open
+    plt = pyplot()
 
     names = list(records)
     cols = min(2, len(keys))  # two charts a row: the image stays legible when the page scales it to a narrow window
@@ -426,9 +421,4 @@ def _charts(keys: list[str], records: dict, path: Path) -> Path | None:
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

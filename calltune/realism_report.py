@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 
 from calltune.realism import METRICS, REAL
-from calltune.report import Report
+from calltune.report import Report, pyplot, save_png
 
 
 def _cell(e) -> str:
@@ -28,14 +28,9 @@ def length_histograms_png(lengths: dict[str, list[int]], path: Path) -> Path | N
     models = [n for n in lengths if n != REAL]
     if not models or not lengths.get(REAL):
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    from calltune.io import atomic_open
-
+    plt = pyplot()
     top = max(max(v, default=0) for v in lengths.values())
     bins = np.arange(0, min(top, 80) + 3, max(1, math.ceil(min(top, 80) / 25)))
     fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 2.8), dpi=100, squeeze=False)
@@ -45,12 +40,7 @@ def length_histograms_png(lengths: dict[str, list[int]], path: Path) -> Path | N
         ax.set_title(f"reply length: {name} vs real")
         ax.set_xlabel("words per customer turn")
         ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def section(r: Report, realism: dict, calls: list, simulated: dict[str, list], cfg, out_dir: Path) -> None:

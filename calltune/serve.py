@@ -27,8 +27,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -557,6 +557,20 @@ def open_server(cfg: ServeConfig, deploy: DeployConfig, state_dir: Path, split: 
     except BaseException:
         watcher.stop()
         raise
+
+
+@contextmanager
+def serving(cfg: ServeConfig, deploy: DeployConfig, state_dir: Path, split: SplitConfig | None = None,
+            load: Callable[[str], Responder] | None = None, page: Config | None = None) -> Iterator[str]:
+    """`open_server`, answering from a background thread until the block ends; yields the base URL (for tests,
+    benchmarks and anything else that embeds the server)."""
+    server, watcher = open_server(cfg, deploy, state_dir, split, load, page)
+    try:
+        server.start()
+        yield server.url
+    finally:
+        server.stop()
+        watcher.stop()
 
 
 def serve(cfg: ServeConfig, deploy: DeployConfig, state_dir: Path, split: SplitConfig | None = None,

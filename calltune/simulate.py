@@ -152,17 +152,9 @@ def make_seller(cfg: SimulateConfig, state_dir="."):
     """A generator (calltune.backends.generators) that plays the seller; None when the real seller is replayed."""
     if cfg.seller == "replay":
         return None
-    if not cfg.seller_model:
-        raise ValueError(f"simulate.seller={cfg.seller} needs simulate.seller_model (the seller model's name)")
     from calltune.backends.generators import make_generator
-    from calltune.config import SynthesizeConfig
 
-    try:
-        return make_generator(SynthesizeConfig(backend=cfg.seller, model=cfg.seller_model, base_url=cfg.seller_base_url,
-                                               api_key_env=cfg.seller_api_key_env, project=cfg.seller_project,
-                                               location=cfg.seller_location), state_dir)
-    except ValueError as exc:  # its messages name the synthesize section; the settings are simulate.seller_*
-        raise ValueError(f"simulate: {str(exc).replace('synthesize.', 'simulate.seller_')}") from exc
+    return make_generator(cfg.seller_settings(), state_dir)
 
 
 def _seller_request(call: Call, sellers: list[str], customers: list[str], cfg: SimulateConfig, seed: int) -> dict:

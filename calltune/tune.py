@@ -20,7 +20,6 @@ from calltune.config import SplitConfig, TuneConfig
 from calltune.io import file_sha256, write_json
 from calltune.models import MODEL_CARD, device, is_encoder_decoder, resolve_base_model, set_threads, weights_sha256
 from calltune.report import loss_curve_png
-from calltune.runtime.encoding import encode_causal as encode_example  # noqa: F401 (its name before the runtime)
 from calltune.runtime.encoding import encode_file, encoder
 from calltune.runtime.scoring import reply_logits
 from calltune.tuning import callbacks, lora_config, training_args
@@ -34,8 +33,9 @@ PERSONAS_KEPT = 200  # distinct system instructions recorded in the model card
 def _trainer_class(cuda: bool):
     """On CUDA, TRL's own loss: its Triton fused LM head projects only the label positions, in tiles, so the
     full-vocabulary logits never exist. Its CPU fallback projects every position; there `reply_logits` computes the
-    same loss (mean NLL of the label tokens) on the label positions only."""
+    same loss (mean NLL of the label tokens) on the label positions only (benchmarks/reply_loss.py)."""
     import torch
+    from transformers.modeling_outputs import CausalLMOutput
     from trl import SFTTrainer
 
     if cuda:
@@ -49,11 +49,26 @@ def _trainer_class(cuda: bool):
             loss = torch.nn.functional.cross_entropy(logits, gold, reduction="sum") / count
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count spans every rank
-            accuracy = (logits.argmax(-1) == gold).float().mean().item() if len(gold) else 0.0
-            self._metrics["train" if model.training else "eval"]["mean_token_accuracy"].append(accuracy)
-            return (loss, {"logits": logits}) if return_outputs else loss
+            return (loss, CausalLMOutput(loss=loss, logits=logits)) if return_outputs else loss
 
     return ReplyLossTrainer
+
+
+def _reply_hits(logits, labels):
+    """`preprocess_logits_for_metrics` of ReplyLossTrainer, whose logits are the label tokens' only, in the order of
+    `labels[:, 1:]`'s label positions: per row, (top-1 hits, label tokens). One row per example keeps the shape
+    that data-parallel ranks gather the same on every rank."""
+    import torch
+
+    labelled = labels[:, 1:] != -100
+    hits = (logits.argmax(-1) == labels[:, 1:][labelled]).float()
+    per_row = torch.zeros(len(labels), device=hits.device).index_add_(0, labelled.nonzero()[:, 0], hits)
+    return torch.stack([per_row, labelled.sum(1).float()], 1)
+
+
+def _token_accuracy(prediction) -> dict:
+    hits, tokens = prediction.predictions.sum(0)
+    return {"mean_token_accuracy": float(hits / tokens) if tokens else 0.0}
 
 
 def make_trainer(base_path: Path, train_rows: list[dict], eval_rows: list[dict] | None, cfg: TuneConfig,
@@ -82,7 +97,10 @@ def make_trainer(base_path: Path, train_rows: list[dict], eval_rows: list[dict] 
         max_length=None if cfg.padding_free else cfg.max_seq_len,  # rows are already cut to max_seq_len
         use_liger_kernel=liger,
     )
+    # On CPU, validation token accuracy comes through Trainer's public metric hooks (TRL's own needs its loss).
+    metrics = {} if cuda else {"compute_metrics": _token_accuracy, "preprocess_logits_for_metrics": _reply_hits}
     return _trainer_class(cuda)(
+        **metrics,
         model=model,
         args=args,
         train_dataset=Dataset.from_list(train_rows),

@@ -3,6 +3,7 @@
 them cleanly (slow). Of the Dockerfiles, only the rules: a pinned base, a non-root user, dependencies only through
 the install script and before the sources (a cached layer), CPU torch in one and CUDA torch in the other. No Docker
 engine is needed."""
+import json
 import os
 import re
 import shutil
@@ -12,6 +13,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "images"
@@ -114,6 +117,8 @@ def test_component_image_install_step_installs_cleanly_in_a_fresh_venv(tmp_path)
     (context / "images").mkdir()
     for name in ("requirements.py", "install.sh"):
         shutil.copy(IMAGES / name, context / "images" / name)
+    (context / "lock").mkdir()
+    shutil.copy(ROOT / "lock" / "requirements.txt", context / "lock" / "requirements.txt")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     # torch==2.13.0 resolves to this machine's wheel: no CPU index here (the image's ARG), pip picks nothing freely.
@@ -134,5 +139,11 @@ def test_component_image_install_step_installs_cleanly_in_a_fresh_venv(tmp_path)
     assert done.returncode == 0, done.stderr
     kfp_version, torch_version, _ = done.stdout.split()
     assert kfp_version == "2.17.0" and torch_version.startswith("2.13.0")
+    # Every package the lock pins is installed at the lock's version: the image holds what CI tested.
+    from test_lock import pins
+    locked = pins((ROOT / "lock" / "requirements.txt").read_text())
+    listed = subprocess.run([python, "-m", "pip", "list", "--format", "json"], capture_output=True, text=True, env=env)
+    installed = {canonicalize_name(p["name"]): Version(p["version"]) for p in json.loads(listed.stdout)}
+    assert {n: v for n, v in installed.items() if n in locked and v != locked[n]} == {}
     assert "site-packages" in subprocess.run([python, "-c", "import calltune; print(calltune.__file__)"], cwd=tmp_path,
                                              capture_output=True, text=True, env=env).stdout  # installed, not the checkout

@@ -10,7 +10,7 @@ from calltune.deploy import model_sha
 from calltune.infer import COLUMNS, generate_batch, predict, prompt_ids, read_predictions
 from calltune.models import load_model
 from calltune.render import to_messages
-from calltune.tune import encode_example
+from calltune.runtime.encoding import encode_causal as encode_example
 
 from conftest import TINY_DIALOGUES, make_example, write_examples
 

@@ -13,7 +13,7 @@ from calltune.deploy import deploy
 from calltune.ingest import ingest
 from calltune.practice import persona_fields, template_fields
 from calltune.review import ReviewError, parse
-from calltune.serve import open_server
+from calltune.serve import serving
 
 from fakes.openai_compat import FakeOpenAI
 
@@ -62,14 +62,9 @@ def served(tiny_chat_model, tmp_path, monkeypatch):
                      judge={"backend": "openai", "model": "judge-1", "base_url": f"{judge.endpoint}/v1",
                             "api_key_env": "PRACTICE_JUDGE_KEY", "max_retries": 1, "retry_backoff_s": 0.01})
         deploy(tiny_chat_model, cfg.deploy, cfg.state_path(), run_id="run-1", metrics={})
-        server, watcher = open_server(cfg.serve.model_copy(update={"port": 0}), cfg.deploy, cfg.state_path(),
-                                      cfg.split, page=cfg)
-        server.start()
-        try:
-            yield server.url, judge, tmp_path
-        finally:
-            server.stop()
-            watcher.stop()
+        with serving(cfg.serve.model_copy(update={"port": 0}), cfg.deploy, cfg.state_path(), cfg.split,
+                     page=cfg) as url:
+            yield url, judge, tmp_path
 
 
 CALL = {"call_id": "practice-1", "persona": {}, "system": "You are Ana.",

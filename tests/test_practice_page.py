@@ -4,7 +4,7 @@ $CALLTUNE_TEST_ARTIFACTS (default out/test-artifacts)."""
 import json
 import os
 import time
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ from calltune.backends.registry import open_registry
 from calltune.config import Config, DataConfig, TuneConfig
 from calltune.deploy import deploy, rollback
 from calltune.ingest import ingest
-from calltune.serve import open_server
+from calltune.serve import serving
 
 from conftest import ARTIFACTS, make_example, write_examples
 from fakes.openai_compat import FakeOpenAI
@@ -69,17 +69,10 @@ def practice_config(state: Path, **judge) -> Config:
     return Config(state_dir=str(state), data={"system_prompt": TEMPLATE}, judge=judge or {})
 
 
-@contextmanager
-def serving(cfg: Config, port: int = 0):
+def practice_serving(cfg: Config, port: int = 0):
     """`calltune serve` for cfg (its API and the practice page), on loopback; yields its base URL."""
     serve_cfg = cfg.serve.model_copy(update={"port": port, "refresh_s": 0.05})
-    server, watcher = open_server(serve_cfg, cfg.deploy, cfg.state_path(), cfg.split, page=cfg)
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-        watcher.stop()
+    return serving(serve_cfg, cfg.deploy, cfg.state_path(), cfg.split, page=cfg)
 
 
 def wait_for_version(url: str, version: int | None, key: str = "") -> None:
@@ -120,7 +113,7 @@ def test_a_call_with_a_trained_persona_streams_downloads_and_is_reviewed(page, p
         cfg = practice_config(tmp_path / "state", backend="openai", model="judge-1", base_url=f"{judge.endpoint}/v1",
                               api_key_env="CALLTUNE_TEST_JUDGE_KEY")
         deploy(persona_model, cfg.deploy, cfg.state_path(), run_id="run-1", metrics={})
-        with serving(cfg) as url:
+        with practice_serving(cfg) as url:
             page.goto(url)
             expect = playwright_api.expect
             expect(page.locator("#served")).to_have_text("Customer model: llm-endpoint · version 1")
@@ -170,7 +163,7 @@ def test_a_call_with_a_trained_persona_streams_downloads_and_is_reviewed(page, p
 def test_the_page_names_a_version_promoted_between_calls(page, tiny_chat_model, persona_model, tmp_path):
     cfg = practice_config(tmp_path / "state")
     deploy(tiny_chat_model, cfg.deploy, cfg.state_path(), run_id="run-1", metrics={})
-    with serving(cfg) as url:
+    with practice_serving(cfg) as url:
         page.goto(url)
         expect = playwright_api.expect
         expect(page.locator("#served")).to_have_text("Customer model: llm-endpoint · version 1")
@@ -234,7 +227,7 @@ def test_errors_are_shown_and_recoverable_by_keyboard_on_a_phone(browser, person
 
     faults: list[str] = []
     page.route("**/v1/chat/completions", network)
-    with serving(cfg) as url:
+    with practice_serving(cfg) as url:
         page.goto(f"{url}/?timeout_s=2")
         expect(page.get_by_label("API key")).to_be_focused()  # the page asks for the key first
         page.keyboard.type("pk-practice-key")
@@ -287,7 +280,7 @@ def test_errors_are_shown_and_recoverable_by_keyboard_on_a_phone(browser, person
     say_line.press("Enter")
     expect(page.locator("#error-text")).to_have_text("Cannot reach the calltune server. Is `calltune serve` still running?")
     expect(page.locator(".turn.seller")).to_have_count(4)  # the line is kept
-    with serving(cfg, port=port):
+    with practice_serving(cfg, port=port):
         page.keyboard.press("Enter")  # Retry now
         expect(page.locator(".turn.customer:not(.streaming)")).to_have_count(4)
     for route in held:

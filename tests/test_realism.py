@@ -237,8 +237,10 @@ def test_a_configured_seller_model_plays_the_seller_after_the_real_opening(monke
     assert calls[0].customers[0] in bodies[0]["messages"][-1]["content"]  # the seller model hears the call so far
     assert [s.sellers for s in sims] == [[c.sellers[0]] + ["Shall I send you the contract?"] * 4 for c in calls]
     assert [e["prompt"] for e in seen if e["call_id"] == calls[0].call_id][1] == "Shall I send you the contract?"
-    with pytest.raises(ValueError, match="simulate.seller_model"):
+    with pytest.raises(ValueError, match="simulate.seller=openai needs simulate.seller_model"):
         make_seller(SimulateConfig(seller="openai"))
+    with pytest.raises(ValueError, match=r"\(simulate.seller_api_key_env\) is not set"):  # its own settings' names
+        make_seller(SimulateConfig(seller="openai", seller_model="m", seller_api_key_env="CALLTUNE_UNSET_KEY"))
 
 
 def test_evaluate_reports_whole_call_realism_and_the_gate_reads_it_back(tiny_chat_model, split, tmp_path):

@@ -12,7 +12,7 @@ from calltune.models import load_model
 from calltune.runtime.encoding import encode_causal, prompt_ids, window
 from calltune.runtime.generation import Request, generate
 from calltune.runtime.responders import LocalResponder, conversation
-from calltune.serve import open_server
+from calltune.serve import serving
 from calltune.tune import train_lora
 from calltune.turns import split_call
 
@@ -62,16 +62,11 @@ def test_serving_builds_the_prompt_tokens_training_saw(trained, tmp_path):
     cfg = DeployConfig()
     with closing(open_registry(cfg, tmp_path)) as registry:
         registry.add_version(cfg.secret_id, model_dir.as_uri().encode())
-    server, watcher = open_server(ServeConfig(port=0), cfg, tmp_path)
-    server.start()
-    try:
+    with serving(ServeConfig(port=0), cfg, tmp_path) as url:
         messages = [{"role": "system", "content": SYSTEM}] + [
             {"role": "user" if t["role"] == "seller" else "assistant", "content": t["text"]} for t in so_far]
-        r = httpx.post(server.url + "/v1/chat/completions", json={"messages": messages, "max_tokens": 1}, timeout=60)
+        r = httpx.post(url + "/v1/chat/completions", json={"messages": messages, "max_tokens": 1}, timeout=60)
         assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == len(served)
-    finally:
-        server.stop()
-        watcher.stop()
 
 
 def test_the_opening_and_history_windows_follow_turn_split():

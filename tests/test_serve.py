@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -23,7 +23,7 @@ from calltune.backends.registry import open_registry
 from calltune.cli import main
 from calltune.config import DeployConfig, ServeConfig
 from calltune.deploy import deploy, rollback
-from calltune.serve import open_server
+from calltune.serve import open_server, serving
 
 from conftest import SYSTEM, TINY_DIALOGUES
 from fakes.secret_manager import FakeSecretManager
@@ -46,15 +46,8 @@ def publish(cfg, state, endpoint: str) -> int:
         return reg.add_version(cfg.secret_id, endpoint.encode()).version
 
 
-@contextmanager
 def running(cfg, state, **serve):
-    server, watcher = open_server(ServeConfig(**{"port": 0, "refresh_s": 0.05, **serve}), cfg, state)
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-        watcher.stop()
+    return serving(ServeConfig(**{"port": 0, "refresh_s": 0.05, **serve}), cfg, state)
 
 
 def request(url: str, path: str, body: dict | None = None, headers: dict | None = None) -> httpx.Response:

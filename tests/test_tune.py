@@ -9,7 +9,8 @@ from calltune.config import EvaluateConfig, InferConfig, TuneConfig
 from calltune.evaluate import evaluate
 from calltune.models import MODEL_CARD, weights_sha256
 from calltune.render import to_messages
-from calltune.tune import encode_example, make_trainer, train_lora
+from calltune.runtime.encoding import encode_causal as encode_example
+from calltune.tune import make_trainer, train_lora
 
 from conftest import TINY_DIALOGUES, make_example, write_examples
 
@@ -94,6 +95,7 @@ def test_training_fits_the_customer_replies(tuned_model, base_model_dir, tiny_ex
     assert after["loss"] < 0.5 * before["loss"]
     assert after["accuracy"] > before["accuracy"]
     assert report["validation_loss"] == pytest.approx(after["loss"], rel=0.05, abs=1e-3)
+    assert 0 < report["validation_token_accuracy"] == pytest.approx(after["accuracy"], abs=1e-6)  # the gate's count
 
 
 # ---- the tuner's mechanics, on a tiny random Llama (seconds, not minutes) ----

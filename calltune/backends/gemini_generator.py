@@ -12,17 +12,17 @@ class GeminiGenerator:
     def __init__(self, cfg: GeneratorSettings):
         from google.genai import types  # only when this backend is used
 
-        p = cfg.prefix
+        p = cfg.setting
         project, location = cfg.project, cfg.location
         if cfg.model.startswith("projects/"):  # an endpoint or tuned model names its own project and location
             parts = cfg.model.split("/")
             project, location = parts[1], parts[3]
         if not project:
-            raise ValueError(f"{p}.backend=gemini needs {p}.project (the Google Cloud project to bill)")
+            raise ValueError(f"{p('backend')}=gemini needs {p('project')} (the Google Cloud project to bill)")
         try:
             self._client = vertex_client(project, location, cfg.base_url, timeout=int(cfg.timeout_s * 1000))
         except Exception as exc:  # google.auth's DefaultCredentialsError, mostly
-            raise GenerateError(f"{p}.backend=gemini could not start a client: {brief(exc)}; run "
+            raise GenerateError(f"{p('backend')}=gemini could not start a client: {brief(exc)}; run "
                                 f"`gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS") from exc
         self.name = f"gemini:{cfg.model}"
         self.concurrency = cfg.max_concurrency

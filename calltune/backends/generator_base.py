@@ -10,10 +10,11 @@ from collections.abc import Callable
 from typing import Protocol
 
 from calltune.backends.retry import Retrying
-from calltune.config import JudgeConfig, SynthesizeConfig
+from calltune.config import JudgeConfig, SellerConfig, SynthesizeConfig
 
-# The sections that configure a generator (synthesize, judge): messages name their settings by `cfg.prefix`.
-GeneratorSettings = SynthesizeConfig | JudgeConfig
+# The settings a generator is made from (synthesize, judge, simulate's seller): messages name each setting as
+# `cfg.setting(field)` does.
+GeneratorSettings = SynthesizeConfig | JudgeConfig | SellerConfig
 
 
 class GenerateError(RuntimeError):
@@ -32,5 +33,5 @@ class Generator(Protocol):
 
 
 def retrying(cfg: GeneratorSettings, retryable: Callable[[BaseException], bool], service: str) -> Retrying:
-    return Retrying(service=service, setting=f"{cfg.prefix}.max_retries", max_retries=cfg.max_retries,
+    return Retrying(service=service, setting=cfg.setting("max_retries"), max_retries=cfg.max_retries,
                     backoff_s=cfg.retry_backoff_s, retryable=retryable, error=GenerateError)

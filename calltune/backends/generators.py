@@ -21,14 +21,14 @@ __all__ = ["DEFAULT_LOCAL_MODEL", "GenerateError", "Generator", "make_generator"
 
 
 def make_generator(cfg: GeneratorSettings, state_dir: Path) -> Generator:
-    """The backend `cfg.backend` names (synthesize.* or judge.*; a judge is never local)."""
+    """The backend `cfg.backend` names (synthesize.*, judge.* or simulate.seller_*; only synthesize may be local)."""
     if cfg.backend == "local":
         return LocalGenerator(cfg, state_dir)
     if cfg.backend in ("openai", "gemini") and not cfg.model:
-        raise ValueError(f"{cfg.prefix}.backend={cfg.backend} needs {cfg.prefix}.model (the model's name: the one "
+        raise ValueError(f"{cfg.setting('backend')}={cfg.backend} needs {cfg.setting('model')} (the model's name: the one "
                          f"the endpoint serves, or a Gemini model id such as gemini-2.5-flash)")
     if cfg.backend == "openai":
         return OpenAICompatGenerator(cfg)
     if cfg.backend == "gemini":
         return GeminiGenerator(cfg)
-    raise ValueError(f"unknown {cfg.prefix}.backend {cfg.backend!r}")
+    raise ValueError(f"unknown {cfg.setting('backend')} {cfg.backend!r}")

@@ -15,17 +15,17 @@ class OpenAICompatGenerator:
     def __init__(self, cfg: GeneratorSettings):
         import openai  # only when this backend is used (pip install calltune[synth])
 
-        p = cfg.prefix
+        p = cfg.setting
         key = ""
         if cfg.api_key_env:
             key = os.environ.get(cfg.api_key_env, "")
             if not key:
-                raise ValueError(f"{p}.backend=openai: the environment variable {cfg.api_key_env} "
-                                 f"({p}.api_key_env) is not set; set it to the API key, or set "
-                                 f"{p}.api_key_env to empty for a server that needs none")
+                raise ValueError(f"{p('backend')}=openai: the environment variable {cfg.api_key_env} "
+                                 f"({p('api_key_env')}) is not set; set it to the API key, or set "
+                                 f"{p('api_key_env')} to empty for a server that needs none")
             url = urlsplit(cfg.base_url)
             if url.scheme == "http" and not is_loopback(url.hostname or ""):
-                raise ValueError(f"{p}.base_url {cfg.base_url!r} is plain http to another machine: the API key "
+                raise ValueError(f"{p('base_url')} {cfg.base_url!r} is plain http to another machine: the API key "
                                  f"is sent only over https (or to this machine)")
         self.name = f"openai:{cfg.model}"  # the endpoint is not part of it: the model name says what answers
         self.concurrency = cfg.max_concurrency
