@@ -6,9 +6,11 @@
 The bundled SmolLM2-135M-Instruct (converted into --state-dir, a temporary one by default) is published in a local
 registry and served by the real server (FastAPI/uvicorn on loopback, in this process), twice in one run: first with
 `serve.max_batch=1` (the baseline: one generation at a time, as the old server's lock did), then with
-`serve.max_batch=32` (requests waiting when the model is free generate together). For each number of clients, the
-clients (threads with one kept-alive httpx connection each) send the same requests, the conversations of the bundled
-sample calls' test split as OpenAI messages, greedy, `--max-tokens` each, one after another until all are answered.
+`serve.max_batch=32` (requests waiting when the model is free generate together). For each number of clients, a
+fresh server (an empty prefix cache), and the clients (threads with one kept-alive httpx connection each) send the
+same requests, the conversations of the bundled sample calls' test split as OpenAI messages (several turns of each
+call, as sellers in the middle of their calls send them), greedy, `--max-tokens` each, one after another until all
+are answered.
 Prints replies/s, p50 and p99 latency per level and the ratio of batched to baseline replies/s. Runs on the GPU when
 torch sees one.
 """
@@ -59,7 +61,7 @@ def load(url: str, clients: int, requests: list[list[dict]], max_tokens: int) ->
                 with lock:
                     if not todo:
                         return
-                    _, messages = todo.pop()
+                    _, messages = todo.pop(0)  # in the calls' turn order
                 started = time.monotonic()
                 r = http.post("/v1/chat/completions", json={"messages": messages, "max_tokens": max_tokens})
                 if r.status_code != 200:
@@ -115,13 +117,13 @@ def main() -> int:
         for name, batch in (("one at a time", 1), ("batched", max(levels))):
             cfg = ServeConfig(port=0, max_batch=batch, max_queue=1024, max_tokens=args.max_tokens,
                               request_timeout_s=3600)
-            with serving(cfg, DeployConfig(), registry_state) as url:
-                load(url, 1, pool[:2], 4)  # warm-up
-                for clients in levels:
+            for clients in levels:  # a server each: every level starts with an empty prefix cache
+                with serving(cfg, DeployConfig(), registry_state) as url:
+                    load(url, 1, [[{"role": "user", "content": "Hello?"}]], 4)  # warm-up, outside the requests
                     requests = pool[:max(clients * args.requests_per_client, 8)]
                     results.setdefault(name, {})[clients] = r = load(url, clients, requests, args.max_tokens)
-                    print(f"{name:>14}  {clients:>3} clients  {len(requests):>3} requests  {r['replies_per_s']:6.2f} "
-                          f"replies/s  p50 {r['p50']:6.2f} s  p99 {r['p99']:6.2f} s", flush=True)
+                print(f"{name:>14}  {clients:>3} clients  {len(requests):>3} requests  {r['replies_per_s']:6.2f} "
+                      f"replies/s  p50 {r['p50']:6.2f} s  p99 {r['p99']:6.2f} s", flush=True)
     print("\nclients  replies/s batched / one at a time   p99 batched / one at a time")
     for clients in levels:
         b, o = results["batched"][clients], results["one at a time"][clients]

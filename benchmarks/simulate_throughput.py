@@ -65,13 +65,13 @@ def main() -> int:
     print(f"device {device()} ({where}), {len(calls)} calls, {turns} customer turns "
           f"({max(len(c.examples) for c in calls)} turn positions at most), max_new_tokens {args.max_new_tokens}, greedy")
     cfg = InferConfig(max_new_tokens=args.max_new_tokens, batch_size=len(calls))
-    reply = local_replier(model, tokenizer, cfg, args.max_seq_len)
     simulate(calls[:2], local_replier(model, tokenizer, cfg.model_copy(update={"max_new_tokens": 4}),
                                       args.max_seq_len))  # warm-up
 
     def timed(batched: bool):
         if device() == "cuda":
             torch.cuda.synchronize()
+        reply = local_replier(model, tokenizer, cfg, args.max_seq_len)  # its own prefix cache, empty
         started = time.perf_counter()
         sims = simulate(calls, reply, batched=batched)
         if device() == "cuda":

@@ -119,13 +119,16 @@ def local_replier(model, tokenizer, cfg: InferConfig, max_len: int):
     `generate_batch` call for the list)."""
     from calltune.infer import generate_batch, prompt_ids
     from calltune.runtime.encoding import encoder
+    from calltune.runtime.generation import PrefixCache
 
     encode = encoder(model.config.is_encoder_decoder)
+    prefixes = PrefixCache()  # turn k+1 of a call repeats turn k's conversation: only the new lines are read
 
     def reply(examples: list[dict]) -> list[str]:
         encoded = [encode(e, tokenizer, max_len) for e in examples]
         todo = [i for i, r in enumerate(encoded) if r is not None]  # None: the real reply alone exceeds max_len
-        replies = generate_batch(model, tokenizer, prompt_ids([encoded[i] for i in todo]), cfg) if todo else []
+        replies = generate_batch(model, tokenizer, prompt_ids([encoded[i] for i in todo]), cfg,
+                                 prefixes) if todo else []
         out = [""] * len(examples)
         for i, r in zip(todo, replies):
             out[i] = r

@@ -10,7 +10,7 @@ from calltune.backends.registry import open_registry
 from calltune.config import DeployConfig, ServeConfig, SplitConfig, TuneConfig
 from calltune.models import load_model
 from calltune.runtime.encoding import encode_causal, prompt_ids, window
-from calltune.runtime.generation import Request, generate
+from calltune.runtime.generation import PrefixCache, Request, generate
 from calltune.runtime.responders import LocalResponder, conversation
 from calltune.serve import serving
 from calltune.tune import train_lora
@@ -104,3 +104,23 @@ def test_batched_rows_keep_their_own_settings(tiny_llama_dir):
                                       Request(prompts[2], 12, cancelled=lambda: True)])
     assert (cut[0].text, cut[0].finish_reason) == (greedy.text[:greedy.text.index(stop)].strip(), "stop")
     assert (cut[1].finish_reason, cut[1].completion_tokens) == ("cancelled", 1)
+
+
+def test_a_prompt_that_starts_like_a_cached_one_reads_only_the_rest(tiny_llama_dir):
+    model, tokenizer = load_model(tiny_llama_dir)
+    first = tokenizer("The seller said hello and the customer answered that she was busy")["input_ids"]
+    second = first + tokenizer(" so the seller asked when to call back")["input_ids"]  # the call's next turn
+    other = tokenizer("A different call about car insurance")["input_ids"]
+    plain = [generate(model, tokenizer, [Request(p, 8)])[0].text for p in (first, second, other)]
+
+    prefixes = PrefixCache()
+    assert generate(model, tokenizer, [Request(first, 8)], prefixes)[0].text == plain[0]
+    batch = generate(model, tokenizer, [Request(second, 8), Request(other, 8)], prefixes)
+    assert [g.text for g in batch] == plain[1:]  # the same replies as reading every prompt in full
+    assert prefixes.reused_tokens == len(first) - 1  # the next turn read only what it added
+    assert prefixes.read_tokens == len(first) + len(second) + len(other) - 3  # all but each prompt's last token
+
+    small = PrefixCache(max_tokens=len(first))  # room for one prompt: the least recently used goes
+    for prompt in (first, other, second):
+        generate(model, tokenizer, [Request(prompt, 2)], small)
+    assert small.reused_tokens == 0

@@ -1,18 +1,26 @@
 """Batched generation with per-request settings and streaming.
 
 Many requests go through one `model.generate` call: prompts left-padded (every row's next token sits in the last
-column), one KV cache. Each row keeps its own settings: `max_new_tokens`, stop strings and cancellation end that row
-alone (a per-row stopping criterion), and a sampled row draws from its own seeded generator at its own temperature
-and top-p (a logits processor that leaves greedy rows untouched), so a seeded request gets the same reply whatever
-else shares its batch. New text reaches `on_text` as it is generated.
+column), one KV cache. A causal model reads each prompt alone first (no padding) and the batch starts from those
+caches, left-padded into one: on a CPU reading the prompts takes most of the time, and the batch then pays for
+their real tokens only, not for the padding up to the longest (benchmarks/serve_throughput.py). With a
+`PrefixCache`, a prompt that starts like one read lately reads only the rest.
+
+Each row keeps its own settings: `max_new_tokens`, stop strings and cancellation end that row alone (a per-row
+stopping criterion), and a sampled row draws from its own seeded generator at its own temperature and top-p (a
+logits processor that leaves greedy rows untouched), so a seeded request gets the same reply whatever else shares
+its batch. New text reaches `on_text` as it is generated.
 """
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers.cache_utils import DynamicLayer
 
 
 @dataclass
@@ -104,8 +112,78 @@ class _Rows(StoppingCriteria):
         self._stream(i, hold=0)
 
 
-def generate(model, tokenizer, requests: list[Request]) -> list[Generation]:
-    """One batched `generate` over `requests`; their generations, in order."""
+class PrefixCache:
+    """The KV cache of prompts read lately, for one model: a prompt that starts like one of them reads only the
+    rest. The next turn of a chat, or of a simulated call, repeats the whole conversation so far. An entry that a
+    newer prompt extends is dropped; past `max_tokens` in all, the least recently used go. One generation thread
+    uses it at a time."""
+
+    def __init__(self, max_tokens: int = 8192):
+        self.max_tokens = max_tokens
+        self.read_tokens = self.reused_tokens = 0  # prompt tokens read through the cache, and those it held already
+        self._entries: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+
+    def longest(self, tokens: tuple[int, ...]) -> tuple[int, list]:
+        """(length, per-layer keys and values) of the longest cached start of `tokens`; (0, []) when none."""
+        best, found = 0, None
+        for key in self._entries:
+            n = len(os.path.commonprefix([key, tokens]))
+            if n > best:
+                best, found = n, key
+        if found is None:
+            return 0, []
+        self._entries.move_to_end(found)
+        return best, self._entries[found]
+
+    def add(self, tokens: tuple[int, ...], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for key in [k for k in self._entries if tokens[:len(k)] == k]:
+            del self._entries[key]
+        self._entries[tokens] = layers
+        kept = sum(map(len, self._entries))
+        while kept > self.max_tokens and len(self._entries) > 1:
+            kept -= len(self._entries.popitem(last=False)[0])
+
+
+def _read(model, tokens: list[int], prefixes: PrefixCache | None) -> DynamicCache:
+    """The KV cache of `tokens` (one row, no padding), from the longest cached start on."""
+    n, layers = prefixes.longest(tuple(tokens)) if prefixes is not None else (0, [])
+    n = min(n, len(tokens))
+    cache = DynamicCache([(k[:, :, :n], v[:, :, :n]) for k, v in layers]) if n else None
+    if n < len(tokens):
+        cache = model(input_ids=torch.tensor([tokens[n:]], device=model.device), cache=cache, use_cache=True,
+                      logits_to_keep=1).cache
+    if prefixes is not None:
+        prefixes.read_tokens += len(tokens)
+        prefixes.reused_tokens += n
+    return cache
+
+
+def _prefilled(model, requests: list[Request], width: int, prefixes: PrefixCache | None) -> DynamicCache | None:
+    """The KV cache of every prompt but its last token, each read alone (or from `prefixes`), left-padded to
+    `width - 1` positions; None where that does not apply (one request and no prefix cache, an encoder-decoder, a
+    one-token prompt, a cache other than plain layers, such as sliding-window ones)."""
+    if (len(requests) < 2 and prefixes is None) or model.config.is_encoder_decoder \
+            or min(len(r.prompt) for r in requests) < 2:
+        return None
+    rows = []
+    for r in requests:
+        cache = _read(model, r.prompt[:-1], prefixes)
+        if any(type(layer) is not DynamicLayer for layer in cache.layers):
+            return None
+        rows.append([(layer.keys, layer.values) for layer in cache.layers])
+        if prefixes is not None:
+            prefixes.add(tuple(r.prompt[:-1]), rows[-1])
+
+    def padded(tensors):  # (1, heads, length, dim) each -> (rows, heads, width - 1, dim), padding on the left
+        return torch.cat([torch.nn.functional.pad(t, (0, 0, width - 1 - t.shape[2], 0)) for t in tensors])
+
+    return DynamicCache([(padded([row[i][0] for row in rows]), padded([row[i][1] for row in rows]))
+                         for i in range(len(rows[0]))])
+
+
+def generate(model, tokenizer, requests: list[Request], prefixes: PrefixCache | None = None) -> list[Generation]:
+    """One batched `generate` over `requests`; their generations, in order. `prefixes`: the model's prefix cache,
+    read and filled (None: every prompt is read in full)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     width = max(len(r.prompt) for r in requests)
     ids = torch.full((len(requests), width), pad, dtype=torch.long)
@@ -119,6 +197,7 @@ def generate(model, tokenizer, requests: list[Request]) -> list[Generation]:
     rows = _Rows(requests, tokenizer, eos)
     with torch.inference_mode():
         model.generate(input_ids=ids.to(model.device), attention_mask=attention.to(model.device),
+                       cache=_prefilled(model, requests, width, prefixes),
                        max_new_tokens=max(r.max_new_tokens for r in requests), use_cache=True, do_sample=False,
                        temperature=None, top_p=None, top_k=None, eos_token_id=sorted(eos), pad_token_id=pad,
                        logits_processor=LogitsProcessorList([_Sampler(requests, model.device)]),

@@ -21,7 +21,7 @@ from calltune.config import SplitConfig
 from calltune.models import load_model, read_model_card
 from calltune.render import to_messages
 from calltune.runtime.encoding import prompt_tokens, window
-from calltune.runtime.generation import Generation, Request, generate
+from calltune.runtime.generation import Generation, PrefixCache, Request, generate
 from calltune.schema import Example, Turn
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class LocalResponder:
             or min(self.tokenizer.model_max_length, 1 << 16)
         self.max_prompt_tokens = max_prompt_tokens or self.context
         self.max_batch = max_batch
+        self.prefixes = PrefixCache()  # a chat's next turn reads only what the conversation added
         self._closed = False
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._worker = threading.Thread(target=self._run, name="calltune-generate", daemon=True)
@@ -127,7 +128,7 @@ class LocalResponder:
                 continue
             log.debug("generating %d requests together", len(batch))
             try:
-                results = generate(self.model, self.tokenizer, [r for r, _ in batch])
+                results = generate(self.model, self.tokenizer, [r for r, _ in batch], self.prefixes)
             except Exception as exc:  # every request of the batch gets the error, the worker goes on
                 log.exception("generation failed for a batch of %d", len(batch))
                 for _, future in batch:
