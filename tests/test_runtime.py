@@ -11,7 +11,7 @@ from calltune.config import DeployConfig, ServeConfig, SplitConfig, TuneConfig
 from calltune.models import load_model
 from calltune.runtime.encoding import encode_causal, prompt_ids, window
 from calltune.runtime.generation import PrefixCache, Request, generate
-from calltune.runtime.responders import LocalResponder, conversation
+from calltune.runtime.responders import LocalResponder, Sampling, conversation
 from calltune.serve import serving
 from calltune.tune import train_lora
 from calltune.turns import split_call
@@ -124,3 +124,20 @@ def test_a_prompt_that_starts_like_a_cached_one_reads_only_the_rest(tiny_llama_d
     for prompt in (first, other, second):
         generate(model, tokenizer, [Request(prompt, 2)], small)
     assert small.reused_tokens == 0
+
+
+def test_requests_that_come_within_the_batch_wait_share_a_batch(tiny_llama_dir, caplog):
+    import logging
+    import time
+
+    example = window(SYSTEM, [{"role": "seller", "text": "Hello, is this Ana?"}], SPLIT)
+    responder = LocalResponder(tiny_llama_dir, max_batch=4, batch_wait_s=1.0)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="calltune.runtime.responders"):
+            first = responder.start(example, Sampling(max_tokens=4))
+            time.sleep(0.05)  # the worker has the first request and waits for company
+            second = responder.start(example, Sampling(max_tokens=4))
+            assert first.result(timeout=60) == second.result(timeout=60)
+    finally:
+        responder.close()
+    assert "generating 2 requests together" in caplog.text

@@ -2,8 +2,9 @@
 
 Both take a windowed example (`window`: the split settings the model was trained with, from its model card) and a
 `Sampling`, and return a `Generation` through a Future, so the server, the REPL and batch inference treat them alike.
-A local model's requests wait in a queue; one worker thread takes every request waiting when the model is free and
-generates them together (`calltune.runtime.generation`), so concurrent requests share the forward passes.
+A local model's requests wait in a queue; one worker thread takes every request waiting when the model is free (and
+those that come within `batch_wait_s` after the first) and generates them together (`calltune.runtime.generation`),
+so concurrent requests share the forward passes.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import logging
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,7 +64,7 @@ class LocalResponder:
     """A local model folder. `split`: the windowing used when the model card does not record it (older models)."""
 
     def __init__(self, model_dir: Path, split: SplitConfig | None = None, max_batch: int = 16,
-                 max_prompt_tokens: int = 0):
+                 max_prompt_tokens: int = 0, batch_wait_s: float = 0.0):
         self.model, self.tokenizer = load_model(model_dir)
         card = read_model_card(model_dir) or {}
         self.system = card.get("system_prompt", "")
@@ -78,7 +80,7 @@ class LocalResponder:
         self.context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) \
             or min(self.tokenizer.model_max_length, 1 << 16)
         self.max_prompt_tokens = max_prompt_tokens or self.context
-        self.max_batch = max_batch
+        self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
         self.prefixes = PrefixCache()  # a chat's next turn reads only what the conversation added
         self._closed = False
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -111,6 +113,7 @@ class LocalResponder:
             except queue.Empty:
                 return
             batch = []
+            gathering_until = time.monotonic() + self.batch_wait_s
             while True:
                 if item is not None:
                     request, future = item
@@ -120,8 +123,9 @@ class LocalResponder:
                         batch.append(item)
                 if len(batch) >= self.max_batch:
                     break
+                remaining = gathering_until - time.monotonic()
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
             if not batch:
