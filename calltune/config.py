@@ -378,10 +378,11 @@ class ServeConfig(Section):
                                                             "history goes first, as in training (never beyond the "
                                                             "model's context minus max_tokens).")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body; larger gets 413.")
-    max_batch: int = Field(16, ge=1, description="Local model: requests generated together in one batch.")
-    batch_wait_ms: float = Field(25.0, ge=0, description="Local model: once the model is free, how long the first "
-                                                        "waiting request waits for others to join its batch (clients "
-                                                        "that were just answered send their next turn within it).")
+    max_batch: int = Field(16, ge=1, description="Local model: requests decoded together at most (a request that "
+                                                "comes while others generate joins at the next token).")
+    batch_wait_ms: float = Field(25.0, ge=0, description="Local model: when it is idle, how long the first request "
+                                                        "waits for others to start with it (clients that were just "
+                                                        "answered send their next turn within it).")
     max_queue: int = Field(64, ge=0, description="Requests waiting beyond those generating; past it: 503 with "
                                                  "Retry-After.")
     request_timeout_s: float = Field(120.0, gt=0, description="A request still unanswered after this long gets 504 "

@@ -16,7 +16,7 @@ from calltune.config import InferConfig, TuneConfig
 from calltune.io import atomic_open, read_jsonl, write_jsonl
 from calltune.models import load_model, model_sha, model_source, read_model_card
 from calltune.runtime.encoding import encode_file, encoder, instructions, prompt_ids
-from calltune.runtime.generation import PrefixCache, Request, generate
+from calltune.runtime.generation import PrefixCache, Request, stream
 from calltune.runtime.responders import GeminiResponder, Sampling
 
 log = logging.getLogger(__name__)
@@ -31,21 +31,20 @@ def is_vertex(source: str | Path) -> bool:
 
 def generate_batch(model, tokenizer, prompts: list[list[int]], cfg: InferConfig,
                    prefixes: PrefixCache | None = None) -> list[str]:
-    """Replies to already-tokenized prompts, `cfg.batch_size` at a time, in the prompts' order. Sampled rows draw
-    their seeds from torch's global generator, so `transformers.set_seed` makes them reproducible. Longest first,
-    through a prefix cache (`prefixes`, or one for this call): a call's earlier turns start like its later ones."""
+    """Replies to already-tokenized prompts, in the prompts' order, `cfg.batch_size` generated at once (the next
+    starts as soon as one ends). Sampled rows draw their seeds from torch's global generator, so
+    `transformers.set_seed` makes them reproducible. Longest first, through a prefix cache (`prefixes`, or one for
+    this call): a call's earlier turns start like its later ones."""
     prefixes = prefixes if prefixes is not None else PrefixCache()
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    requests = [Request(prompts[i], cfg.max_new_tokens, cfg.temperature, cfg.top_p) for i in order]
     replies: list[str] = [""] * len(prompts)
     started = time.monotonic()
-    for b in range(0, len(order), cfg.batch_size):
-        index = order[b:b + cfg.batch_size]
-        batch = [Request(prompts[i], cfg.max_new_tokens, cfg.temperature, cfg.top_p) for i in index]
-        for i, generation in zip(index, generate(model, tokenizer, batch, prefixes)):
-            replies[i] = generation.text
-        done = b + len(index)
-        log.info("generated %d/%d replies (%.2f replies/s)", done, len(order),
-                 done / max(time.monotonic() - started, 1e-9))
+    for done, (i, generation) in enumerate(stream(model, tokenizer, requests, cfg.batch_size, prefixes), 1):
+        replies[order[i]] = generation.text
+        if done % cfg.batch_size == 0 or done == len(order):
+            log.info("generated %d/%d replies (%.2f replies/s)", done, len(order),
+                     done / max(time.monotonic() - started, 1e-9))
     return replies
 
 

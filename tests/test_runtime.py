@@ -10,7 +10,7 @@ from calltune.backends.registry import open_registry
 from calltune.config import DeployConfig, ServeConfig, SplitConfig, TuneConfig
 from calltune.models import load_model
 from calltune.runtime.encoding import encode_causal, prompt_ids, window
-from calltune.runtime.generation import PrefixCache, Request, generate
+from calltune.runtime.generation import Batch, PrefixCache, Request, generate
 from calltune.runtime.responders import LocalResponder, Sampling, conversation
 from calltune.serve import serving
 from calltune.tune import train_lora
@@ -106,6 +106,28 @@ def test_batched_rows_keep_their_own_settings(tiny_llama_dir):
     assert (cut[1].finish_reason, cut[1].completion_tokens) == ("cancelled", 1)
 
 
+def test_a_request_joins_a_running_batch_and_leaves_when_it_ends(tiny_llama_dir):
+    model, tokenizer = load_model(tiny_llama_dir)
+    prompts = [tokenizer(t)["input_ids"] for t in ("Hi", "A much longer prompt than the first one", "Hello there", "Yo")]
+    lengths = (12, 3, 8, 4)
+    alone = [generate(model, tokenizer, [Request(p, n)])[0] for p, n in zip(prompts, lengths)]
+    assert all(g.finish_reason == "length" for g in alone)  # the tiny model never ends a turn by itself
+    requests = [Request(p, n) for p, n in zip(prompts, lengths)]
+
+    batch = Batch(model, tokenizer)
+    assert batch.add(requests[:1]) == [] and not batch.step() and not batch.step()
+    assert batch.add(requests[1:3]) == [] and len(batch) == 3  # two join the running one, between two steps
+    ended = []
+    while batch:
+        ended += [(request, generation, len(batch)) for request, generation in batch.step()]
+        if len(ended) == 1 and len(batch) == 2:
+            assert batch.add(requests[3:]) == []  # and one takes the place of the first to end
+    # each leaves as soon as it ends, the others go on; nobody's reply changes
+    order = [(requests[1], 2), (requests[3], 2), (requests[2], 1), (requests[0], 0)]
+    assert [(request, left) for request, _, left in ended] == order
+    assert {id(r): g for r, g, _ in ended} == {id(r): g for r, g in zip(requests, alone)}
+
+
 def test_a_prompt_that_starts_like_a_cached_one_reads_only_the_rest(tiny_llama_dir):
     model, tokenizer = load_model(tiny_llama_dir)
     first = tokenizer("The seller said hello and the customer answered that she was busy")["input_ids"]
@@ -117,8 +139,8 @@ def test_a_prompt_that_starts_like_a_cached_one_reads_only_the_rest(tiny_llama_d
     assert generate(model, tokenizer, [Request(first, 8)], prefixes)[0].text == plain[0]
     batch = generate(model, tokenizer, [Request(second, 8), Request(other, 8)], prefixes)
     assert [g.text for g in batch] == plain[1:]  # the same replies as reading every prompt in full
-    assert prefixes.reused_tokens == len(first) - 1  # the next turn read only what it added
-    assert prefixes.read_tokens == len(first) + len(second) + len(other) - 3  # all but each prompt's last token
+    assert prefixes.reused_tokens == len(first)  # the next turn read only what it added
+    assert prefixes.read_tokens == len(first) + len(second) + len(other)
 
     small = PrefixCache(max_tokens=len(first))  # room for one prompt: the least recently used goes
     for prompt in (first, other, second):
@@ -140,4 +162,4 @@ def test_requests_that_come_within_the_batch_wait_share_a_batch(tiny_llama_dir, 
             assert first.result(timeout=60) == second.result(timeout=60)
     finally:
         responder.close()
-    assert "generating 2 requests together" in caplog.text
+    assert "2 requests join, 2 generating together" in caplog.text

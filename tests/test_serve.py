@@ -185,8 +185,9 @@ def test_concurrent_requests_generate_together_a_full_queue_gets_503_and_a_slow_
         for t in threads:
             t.join()
         assert len(results) == 4 and len(set(results)) == 1  # greedy: the same reply whatever shares the batch
-        sizes = [int(r.message.split()[1]) for r in caplog.records if r.message.startswith("generating")]
-        assert sum(sizes) == 4 and max(sizes) > 1, sizes
+        joins = [(int(r.message.split()[0]), int(r.message.split()[3])) for r in caplog.records
+                 if " requests join, " in r.message]
+        assert sum(j for j, _ in joins) == 4 and max(together for _, together in joins) > 1, joins
 
     # Seeded sampling at temperature 2 rambles on: the request holds its place for as long as the test needs.
     rambling = {"messages": HELLO, "max_tokens": 500, "temperature": 2.0, "seed": 1}

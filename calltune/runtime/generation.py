@@ -1,26 +1,25 @@
 """Batched generation with per-request settings and streaming.
 
-Many requests go through one `model.generate` call: prompts left-padded (every row's next token sits in the last
-column), one KV cache. A causal model reads each prompt alone first (no padding) and the batch starts from those
-caches, left-padded into one: on a CPU reading the prompts takes most of the time, and the batch then pays for
-their real tokens only, not for the padding up to the longest (benchmarks/serve_throughput.py). With a
-`PrefixCache`, a prompt that starts like one read lately reads only the rest.
+A causal model decodes its requests in a `Batch`: one forward a step for every request in it, a request joining
+between two steps and leaving when it ends (continuous batching). Each prompt is read alone (no padding: on a CPU
+reading the prompts takes most of the time, and the batch then pays for their real tokens only) and its KV cache
+left-padded into the batch's. With a `PrefixCache`, a prompt that starts like one read lately reads only the rest.
+Encoder-decoders and sliding-window caches go through one transformers `generate` over left-padded prompts.
 
-Each row keeps its own settings: `max_new_tokens`, stop strings and cancellation end that row alone (a per-row
-stopping criterion), and a sampled row draws from its own seeded generator at its own temperature and top-p (a
-logits processor that leaves greedy rows untouched), so a seeded request gets the same reply whatever else shares
-its batch. New text reaches `on_text` as it is generated.
+Each row keeps its own settings: `max_new_tokens`, stop strings and cancellation end that row alone, and a sampled
+row draws from its own seeded generator at its own temperature and top-p, so a seeded request gets the same reply
+whatever else shares its batch. New text reaches `on_text` as it is generated.
 """
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer
 
 
 @dataclass
@@ -43,73 +42,67 @@ class Generation:
     finish_reason: str  # "stop" (end of turn or a stop string), "length" (max_new_tokens) or "cancelled"
 
 
-class _Sampler(LogitsProcessor):
-    """Samples the rows that ask for it; generate runs greedy, so a row left with one finite logit takes it."""
+class _Row:
+    """One request while it is generated: its own sampler (a seeded generator, temperature, top-p; greedy when the
+    temperature is 0), the reply so far, stop strings, max_new_tokens, cancellation, and the streamed text (held back
+    while it could still become a stop string or end in whitespace)."""
 
-    def __init__(self, requests: list[Request], device):
-        self.rows = [(i, r, torch.Generator(device=device).manual_seed(
-            r.seed if r.seed is not None else int(torch.randint(1 << 62, ()).item())))
-            for i, r in enumerate(requests) if r.temperature > 0]
+    def __init__(self, request: Request, tokenizer, eos: set[int], device):
+        self.request, self.tokenizer, self.eos = request, tokenizer, eos
+        self.generator = None if request.temperature <= 0 else torch.Generator(device=device).manual_seed(
+            request.seed if request.seed is not None else int(torch.randint(1 << 62, ()).item()))
+        self.tokens: list[int] = []
+        self.text, self.sent = "", 0
+        self.finish: str | None = None
 
-    def __call__(self, input_ids, scores):
-        for i, r, gen in self.rows:
-            probs = torch.softmax(scores[i].float() / r.temperature, -1)
-            if r.top_p < 1:
-                sorted_probs, order = probs.sort(descending=True)
-                outside = sorted_probs.cumsum(-1) - sorted_probs >= r.top_p  # the nucleus keeps the first token
-                probs[order[outside]] = 0
-            token = torch.multinomial(probs, 1, generator=gen)
-            scores[i] = torch.where(torch.arange(scores.shape[1], device=scores.device) == token, 0.0, -torch.inf)
-        return scores
+    def choose(self, scores: torch.Tensor) -> int:
+        """The next token from this row's scores over the vocabulary."""
+        if self.generator is None:
+            return int(scores.argmax())
+        probs = torch.softmax(scores.float() / self.request.temperature, -1)
+        if self.request.top_p < 1:
+            sorted_probs, order = probs.sort(descending=True)
+            outside = sorted_probs.cumsum(-1) - sorted_probs >= self.request.top_p  # the nucleus keeps the first token
+            probs[order[outside]] = 0
+        return int(torch.multinomial(probs, 1, generator=self.generator))
 
+    def add(self, token: int) -> bool:
+        """Take the next token; True when the row has ended."""
+        r = self.request
+        self.tokens.append(token)
+        if token in self.eos:
+            self._end("stop")
+            return True
+        self.text = self.tokenizer.decode(self.tokens, skip_special_tokens=True).lstrip()
+        cut = min((k for k in (self.text.find(s) for s in r.stop if s) if k >= 0), default=-1)
+        if cut >= 0:
+            self.text = self.text[:cut]
+            self._end("stop")
+        elif len(self.tokens) >= r.max_new_tokens:
+            self._end("length")
+        elif r.cancelled and r.cancelled():
+            self._end("cancelled")
+        else:
+            self._stream(hold=max((len(s) for s in r.stop), default=1) - 1)
+        return self.finish is not None
 
-class _Rows(StoppingCriteria):
-    """Per-row bookkeeping after each step: the reply so far, stop strings, max_new_tokens, cancellation, and the
-    streamed text (held back while it could still become a stop string or end in whitespace)."""
+    def result(self) -> Generation:
+        return Generation(self.text, len(self.request.prompt), len(self.tokens), self.finish or "length")
 
-    def __init__(self, requests: list[Request], tokenizer, eos: set[int]):
-        self.requests, self.tokenizer, self.eos = requests, tokenizer, eos
-        self.tokens: list[list[int]] = [[] for _ in requests]
-        self.text = [""] * len(requests)
-        self.sent = [0] * len(requests)
-        self.finish: list[str | None] = [None] * len(requests)
-
-    def __call__(self, input_ids, scores, **kwargs):
-        last = input_ids[:, -1].tolist()
-        for i, r in enumerate(self.requests):
-            if self.finish[i]:
-                continue
-            self.tokens[i].append(last[i])
-            if last[i] in self.eos:
-                self._end(i, "stop")
-                continue
-            self.text[i] = self.tokenizer.decode(self.tokens[i], skip_special_tokens=True).lstrip()
-            cut = min((k for k in (self.text[i].find(s) for s in r.stop if s) if k >= 0), default=-1)
-            if cut >= 0:
-                self.text[i] = self.text[i][:cut]
-                self._end(i, "stop")
-            elif len(self.tokens[i]) >= r.max_new_tokens:
-                self._end(i, "length")
-            elif r.cancelled and r.cancelled():
-                self._end(i, "cancelled")
-            else:
-                self._stream(i, hold=max((len(s) for s in r.stop), default=1) - 1)
-        return torch.tensor([f is not None for f in self.finish], device=input_ids.device)
-
-    def _stream(self, i: int, hold: int) -> None:
-        text, on_text = self.text[i], self.requests[i].on_text
+    def _stream(self, hold: int) -> None:
+        text, on_text = self.text, self.request.on_text
         if on_text is None:
             return
         end = len(text.rstrip()) if not text.endswith("\ufffd") else text.rfind("\ufffd")  # a partial character
         end = min(end, len(text) - hold)
-        if end > self.sent[i]:
-            on_text(text[self.sent[i]:end])
-            self.sent[i] = end
+        if end > self.sent:
+            on_text(text[self.sent:end])
+            self.sent = end
 
-    def _end(self, i: int, reason: str) -> None:
-        self.finish[i] = reason
-        self.text[i] = self.text[i].strip()
-        self._stream(i, hold=0)
+    def _end(self, reason: str) -> None:
+        self.finish = reason
+        self.text = self.text.strip()
+        self._stream(hold=0)
 
 
 class PrefixCache:
@@ -144,63 +137,241 @@ class PrefixCache:
             kept -= len(self._entries.popitem(last=False)[0])
 
 
-def _read(model, tokens: list[int], prefixes: PrefixCache | None) -> DynamicCache:
-    """The KV cache of `tokens` (one row, no padding), from the longest cached start on."""
+def _read(model, tokens: list[int], prefixes: PrefixCache | None) -> tuple[list, torch.Tensor]:
+    """(per-layer keys and values, the next token's scores) of `tokens` (one row, no padding), read from the longest
+    cached start on; the last token is always read, for its scores."""
     n, layers = prefixes.longest(tuple(tokens)) if prefixes is not None else (0, [])
-    n = min(n, len(tokens))
+    n = min(n, len(tokens) - 1)
     cache = DynamicCache([(k[:, :, :n], v[:, :, :n]) for k, v in layers]) if n else None
-    if n < len(tokens):
-        cache = model(input_ids=torch.tensor([tokens[n:]], device=model.device), cache=cache, use_cache=True,
-                      logits_to_keep=1).cache
+    out = model(input_ids=torch.tensor([tokens[n:]], device=model.device), cache=cache, use_cache=True,
+                logits_to_keep=1)
+    layers = [(layer.keys, layer.values) for layer in out.cache.layers]
     if prefixes is not None:
         prefixes.read_tokens += len(tokens)
         prefixes.reused_tokens += n
-    return cache
+        prefixes.add(tuple(tokens), layers)
+    return layers, out.logits[0, -1]
 
 
-def _prefilled(model, requests: list[Request], width: int, prefixes: PrefixCache | None) -> DynamicCache | None:
-    """The KV cache of every prompt but its last token, each read alone (or from `prefixes`), left-padded to
-    `width - 1` positions; None where that does not apply (one request and no prefix cache, an encoder-decoder, a
-    one-token prompt, a cache other than plain layers, such as sliding-window ones)."""
-    if (len(requests) < 2 and prefixes is None) or model.config.is_encoder_decoder \
-            or min(len(r.prompt) for r in requests) < 2:
-        return None
-    rows = []
-    for r in requests:
-        cache = _read(model, r.prompt[:-1], prefixes)
-        if any(type(layer) is not DynamicLayer for layer in cache.layers):
-            return None
-        rows.append([(layer.keys, layer.values) for layer in cache.layers])
-        if prefixes is not None:
-            prefixes.add(tuple(r.prompt[:-1]), rows[-1])
+def _eos(model, tokenizer) -> set[int]:
+    eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None \
+        else tokenizer.eos_token_id
+    return {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
 
-    def padded(tensors):  # (1, heads, length, dim) each -> (rows, heads, width - 1, dim), padding on the left
-        return torch.cat([torch.nn.functional.pad(t, (0, 0, width - 1 - t.shape[2], 0)) for t in tensors])
 
-    return DynamicCache([(padded([row[i][0] for row in rows]), padded([row[i][1] for row in rows]))
-                         for i in range(len(rows[0]))])
+class _Layer(DynamicLayer):
+    """A layer's keys and values as views of buffers with room for the batch's remaining tokens: a step writes its
+    column in place, where DynamicLayer copies the whole cache (torch.cat took a third of a 32-row step on a CPU)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int):
+        super().__init__()
+        self.lazy_initialization(keys, values)
+        self.buffers = keys, values
+        self.keys, self.values = keys[:, :, :length], values[:, :, :length]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        start = self.keys.shape[-2]
+        end = start + key_states.shape[-2]
+        keys, values = self.buffers
+        if end > keys.shape[-2]:  # out of room (Batch makes room for every row's last token): copy after all
+            return super().update(key_states, value_states)
+        keys[:, :, start:end], values[:, :, start:end] = key_states, value_states
+        self.keys, self.values = keys[:, :, :end], values[:, :, :end]
+        return self.keys, self.values
+
+
+class Batch:
+    """Requests decoded together, one token a step for all (continuous batching). A request joins between two
+    steps: its prompt is read alone (through the prefix cache), so the batch pays for no padding while reading,
+    and its KV cache is left-padded into the batch's: written into the place of a request that ended, or the cache
+    is copied anew without the ended rows. A request that ends is answered at once; its row stays until another
+    takes its place or half the rows have ended. For causal models whose KV cache is plain per-layer keys and
+    values (`Batch.fits`); `generate` takes transformers' generate for the others."""
+
+    def __init__(self, model, tokenizer, prefixes: PrefixCache | None = None):
+        self.model, self.tokenizer, self.prefixes = model, tokenizer, prefixes
+        self.eos = _eos(model, tokenizer)
+        self.rows: list[_Row | None] = []  # None: ended, its row not dropped yet
+        self.cache: Cache | None = None  # (rows, heads, width, dim) a layer, left-padded
+        self.mask = torch.zeros((0, 0), dtype=torch.long, device=model.device)  # 1 on each row's real positions
+        self.positions: list[int] = []  # each row's position of the token it feeds next
+
+    @staticmethod
+    def fits(model) -> bool:
+        return not model.config.is_encoder_decoder and all(
+            type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
+
+    def __len__(self) -> int:
+        return sum(row is not None for row in self.rows)
+
+    def add(self, requests: list[Request]) -> list[tuple[Request, Generation]]:
+        """Read each prompt and choose its first token; the requests that ended there (one token asked for, the end
+        of turn at once) come back now, the others join the batch."""
+        ended, joining = [], []
+        with torch.inference_mode():
+            for request in requests:
+                row = _Row(request, self.tokenizer, self.eos, self.model.device)
+                layers, scores = _read(self.model, request.prompt, self.prefixes)
+                if row.add(row.choose(scores)):
+                    ended.append((request, row.result()))
+                else:
+                    joining.append((row, layers))
+            if joining:
+                free = [i for i, row in enumerate(self.rows) if row is None]
+                if len(free) >= len(joining) and all(self._room_for(row, layers) for row, layers in joining):
+                    self._fill(free, joining)
+                else:
+                    self._rebuild(joining)
+        return ended
+
+    def step(self) -> list[tuple[Request, Generation]]:
+        """One token for every row; the requests that ended."""
+        device = self.model.device
+        with torch.inference_mode():
+            self.mask = torch.nn.functional.pad(self.mask, (0, 1), value=1)
+            out = self.model(input_ids=torch.tensor([[row.tokens[-1] if row else 0] for row in self.rows],
+                                                    device=device),
+                             attention_mask=self.mask, cache=self.cache, use_cache=True, logits_to_keep=1,
+                             position_ids=torch.tensor(self.positions, device=device)[:, None])
+            scores = out.logits[:, -1]
+            greedy = scores.argmax(-1).tolist()
+            self.positions = [p + 1 for p in self.positions]
+            ended = []
+            for i, row in enumerate(self.rows):
+                if row is not None and row.add(greedy[i] if row.generator is None else row.choose(scores[i])):
+                    ended.append((row.request, row.result()))
+                    self.rows[i] = None
+            if ended and len(self) <= len(self.rows) // 2:
+                self._rebuild([])
+        return ended
+
+    def _room_for(self, row: _Row, layers: list) -> bool:
+        """Whether a joining row fits into an ended row's place as the batch is: its prompt within the batch's
+        width, its reply within the buffers' room."""
+        width, capacity = self.mask.shape[1], self.cache.layers[0].buffers[0].shape[2]
+        return layers[0][0].shape[2] <= width and width + row.request.max_new_tokens <= capacity
+
+    def _fill(self, free: list[int], joining: list[tuple[_Row, list]]) -> None:
+        """The joining rows in ended rows' places, written into the buffers where they are: no copy of the others.
+        What the ended row left on the left is masked out."""
+        width = self.mask.shape[1]
+        for slot, (row, layers) in zip(free, joining):
+            n = layers[0][0].shape[2]
+            for layer, (keys, values) in zip(self.cache.layers, layers):
+                layer.buffers[0][slot, :, width - n:width] = keys[0]
+                layer.buffers[1][slot, :, width - n:width] = values[0]
+            self.mask[slot] = 0
+            self.mask[slot, width - n:] = 1
+            self.rows[slot], self.positions[slot] = row, len(row.request.prompt)
+
+    def _rebuild(self, joining: list[tuple[_Row, list]]) -> None:
+        """The batch's cache anew (the one place it is copied): the rows still running and the `joining` ones,
+        right-aligned, without the left columns that are padding in all of them."""
+        device = self.model.device
+        kept = [i for i, row in enumerate(self.rows) if row is not None]
+        rows = [self.rows[i] for i in kept] + [row for row, _ in joining]
+        positions = [self.positions[i] for i in kept] + [len(row.request.prompt) for row, _ in joining]
+        if not rows:
+            self.rows, self.positions, self.cache, self.mask = [], [], None, self.mask[:0, :0]
+            return
+        index = torch.tensor(kept, dtype=torch.long, device=device)
+        old_mask = self.mask[index]
+        first = int(old_mask.any(0).long().argmax()) if kept else 0
+        old_mask, old_width = old_mask[:, first:], (self.mask.shape[1] - first if kept else 0)
+        lengths = [layers[0][0].shape[2] for _, layers in joining]
+        width = max([old_width, *lengths])
+        # room for every row's last token, and as much again for rows that take ended rows' places (`_fill`)
+        room = max(row.request.max_new_tokens - len(row.tokens) for row in rows) + max(
+            row.request.max_new_tokens for row in rows)
+        mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+        if kept:
+            mask[:len(kept), width - old_width:] = old_mask
+        for j, n in enumerate(lengths):
+            mask[len(kept) + j, width - n:] = 1
+        old = [(layer.keys, layer.values) for layer in self.cache.layers] if kept else []
+        layers = []
+        for i in range(len(old) or len(joining[0][1])):
+            pair = []
+            for kv in (0, 1):
+                sample = old[i][kv] if old else joining[0][1][i][kv]
+                buffer = sample.new_zeros((len(rows), sample.shape[1], width + room, sample.shape[3]))
+                if kept:
+                    buffer[:len(kept), :, width - old_width:width] = old[i][kv][index, :, first:]
+                for j, (_, joined) in enumerate(joining):
+                    buffer[len(kept) + j, :, width - lengths[j]:width] = joined[i][kv][0]
+                pair.append(buffer)
+            layers.append(_Layer(*pair, width))
+        self.rows, self.positions, self.mask, self.cache = rows, positions, mask, Cache(layers=layers)
+
+
+def stream(model, tokenizer, requests: list[Request], size: int,
+           prefixes: PrefixCache | None = None) -> Iterator[tuple[int, Generation]]:
+    """(index, generation) of each of `requests` as it ends, at most `size` generated at once: the next starts as
+    soon as one ends, so no request waits for the longest of a group (`Batch`). The models Batch does not fit go
+    `size` at a time. `prefixes`: the model's prefix cache, read and filled (None: every prompt is read in full)."""
+    size = max(size, 1)
+    if not Batch.fits(model):
+        for start in range(0, len(requests), size):
+            yield from enumerate(_generate_padded(model, tokenizer, requests[start:start + size]), start)
+        return
+    batch, pending, index = Batch(model, tokenizer, prefixes), list(enumerate(requests))[::-1], {}
+    while pending or batch:
+        taken = [pending.pop() for _ in range(min(size - len(batch), len(pending)))]
+        index.update((id(request), i) for i, request in taken)
+        ended = batch.add([request for _, request in taken])
+        if batch:
+            ended += batch.step()
+        for request, generation in ended:
+            yield index.pop(id(request)), generation
 
 
 def generate(model, tokenizer, requests: list[Request], prefixes: PrefixCache | None = None) -> list[Generation]:
-    """One batched `generate` over `requests`; their generations, in order. `prefixes`: the model's prefix cache,
-    read and filled (None: every prompt is read in full)."""
+    """`requests` generated together; their generations, in order."""
+    results = dict(stream(model, tokenizer, requests, len(requests), prefixes))
+    return [results[i] for i in range(len(requests))]
+
+
+class _Sample(LogitsProcessor):
+    """Samples the rows that ask for it; generate runs greedy, so a row left with one finite logit takes it."""
+
+    def __init__(self, rows: list[_Row]):
+        self.rows = rows
+
+    def __call__(self, input_ids, scores):
+        for i, row in enumerate(self.rows):
+            if row.generator is not None and row.finish is None:
+                token = row.choose(scores[i])
+                scores[i] = torch.where(torch.arange(scores.shape[1], device=scores.device) == token, 0.0, -torch.inf)
+        return scores
+
+
+class _Ended(StoppingCriteria):
+    def __init__(self, rows: list[_Row]):
+        self.rows = rows
+
+    def __call__(self, input_ids, scores, **kwargs):
+        for row, token in zip(self.rows, input_ids[:, -1].tolist()):
+            if row.finish is None:
+                row.add(token)
+        return torch.tensor([row.finish is not None for row in self.rows], device=input_ids.device)
+
+
+def _generate_padded(model, tokenizer, requests: list[Request]) -> list[Generation]:
+    """One transformers `generate` over `requests`, prompts left-padded (every row's next token in the last
+    column), for the models `Batch` does not fit: encoder-decoders, sliding-window caches."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     width = max(len(r.prompt) for r in requests)
     ids = torch.full((len(requests), width), pad, dtype=torch.long)
     attention = torch.zeros_like(ids)
-    for i, r in enumerate(requests):  # left padding: generation continues from the last column of every row
+    for i, r in enumerate(requests):
         ids[i, width - len(r.prompt):] = torch.tensor(r.prompt)
         attention[i, width - len(r.prompt):] = 1
-    eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None \
-        else tokenizer.eos_token_id
-    eos = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
-    rows = _Rows(requests, tokenizer, eos)
+    eos = _eos(model, tokenizer)
+    rows = [_Row(r, tokenizer, eos, model.device) for r in requests]
     with torch.inference_mode():
         model.generate(input_ids=ids.to(model.device), attention_mask=attention.to(model.device),
-                       cache=_prefilled(model, requests, width, prefixes),
                        max_new_tokens=max(r.max_new_tokens for r in requests), use_cache=True, do_sample=False,
                        temperature=None, top_p=None, top_k=None, eos_token_id=sorted(eos), pad_token_id=pad,
-                       logits_processor=LogitsProcessorList([_Sampler(requests, model.device)]),
-                       stopping_criteria=StoppingCriteriaList([rows]))
-    return [Generation(rows.text[i], len(r.prompt), len(rows.tokens[i]), rows.finish[i] or "length")
-            for i, r in enumerate(requests)]
+                       logits_processor=LogitsProcessorList([_Sample(rows)]),
+                       stopping_criteria=StoppingCriteriaList([_Ended(rows)]))
+    return [row.result() for row in rows]

@@ -2,9 +2,10 @@
 
 Both take a windowed example (`window`: the split settings the model was trained with, from its model card) and a
 `Sampling`, and return a `Generation` through a Future, so the server, the REPL and batch inference treat them alike.
-A local model's requests wait in a queue; one worker thread takes every request waiting when the model is free (and
-those that come within `batch_wait_s` after the first) and generates them together (`calltune.runtime.generation`),
-so concurrent requests share the forward passes.
+A local model's requests wait in a queue, and one worker thread decodes them together
+(`calltune.runtime.generation.Batch`), one token a step for all: a request that comes while others are being generated
+joins at the next step, and one that ends is answered at once. Once the model is idle, the first request waits
+`batch_wait_s` for company.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from calltune.config import SplitConfig
 from calltune.models import load_model, read_model_card
 from calltune.render import to_messages
 from calltune.runtime.encoding import prompt_tokens, window
-from calltune.runtime.generation import Generation, PrefixCache, Request, generate
+from calltune.runtime.generation import Batch, Generation, PrefixCache, Request, generate
 from calltune.schema import Example, Turn
 
 log = logging.getLogger(__name__)
@@ -107,39 +108,59 @@ class LocalResponder:
         self._queue.put(None)  # wakes the worker
 
     def _run(self) -> None:
+        batch = Batch(self.model, self.tokenizer, self.prefixes) if Batch.fits(self.model) else None
+        running: dict[int, Future] = {}  # id(request) -> its future, for the requests in `batch`
         while True:
-            try:
-                item = self._queue.get(timeout=1.0 if self._closed else None)
-            except queue.Empty:
+            items = self._waiting(idle=not running, room=self.max_batch - len(running))
+            if items is None:
                 return
-            batch = []
-            gathering_until = time.monotonic() + self.batch_wait_s
-            while True:
-                if item is not None:
-                    request, future = item
-                    if request.cancelled and request.cancelled():  # gave up while waiting
-                        future.set_result(Generation("", len(request.prompt), 0, "cancelled"))
-                    elif future.set_running_or_notify_cancel():
-                        batch.append(item)
-                if len(batch) >= self.max_batch:
-                    break
-                remaining = gathering_until - time.monotonic()
-                try:
-                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            if not batch:
+            if not items and not running:
                 continue
-            log.debug("generating %d requests together", len(batch))
+            if items:
+                log.debug("%d requests join, %d generating together", len(items), len(running) + len(items))
+            running.update((id(r), f) for r, f in items)
             try:
-                results = generate(self.model, self.tokenizer, [r for r, _ in batch], self.prefixes)
-            except Exception as exc:  # every request of the batch gets the error, the worker goes on
-                log.exception("generation failed for a batch of %d", len(batch))
-                for _, future in batch:
+                if batch is None:  # a model Batch does not fit: one generate call for the requests taken together
+                    requests = [r for r, _ in items]
+                    ended = list(zip(requests, generate(self.model, self.tokenizer, requests, self.prefixes)))
+                else:
+                    ended = batch.add([r for r, _ in items])
+                    if batch:
+                        ended += batch.step()
+            except Exception as exc:  # every request in flight gets the error, the worker goes on
+                log.exception("generation failed for %d requests", len(running))
+                for future in running.values():
                     future.set_exception(exc)
+                running.clear()
+                batch = Batch(self.model, self.tokenizer, self.prefixes) if batch is not None else None
                 continue
-            for (_, future), result in zip(batch, results):
-                future.set_result(result)
+            for request, generation in ended:
+                running.pop(id(request)).set_result(generation)
+
+    def _waiting(self, idle: bool, room: int) -> list | None:
+        """The requests to start now, at most `room`. Idle: wait for one (None once closed and no request came for
+        a second), then up to `batch_wait_s` for company. Busy: only those already waiting, so the batch's next
+        step is not held up."""
+        taken: list = []
+        until = None
+        while len(taken) < room:
+            try:
+                if idle and not taken:
+                    item = self._queue.get(timeout=1.0 if self._closed else None)
+                else:
+                    until = until or time.monotonic() + (self.batch_wait_s if idle else 0.0)
+                    remaining = until - time.monotonic()
+                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                return None if idle and not taken else taken
+            if item is None:  # close()'s wake-up
+                continue
+            request, future = item
+            if request.cancelled and request.cancelled():  # gave up while waiting
+                future.set_result(Generation("", len(request.prompt), 0, "cancelled"))
+            elif future.set_running_or_notify_cancel():
+                taken.append(item)
+        return taken
 
 
 class GeminiResponder:

@@ -21,12 +21,14 @@ def reply_logits(model, input_ids, attention_mask, target_mask, position_ids=Non
     some row go through the LM head (`logits_to_keep`); with a 49k vocabulary, projecting every position costs a
     third of a CPU training step. Called through the model's own forward, so a DDP wrapper syncs the gradients.
     Padding-free batches (one row of concatenated examples) pass `position_ids` and no attention mask."""
+    import torch
+
     predicts = target_mask[:, 1:]
     keep = predicts.any(0).nonzero().flatten()
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                    logits_to_keep=keep, use_cache=False).logits
     chosen = predicts[:, keep]
-    return logits[chosen].float(), input_ids[:, 1:][:, keep][chosen]
+    return logits[chosen].to(torch.promote_types(logits.dtype, torch.float32)), input_ids[:, 1:][:, keep][chosen]
 
 
 def _score_causal(model, tokenizer, rows: list[dict], batch_size: int) -> dict[str, list]:
