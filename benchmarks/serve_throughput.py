@@ -118,18 +118,18 @@ def main() -> int:
         pool = conversations(state, max(max(levels) * args.requests_per_client, 8))
         results: dict[str, dict[int, dict]] = {}
         # the clients in a process of their own, as a server's clients are: they do not contend for its GIL
-        clients_process = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        for name, batch in (("one at a time", 1), ("batched", max(levels))):
-            cfg = ServeConfig(port=0, max_batch=batch, max_queue=1024, max_tokens=args.max_tokens,
-                              request_timeout_s=3600)
-            for clients in levels:  # a server each: every level starts with an empty prefix cache
-                with serving(cfg, DeployConfig(), registry_state) as url:
-                    load(url, 1, [[{"role": "user", "content": "Hello?"}]], 4)  # warm-up, outside the requests
-                    requests = pool[:max(clients * args.requests_per_client, 8)]
-                    results.setdefault(name, {})[clients] = r = clients_process.submit(
-                        load, url, clients, requests, args.max_tokens).result()
-                print(f"{name:>14}  {clients:>3} clients  {len(requests):>3} requests  {r['replies_per_s']:6.2f} "
-                      f"replies/s  p50 {r['p50']:6.2f} s  p99 {r['p99']:6.2f} s", flush=True)
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as clients_process:
+            for name, batch in (("one at a time", 1), ("batched", max(levels))):
+                cfg = ServeConfig(port=0, max_batch=batch, max_queue=1024, max_tokens=args.max_tokens,
+                                  request_timeout_s=3600)
+                for clients in levels:  # a server each: every level starts with an empty prefix cache
+                    with serving(cfg, DeployConfig(), registry_state) as url:
+                        load(url, 1, [[{"role": "user", "content": "Hello?"}]], 4)  # warm-up, outside the requests
+                        requests = pool[:max(clients * args.requests_per_client, 8)]
+                        results.setdefault(name, {})[clients] = r = clients_process.submit(
+                            load, url, clients, requests, args.max_tokens).result()
+                    print(f"{name:>14}  {clients:>3} clients  {len(requests):>3} requests  {r['replies_per_s']:6.2f} "
+                          f"replies/s  p50 {r['p50']:6.2f} s  p99 {r['p99']:6.2f} s", flush=True)
     print("\nclients  replies/s batched / one at a time   p99 batched / one at a time")
     for clients in levels:
         b, o = results["batched"][clients], results["one at a time"][clients]

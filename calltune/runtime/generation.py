@@ -290,10 +290,10 @@ class Batch:
             mask[len(kept) + j, width - n:] = 1
         old = [(layer.keys, layer.values) for layer in self.cache.layers] if kept else []
         layers = []
-        for i in range(len(old) or len(joining[0][1])):
+        for i in range(len(old or joining[0][1])):
             pair = []
             for kv in (0, 1):
-                sample = old[i][kv] if old else joining[0][1][i][kv]
+                sample = (old or joining[0][1])[i][kv]
                 buffer = sample.new_zeros((len(rows), sample.shape[1], width + room, sample.shape[3]))
                 if kept:
                     buffer[:len(kept), :, width - old_width:width] = old[i][kv][index, :, first:]
