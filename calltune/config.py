@@ -197,8 +197,9 @@ class TuneConfig(Section):
                                            "from its last checkpoint under state_dir/checkpoints.")
     compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the model: auto = on CUDA only.")
     attention: Literal["sdpa", "flex_attention", "eager"] = Field(
-        "sdpa", description="Attention kernel of a causal base. flex_attention (CUDA only: no backward on CPU) "
-                            "skips the blocks between the examples of a padding-free row instead of masking them.")
+        "sdpa", description="Attention kernel of a causal base (sdpa on CPU: each example of a padding-free row "
+                            "alone). flex_attention (CUDA only: no backward on CPU) skips the blocks between the "
+                            "examples of a padding-free row instead of masking them.")
     processes: int = Field(0, ge=0, description="Data-parallel training processes: 0 = one per visible GPU (one on "
                                                 "CPU); above 1 on CPU, gloo workers (for tests).")
     merge: bool = Field(False, description="Also write the adapter merged into the base weights (merged/, "

@@ -124,8 +124,10 @@ def _score_model(name: str, source: str | Path, test_path: Path, out_dir: Path, 
         if sim_ctx is not None:
             calls, sim_cfg, seller = sim_ctx
             log.info("simulating %d whole test calls with %s", len(calls), name)
+            # Greedy: each call's first reply is the one batch inference made to the same (real) first example.
+            first = {r["example_id"]: r["candidate_responses"] or "" for r in rows} if infer.temperature == 0 else None
             record["simulated"] = simulate(calls, local_replier(model, tokenizer, infer, max_len), seller=seller,
-                                           cfg=sim_cfg, seed=seed)
+                                           cfg=sim_cfg, seed=seed, first=first)
         del model
         gc.collect()
     record.update(examples=len(rows), model_sha=report.get("model_sha", ""), rows=rows)

@@ -6,6 +6,8 @@ Gemini) holds only `calltune_model.json`, whose `endpoint` is the Vertex endpoin
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -94,11 +96,27 @@ def _converted(name: str, state_dir: Path) -> Path:
     return dest
 
 
+@contextlib.contextmanager
+def _gguf_read_once():
+    """transformers 5.24 parses the GGUF file anew for the tokenizer, the config and the weights (about 9 s each on
+    2 cores) and rebuilds gguf's tensor-name map for each of the model's ~400 modules (10 s more). Both are pure
+    functions of their arguments (transformers imports them from gguf at each call): cached for one conversion."""
+    import gguf
+
+    saved = gguf.GGUFReader, gguf.get_tensor_name_map
+    gguf.GGUFReader, gguf.get_tensor_name_map = functools.cache(gguf.GGUFReader), functools.cache(gguf.get_tensor_name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = saved
+
+
 def _convert_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with _gguf_read_once():
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights are dequantised to fp32 on load; drop the GGUF marks so Trainer and save treat it as a plain model.
     model.hf_quantizer = None
     model.is_quantized = False

@@ -175,11 +175,13 @@ def _seller_line(text: str) -> str:
 
 
 def simulate(calls: list[Call], reply, *, seller=None, cfg: SimulateConfig | None = None, seed: int = 42,
-             batched: bool = True) -> list[Simulated]:
+             batched: bool = True, first: dict[str, str] | None = None) -> list[Simulated]:
     """Closed-loop simulation of `calls`. `reply(examples) -> replies` answers a list of contexts (local_replier or
     vertex_replier); `seller`: a generator playing the seller (make_seller), None to replay the real seller.
     batched: one `reply` call per turn position across every call still running; False: one call at a time (the
-    baseline of benchmarks/simulate_throughput.py)."""
+    baseline of benchmarks/simulate_throughput.py). `first`: example_id -> the model's reply to that example
+    already made with the same decoding (greedy batch inference); a call's first turn is its first real example
+    unchanged, so such a reply is taken instead of generated again."""
     cfg = cfg or SimulateConfig()
     sims = [Simulated(c.call_id, []) for c in calls]
     started = time.monotonic()
@@ -200,9 +202,13 @@ def simulate(calls: list[Call], reply, *, seller=None, cfg: SimulateConfig | Non
         for k in range(max((len(calls[i].examples) for i in group), default=0)):
             active = [i for i in group if k < len(calls[i].examples)]
             next_sellers(active, k)
-            replies = reply([context(calls[i], k, sims[i].sellers, sims[i].customers) for i in active])
-            for i, r in zip(active, replies):
-                sims[i].customers.append(r)
+            known = {i: first[calls[i].examples[0]["example_id"]] for i in active
+                     if k == 0 and first and calls[i].examples[0].get("example_id") in first}
+            todo = [i for i in active if i not in known]
+            replies = dict(zip(todo, reply([context(calls[i], k, sims[i].sellers, sims[i].customers)
+                                            for i in todo]) if todo else []))
+            for i in active:
+                sims[i].customers.append(known[i] if i in known else replies[i])
             if batched:
                 log.info("simulated turn %d: %d calls still running (%.1f s)", k + 1, len(active),
                          time.monotonic() - started)

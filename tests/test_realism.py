@@ -98,6 +98,23 @@ def test_closed_loop_feeds_back_the_models_own_replies_batched_per_turn_position
     assert one_at_a_time == [1] * 60  # the benchmark's baseline: every turn of every call on its own
 
 
+def test_a_first_reply_batch_inference_made_is_taken_not_generated_again(split):
+    calls, _ = calls_from_examples(split[0])
+    asked = []
+
+    def model(examples):
+        asked.extend(examples)
+        return [f"own reply {e['call_id']} {e['turn_index']}" for e in examples]
+
+    made = {calls[0].examples[0]["example_id"]: "batch inference's reply", "other:1": "unused"}
+    sims = simulate(calls, model, first=made)
+    assert sims[0].customers[0] == "batch inference's reply" and sims[1].customers[0] == "own reply c01 1"
+    assert calls[0].examples[0]["example_id"] not in [e["example_id"] for e in asked]
+    # The closed loop goes on from it: turn 2 of the call hears it as the customer's first line.
+    second = [e for e in asked if e["call_id"] == "c00" and e["turn_index"] == 3][0]
+    assert second["history"][-1]["text"] == "batch inference's reply"
+
+
 def test_copying_the_real_customer_is_indistinguishable_and_in_role(split, embedder):
     calls, _ = calls_from_examples(split[0])
     out = realism(calls, {"copy": simulate(calls, copy_model)}, embedder=embedder, train_examples=split[1],
@@ -234,7 +251,8 @@ def test_a_configured_seller_model_plays_the_seller_after_the_real_opening(monke
         sims = simulate(calls, lambda ex: seen.extend(ex) or copy_model(ex), seller=make_seller(cfg), cfg=cfg)
         bodies = fake.bodies()
     assert len(bodies) == 8  # every seller line after the opening, in both calls
-    assert calls[0].customers[0] in bodies[0]["messages"][-1]["content"]  # the seller model hears the call so far
+    heard = [b["messages"][-1]["content"] for b in bodies]  # the calls' requests run concurrently: in any order
+    assert any(calls[0].sellers[0] in h and calls[0].customers[0] in h for h in heard)  # it hears the call so far
     assert [s.sellers for s in sims] == [[c.sellers[0]] + ["Shall I send you the contract?"] * 4 for c in calls]
     assert [e["prompt"] for e in seen if e["call_id"] == calls[0].call_id][1] == "Shall I send you the contract?"
     with pytest.raises(ValueError, match="simulate.seller=openai needs simulate.seller_model"):

@@ -10,7 +10,7 @@ from calltune.evaluate import evaluate
 from calltune.models import MODEL_CARD, weights_sha256
 from calltune.render import to_messages
 from calltune.runtime.encoding import encode_causal as encode_example
-from calltune.tune import make_trainer, train_lora
+from calltune.tune import PACKED_SDPA, make_trainer, train_lora
 
 from conftest import TINY_DIALOGUES, make_example, write_examples
 
@@ -118,7 +118,8 @@ def _losses(out, key="loss"):
 
 def test_padding_free_batches_give_the_padded_loss_on_the_reply_tokens_only(tiny_llama_dir, tmp_path):
     """One row of concatenated examples (position ids restart per example) scores exactly what padded rows score,
-    and that is the mean NLL of the customer-reply tokens, computed here by hand from the plain model's logits."""
+    and that is the mean NLL of the customer-reply tokens, computed here by hand from the plain model's logits
+    (so the per-example attention of padding-free rows on CPU attends exactly as the causal mask does)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -130,6 +131,8 @@ def test_padding_free_batches_give_the_padded_loss_on_the_reply_tokens_only(tiny
                                seed=0, work_dir=tmp_path / str(padding_free))
         batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
         assert ("attention_mask" not in batch) == padding_free and batch["input_ids"].shape[0] == (1 if padding_free else 4)
+        # On CPU a padding-free row attends within each example only, one sdpa call per example (no mask).
+        assert (trainer.model.config._attn_implementation == PACKED_SDPA) == padding_free
         with torch.no_grad():
             losses[padding_free] = trainer.compute_loss(trainer.model, batch).item()
 
@@ -189,7 +192,8 @@ def test_validation_early_stopping_keeps_the_best_checkpoint(tiny_llama_dir, tin
     card = train_lora(tiny_data, tiny_data, tmp_path / "out", cfg, seed=0, state_dir=tmp_path / "state")
     evals = _losses(tmp_path / "out", "eval_loss")
     assert card["stopped_early"] and card["steps"] < 40
-    best = min(evals[:-1])  # the last entry is the final evaluation of the kept model
+    assert len(evals) == card["steps"]  # one validation a step; the kept model's is not run again at the end
+    best = min(evals)
     assert card["best_checkpoint_step"] < card["steps"]
     assert card["validation_loss"] == pytest.approx(best, rel=1e-5)  # the folder holds the best, not the last
 
