@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -189,8 +189,9 @@ class TuneConfig(Section):
     use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (a little slower, often a little better).")
     padding_free: bool = Field(True, description="Concatenate a batch's examples into one row with position ids "
                                                  "restarting per example: no compute is spent on padding.")
-    eval_steps: float = Field(0.25, gt=0, description="Validation-split loss every this many steps (below 1: this "
-                                                      "share of the run); the best checkpoint by it is kept.")
+    eval_steps: float = Field(0.25, ge=0, description="Validation-split loss every this many steps (below 1: this "
+                                                      "share of the run); the best checkpoint by it is kept. 0: once, "
+                                                      "after training (the last weights; checkpoints each epoch).")
     early_stopping_patience: int = Field(0, ge=0, description="Stop after this many validations without a lower "
                                                               "validation loss (0: never stop early).")
     resume: bool = Field(True, description="Continue an interrupted run (same data, base model, config and seed) "
@@ -213,6 +214,13 @@ class TuneConfig(Section):
     gemini_project: str = Field("", description="gemini: Google Cloud project of the tuning job (empty: the "
                                                 "Application Default Credentials' project).")
     gemini_location: str = Field("us-central1", description="gemini: Vertex AI region of the tuning job.")
+
+    @model_validator(mode="after")
+    def _stopping_needs_validations(self):
+        if self.early_stopping_patience and self.eval_steps == 0:
+            raise ValueError("tune.early_stopping_patience needs validations during training: set tune.eval_steps "
+                             "above 0 (0 validates once, after training)")
+        return self
     gemini_base_url: str = Field("", description="gemini: Vertex AI API endpoint override (an http:// one, a local "
                                                  "fake, gets anonymous credentials).")
     gemini_poll_interval_s: float = Field(30.0, gt=0, description="gemini: first wait between job status polls "

@@ -3,8 +3,9 @@
 Token accuracy (the gate) = share of target tokens t where argmax(logits at t-1) == token t (Vertex's "fraction
 of correct next step predictions"); loss = mean negative log-likelihood over the same tokens; perplexity =
 exp(loss). The target tokens and the scores come from the model runtime (`calltune.runtime.encoding` and `.scoring`;
-an encoder-decoder model is teacher-forced on the decoder), the definition training uses. Each model
-also answers every test prompt (calltune.infer), and its replies are scored against the real customer's:
+an encoder-decoder model is teacher-forced on the decoder), the definition training uses; the tuned model's come
+from batch inference when it scored the same weights and examples. Each model also answers every test prompt
+(calltune.infer, from the prompts its scoring read), and its replies are scored against the real customer's:
 ROUGE-L, chrF, BLEU, embedding cosine, reply length, distinct-n, and the cross-encoder and the LLM judge when
 configured; calltune.error_analysis lists each model's worst replies and failure categories (errors.json).
 Every metric carries a seeded bootstrap 95% interval over the test examples (calltune.metrics). The gate's decision
@@ -28,7 +29,7 @@ from calltune import metrics as M
 from calltune.config import DeployConfig, EvaluateConfig, InferConfig, JudgeConfig, SimulateConfig, TuneConfig
 from calltune.error_analysis import analyze
 from calltune.gate import decide
-from calltune.infer import is_vertex, predict, read_predictions
+from calltune.infer import is_vertex, predict, read_predictions, read_scores
 from calltune.io import read_jsonl, write_json, write_jsonl
 from calltune.model_card import write_model_card
 from calltune.models import device, load_model, model_sha, model_source, read_model_card, set_threads
@@ -107,19 +108,26 @@ def _score_model(name: str, source: str | Path, test_path: Path, out_dir: Path, 
                                                  encode=encoder(model.config.is_encoder_decoder))
         log.info("evaluating %s (%s) on %d test examples (%d skipped) on %s", name, source, len(encoded),
                  skipped, device())
-        parts = score(model, tokenizer, encoded, cfg.batch_size)
-        if name == "tuned" and sum(parts["tokens"]) == 0:
-            raise ValueError(f"{test_path}: no customer-reply tokens to score ({len(encoded)} examples usable, "
-                             f"{skipped} longer than max_seq_len={max_len}); the test set is empty")
         if predictions is not None:
             rows = read_predictions(predictions)
-            if [r["example_id"] for r in rows] != [e.get("example_id", "") for e in examples]:
+            ids = [e.get("example_id", "") for e in examples]
+            if [r["example_id"] for r in rows] != ids:
                 raise ValueError(f"{predictions}: the predictions are not of the {len(examples)} test examples "
                                  f"evaluated here (batch inference ran on other examples or another max_seq_len)")
             report = {"rows": len(rows), "model_sha": rows[0]["model_sha"] if rows else ""}
-        else:
+            parts = read_scores(predictions, model_sha=model_sha(Path(source)), max_seq_len=max_len, example_ids=ids)
+            if parts is None:
+                parts = score(model, tokenizer, encoded, cfg.batch_size)
+            else:
+                log.info("%s: the teacher-forced scores batch inference made with the same weights", name)
+        else:  # scored and answered in one pass: the replies reuse the prompts scoring read
             rows, report = predict(source, test_path, out_dir / "predictions" / name, infer, seed=seed,
-                                   max_seq_len=max_len, limit=cfg.max_examples, loaded=(model, tokenizer))
+                                   max_seq_len=max_len, limit=cfg.max_examples, loaded=(model, tokenizer),
+                                   score_batch_size=cfg.batch_size)
+            parts = report.pop("scores")
+        if name == "tuned" and sum(parts["tokens"]) == 0:
+            raise ValueError(f"{test_path}: no customer-reply tokens to score ({len(encoded)} examples usable, "
+                             f"{skipped} longer than max_seq_len={max_len}); the test set is empty")
         record.update(skipped=skipped, tokens=sum(parts["tokens"]), parts=parts)
         if sim_ctx is not None:
             calls, sim_cfg, seller = sim_ctx

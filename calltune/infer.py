@@ -1,26 +1,31 @@
 """Batch inference: the customer's reply to every test prompt, as a predictions table (Parquet and JSONL).
 
-A local model generates in batches: prompts sorted by length, left-padded (so every row's next token sits in the
-last column), one `generate` call per batch with its KV cache; greedy when `temperature` is 0, else seeded
-sampling. The prompt is exactly the context teacher-forced scoring uses (`calltune.runtime.encoding`: same
-chat rendering, same history trimming to max_seq_len), so both metrics see the same examples. A Vertex AI
-endpoint or tuned Gemini model (`projects/P/locations/L/endpoints/E`) answers through google-genai.
+A local model generates with continuous batching (calltune.runtime.generation), greedy when `temperature` is 0,
+else seeded sampling. The prompt is exactly the context teacher-forced scoring uses (`calltune.runtime.encoding`:
+same chat rendering, same history trimming to max_seq_len), so both metrics see the same examples. Asked to
+(`score_batch_size`), it scores the examples teacher-forced first and replies from the prompts that pass read,
+without reading them again; the scores go beside the table (teacher_forced.json), where evaluate takes them for the
+same weights. A Vertex AI endpoint or tuned Gemini model (`projects/P/locations/L/endpoints/E`) answers through
+google-genai.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 
 from calltune.config import InferConfig, TuneConfig
-from calltune.io import atomic_open, read_jsonl, write_jsonl
+from calltune.io import atomic_open, read_jsonl, write_json, write_jsonl
 from calltune.models import load_model, model_sha, model_source, read_model_card
 from calltune.runtime.encoding import encode_file, encoder, instructions, prompt_ids
-from calltune.runtime.generation import PrefixCache, Request, stream
+from calltune.runtime.generation import Batch, PrefixCache, Request, stream
 from calltune.runtime.responders import GeminiResponder, Sampling
+from calltune.runtime.scoring import score
 
 log = logging.getLogger(__name__)
 
+SCORES = "teacher_forced.json"  # beside a local model's predictions: its teacher-forced scores, for evaluate
 COLUMNS = ("instructions", "target_responses", "candidate_responses", "model_id", "model_sha",
            "call_id", "turn_index", "example_id")
 
@@ -48,8 +53,29 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], cfg: InferConfig,
     return replies
 
 
+def score_and_reply(model, tokenizer, encoded: list[dict], cfg: InferConfig, batch_size: int,
+                    prefixes: PrefixCache | None = None) -> tuple[dict[str, list], list[str]]:
+    """Teacher-forced scores (`calltune.runtime.scoring.score`, `batch_size` rows a forward) and replies of the
+    encoded rows. The prompt a row's scoring read is not read again to reply: scoring leaves it in the prefix cache
+    (`prefixes`, or a new one), for as many rows at a time as the cache holds."""
+    prefixes = (prefixes if prefixes is not None else PrefixCache()) if Batch.fits(model) else None
+    chunks, held = [[]], 0
+    for row, prompt in zip(encoded, prompt_ids(encoded)):
+        if chunks[-1] and prefixes is not None and held + len(prompt) > prefixes.max_tokens:
+            chunks, held = [*chunks, []], 0
+        chunks[-1].append(row)
+        held += len(prompt)
+    scores: dict[str, list] = {"correct": [], "nll": [], "tokens": []}
+    replies: list[str] = []
+    for chunk in chunks:
+        for key, values in score(model, tokenizer, chunk, batch_size, prefixes).items():
+            scores[key] += values
+        replies += generate_batch(model, tokenizer, prompt_ids(chunk), cfg, prefixes)
+    return scores, replies
+
+
 def _local(model_dir: Path, test_path: Path, cfg: InferConfig, max_seq_len: int | None, limit: int,
-           seed: int, loaded=None) -> tuple[list[dict], list[str], int, str, str]:
+           seed: int, loaded=None, score_batch_size: int = 0):
     from transformers import set_seed
 
     card = read_model_card(model_dir)
@@ -58,12 +84,15 @@ def _local(model_dir: Path, test_path: Path, cfg: InferConfig, max_seq_len: int 
     encoded, examples, skipped = encode_file(test_path, tokenizer, max_len, limit=limit,
                                              encode=encoder(model.config.is_encoder_decoder))
     set_seed(seed)  # only sampling draws from it
-    replies = generate_batch(model, tokenizer, prompt_ids(encoded), cfg)
-    return examples, replies, skipped, str(model_dir), model_sha(model_dir)
+    if score_batch_size:
+        scores, replies = score_and_reply(model, tokenizer, encoded, cfg, score_batch_size)
+        scored = {"max_seq_len": max_len, **scores}
+    else:
+        scored, replies = None, generate_batch(model, tokenizer, prompt_ids(encoded), cfg)
+    return examples, replies, skipped, str(model_dir), model_sha(model_dir), scored
 
 
-def _vertex(resource: str, test_path: Path, cfg: InferConfig,
-            limit: int) -> tuple[list[dict], list[str], int, str, str]:
+def _vertex(resource: str, test_path: Path, cfg: InferConfig, limit: int):
     examples = list(read_jsonl(test_path))[:limit or None]
     responder = GeminiResponder(resource, cfg.vertex_base_url, max_concurrency=cfg.max_concurrency)
     sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
@@ -71,23 +100,25 @@ def _vertex(resource: str, test_path: Path, cfg: InferConfig,
         replies = [f.result().text for f in [responder.start(e, sampling) for e in examples]]
     finally:
         responder.close()
-    return examples, replies, 0, resource, ""
+    return examples, replies, 0, resource, "", None
 
 
 def predict(source: str | Path, test_path: str | Path, out_dir: str | Path | None, cfg: InferConfig, *,
-            seed: int = 42, max_seq_len: int | None = None, limit: int = 0, loaded=None) -> tuple[list[dict], dict]:
+            seed: int = 42, max_seq_len: int | None = None, limit: int = 0, loaded=None,
+            score_batch_size: int = 0) -> tuple[list[dict], dict]:
     """Replies of a model folder (or the endpoint its card names) or a Vertex resource to every test example; writes predictions.parquet and
     predictions.jsonl into `out_dir` (when given). Returns (rows, report). `loaded`: an already loaded
-    (model, tokenizer) of the folder, to skip loading it again."""
+    (model, tokenizer) of the folder, to skip loading it again. `score_batch_size`: a local model also scores the
+    examples teacher-forced (`score_and_reply`), into report["scores"] and out_dir/teacher_forced.json."""
     started = time.monotonic()
     test_path = Path(test_path)
     if not is_vertex(source):
         source = model_source(source)  # a remote model's folder names its endpoint
     if is_vertex(source):
-        examples, replies, skipped, model_id, sha = _vertex(str(source), test_path, cfg, limit)
+        examples, replies, skipped, model_id, sha, scored = _vertex(str(source), test_path, cfg, limit)
     else:
-        examples, replies, skipped, model_id, sha = _local(Path(source), test_path, cfg, max_seq_len, limit, seed,
-                                                           loaded)
+        examples, replies, skipped, model_id, sha, scored = _local(Path(source), test_path, cfg, max_seq_len, limit,
+                                                                   seed, loaded, score_batch_size)
     rows = [{"instructions": instructions(e), "target_responses": e["target"], "candidate_responses": r,
              "model_id": model_id, "model_sha": sha, "call_id": e.get("call_id", ""),
              "turn_index": int(e.get("turn_index", -1)), "example_id": e.get("example_id", "")}
@@ -98,8 +129,28 @@ def predict(source: str | Path, test_path: str | Path, out_dir: str | Path | Non
               "decoding": "sampled" if cfg.temperature > 0 else "greedy"}
     if out_dir is not None:
         write_predictions(rows, Path(out_dir))
+        if scored is not None:
+            write_json(Path(out_dir) / SCORES, {"model_sha": sha, "example_ids": [r["example_id"] for r in rows],
+                                                **scored})
     log.info("predictions: %d replies from %s in %.1f s (%d skipped)", len(rows), model_id, seconds, skipped)
-    return rows, report
+    if scored is None:
+        return rows, report
+    return rows, {**report, "scores": {k: scored[k] for k in ("correct", "nll", "tokens")}}
+
+
+def read_scores(predictions: str | Path, *, model_sha: str, max_seq_len: int,
+                example_ids: list[str]) -> dict[str, list] | None:
+    """The teacher-forced scores batch inference left beside its predictions (`predict` with `score_batch_size`):
+    correct, nll and tokens per example, as `calltune.runtime.scoring.score` gives them. None unless they are of
+    this model (weights sha), max_seq_len and examples, in this order."""
+    path = Path(predictions)
+    path = (path if path.is_dir() else path.parent) / SCORES
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    if [saved.get(k) for k in ("model_sha", "max_seq_len", "example_ids")] != [model_sha, max_seq_len, example_ids]:
+        return None
+    return {k: saved[k] for k in ("correct", "nll", "tokens")}
 
 
 def write_predictions(rows: list[dict], out_dir: Path, columns: tuple[str, ...] = COLUMNS) -> None:

@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -106,7 +107,6 @@ def _classifier():
 def discriminator_auc(real: list[list[str]], simulated: list[list[str]], embedder, *, samples: int,
                       seed: int) -> tuple[M.Estimate, list[float]]:
     """Cross-validated AUC (folds by call) and, per call, the mean out-of-fold P(simulated) of its simulated turns."""
-    from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GroupKFold, cross_val_predict
 
     texts, labels, groups = [], [], []
@@ -121,16 +121,32 @@ def discriminator_auc(real: list[list[str]], simulated: list[list[str]], embedde
     proba = cross_val_predict(_classifier(), _features(texts, embedder), y, groups=g,
                               cv=GroupKFold(n_splits=min(5, n_calls)), method="predict_proba")[:, 1]
 
-    def auc(call_weights: np.ndarray) -> float:
-        w = call_weights[g]
-        keep = w > 0
-        if len(set(y[keep])) < 2:
-            return math.nan
-        return float(roc_auc_score(y[keep], proba[keep], sample_weight=w[keep]))
-
+    auc = weighted_auc(y, proba, g)
     per_call = [float(proba[(g == i) & (y == 1)].mean()) if ((g == i) & (y == 1)).any() else math.nan
                 for i in range(n_calls)]
     return M.resampled(n_calls, auc, samples=samples, seed=seed), per_call
+
+
+def weighted_auc(y: np.ndarray, scores: np.ndarray, unit: np.ndarray) -> Callable[[np.ndarray], float]:
+    """ROC AUC of `scores` for the labels `y` (1 positive) with each item weighted by its unit's weight (a bootstrap
+    resample of calls): a function of the unit weights. It equals scikit-learn's roc_auc_score with sample_weight
+    (the Mann-Whitney form: a tie counts half), which validates its input for ~10 ms a call, 20 s per 2,000
+    resamples; the scores are sorted once here."""
+    order = np.argsort(scores, kind="stable")
+    ranked = scores[order]
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])  # one group per distinct score
+    positive, unit = (y[order] == 1), unit[order]
+
+    def auc(unit_weights: np.ndarray) -> float:
+        w = unit_weights[unit]
+        pos, neg = np.add.reduceat(w * positive, starts), np.add.reduceat(w * ~positive, starts)
+        total_pos, total_neg = pos.sum(), neg.sum()
+        if total_pos == 0 or total_neg == 0:
+            return math.nan
+        below = np.cumsum(neg) - neg  # negative weight scored lower than each group
+        return float((pos * (below + neg / 2)).sum() / (total_pos * total_neg))
+
+    return auc
 
 
 def train_role_classifier(train_examples: list[dict], embedder):

@@ -332,7 +332,7 @@ def _train(train_path, validation_path, out_dir, cfg: TuneConfig, *, seed: int, 
 
 def _kept_validation(trainer) -> dict:
     """The validation metrics of the checkpoint training kept, as logged when it was evaluated (no second pass over
-    the validation split); evaluated now if no validation was logged for it."""
+    the validation split); evaluated now if no validation was logged for it (or none ran: tune.eval_steps=0)."""
     step = _step_of(trainer.state.best_model_checkpoint)
     logged = [r for r in trainer.state.log_history if "eval_loss" in r and r["step"] == step]
     return logged[-1] if logged else trainer.evaluate()

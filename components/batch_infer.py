@@ -15,6 +15,7 @@ def batch_infer(
     infer_max_concurrency: int,
     infer_vertex_base_url: str,
     evaluate_max_examples: int,
+    evaluate_batch_size: int,
     evaluate_publish_uri: str,
     seed: int,
     run_id: str,
@@ -22,7 +23,8 @@ def batch_infer(
     metrics: Output[Metrics],
 ):
     """The model's customer reply to every test prompt: predictions.parquet and predictions.jsonl (instructions,
-    target_responses, candidate_responses, model_id, model_sha, call_id, turn_index, example_id). With
+    target_responses, candidate_responses, model_id, model_sha, call_id, turn_index, example_id); a local model's
+    teacher-forced scores too (teacher_forced.json, which evaluate takes instead of scoring again). With
     evaluate_publish_uri, also written (with run_id) under <evaluate_publish_uri>/<run_id>/; the predictions
     artifact's `published` metadata lists the files."""
     from pathlib import Path
@@ -32,7 +34,8 @@ def batch_infer(
     from calltune.infer import predict, publish_predictions
 
     rows, report = predict(Path(model.path), Path(splits.path) / "test.examples.jsonl", Path(predictions.path),
-                        InferConfig.from_params(locals()), seed=seed, limit=evaluate_max_examples)
+                        InferConfig.from_params(locals()), seed=seed, limit=evaluate_max_examples,
+                        score_batch_size=evaluate_batch_size)
     if evaluate_publish_uri:
         predictions.metadata["published"] = publish_predictions(rows, evaluate_publish_uri, run_id)
     publish(report, "Batch inference", artifacts=(predictions,), metrics=metrics)

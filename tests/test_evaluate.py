@@ -12,7 +12,7 @@ from calltune.config import DeployConfig, EvaluateConfig, InferConfig, JudgeConf
 from calltune.deploy import deploy
 from calltune.evaluate import current_champion, evaluate
 from calltune.gate import gate
-from calltune.infer import read_predictions
+from calltune.infer import predict, read_predictions
 from calltune.render import to_messages
 
 from conftest import SYSTEM, make_example, write_examples
@@ -117,6 +117,27 @@ def test_predictions_of_other_examples_are_refused(base_model_dir, tmp_path):
     cfg = EvaluateConfig(max_examples=1, embedding_model="")
     with pytest.raises(ValueError, match="not of the 1 test examples"):
         evaluate(base_model_dir, test, tmp_path / "out", cfg, predictions=other)
+
+
+def test_the_scores_batch_inference_made_with_the_same_weights_are_taken_not_made_again(base_model_dir, tmp_path):
+    test = write_examples(tmp_path / "test.examples.jsonl", TEST_EXAMPLES)
+    cfg = EvaluateConfig(batch_size=2, embedding_model="", bootstrap_samples=100)
+    infer = InferConfig(max_new_tokens=4)
+    predict(base_model_dir, test, tmp_path / "predictions", infer, score_batch_size=2)
+    own = evaluate(base_model_dir, test, tmp_path / "own", cfg, infer=infer)
+    taken = evaluate(base_model_dir, test, tmp_path / "taken", cfg, infer=infer, predictions=tmp_path / "predictions")
+    assert (taken["accuracy"], taken["tokens"]) == (own["accuracy"], own["tokens"])
+    assert taken["loss"] == pytest.approx(own["loss"])
+
+    # what evaluate reads is the file: doctored hits show, unless the file is of another max_seq_len
+    scores = tmp_path / "predictions" / "teacher_forced.json"
+    saved = json.loads(scores.read_text())
+    scores.write_text(json.dumps({**saved, "correct": saved["tokens"]}))
+    assert evaluate(base_model_dir, test, tmp_path / "doctored", cfg, infer=infer,
+                    predictions=tmp_path / "predictions")["accuracy"] == 1.0
+    scores.write_text(json.dumps({**saved, "correct": saved["tokens"], "max_seq_len": 64}))
+    assert evaluate(base_model_dir, test, tmp_path / "other", cfg, infer=infer,
+                    predictions=tmp_path / "predictions")["accuracy"] == own["accuracy"]
 
 
 def test_no_target_tokens_is_an_error_not_a_number(base_model_dir, tmp_path):

@@ -78,3 +78,22 @@ def test_vertex_endpoint_through_google_genai(tmp_path):
     assert all(b["systemInstruction"]["parts"][0]["text"] == EXAMPLES[0]["system"] for b in bodies)
     assert sorted(len(b["contents"]) for b in bodies) == [1, 1, 2, 3]
     assert json.loads((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()[0])["call_id"] == "call0"
+
+
+def test_scoring_and_replying_in_one_pass_reads_each_prompt_once(loaded):
+    from calltune.infer import score_and_reply
+    from calltune.runtime.generation import PrefixCache
+    from calltune.runtime.scoring import score
+
+    model, tokenizer = loaded
+    rows = [encode_example(e, tokenizer, 512) for e in EXAMPLES]
+    cfg = InferConfig(max_new_tokens=8, batch_size=4)
+    prompts = prompt_ids(rows)
+    small = PrefixCache(max_tokens=sum(map(len, prompts[:2])))  # room for two prompts: several rounds
+    scores, replies = score_and_reply(model, tokenizer, rows, cfg, 3, small)
+    alone = score(model, tokenizer, rows, 3)
+    assert (scores["correct"], scores["tokens"]) == (alone["correct"], alone["tokens"])
+    assert scores["nll"] == pytest.approx(alone["nll"], rel=1e-4)  # other batches, other float rounding
+    assert replies == generate_batch(model, tokenizer, prompts, cfg)
+    # replying read no prompt again: scoring left each one's keys, values and next-token scores
+    assert small.read_tokens == sum(map(len, prompts)) == small.reused_tokens

@@ -37,7 +37,8 @@ def _batch_infer(model_dir: Path, tmp_path: Path, publish_uri: str, run_id: str)
     batch_infer.python_func(
         model=Model(name="model", uri=str(model_dir)), splits=Dataset(name="splits", uri=str(splits)),
         infer_max_new_tokens=4, infer_temperature=0.0, infer_top_p=1.0, infer_batch_size=2, infer_max_concurrency=1,
-        infer_vertex_base_url="", evaluate_max_examples=0, evaluate_publish_uri=publish_uri, seed=1, run_id=run_id,
+        infer_vertex_base_url="", evaluate_max_examples=0, evaluate_batch_size=2, evaluate_publish_uri=publish_uri,
+        seed=1, run_id=run_id,
         predictions=predictions, metrics=Metrics(name="metrics", uri=str(tmp_path / "metrics.json")))
     return predictions
 
@@ -71,6 +72,8 @@ def test_without_a_publish_uri_only_the_artifact_is_written(fake, tiny_chat_mode
     predictions = _batch_infer(tiny_chat_model, tmp_path, "", "run-1")
     assert "published" not in predictions.metadata and fake.objects == {}
     assert len(read_predictions(Path(predictions.path))) == 4
+    scores = json.loads((Path(predictions.path) / "teacher_forced.json").read_text())  # for evaluate
+    assert len(scores["tokens"]) == 4 and all(scores["tokens"])
 
 
 def test_upload_faults_and_lost_answers_leave_exactly_one_copy(fake):

@@ -288,3 +288,23 @@ def test_evaluate_reports_whole_call_realism_and_the_gate_reads_it_back(tiny_cha
     assert decision == comparison["gate"]
     assert any(c["check"] == "role_violation_rate" for c in decision["checks"])
     assert "realism_role_violation_rate" in result
+
+
+def test_the_resampled_auc_is_scikit_learns_weighted_auc_ties_and_all():
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from calltune.realism import weighted_auc
+
+    rng = np.random.default_rng(0)
+    unit = rng.integers(0, 12, 150)
+    y = rng.integers(0, 2, 150)
+    scores = rng.integers(0, 20, 150) / 20  # many ties
+    auc = weighted_auc(y, scores, unit)
+    for _ in range(20):
+        w = rng.multinomial(12, np.full(12, 1 / 12)).astype(float)  # a bootstrap draw of the 12 units
+        keep = w[unit] > 0
+        if len(set(y[keep])) == 2:
+            assert auc(w) == pytest.approx(roc_auc_score(y[keep], scores[keep], sample_weight=w[unit][keep]))
+    only_negatives = np.where(np.isin(np.arange(12), unit[y == 1]), 0.0, 1.0)
+    assert np.isnan(auc(only_negatives))

@@ -198,6 +198,27 @@ def test_validation_early_stopping_keeps_the_best_checkpoint(tiny_llama_dir, tin
     assert card["validation_loss"] == pytest.approx(best, rel=1e-5)  # the folder holds the best, not the last
 
 
+def test_eval_steps_0_validates_once_after_training_and_keeps_the_last_weights(tiny_llama_dir, tiny_data, tmp_path):
+    import torch
+
+    from calltune.models import load_model
+    from calltune.runtime.encoding import encode_file, encoder
+    from calltune.runtime.scoring import score
+
+    cfg = _tiny_cfg(tiny_llama_dir, learning_rate=3.0, max_steps=6, eval_steps=0)  # loss worsens: no "best" to keep
+    card = train_lora(tiny_data, tiny_data, tmp_path / "out", cfg, seed=0, state_dir=tmp_path / "state")
+    evals = [r for r in json.loads((tmp_path / "out" / "training_log.json").read_text()) if "eval_loss" in r]
+    assert len(evals) == 1 and evals[0]["step"] == card["steps"] == 6 and card["best_checkpoint_step"] is None
+    # the validation figures are the saved (last) weights', scored here again
+    model, tokenizer = load_model(tmp_path / "out")
+    rows = encode_file(tiny_data, tokenizer, cfg.max_seq_len, encode=encoder(False))[0]
+    with torch.no_grad():
+        parts = score(model, tokenizer, rows, 4)
+    assert card["validation_loss"] == pytest.approx(sum(parts["nll"]) / sum(parts["tokens"]), rel=1e-3)
+    with pytest.raises(ValueError, match="early_stopping_patience needs validations"):
+        TuneConfig(eval_steps=0, early_stopping_patience=2)
+
+
 def test_dora_tensorboard_and_merged_weights(tiny_llama_dir, tiny_data, tmp_path):
     import torch
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

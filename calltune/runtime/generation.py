@@ -3,7 +3,8 @@
 A causal model decodes its requests in a `Batch`: one forward a step for every request in it, a request joining
 between two steps and leaving when it ends (continuous batching). Each prompt is read alone (no padding: on a CPU
 reading the prompts takes most of the time, and the batch then pays for their real tokens only) and its KV cache
-left-padded into the batch's. With a `PrefixCache`, a prompt that starts like one read lately reads only the rest.
+left-padded into the batch's. With a `PrefixCache`, a prompt that starts like one read lately reads only the rest,
+and one that teacher-forced scoring left there with its next-token scores is not read at all.
 Encoder-decoders and sliding-window caches go through one transformers `generate` over left-padded prompts.
 
 Each row keeps its own settings: `max_new_tokens`, stop strings and cancellation end that row alone, and a sampled
@@ -115,6 +116,7 @@ class PrefixCache:
         self.max_tokens = max_tokens
         self.read_tokens = self.reused_tokens = 0  # prompt tokens read through the cache, and those it held already
         self._entries: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self._next: dict[tuple[int, ...], torch.Tensor] = {}  # an entry's next-token scores, when known
 
     def longest(self, tokens: tuple[int, ...]) -> tuple[int, list]:
         """(length, per-layer keys and values) of the longest cached start of `tokens`; (0, []) when none."""
@@ -128,19 +130,35 @@ class PrefixCache:
         self._entries.move_to_end(found)
         return best, self._entries[found]
 
-    def add(self, tokens: tuple[int, ...], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def next_scores(self, tokens: tuple[int, ...]) -> torch.Tensor | None:
+        """The scores of the token after `tokens`, when an entry of exactly these tokens came with them."""
+        return self._next.get(tokens)
+
+    def add(self, tokens: tuple[int, ...], layers: list[tuple[torch.Tensor, torch.Tensor]],
+            next_scores: torch.Tensor | None = None) -> None:
+        """`next_scores`: the scores of the token after `tokens` (a forward that read them computed them), so that
+        a prompt of exactly these tokens is not read at all."""
         for key in [k for k in self._entries if tokens[:len(k)] == k]:
             del self._entries[key]
+            self._next.pop(key, None)
         self._entries[tokens] = layers
+        if next_scores is not None:
+            self._next[tokens] = next_scores
         kept = sum(map(len, self._entries))
         while kept > self.max_tokens and len(self._entries) > 1:
-            kept -= len(self._entries.popitem(last=False)[0])
+            key = self._entries.popitem(last=False)[0]
+            self._next.pop(key, None)
+            kept -= len(key)
 
 
 def _read(model, tokens: list[int], prefixes: PrefixCache | None) -> tuple[list, torch.Tensor]:
     """(per-layer keys and values, the next token's scores) of `tokens` (one row, no padding), read from the longest
-    cached start on; the last token is always read, for its scores."""
+    cached start on; the last token is read again for its scores unless the cache has them."""
     n, layers = prefixes.longest(tuple(tokens)) if prefixes is not None else (0, [])
+    if n == len(tokens) and (scores := prefixes.next_scores(tuple(tokens))) is not None:
+        prefixes.read_tokens += n
+        prefixes.reused_tokens += n
+        return layers, scores
     n = min(n, len(tokens) - 1)
     cache = DynamicCache([(k[:, :, :n], v[:, :, :n]) for k, v in layers]) if n else None
     out = model(input_ids=torch.tensor([tokens[n:]], device=model.device), cache=cache, use_cache=True,
