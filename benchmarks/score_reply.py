@@ -20,19 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's calltune, when run as a script
-
-
-def bundled_examples(folder: Path, n: int) -> list[dict]:
-    from calltune.config import Config
-    from calltune.ingest import bundled_sample_path
-    from calltune.io import read_jsonl
-    from calltune.prepare import prepare
-
-    cfg = Config(state_dir=str(folder))
-    cfg.translate.backend = "none"
-    prepare(bundled_sample_path(), folder / "prepared", cfg, workers=1)
-    return [e for name in ("test", "validation", "train")
-            for e in read_jsonl(folder / "prepared" / f"{name}.examples.jsonl")][:n]
+from simulate_throughput import bundled_examples  # noqa: E402  (this folder is on sys.path: run as a script)
 
 
 def main() -> int:
@@ -55,7 +43,7 @@ def main() -> int:
     set_threads()
     with tempfile.TemporaryDirectory(prefix="calltune-bench-") as tmp:
         state = (args.state_dir or Path(tmp)).expanduser()
-        examples = bundled_examples(Path(tmp), args.examples)
+        examples = bundled_examples(Path(tmp))[:args.examples]
         model, tokenizer = load_model(resolve_base_model("smollm2-135m-instruct", state))
         rows = [r for r in (encode_causal(e, tokenizer, args.max_seq_len) for e in examples) if r is not None]
         cfg = InferConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)

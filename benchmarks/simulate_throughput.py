@@ -22,19 +22,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's calltune, when run as a script
 
 
-def bundled_calls(folder: Path, n: int):
+def bundled_examples(folder: Path) -> list[dict]:
+    """The bundled sample prepared into `folder` without translation: its test, validation and train examples."""
     from calltune.config import Config
     from calltune.ingest import bundled_sample_path
     from calltune.io import read_jsonl
     from calltune.prepare import prepare
-    from calltune.simulate import calls_from_examples
 
     cfg = Config(state_dir=str(folder))
     cfg.translate.backend = "none"
     prepare(bundled_sample_path(), folder / "prepared", cfg, workers=1)
-    examples = [e for name in ("test", "validation", "train") for e in read_jsonl(folder / "prepared" /
-                                                                                   f"{name}.examples.jsonl")]
-    calls, _ = calls_from_examples(examples, n)
+    return [e for name in ("test", "validation", "train") for e in read_jsonl(folder / "prepared" /
+                                                                              f"{name}.examples.jsonl")]
+
+
+def bundled_calls(folder: Path, n: int):
+    from calltune.simulate import calls_from_examples
+
+    calls, _ = calls_from_examples(bundled_examples(folder), n)
     if len(calls) < n:
         sys.exit(f"only {len(calls)} calls in the bundled sample; ask for fewer (--calls)")
     return calls
