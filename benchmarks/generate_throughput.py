@@ -1,4 +1,4 @@
-"""Customer replies per second: batched generation (calltune.infer) against one `generate` call per example.
+"""Customer replies per second: batched generation (calltune.evaluation.batch_infer) against one `generate` call per example.
 
     .venv/bin/python benchmarks/generate_throughput.py                     # 64 test prompts, batches of 32
     .venv/bin/python benchmarks/generate_throughput.py --examples 128 --batch-size 64 --state-dir ~/.calltune
@@ -6,7 +6,7 @@
 Same model (the bundled SmolLM2-135M-Instruct, converted into --state-dir, a temporary one by default), same
 prompts (the test split of the bundled sample calls, prepared without translation and encoded with the tuned
 models' max_seq_len), same greedy decoding and max_new_tokens, in one process: first one `generate` call per
-example (the seed projects' way: no padding, a batch of one), then `calltune.infer.generate_batch` (prompts
+example (the seed projects' way: no padding, a batch of one), then `calltune.evaluation.batch_infer.generate_batch` (prompts
 sorted by length, left-padded, one KV cache per batch). A warm-up call runs before either is timed. Prints the
 rate of each, the ratio, and how many replies the two agree on (greedy: all, up to float rounding on ties).
 Runs on the GPU when torch sees one.
@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's c
 
 def test_prompts(state: Path, n: int, max_seq_len: int, tokenizer) -> list[list[int]]:
     from calltune.config import Config
-    from calltune.infer import prompt_ids
-    from calltune.ingest import bundled_sample_path
-    from calltune.io import read_jsonl
-    from calltune.prepare import prepare
+    from calltune.core.io import read_jsonl
+    from calltune.data.ingest import bundled_sample_path
+    from calltune.data.prepare import prepare
+    from calltune.evaluation.batch_infer import prompt_ids
     from calltune.runtime.encoding import encode_causal as encode_example
 
     cfg = Config(state_dir=str(state))
@@ -57,8 +57,8 @@ def main() -> int:
     import torch
 
     from calltune.config import InferConfig
-    from calltune.infer import generate_batch
-    from calltune.models import device, load_model, resolve_base_model, set_threads
+    from calltune.evaluation.batch_infer import generate_batch
+    from calltune.runtime.loading import device, load_model, resolve_base_model, set_threads
 
     set_threads()
     with tempfile.TemporaryDirectory(prefix="calltune-bench-") as tmp:

@@ -5,7 +5,7 @@
 #   2. the same at 1.5b (calltune sdpa, TRL packed + Liger, HF flatten)
 #   3. a short real pipeline run (calltune run: kfp.local, the bundled calls) with tune.compile=on; Liger is on
 #      whenever liger-kernel is installed and CUDA is up (the trainer image's `gpu` extra)
-#   4. GPU batch inference: calltune.infer's batched generation against one generate call per prompt
+#   4. GPU batch inference: calltune.evaluation.batch_infer's batched generation against one generate call per prompt
 #
 #   benchmarks/gpu_check.sh [OUT]          # GPU: figures in OUT/*.log and OUT/summary.txt (default gpu_check_out)
 #   benchmarks/gpu_check.sh --cpu [OUT]    # CPU: every step on tiny shapes, to check the script runs; no figures

@@ -109,7 +109,7 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
 
 def run_prepare(csv_path: str, out_dir: str) -> dict:
     from calltune.config import load_config
-    from calltune.prepare import prepare
+    from calltune.data.prepare import prepare
 
     cfg = load_config(overrides=["translate.backend=none"])
     start = time.perf_counter()

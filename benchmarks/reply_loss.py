@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/reply_loss.py --batches 12 --rounds 3
 
 The tune settings (batch size, sequence length, LoRA) are the bundled run's, from configs/local.yaml (`--config`).
-One trainer (`calltune.tune.make_trainer`, LoRA as configured) and its first batches; both losses are computed by
+One trainer (`calltune.training.lora.make_trainer`, LoRA as configured) and its first batches; both losses are computed by
 their trainer class's public `compute_loss` on that one trainer, so the weights and inputs are the same. Prints:
 - the largest difference between the two losses over the batches (no_grad);
 - for each variant, the real (non-pad) tokens per second of forward + backward, timed in alternating rounds after a
@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's c
 def examples_file(folder: Path) -> Path:
     """The bundled sample calls, turn-split into examples (untranslated: the loss does not care)."""
     from calltune.config import DataConfig, SplitConfig
-    from calltune.ingest import Quarantine, bundled_sample_path, iter_calls
-    from calltune.io import write_jsonl
-    from calltune.turns import split_call
+    from calltune.conversation.windows import split_call
+    from calltune.core.io import write_jsonl
+    from calltune.data.ingest import Quarantine, bundled_sample_path, iter_calls
 
     with Quarantine(folder / "quarantine.jsonl") as quarantine:
         calls = list(iter_calls(bundled_sample_path(), DataConfig(), quarantine, workers=1))
@@ -54,9 +54,9 @@ def main() -> None:
     from trl import SFTTrainer
 
     from calltune.config import load_config
-    from calltune.models import resolve_base_model, set_threads
     from calltune.runtime.encoding import encode_file
-    from calltune.tune import make_trainer
+    from calltune.runtime.loading import resolve_base_model, set_threads
+    from calltune.training.lora import make_trainer
 
     set_threads()
     with tempfile.TemporaryDirectory() as tmp:

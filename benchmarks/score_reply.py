@@ -1,4 +1,4 @@
-"""Scoring and replying in one pass (calltune.infer.score_and_reply: the replies start from the prompts that
+"""Scoring and replying in one pass (calltune.evaluation.batch_infer.score_and_reply: the replies start from the prompts that
 teacher-forced scoring read, keys, values and first-token scores included) against two (score, then generate every
 reply reading its prompt again), as evaluate and batch inference do for a local model.
 
@@ -35,9 +35,9 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
 
     from calltune.config import InferConfig
-    from calltune.infer import generate_batch, score_and_reply
-    from calltune.models import device, load_model, resolve_base_model, set_threads
+    from calltune.evaluation.batch_infer import generate_batch, score_and_reply
     from calltune.runtime.encoding import encode_causal, prompt_ids
+    from calltune.runtime.loading import device, load_model, resolve_base_model, set_threads
     from calltune.runtime.scoring import score
 
     set_threads()

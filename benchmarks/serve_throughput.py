@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's c
 
 def conversations(state: Path, n: int) -> list[list[dict]]:
     from calltune.config import Config
-    from calltune.ingest import bundled_sample_path
-    from calltune.io import read_jsonl
-    from calltune.prepare import prepare
-    from calltune.render import to_messages
+    from calltune.conversation.render import to_messages
+    from calltune.core.io import read_jsonl
+    from calltune.data.ingest import bundled_sample_path
+    from calltune.data.prepare import prepare
 
     cfg = Config(state_dir=str(state))
     cfg.translate.backend = "none"
@@ -98,10 +98,10 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
+    from calltune.apps.serve.app import serving
     from calltune.backends.registry import open_registry
     from calltune.config import DeployConfig, ServeConfig
-    from calltune.models import resolve_base_model, set_threads
-    from calltune.serve import serving
+    from calltune.runtime.loading import resolve_base_model, set_threads
 
     set_threads()
     if args.threads:  # on a machine shared with other work, fewer threads than cores can be faster

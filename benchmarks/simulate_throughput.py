@@ -1,4 +1,4 @@
-"""Simulated calls per second: closed-loop simulation batched across calls (calltune.simulate: one batched
+"""Simulated calls per second: closed-loop simulation batched across calls (calltune.evaluation.simulate: one batched
 generation per turn position) against one call at a time (every turn of a call on its own, then the next call).
 
     .venv/bin/python benchmarks/simulate_throughput.py                  # 24 calls of the bundled sample
@@ -6,7 +6,7 @@ generation per turn position) against one call at a time (every turn of a call o
 
 Same model (the bundled SmolLM2-135M-Instruct, converted into --state-dir, a temporary one by default), same calls
 (whole calls of the bundled sample, prepared without translation, test split first), same greedy decoding and
-max_new_tokens, same contexts (calltune.tune.encode_example at --max-seq-len), in one process. A warm-up runs before
+max_new_tokens, same contexts (calltune.training.lora.encode_example at --max-seq-len), in one process. A warm-up runs before
 either is timed. Prints the rate of each, the ratio, and how many simulated turns the two agree on (greedy: all, up
 to float rounding on ties between padded and unpadded rows). Runs on the GPU when torch sees one.
 """
@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's c
 def bundled_examples(folder: Path) -> list[dict]:
     """The bundled sample prepared into `folder` without translation: its test, validation and train examples."""
     from calltune.config import Config
-    from calltune.ingest import bundled_sample_path
-    from calltune.io import read_jsonl
-    from calltune.prepare import prepare
+    from calltune.core.io import read_jsonl
+    from calltune.data.ingest import bundled_sample_path
+    from calltune.data.prepare import prepare
 
     cfg = Config(state_dir=str(folder))
     cfg.translate.backend = "none"
@@ -37,7 +37,7 @@ def bundled_examples(folder: Path) -> list[dict]:
 
 
 def bundled_calls(folder: Path, n: int):
-    from calltune.simulate import calls_from_examples
+    from calltune.evaluation.simulate import calls_from_examples
 
     calls, _ = calls_from_examples(bundled_examples(folder), n)
     if len(calls) < n:
@@ -57,8 +57,8 @@ def main() -> int:
     import torch
 
     from calltune.config import InferConfig
-    from calltune.models import device, load_model, resolve_base_model, set_threads
-    from calltune.simulate import local_replier, simulate
+    from calltune.evaluation.simulate import local_replier, simulate
+    from calltune.runtime.loading import device, load_model, resolve_base_model, set_threads
 
     set_threads()
     with tempfile.TemporaryDirectory(prefix="calltune-bench-") as tmp:

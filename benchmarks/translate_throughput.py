@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/translate_throughput.py                       # bundled data + 100,000 generated turns
     .venv/bin/python benchmarks/translate_throughput.py --turns 100000 --local-turns 5000
 
-Two corpora: the bundled sample calls (calltune/data/sample_calls_pt.csv, read with calltune.ingest.iter_calls)
+Two corpora: the bundled sample calls (calltune/data/bundled/sample_calls_pt.csv, read with calltune.data.ingest.iter_calls)
 and generated Portuguese calls of `--turns` turns that repeat the way real sales calls do (scripted seller lines
 with the customer's name and the company filled in, stock answers such as "Alô?" and "Pode falar.", and answers
 built from a few slots: amounts, days, banks...).
@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from calltune.config import DataConfig, TranslateConfig  # noqa: E402
-from calltune.ingest import Quarantine, bundled_sample_path, iter_calls  # noqa: E402
-from calltune.translate import translate_stream  # noqa: E402
+from calltune.data.ingest import Quarantine, bundled_sample_path, iter_calls  # noqa: E402
+from calltune.data.translate import translate_stream  # noqa: E402
 
 from fakes.translate import FakeTranslation  # noqa: E402
 

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/tune_throughput.py --sizes 360m,1.5b      # GPU: the shapes
 
 The baseline (`../shared/bench/lora_sft_baseline.py`) and the anchor (`../shared/bench/trl_sft_anchor.py`) are
-imported from the shared folder and run unchanged; calltune's tuner (`calltune.tune.make_trainer`) trains the same
+imported from the shared folder and run unchanged; calltune's tuner (`calltune.training.lora.make_trainer`) trains the same
 random-init Llama shape, LoRA r=16 on every projection, on sequences drawn from the same length distribution
 (lognormal, median 55, p95 ~150 tokens; the anchor's own `lengths`), every token a target, as in the others. One
 hook on `transformers.Trainer.training_step` (the method all three end in) records every step's loss, real
@@ -97,7 +97,7 @@ def calltune_run(size: str, steps: int, dev: str, tokens_per_step: int, attentio
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from calltune.config import TuneConfig
-    from calltune.tune import make_trainer
+    from calltune.training.lora import make_trainer
 
     anchor = _load("trl_sft_anchor")
     cfg = LlamaConfig(**anchor.SIZES[size])

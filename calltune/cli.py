@@ -29,7 +29,7 @@ def _offline() -> None:
 
 
 def cmd_run(args) -> int:
-    from calltune.local_run import outcome, run_local
+    from calltune.pipeline.local_run import outcome, run_local
 
     cfg = _config(args)
     _offline()
@@ -60,8 +60,8 @@ def cmd_config(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from calltune.ingest import resolve_input
-    from calltune.prepare import prepare
+    from calltune.data.ingest import resolve_input
+    from calltune.data.prepare import prepare
 
     cfg = _config(args)
     if args.input:
@@ -75,7 +75,7 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_synthesize(args) -> int:
-    from calltune.synthesize import synthesize
+    from calltune.data.synthesize.job import synthesize
 
     cfg = _config(args)
     cfg.synthesize.enabled = True  # asking for the command is asking for the step
@@ -114,8 +114,8 @@ def cmd_secrets(args) -> int:
 
 def _responder(cfg: Config, version: str = "latest"):
     """The model in a version of the secret; errors name the version, never the secret's payload."""
-    from calltune.deploy import resolve_endpoint
-    from calltune.serve import load_responder, redact
+    from calltune.apps.serve.watcher import load_responder, redact
+    from calltune.release.store import resolve_endpoint
 
     endpoint = resolve_endpoint(cfg.deploy, cfg.state_path(), version=version)
     serve = cfg.serve.model_copy(update={"vertex_base_url": cfg.serve.vertex_base_url or cfg.infer.vertex_base_url})
@@ -127,7 +127,7 @@ def _responder(cfg: Config, version: str = "latest"):
 
 
 def cmd_chat(args) -> int:
-    from calltune.chat import ChatSession, repl
+    from calltune.apps.chat import ChatSession, repl
 
     cfg = _config(args)
     _offline()
@@ -141,9 +141,9 @@ def cmd_chat(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from calltune.deploy import rollback
-    from calltune.endpoint_deploy import rollback as rollback_endpoint
-    from calltune.endpoint_deploy import serves_on_endpoint
+    from calltune.release.deploy import rollback
+    from calltune.release.endpoint_deploy import rollback as rollback_endpoint
+    from calltune.release.endpoint_deploy import serves_on_endpoint
 
     cfg = _config(args)
     if serves_on_endpoint(cfg.deploy, cfg.state_path()):  # deploy.target=vertex-endpoint: the endpoint's traffic too
@@ -161,7 +161,7 @@ def cmd_rollback(args) -> int:
 def cmd_serve(args) -> int:
     import logging
 
-    from calltune.serve import serve
+    from calltune.apps.serve.app import serve
 
     cfg = _config(args)
     _offline()
@@ -174,7 +174,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from calltune.vertex import VertexError, submit
+    from calltune.pipeline.vertex import VertexError, submit
 
     cfg = _config(args)
     try:
@@ -187,7 +187,7 @@ def cmd_submit(args) -> int:
 
 
 def cmd_upload(args) -> int:
-    from calltune.vertex import git_commit, upload
+    from calltune.pipeline.vertex import git_commit, upload
 
     cfg = _config(args)
     result = upload(args.template, cfg, args.tag or [git_commit(), "latest"])

@@ -27,10 +27,18 @@ class Section(BaseModel):
         return f"{cls.prefix}.{name}"
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]):
-        """Rebuild the section from flat pipeline parameters (e.g. a component's `locals()`)."""
+    def from_params(cls, params: dict[str, Any], *, left_out: tuple[str, ...] = ()):
+        """Rebuild the section from flat pipeline parameters (a component's `locals()`). Every field must be among
+        them but those the component names in `left_out`, which keep their defaults: a component whose signature
+        misses a field fails here, instead of running with the default unseen."""
         p = cls.prefix + "_"
-        return cls(**{k[len(p):]: v for k, v in params.items() if k.startswith(p) and k[len(p):] in cls.model_fields})
+        given = {k[len(p):]: v for k, v in params.items() if k.startswith(p) and k[len(p):] in cls.model_fields}
+        if unknown := sorted(set(left_out) - set(cls.model_fields)):
+            raise ConfigError(f"left_out names no {cls.prefix} field: {', '.join(unknown)}")
+        if missing := [name for name in cls.model_fields if name not in given and name not in left_out]:
+            raise ConfigError(f"the component passes no {', '.join(p + name for name in missing)}: add them to its "
+                              f"signature, or to left_out where it leaves them out on purpose")
+        return cls(**given)
 
 
 def remote_calls(backends: str, *, retries: int, timeout_s: float, concurrency: int | None = None,
@@ -288,7 +296,7 @@ class EvaluateConfig(Section):
 
 
 class SimulateConfig(Section):
-    """Whole-call simulation of the held-out test calls (calltune.simulate) and its realism metrics (calltune.realism)."""
+    """Whole-call simulation of the held-out test calls (calltune.evaluation.simulate) and its realism metrics (calltune.evaluation.realism)."""
     prefix: ClassVar[str] = "simulate"
     enabled: bool = Field(True, description="Simulate every test call closed-loop (the model hears its own earlier "
                                             "replies) with each compared model, and score whole-call realism.")

@@ -29,9 +29,9 @@ def batch_infer(
     artifact's `published` metadata lists the files."""
     from pathlib import Path
 
-    from calltune.artifacts import publish
     from calltune.config import InferConfig
-    from calltune.infer import predict, publish_predictions
+    from calltune.evaluation.batch_infer import predict, publish_predictions
+    from calltune.pipeline.artifacts import publish
 
     rows, report = predict(Path(model.path), Path(splits.path) / "test.examples.jsonl", Path(predictions.path),
                         InferConfig.from_params(locals()), seed=seed, limit=evaluate_max_examples,

@@ -26,8 +26,8 @@ def deploy(
     from pathlib import Path
 
     from calltune.config import DeployConfig
-    from calltune.deploy import deploy as run
+    from calltune.release.deploy import deploy as run
 
-    result = run(Path(model.path), DeployConfig.from_params(locals()), Path(state_dir).expanduser(),
+    result = run(Path(model.path), DeployConfig.from_params(locals(), left_out=("target",)), Path(state_dir).expanduser(),
                  run_id=run_id, metrics={"accuracy": accuracy})
     return namedtuple("Deployed", ["endpoint", "version"])(result["endpoint"], result["version"])

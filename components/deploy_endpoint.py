@@ -40,8 +40,12 @@ def deploy_endpoint(
     from pathlib import Path
 
     from calltune.config import DeployConfig, GcpConfig
-    from calltune.endpoint_deploy import deploy_to_endpoint
+    from calltune.release.endpoint_deploy import deploy_to_endpoint
 
-    result = deploy_to_endpoint(Path(model.path), DeployConfig.from_params(locals()), GcpConfig.from_params(locals()),
-                                Path(state_dir).expanduser(), run_id=run_id, metrics={"accuracy": accuracy})
+    gcp = GcpConfig.from_params(locals(), left_out=(  # how the pipeline runs, not how the model is served
+        "pipeline_root", "image", "trainer_image", "machine_type", "accelerator_type", "accelerator_count",
+        "enable_caching", "template_registry", "eval_machine_type", "eval_accelerator_type", "eval_accelerator_count",
+        "replica_count", "tensorboard", "base_output_directory"))
+    result = deploy_to_endpoint(Path(model.path), DeployConfig.from_params(locals()), gcp, Path(state_dir).expanduser(),
+                                run_id=run_id, metrics={"accuracy": accuracy})
     return namedtuple("Deployed", ["endpoint", "version"])(result["endpoint"], result["version"])

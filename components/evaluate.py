@@ -78,14 +78,15 @@ def evaluate(
     from pathlib import Path
 
     from calltune.config import DeployConfig, EvaluateConfig, InferConfig, JudgeConfig, SimulateConfig
-    from calltune.evaluate import current_champion
-    from calltune.evaluate import evaluate as run
+    from calltune.evaluation.evaluate import current_champion
+    from calltune.evaluation.evaluate import evaluate as run
 
     params = locals()
     state = Path(state_dir).expanduser()
-    champion, note = current_champion(DeployConfig.from_params(params), state)
+    champion, note = current_champion(DeployConfig.from_params(params, left_out=("target",)), state)
     out = Path(evaluation.path)
-    result = run(Path(model.path), Path(splits.path) / "test.examples.jsonl", out, EvaluateConfig.from_params(params),
+    cfg = EvaluateConfig.from_params(params, left_out=("publish_uri", "model"))  # batch_infer and resolve_model's
+    result = run(Path(model.path), Path(splits.path) / "test.examples.jsonl", out, cfg,
                  infer=InferConfig.from_params(params), judge=JudgeConfig.from_params(params), champion=champion,
                  champion_note=note, predictions=Path(predictions.path), seed=seed, state_dir=state,
                  simulation=SimulateConfig.from_params(params))

@@ -22,10 +22,13 @@ def gate(
     from pathlib import Path
 
     from calltune.config import EvaluateConfig
-    from calltune.gate import PROMOTE
-    from calltune.gate import gate as decide
+    from calltune.evaluation.gate import PROMOTE
+    from calltune.evaluation.gate import gate as decide
 
-    decision = decide(Path(evaluation.path) / "comparison.json", EvaluateConfig.from_params(locals()))
+    cfg = EvaluateConfig.from_params(locals(), left_out=(  # how models are scored: the evaluate step's settings
+        "batch_size", "max_examples", "bootstrap_samples", "embedding_model", "samples", "error_examples",
+        "cross_encoder", "publish_uri", "model"))
+    decision = decide(Path(evaluation.path) / "comparison.json", cfg)
     for c in decision["checks"]:
         print(f"gate check {c['check']}: {c['passed']} ({c['detail']})")
     return PROMOTE if decision["decision"] == PROMOTE else decision["decided_by"]

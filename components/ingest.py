@@ -21,10 +21,10 @@ def ingest(
     report: Output[Markdown],
 ):
     """Reads raw calls (seed CSV, calls JSONL, Q&A JSON, chat JSONL) into calls.jsonl; bad rows go to quarantine."""
-    from calltune.artifacts import first_turns, head, publish
     from calltune.config import DataConfig
-    from calltune.ingest import ingest as run
-    from calltune.ingest import resolve_input
+    from calltune.data.ingest import ingest as run
+    from calltune.data.ingest import resolve_input
+    from calltune.pipeline.artifacts import first_turns, head, publish
 
     result = run(resolve_input(data_input), calls.path, quarantine.path, DataConfig.from_params(locals()))
     publish(result, "Ingest", artifacts=(calls, quarantine), metrics=metrics, report_md=report,

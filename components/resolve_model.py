@@ -23,8 +23,9 @@ def resolve_model(
     from pathlib import Path
 
     from calltune.config import DeployConfig
-    from calltune.model_ref import resolve_model as run
+    from calltune.release.model_ref import resolve_model as run
 
-    report = run(evaluate_model, Path(model.path), DeployConfig.from_params(locals()), Path(state_dir).expanduser())
+    deploy = DeployConfig.from_params(locals(), left_out=("keep_enabled_versions", "target"))  # it only reads the secret
+    report = run(evaluate_model, Path(model.path), deploy, Path(state_dir).expanduser())
     model.metadata.update(report)
     print(f"evaluation-only run: {report}")

@@ -23,9 +23,9 @@ def sample(
     """
     from pathlib import Path
 
-    from calltune.artifacts import head, publish
     from calltune.config import SampleConfig
-    from calltune.sample import sample as run
+    from calltune.data.sample import sample as run
+    from calltune.pipeline.artifacts import head, publish
 
     result = run(examples.path, splits.path, SampleConfig.from_params(locals()), seed)
     publish(result, "Sample", artifacts=(splits,), metrics=metrics, report_md=report,

@@ -44,9 +44,9 @@ def synthesize(
 
     `splits` has the sample step's layout, plus `synthetic_trace.jsonl` (each prompt, its answer, its examples' fate).
     """
-    from calltune.artifacts import publish
     from calltune.config import SplitConfig, SynthesizeConfig
-    from calltune.synthesize import synthesize as run
+    from calltune.data.synthesize.job import synthesize as run
+    from calltune.pipeline.artifacts import publish
 
     result = run(splits_in.path, splits.path, SynthesizeConfig.from_params(locals()), seed=seed, state_dir=state_dir,
                  split=SplitConfig.from_params(locals()))

@@ -29,9 +29,9 @@ def translate(
     """Translates every turn (originals kept in `text_original`), through the persistent translation cache."""
     from pathlib import Path
 
-    from calltune.artifacts import first_turns, publish
     from calltune.config import TranslateConfig
-    from calltune.translate import translate_calls
+    from calltune.data.translate import translate_calls
+    from calltune.pipeline.artifacts import first_turns, publish
 
     result = translate_calls(calls_in.path, calls.path, TranslateConfig.from_params(locals()), Path(state_dir).expanduser())
     publish(result, "Translate", artifacts=(calls,), metrics=metrics, report_md=report,

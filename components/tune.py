@@ -48,10 +48,10 @@ def tune(
     (loss on customer replies only); gemini, a Vertex AI tuning job, whose endpoint the Model folder names."""
     from pathlib import Path
 
-    from calltune.artifacts import publish
-    from calltune.backends.tuners import tune as run
     from calltune.config import SplitConfig, TuneConfig
-    from calltune.model_card import used_settings
+    from calltune.pipeline.artifacts import publish
+    from calltune.release.model_card import used_settings
+    from calltune.training.tuners import tune as run
 
     result = run(splits.path, model.path, TuneConfig.from_params(locals()), seed=seed, state_dir=state_dir,
                  split=SplitConfig.from_params(locals()), system_prompt=data_system_prompt)

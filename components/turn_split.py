@@ -14,9 +14,9 @@ def turn_split(
     report: Output[Markdown],
 ):
     """Pairs each customer turn with the seller turn just before it (causal), plus earlier turns as history."""
-    from calltune.artifacts import head, publish
     from calltune.config import SplitConfig
-    from calltune.turns import turn_split as run
+    from calltune.data.turn_split import turn_split as run
+    from calltune.pipeline.artifacts import head, publish
 
     result = run(calls.path, examples.path, SplitConfig.from_params(locals()))
     publish(result, "Turn split", artifacts=(examples,), metrics=metrics, report_md=report,

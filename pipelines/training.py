@@ -27,8 +27,9 @@ from typing import Literal
 from kfp import dsl
 
 from calltune import components as c
+from calltune.backends.resources import is_vertex_model
 from calltune.config import Config, ConfigError
-from calltune.vertex import check_vertex, console_hidden, deploy_target, images
+from calltune.pipeline.vertex import check_vertex, console_hidden, deploy_target, images
 
 NAME = "calltune"
 TARGETS = ("local", "vertex")
@@ -81,7 +82,7 @@ def steps_for(target: str, cfg: Config) -> dict:
         gpu_steps = ["batch_infer", "evaluate"]
         if cfg.synthesize.enabled and cfg.synthesize.backend == "local" and not cfg.evaluate.model:
             gpu_steps.append("synthesize")
-        if g.eval_accelerator_type and not cfg.evaluate.model.startswith("projects/"):  # else: plain CPU steps
+        if g.eval_accelerator_type and not is_vertex_model(cfg.evaluate.model):  # else: plain CPU steps
             for name in gpu_steps:
                 steps[name] = _custom_job(_stamped(getattr(c, name), trainer_image or image), cfg,
                                           g.eval_machine_type, g.eval_accelerator_type, g.eval_accelerator_count)

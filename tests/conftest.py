@@ -1,4 +1,4 @@
-# ---- model fixtures (helper "model": calltune.models / tune / evaluate / chat) ----
+# ---- model fixtures (helper "model": calltune.runtime.loading / tune / evaluate / chat) ----
 """Session-wide model fixtures: the bundled SmolLM2 is converted once per test session into a temporary
 state folder, and one tiny tuned model is trained once and shared by the tune, evaluate and chat tests."""
 import json
@@ -61,7 +61,7 @@ def write_examples(path: Path, examples) -> Path:
 @pytest.fixture(scope="session")
 def base_model_state(tmp_path_factory) -> Path:
     """A state folder holding the converted bundled base model (converted on first use)."""
-    from calltune.models import resolve_base_model
+    from calltune.runtime.loading import resolve_base_model
 
     state = tmp_path_factory.mktemp("state")
     resolve_base_model(BUNDLED_MODEL, state)
@@ -83,7 +83,7 @@ def tiny_examples_path(tmp_path_factory) -> Path:
 def tuned_model(tmp_path_factory, base_model_state, tiny_examples_path) -> tuple[Path, dict]:
     """(model folder, report) of a short LoRA run that memorises the tiny examples (validated on them too)."""
     from calltune.config import TuneConfig
-    from calltune.tune import train_lora
+    from calltune.training.lora import train_lora
 
     out = tmp_path_factory.mktemp("tuned") / "model"
     cfg = TuneConfig(max_steps=12, batch_size=4, learning_rate=2e-3, max_seq_len=96, lora_dropout=0.0)

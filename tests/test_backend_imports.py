@@ -1,10 +1,10 @@
 """The backends' import contract: each family is a base module (protocol and errors), implementations that import
-only the base (and the shared retry/genai helpers), and a factory that imports the implementations. No cycles."""
+only the base (and the shared retry, genai and resource-name helpers), and a factory that imports the implementations. No cycles."""
 import ast
 from pathlib import Path
 
 BACKENDS = Path(__file__).resolve().parents[1] / "calltune" / "backends"
-SHARED = {"retry", "genai"}
+SHARED = {"retry", "genai", "resources"}
 FAMILIES = {  # base: implementations (the factory is the module that imports them)
     "registry_base": {"sqlite_registry", "secret_manager"},
     "translator_base": {"local_translate", "google_translate"},
@@ -49,4 +49,3 @@ def test_the_contract_sees_imports_inside_functions():
     """open_registry imports secret_manager only inside the function: the contract still sees it."""
     edges = backend_imports()
     assert "registry_base" in edges["secret_manager"] and "secret_manager" in edges["registry"]
-    assert "retry" in edges["gemini_tuner"]  # imported inside a method

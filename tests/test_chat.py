@@ -1,7 +1,7 @@
 """Chat: the tuned model answers as the customer and keeps the conversation; `calltune chat`'s commands."""
 import io
 
-from calltune.chat import ChatSession, repl
+from calltune.apps.chat import ChatSession, repl
 from calltune.runtime.responders import LocalResponder
 
 from conftest import SYSTEM, TINY_DIALOGUES

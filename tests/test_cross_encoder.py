@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from calltune import metrics as M
 from calltune.config import EvaluateConfig, InferConfig
-from calltune.evaluate import evaluate
+from calltune.evaluation import metrics as M
+from calltune.evaluation.evaluate import evaluate
+from calltune.runtime.embeddings import CrossEncoderScorer
 
 from conftest import TINY_DIALOGUES, make_example, write_examples
 
@@ -42,7 +43,7 @@ def cross_encoder_dir(tmp_path_factory) -> Path:
 def test_scores_are_the_models_sigmoid_on_target_then_reply(cross_encoder_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    scores = M.CrossEncoderScorer(str(cross_encoder_dir)).score(*PAIRS)
+    scores = CrossEncoderScorer(str(cross_encoder_dir)).score(*PAIRS)
     tokenizer = AutoTokenizer.from_pretrained(cross_encoder_dir)
     model = AutoModelForSequenceClassification.from_pretrained(cross_encoder_dir).eval()
     candidates, references = PAIRS
@@ -52,11 +53,11 @@ def test_scores_are_the_models_sigmoid_on_target_then_reply(cross_encoder_dir):
         swapped = torch.sigmoid(model(**tokenizer(candidates[0], references[0], return_tensors="pt")).logits).item()
     assert scores == pytest.approx(by_hand, abs=1e-5)
     assert abs(swapped - by_hand[0]) > 1e-7  # the pair order matters, and it is (target, reply)
-    assert M.CrossEncoderScorer(str(cross_encoder_dir)).score([], []).shape == (0,)
+    assert CrossEncoderScorer(str(cross_encoder_dir)).score([], []).shape == (0,)
 
 
 def test_metric_is_the_mean_with_a_bootstrap_interval(cross_encoder_dir):
-    scorer = M.CrossEncoderScorer(str(cross_encoder_dir))
+    scorer = CrossEncoderScorer(str(cross_encoder_dir))
     out = M.text_metrics(*PAIRS, scores=M.example_scores(*PAIRS, cross_encoder=scorer), samples=200, seed=1)
     estimate = out["cross_encoder"]
     assert estimate.value == pytest.approx(float(np.mean(scorer.score(*PAIRS))))
@@ -67,13 +68,13 @@ def test_metric_is_the_mean_with_a_bootstrap_interval(cross_encoder_dir):
 
 def test_folders_that_are_not_a_cross_encoder_are_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"evaluate.cross_encoder: {tmp_path / 'nowhere'} is not a model"):
-        M.CrossEncoderScorer(str(tmp_path / "nowhere"))
+        CrossEncoderScorer(str(tmp_path / "nowhere"))
     encoder = _bert_folder(tmp_path / "bi-encoder", labels=None)  # would load with a random head: refused
     with pytest.raises(ValueError, match=r"is not a CrossEncoder \(architectures \['BertModel'\]"):
-        M.CrossEncoderScorer(str(encoder))
+        CrossEncoderScorer(str(encoder))
     classifier = _bert_folder(tmp_path / "nli", labels=3)
     with pytest.raises(ValueError, match="has 3 labels; a similarity CrossEncoder has one"):
-        M.CrossEncoderScorer(str(classifier))
+        CrossEncoderScorer(str(classifier))
 
 
 @pytest.fixture

@@ -4,7 +4,8 @@ import pytest
 
 from calltune.backends.registry import SqliteRegistry
 from calltune.config import DeployConfig
-from calltune.deploy import deploy, model_path_from_endpoint, resolve_endpoint
+from calltune.release.deploy import deploy
+from calltune.release.store import model_path_from_endpoint, resolve_endpoint
 
 
 def make_model(path, weights: bytes = b"\x00\x01weights"):

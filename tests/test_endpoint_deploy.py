@@ -12,8 +12,8 @@ from calltune.backends.registry import open_registry
 from calltune.backends.vertex_endpoint import EndpointChat, EndpointError
 from calltune.cli import main
 from calltune.config import DeployConfig, GcpConfig
-from calltune.deploy import model_sha
-from calltune.endpoint_deploy import deploy_to_endpoint, rollback, serves_on_endpoint
+from calltune.release.deploy import model_sha
+from calltune.release.endpoint_deploy import deploy_to_endpoint, rollback, serves_on_endpoint
 
 from fakes.vertex_endpoints import FakeVertexEndpoints
 
@@ -159,9 +159,10 @@ def test_a_state_dir_outside_cloud_storage_is_refused_before_any_call(fake, env,
 def test_calltune_serve_answers_through_the_endpoint_the_secret_names(fake, env):
     from fastapi.testclient import TestClient
 
+    from calltune.apps.serve.app import create_app
+    from calltune.apps.serve.watcher import Watcher, load_responder
     from calltune.config import ServeConfig
     from calltune.runtime.responders import EndpointResponder
-    from calltune.serve import Watcher, create_app, load_responder
 
     first = env.model("m1")
     env.deploy(first, "run-1")

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from calltune.error_analysis import CATEGORIES, analyze
+from calltune.evaluation.error_analysis import CATEGORIES, analyze
 
 ENGLISH_TARGETS = ["I do not want a higher limit, thank you.", "That is too expensive for me, sorry.",
                    "No thanks, I already have insurance."]

@@ -10,10 +10,10 @@ from safetensors.numpy import save_file
 from calltune.backends.registry import open_registry
 from calltune.cli import main
 from calltune.config import DeployConfig, load_config
-from calltune.deploy import deploy, model_sha
-from calltune.local_run import run_local
-from calltune.model_ref import ModelRefError, locate, resolve_model
-from calltune.models import MODEL_CARD
+from calltune.pipeline.local_run import run_local
+from calltune.release.deploy import deploy, model_sha
+from calltune.release.model_ref import ModelRefError, locate, resolve_model
+from calltune.runtime.loading import MODEL_CARD
 
 from conftest import make_example, write_examples
 from fakes.secret_manager import FakeSecretManager
@@ -137,7 +137,7 @@ def test_folders_that_hold_no_usable_model_are_refused(tmp_path, models):
 def test_an_endpoint_becomes_a_model_folder_that_batch_inference_asks_and_deploy_publishes(tmp_path):
     pytest.importorskip("google.genai")
     from calltune.config import InferConfig
-    from calltune.infer import predict
+    from calltune.evaluation.batch_infer import predict
 
     from fakes.vertex import FakeVertex
 

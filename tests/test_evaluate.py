@@ -9,11 +9,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from calltune.config import DeployConfig, EvaluateConfig, InferConfig, JudgeConfig
-from calltune.deploy import deploy
-from calltune.evaluate import current_champion, evaluate
-from calltune.gate import gate
-from calltune.infer import predict, read_predictions
-from calltune.render import to_messages
+from calltune.conversation.render import to_messages
+from calltune.evaluation.batch_infer import predict, read_predictions
+from calltune.evaluation.evaluate import current_champion, evaluate
+from calltune.evaluation.gate import gate
+from calltune.release.deploy import deploy
 
 from conftest import SYSTEM, make_example, write_examples
 

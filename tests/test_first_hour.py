@@ -12,7 +12,7 @@ import yaml
 
 from calltune import __version__, cli
 from calltune.config import Config, EvaluateConfig, GcpConfig, InferConfig, ServeConfig, describe_fields, load_config
-from calltune.evaluate import evaluate
+from calltune.evaluation.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,13 +108,13 @@ def test_model_card_is_a_hugging_face_card_with_base_data_settings_and_evaluatio
     from huggingface_hub import ModelCard
 
     from calltune.config import TuneConfig
-    from calltune.io import file_sha256
-    from calltune.model_card import add_model_card, write_model_card
+    from calltune.core.io import file_sha256
+    from calltune.release.model_card import add_model_card, write_model_card
 
     out, result = evaluated
     model = tmp_path / "model"
     model.mkdir()
-    # calltune_model.json as the tune step writes it (calltune.tune.train_lora), the base in the local cache
+    # calltune_model.json as the tune step writes it (calltune.training.lora.train_lora), the base in the local cache
     card = {"base_model": "smollm2-135m-instruct", "base_model_path": str(tmp_path / "cache" / "smollm2"),
             "base_sha256": "ab" * 32, "architecture": "causal", "seed": 7, "steps": 12, "epochs": 3.0,
             "train_examples": 4, "train_skipped": 0, "final_train_loss": 1.25, "validation_loss": None,
@@ -172,7 +172,7 @@ def test_data_step_reports_show_example_rows_and_explain_their_terms(tmp_path):
     from kfp.dsl import Dataset, Markdown, Metrics
 
     from calltune import components
-    from calltune.io import read_jsonl
+    from calltune.core.io import read_jsonl
 
     params = Config().pipeline_params()
     art = {n: cls(uri=str(tmp_path / n)) for n, cls in (("calls", Dataset), ("quarantine", Dataset),

@@ -9,8 +9,8 @@ from kfp.dsl import Artifact, Output
 from calltune.components import IMAGE
 from calltune.components import gate as gate_component
 from calltune.config import EvaluateConfig
-from calltune.gate import decide, gate
-from calltune.local_run import task_outputs
+from calltune.evaluation.gate import decide, gate
+from calltune.pipeline.local_run import task_outputs
 
 CFG = EvaluateConfig(threshold=0.4, min_gain_over_base=0.02, champion_tolerance=0.01)
 

@@ -1,4 +1,4 @@
-"""calltune.gcs drives the real google-cloud-storage client against the loopback Cloud Storage fake
+"""calltune.core.gcs drives the real google-cloud-storage client against the loopback Cloud Storage fake
 (STORAGE_EMULATOR_HOST): URIs, uploads that are safe to retry (faults, timeouts, lost answers), downloads."""
 import os
 
@@ -6,7 +6,7 @@ import pytest
 from google.api_core.exceptions import NotFound, PreconditionFailed
 from google.cloud.storage import Blob
 
-from calltune import gcs
+from calltune.core import gcs
 
 from fakes import HANG
 from fakes.storage import FakeStorage

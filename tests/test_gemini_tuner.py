@@ -9,13 +9,13 @@ import pytest
 from kfp import dsl, local
 from kfp.dsl import Dataset, Metrics, Output
 
-from calltune.backends.gemini_tuner import TuningJobError, check, tune_gemini
 from calltune.components import IMAGE
 from calltune.components import tune as tune_component
 from calltune.config import DataConfig, DeployConfig, EvaluateConfig, InferConfig, ServeConfig, SplitConfig, TuneConfig
-from calltune.io import write_jsonl
-from calltune.models import MODEL_CARD, model_source, read_model_card
-from calltune.render import to_vertex
+from calltune.conversation.render import to_vertex
+from calltune.core.io import write_jsonl
+from calltune.runtime.loading import MODEL_CARD, model_source, read_model_card
+from calltune.training.gemini import TuningJobError, check, tune_gemini
 
 from conftest import TINY_DIALOGUES, make_example
 from fakes import every
@@ -263,9 +263,10 @@ def test_the_tune_component_runs_the_gemini_backend_and_logs_the_job_metrics(spl
 # ---- an endpoint model folder through evaluate and deploy ----
 
 def test_evaluate_and_deploy_treat_an_endpoint_model_folder_as_the_endpoint(splits, tmp_path):
-    from calltune.deploy import deploy, resolve_endpoint
-    from calltune.evaluate import evaluate
-    from calltune.serve import GeminiResponder, load_responder
+    from calltune.apps.serve.watcher import GeminiResponder, load_responder
+    from calltune.evaluation.evaluate import evaluate
+    from calltune.release.deploy import deploy
+    from calltune.release.store import resolve_endpoint
 
     endpoint = "projects/proj/locations/europe-west4/endpoints/ep-7"
     model_dir = tmp_path / "model"

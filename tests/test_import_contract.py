@@ -1,15 +1,37 @@
-"""The import contract: calltune's modules import each other one way. Any import, at module level or inside a
-function, counts: a function-local import hides a cycle from the interpreter, not from a reader."""
+"""The import contract: calltune's layers import downwards only. Any import counts, at module level or inside a
+function: a function-local import hides a cycle or an upward dependency from the interpreter, not from a reader.
+
+A module may import its own layer (without cycles) and the layers of lower tiers; a layer of the same tier is
+sideways, and forbidden. The backend families are placed one by one: thin clients sit under the runtime, and the
+generators that run a local model (with their factory) above it (../shared/DESIGN.md's map says why).
+"""
 import ast
 import functools
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"calltune": ROOT / "calltune", "calltune.components": ROOT / "components",
             "calltune.pipelines": ROOT / "pipelines"}
-# The model runtime sits under training, evaluation and the apps: it may use only these.
-RUNTIME_MAY_IMPORT = {"calltune.config", "calltune.io", "calltune.render", "calltune.schema", "calltune.turns",
-                      "calltune.models", "calltune.backends.genai", "calltune.backends.vertex_endpoint"}
+CLIENTS = ("retry", "genai", "resources", "registry_base", "sqlite_registry", "secret_manager", "registry",
+           "translator_base", "local_translate", "google_translate", "translators", "generator_base",
+           "openai_generator", "gemini_generator", "vertex_endpoint")
+LOCAL_MODEL_BACKENDS = ("local_generator", "generators")
+# Bottom to top; the layers of one tier may not import each other.
+TIERS = [
+    {"config": ["calltune.config"]},
+    {"core": ["calltune.core"]},
+    {"conversation": ["calltune.conversation"],
+     "backends: clients": ["calltune.backends"] + [f"calltune.backends.{m}" for m in CLIENTS]},
+    {"runtime": ["calltune.runtime"]},
+    {"backends: local models": [f"calltune.backends.{m}" for m in LOCAL_MODEL_BACKENDS]},
+    {"data": ["calltune.data"], "release": ["calltune.release"]},
+    {"evaluation": ["calltune.evaluation"]},
+    {"training": ["calltune.training"], "coaching": ["calltune.coaching"]},
+    {"apps": ["calltune.apps"], "pipeline": ["calltune.pipeline", "calltune.components", "calltune.pipelines"]},
+    {"cli": ["calltune.cli", "calltune"]},
+]
 
 
 def modules() -> dict[str, Path]:
@@ -22,25 +44,56 @@ def modules() -> dict[str, Path]:
     return found
 
 
+def imports(path: Path, known: set[str]) -> set[str]:
+    """The project modules `path` imports, at any level (`from calltune import x` names the submodule x)."""
+    edges = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name:
+                edges.add(name)
+    return edges
+
+
 @functools.cache
 def graph() -> dict[str, set[str]]:
     mods = modules()
-    edges: dict[str, set[str]] = {m: set() for m in mods}
-    for module, path in mods.items():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            else:
-                continue
-            for name in names:
-                while name and name not in mods:
-                    name = name.rpartition(".")[0]
-                # `from calltune import x` names the package; its submodule x is the edge, found above.
-                if name and name != module and not module.startswith(name + ".") and name != "calltune":
-                    edges[module].add(name)
-    return edges
+    return {m: {n for n in imports(p, set(mods)) if n != m and not m.startswith(n + ".")} for m, p in mods.items()}
+
+
+def layer_of(module: str, tiers=TIERS) -> tuple[int, str]:
+    """(tier, layer) of a module: the layer whose longest prefix names it."""
+    best = None
+    for tier, layers in enumerate(tiers):
+        for layer, prefixes in layers.items():
+            for prefix in prefixes:
+                if module == prefix or module.startswith(prefix + "."):
+                    if best is None or len(prefix) > best[0]:
+                        best = (len(prefix), tier, layer)
+    if best is None:
+        raise LookupError(f"{module} is in no layer: place it in TIERS")
+    return best[1], best[2]
+
+
+def violations(edges: dict[str, set[str]], tiers=TIERS) -> list[str]:
+    """Every import that goes up a tier or sideways to another layer of the same tier."""
+    found = []
+    for module, targets in sorted(edges.items()):
+        tier, layer = layer_of(module, tiers)
+        for target in sorted(targets):
+            t_tier, t_layer = layer_of(target, tiers)
+            if t_tier > tier:
+                found.append(f"{module} ({layer}) imports {target} ({t_layer}): up")
+            elif t_tier == tier and t_layer != layer:
+                found.append(f"{module} ({layer}) imports {target} ({t_layer}): sideways")
+    return found
 
 
 def cycles(edges: dict[str, set[str]]) -> list[set[str]]:
@@ -53,7 +106,7 @@ def cycles(edges: dict[str, set[str]]) -> list[set[str]]:
     def visit(v: str) -> None:
         index[v] = low[v] = len(index)
         stack.append(v)
-        for w in edges[v]:
+        for w in edges.get(v, ()):
             if w not in index:
                 visit(w)
                 low[v] = min(low[v], low[w])
@@ -75,33 +128,50 @@ def cycles(edges: dict[str, set[str]]) -> list[set[str]]:
     return found
 
 
+def test_every_module_sits_in_a_layer():
+    for module in graph():
+        layer_of(module)
+
+
+def test_imports_go_down_the_layers_only():
+    assert violations(graph()) == []
+
+
 def test_no_import_cycle_among_calltune_modules():
-    found = [sorted(c) for c in cycles(graph())]
-    assert found == [], f"import cycles: {found}"
+    assert [sorted(c) for c in cycles(graph())] == []
 
 
-def test_the_model_runtime_imports_only_what_lies_below_it():
-    edges = graph()
-    runtime = {m for m in edges if m.startswith("calltune.runtime")}
-    crossing = {m: sorted(edges[m] - runtime - RUNTIME_MAY_IMPORT) for m in runtime}
-    assert {m: e for m, e in crossing.items() if e} == {}
+def test_the_top_of_calltune_holds_only_the_cli_the_config_and_the_layer_folders():
+    flat = {p.name for p in (ROOT / "calltune").glob("*.py")}
+    assert flat == {"__init__.py", "cli.py", "config.py"}
+    folders = {p.name for p in (ROOT / "calltune").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    named = {prefix.split(".")[1] for layers in TIERS for prefixes in layers.values() for prefix in prefixes
+             if prefix.count(".") >= 1 and prefix.split(".")[0] == "calltune" and "." not in prefix[9:]}
+    assert folders == named - {"cli", "config", "components", "pipelines"}
 
 
-def test_training_evaluation_and_apps_share_model_work_only_through_the_runtime():
-    edges = graph()
-    forbidden = {  # the crossings the runtime replaced (issue 12)
-        "calltune.evaluate": {"calltune.tune", "calltune.seq2seq"},
-        "calltune.infer": {"calltune.serve", "calltune.deploy", "calltune.tune", "calltune.seq2seq"},
-        "calltune.models": {"calltune.seq2seq", "calltune.tune"},
-        "calltune.seq2seq": {"calltune.infer", "calltune.tune"},
-        "calltune.chat": {"calltune.serve", "calltune.infer"},
-        "calltune.serve": {"calltune.chat", "calltune.infer", "calltune.tune", "calltune.evaluate"},
-    }
-    assert {m: sorted(edges[m] & bad) for m, bad in forbidden.items() if edges[m] & bad} == {}
+# ---- the contract can fail ----
+
+def test_a_planted_upward_import_fails_the_contract(tmp_path):
+    """A runtime module that imports the evaluation layer (even inside a function) is reported as going up."""
+    planted = tmp_path / "planted.py"
+    planted.write_text("def f():\n    from calltune.evaluation.metrics import mean\n    return mean\n")
+    edges = dict(graph())
+    edges["calltune.runtime.planted"] = imports(planted, set(edges))
+    assert violations(edges) == ["calltune.runtime.planted (runtime) imports calltune.evaluation.metrics (evaluation): up"]
+
+
+def test_a_sideways_import_and_a_cycle_fail_the_contract():
+    edges = {**graph(), "calltune.data.ingest": graph()["calltune.data.ingest"] | {"calltune.release.store"}}
+    assert "calltune.data.ingest (data) imports calltune.release.store (release): sideways" in violations(edges)
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+
+
+def test_a_module_outside_every_layer_is_refused():
+    with pytest.raises(LookupError, match="calltune_extra.x is in no layer"):
+        layer_of("calltune_extra.x")
 
 
 def test_the_contract_sees_function_level_imports():
-    """The graph counts an import inside a function: the cycle check is not blind to hidden cycles."""
-    edges = graph()
-    assert "calltune.deploy" in edges["calltune.serve"]  # imported only inside load_responder
-    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+    """`load_responder` imports the Vertex chat client only inside the function: the graph still has the edge."""
+    assert "calltune.backends.vertex_endpoint" in graph()["calltune.apps.serve.watcher"]

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from calltune.config import InferConfig
-from calltune.deploy import model_sha
-from calltune.infer import COLUMNS, generate_batch, predict, prompt_ids, read_predictions
-from calltune.models import load_model
-from calltune.render import to_messages
+from calltune.conversation.render import to_messages
+from calltune.evaluation.batch_infer import COLUMNS, generate_batch, predict, prompt_ids, read_predictions
+from calltune.release.deploy import model_sha
 from calltune.runtime.encoding import encode_causal as encode_example
+from calltune.runtime.loading import load_model
 
 from conftest import TINY_DIALOGUES, make_example, write_examples
 
@@ -81,7 +81,7 @@ def test_vertex_endpoint_through_google_genai(tmp_path):
 
 
 def test_scoring_and_replying_in_one_pass_reads_each_prompt_once(loaded):
-    from calltune.infer import score_and_reply
+    from calltune.evaluation.batch_infer import score_and_reply
     from calltune.runtime.generation import PrefixCache
     from calltune.runtime.scoring import score
 

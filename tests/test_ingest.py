@@ -11,7 +11,9 @@ import ftfy
 import pytest
 
 from calltune.config import DataConfig
-from calltune.ingest import (
+from calltune.core.io import read_jsonl
+from calltune.core.text import repair_text
+from calltune.data.ingest import (
     IngestError,
     Quarantine,
     bundled_sample_path,
@@ -21,8 +23,6 @@ from calltune.ingest import (
     parse_transcript,
     resolve_input,
 )
-from calltune.io import read_jsonl
-from calltune.text import repair_text
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -224,7 +224,7 @@ def test_detect_format_refuses_unknown(tmp_path):
 
 
 def test_resolve_input(tmp_path):
-    assert bundled_sample_path().parts[-3:] == ("calltune", "data", "sample_calls_pt.csv")
+    assert bundled_sample_path().parts[-3:] == ("data", "bundled", "sample_calls_pt.csv")
     with pytest.raises(IngestError, match="/gcs/bucket/calls.csv"):
         resolve_input("gs://bucket/calls.csv")
     with pytest.raises(IngestError, match="nowhere.csv"):
@@ -275,7 +275,7 @@ def test_quarantine_truncates_raw(tmp_path):
 
 
 def test_parallel_parsing_gives_the_same_calls(tmp_path, monkeypatch):
-    monkeypatch.setattr("calltune.ingest.CHUNK_ROWS", 3)  # several chunks across the processes
+    monkeypatch.setattr("calltune.data.ingest.CHUNK_ROWS", 3)  # several chunks across the processes
     results = []
     for workers in (1, 2):
         with Quarantine(tmp_path / f"q{workers}.jsonl") as q:

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from calltune.config import JudgeConfig
-from calltune.judge import CRITERIA, judge, make_judge, parse
+from calltune.evaluation.judge import CRITERIA, judge, make_judge, parse
 
 from fakes.openai_compat import FakeOpenAI
 

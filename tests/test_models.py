@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from calltune.models import BASE_CARD, MODEL_CARD, load_model, resolve_base_model, weights_sha256
+from calltune.runtime.loading import BASE_CARD, MODEL_CARD, load_model, resolve_base_model, weights_sha256
 
 from conftest import BUNDLED_MODEL
 

@@ -8,12 +8,12 @@ from importlib import resources
 import httpx
 import pytest
 
+from calltune.apps.practice import persona_fields, template_fields
+from calltune.apps.serve.app import serving
+from calltune.coaching.review import ReviewError, parse
 from calltune.config import Config, DataConfig
-from calltune.deploy import deploy
-from calltune.ingest import ingest
-from calltune.practice import persona_fields, template_fields
-from calltune.review import ReviewError, parse
-from calltune.serve import serving
+from calltune.data.ingest import ingest
+from calltune.release.deploy import deploy
 
 from fakes.openai_compat import FakeOpenAI
 
@@ -107,7 +107,7 @@ def test_the_judge_reviews_the_seller_or_the_page_is_told_why_not(served):
 
 
 def test_the_page_loads_nothing_from_elsewhere():
-    static = resources.files("calltune") / "static" / "practice"
+    static = resources.files("calltune.apps") / "static" / "practice"
     for name in ("index.html", "practice.js", "practice.css"):
         text = (static / name).read_text(encoding="utf-8")
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.IGNORECASE), name

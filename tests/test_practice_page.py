@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from calltune.apps.serve.app import serving
 from calltune.backends.registry import open_registry
 from calltune.config import Config, DataConfig, TuneConfig
-from calltune.deploy import deploy, rollback
-from calltune.ingest import ingest
-from calltune.serve import serving
+from calltune.data.ingest import ingest
+from calltune.release.deploy import deploy, rollback
 
 from conftest import ARTIFACTS, make_example, write_examples
 from fakes.openai_compat import FakeOpenAI
@@ -35,7 +35,7 @@ COUNT_STREAMED = """() => { window.replyUpdates = 0; new MutationObserver((recor
 def persona_model(tmp_path_factory, tiny_chat_model) -> Path:
     """A LoRA on the tiny word-level chat model, trained in seconds on two personas (Ana three times, Bruno once)
     until it answers with words of its vocabulary."""
-    from calltune.tune import train_lora
+    from calltune.training.lora import train_lora
 
     tmp = tmp_path_factory.mktemp("persona-model")
     lines = [("who is calling ?", ANA), ("price ?", ANA), ("friday ?", ANA), ("ana ?", BRUNO)]

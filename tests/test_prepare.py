@@ -10,9 +10,9 @@ import ftfy
 import pytest
 
 from calltune.config import load_config
-from calltune.ingest import IngestError
-from calltune.io import read_jsonl
-from calltune.prepare import prepare
+from calltune.core.io import read_jsonl
+from calltune.data.ingest import IngestError
+from calltune.data.prepare import prepare
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 REAL_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "salesmate" / "data_extract_calls_pt_test.csv"
@@ -48,7 +48,7 @@ def test_prepare_writes_the_splits_quarantine_and_report(tmp_path):
 
 
 def test_parallel_prepare_matches_serial(tmp_path, monkeypatch):
-    monkeypatch.setattr("calltune.ingest.CHUNK_ROWS", 2)  # several chunks over two processes
+    monkeypatch.setattr("calltune.data.ingest.CHUNK_ROWS", 2)  # several chunks over two processes
     cfg = config("data.max_bad_fraction=0.7", "sample.train_size=2", "sample.validation_size=1", "sample.test_size=2")
     reports = [prepare(FIXTURES / "seed_calls.csv", tmp_path / str(w), cfg, workers=w) for w in (1, 2)]
     for key in ("calls", "examples", "train", "validation", "test", "quarantined", "by_reason", "split", "sample"):

@@ -10,8 +10,8 @@ import pytest
 
 from calltune.cli import main
 from calltune.config import load_config
-from calltune.io import read_jsonl
-from calltune.prepare import prepare
+from calltune.core.io import read_jsonl
+from calltune.data.prepare import prepare
 
 GOOD = [{"call_id": f"c{i}", "turns": [{"role": "seller", "text": f"Hello {i}"},
                                         {"role": "customer", "text": f"Who is this? {i}"}]} for i in range(4)]

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from kfp.dsl import Dataset, Metrics, Model
 
-from calltune.infer import COLUMNS, publish_predictions, read_predictions
+from calltune.evaluation.batch_infer import COLUMNS, publish_predictions, read_predictions
 
 from conftest import TINY_DIALOGUES, make_example, write_examples
 from fakes.storage import FakeStorage

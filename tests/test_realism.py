@@ -4,11 +4,12 @@ seller is flagged; one that repeats itself is flagged; the realism gate checks p
 import pytest
 
 from calltune.config import EvaluateConfig, SplitConfig
-from calltune.gate import decide
-from calltune.metrics import Embedder, Estimate
-from calltune.realism import realism
-from calltune.simulate import calls_from_examples, local_replier, simulate
-from calltune.turns import split_call
+from calltune.conversation.windows import split_call
+from calltune.evaluation.gate import decide
+from calltune.evaluation.metrics import Estimate
+from calltune.evaluation.realism import realism
+from calltune.evaluation.simulate import calls_from_examples, local_replier, simulate
+from calltune.runtime.embeddings import Embedder
 
 PRODUCTS = ["solar panels", "a credit card", "health insurance", "a phone plan", "a new car", "home internet",
             "a gym membership", "accounting software", "a timeshare", "office chairs", "a cloud backup service",
@@ -194,7 +195,7 @@ def test_the_threshold_can_be_decided_on_the_intervals_lower_bound():
 
 def test_simulating_a_local_model_generates_every_turn(tiny_chat_model, split):
     from calltune.config import InferConfig
-    from calltune.models import load_model
+    from calltune.runtime.loading import load_model
 
     model, tokenizer = load_model(tiny_chat_model)
     calls, _ = calls_from_examples(split[0][:10])  # two calls
@@ -212,7 +213,7 @@ def _answer(**fields):
 
 def test_judge_scores_whole_calls_and_picks_the_real_one_in_both_orders(monkeypatch, split):
     from calltune.config import JudgeConfig
-    from calltune.judge import make_judge
+    from calltune.evaluation.judge import make_judge
 
     from fakes.openai_compat import FakeOpenAI
 
@@ -238,7 +239,7 @@ def test_judge_scores_whole_calls_and_picks_the_real_one_in_both_orders(monkeypa
 
 def test_a_configured_seller_model_plays_the_seller_after_the_real_opening(monkeypatch, split):
     from calltune.config import SimulateConfig
-    from calltune.simulate import make_seller
+    from calltune.evaluation.simulate import make_seller
 
     from fakes.openai_compat import FakeOpenAI
 
@@ -265,9 +266,9 @@ def test_evaluate_reports_whole_call_realism_and_the_gate_reads_it_back(tiny_cha
     import json
 
     from calltune.config import InferConfig
-    from calltune.evaluate import evaluate
-    from calltune.gate import gate
-    from calltune.io import read_jsonl
+    from calltune.core.io import read_jsonl
+    from calltune.evaluation.evaluate import evaluate
+    from calltune.evaluation.gate import gate
 
     from conftest import write_examples
 
@@ -294,7 +295,7 @@ def test_the_resampled_auc_is_scikit_learns_weighted_auc_ties_and_all():
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    from calltune.realism import weighted_auc
+    from calltune.evaluation.realism import weighted_auc
 
     rng = np.random.default_rng(0)
     unit = rng.integers(0, 12, 150)

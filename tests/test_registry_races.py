@@ -12,7 +12,7 @@ from test_deploy import make_model
 from calltune.backends.registry import REGISTRY_FILE, open_registry
 from calltune.cli import main
 from calltune.config import DeployConfig
-from calltune.deploy import deploy, rollback
+from calltune.release.deploy import deploy, rollback
 
 TRIALS = 20
 _barrier = None

@@ -7,7 +7,8 @@ from test_deploy import make_model
 from calltune.backends.registry import VersionDisabled, VersionNotFound, open_registry
 from calltune.cli import main
 from calltune.config import DeployConfig
-from calltune.deploy import deploy, resolve_endpoint, rollback
+from calltune.release.deploy import deploy, rollback
+from calltune.release.store import resolve_endpoint
 
 
 @pytest.fixture(params=["sqlite", "secret-manager"])

@@ -6,15 +6,15 @@ from contextlib import closing
 import httpx
 import pytest
 
+from calltune.apps.serve.app import serving
 from calltune.backends.registry import open_registry
 from calltune.config import DeployConfig, ServeConfig, SplitConfig, TuneConfig
-from calltune.models import load_model
+from calltune.conversation.windows import split_call
 from calltune.runtime.encoding import encode_causal, prompt_ids, window
 from calltune.runtime.generation import Batch, PrefixCache, Request, generate
+from calltune.runtime.loading import load_model
 from calltune.runtime.responders import LocalResponder, Sampling, conversation
-from calltune.serve import serving
-from calltune.tune import train_lora
-from calltune.turns import split_call
+from calltune.training.lora import train_lora
 
 from conftest import SYSTEM
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from calltune.config import SampleConfig
-from calltune.io import read_jsonl, write_jsonl
-from calltune.sample import SPLITS, Sampler, call_key, example_digest, sample
+from calltune.core.io import read_jsonl, write_jsonl
+from calltune.data.sample import SPLITS, Sampler, call_key, example_digest, sample
 
 
 def make_call(call_id: str, n: int, text: str = "") -> list[dict]:

@@ -14,7 +14,8 @@ from test_deploy import make_model
 
 from calltune.backends.registry import RegistryError, open_registry
 from calltune.config import DeployConfig
-from calltune.deploy import deploy, resolve_endpoint, rollback
+from calltune.release.deploy import deploy, rollback
+from calltune.release.store import resolve_endpoint
 
 from fakes import HANG, every
 from fakes.secret_manager import MAX_ANNOTATIONS_BYTES, FakeSecretManager

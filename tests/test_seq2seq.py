@@ -10,12 +10,12 @@ import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from calltune import seq2seq
 from calltune.config import EvaluateConfig, InferConfig, TuneConfig, load_config
-from calltune.evaluate import evaluate
-from calltune.infer import predict
-from calltune.models import MODEL_CARD, is_encoder_decoder, load_model, weights_sha256
+from calltune.evaluation.batch_infer import predict
+from calltune.evaluation.evaluate import evaluate
 from calltune.runtime.encoding import encode_file, encode_seq2seq, instructions
+from calltune.runtime.loading import MODEL_CARD, is_encoder_decoder, load_model, weights_sha256
+from calltune.training import seq2seq
 
 from conftest import SYSTEM, TINY_DIALOGUES, make_example, write_examples
 
@@ -218,7 +218,7 @@ def test_evaluation_scores_reply_tokens_with_teacher_forcing(tuned, t5_dir, toke
 
 
 def test_pipeline_run_with_a_seq2seq_base_completes_under_kfp_local(t5_dir, tmp_path):
-    from calltune.local_run import run_local
+    from calltune.pipeline.local_run import run_local
 
     calls = tmp_path / "calls.jsonl"
     calls.write_text("".join(json.dumps({
@@ -244,7 +244,7 @@ def test_pipeline_run_with_a_seq2seq_base_completes_under_kfp_local(t5_dir, tmp_
 
 def test_chat_with_a_tuned_seq2seq_model(tuned):
     """`calltune chat` on a promoted T5: the encoder reads the same plain-text conversation as in training."""
-    from calltune.chat import ChatSession
+    from calltune.apps.chat import ChatSession
     from calltune.runtime.responders import LocalResponder
 
     _, model_dir = tuned

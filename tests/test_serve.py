@@ -19,11 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from calltune.apps.serve.app import open_server, serving
 from calltune.backends.registry import open_registry
 from calltune.cli import main
 from calltune.config import DeployConfig, ServeConfig
-from calltune.deploy import deploy, rollback
-from calltune.serve import open_server, serving
+from calltune.release.deploy import deploy, rollback
 
 from conftest import SYSTEM, TINY_DIALOGUES
 from fakes.secret_manager import FakeSecretManager
@@ -208,7 +208,7 @@ def test_concurrent_requests_generate_together_a_full_queue_gets_503_and_a_slow_
 # ---- versions: promotion, rollback, disabling ----
 
 def test_a_disabled_or_rolled_back_version_stops_serving_within_the_refresh(tmp_path, tiny_chat_model, caplog):
-    caplog.set_level(logging.INFO, logger="calltune.serve")
+    caplog.set_level(logging.INFO, logger="calltune.apps.serve")
     cfg, state = DeployConfig(), tmp_path / "state"
     other = shutil.copytree(tiny_chat_model, tmp_path / "other-model")
     (other / "marker.txt").write_text("another model folder")
@@ -315,7 +315,7 @@ def test_serves_a_vertex_endpoint_from_secret_manager_and_follows_new_versions(t
 
 def test_keeps_serving_through_a_registry_outage_and_a_model_that_fails_to_load(tmp_path, vertex, caplog):
     pytest.importorskip("google.cloud.secretmanager_v1")
-    caplog.set_level(logging.INFO, logger="calltune.serve")
+    caplog.set_level(logging.INFO, logger="calltune.apps.serve")
     turn = [{"role": "user", "content": "Hi"}]
     with FakeSecretManager(lifetime_s=120) as sm:
         cfg = DeployConfig(registry="secret-manager", project="calltune-test", endpoint=sm.endpoint,

@@ -10,11 +10,11 @@ import pytest
 
 from calltune.backends.generators import GenerateError
 from calltune.config import SplitConfig, SynthesizeConfig
-from calltune.io import read_jsonl
-from calltune.render import to_messages, to_vertex
-from calltune.sample import write_split
-from calltune.synthesize import CACHE_FILE, TRACE_FILE, read_facts, synthesize
-from calltune.turns import split_call
+from calltune.conversation.render import to_messages, to_vertex
+from calltune.conversation.windows import split_call
+from calltune.core.io import read_jsonl
+from calltune.data.sample import write_split
+from calltune.data.synthesize.job import CACHE_FILE, TRACE_FILE, read_facts, synthesize
 
 from conftest import crash_when_cached
 from fakes.openai_compat import FakeOpenAI
@@ -237,7 +237,7 @@ def test_a_request_refused_for_good_fails_naming_the_prompt_after_the_others_are
 CHILD = """
 import json, sys
 from calltune.config import SynthesizeConfig
-from calltune.synthesize import synthesize
+from calltune.data.synthesize.job import synthesize
 a = json.loads(sys.argv[1])
 synthesize(a["splits"], a["out"], SynthesizeConfig(**a["cfg"]), seed=7, state_dir=a["state"])
 """

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from calltune.config import load_config
-from calltune.io import read_jsonl
-from calltune.local_run import run_local, task_outputs
-from calltune.synthesize import TRACE_FILE
+from calltune.core.io import read_jsonl
+from calltune.data.synthesize.job import TRACE_FILE
+from calltune.pipeline.local_run import run_local, task_outputs
 
 # The tiny slice (as in test_pipeline_run.py), untranslated to save time: the conversations are asked in Portuguese.
 TINY = ["translate.backend=none", "sample.train_size=24", "sample.validation_size=0", "sample.test_size=8",

@@ -4,8 +4,8 @@ import pytest
 
 from calltune.backends.translators import LocalTranslator, make_translator
 from calltune.config import TranslateConfig
-from calltune.io import read_jsonl, write_jsonl
-from calltune.translate import CACHE_FILE, translate_calls, translate_stream
+from calltune.core.io import read_jsonl, write_jsonl
+from calltune.data.translate import CACHE_FILE, translate_calls, translate_stream
 
 
 class RecordingTranslator(LocalTranslator):

@@ -10,9 +10,9 @@ import pytest
 
 from calltune.backends.translators import TranslateError, make_translator
 from calltune.config import TranslateConfig
-from calltune.db import cache_key
-from calltune.io import read_jsonl, write_jsonl
-from calltune.translate import CACHE_FILE, translate_calls, translate_stream, translation_cache
+from calltune.core.db import cache_key
+from calltune.core.io import read_jsonl, write_jsonl
+from calltune.data.translate import CACHE_FILE, translate_calls, translate_stream, translation_cache
 
 from conftest import crash_when_cached
 from fakes.translate import MAX_CODEPOINTS, FakeTranslation, detect, fake_translation
@@ -179,7 +179,7 @@ def test_error_after_the_retry_budget_names_the_batch_and_leaves_the_cache_consi
 CHILD = """
 import json, sys
 from calltune.config import TranslateConfig
-from calltune.translate import translate_calls
+from calltune.data.translate import translate_calls
 args = json.loads(sys.argv[1])
 translate_calls(args["calls"], args["out"], TranslateConfig(**args["cfg"]), args["state"])
 """
@@ -280,7 +280,7 @@ def test_a_segment_over_the_request_limit_is_split_at_sentences_and_rejoined(fak
     assert len(pieces) == 2 and pieces[0].endswith("luz.") and pieces[1].endswith("Sim!")
     (out,) = read_jsonl(tmp_path / "out.jsonl")
     assert out["turns"][1]["text_original"] == long
-    from calltune.text import repair_text  # what every translation goes through
+    from calltune.core.text import repair_text  # what every translation goes through
 
     assert out["turns"][1]["text"] == " ".join(repair_text(fake_translation(p, "en")) for p in pieces)
 
@@ -292,7 +292,7 @@ def test_a_segment_over_the_request_limit_is_split_at_sentences_and_rejoined(fak
 def test_prepare_translates_a_long_unbroken_text(fake, tmp_path):
     """No sentence end, no space in 70,000 code points: cut at the limit; prepare completes."""
     from calltune.config import load_config
-    from calltune.prepare import prepare
+    from calltune.data.prepare import prepare
 
     calls = [{"call_id": f"c{i}", "turns": [{"role": "seller", "text": "Oi"},
                                            {"role": "customer", "text": ("y" * 70_000 if i == 0 else f"Sim {i}")}]}

@@ -6,11 +6,11 @@ import pytest
 from transformers import AutoTokenizer
 
 from calltune.config import EvaluateConfig, InferConfig, TuneConfig
-from calltune.evaluate import evaluate
-from calltune.models import MODEL_CARD, weights_sha256
-from calltune.render import to_messages
+from calltune.conversation.render import to_messages
+from calltune.evaluation.evaluate import evaluate
 from calltune.runtime.encoding import encode_causal as encode_example
-from calltune.tune import PACKED_SDPA, make_trainer, train_lora
+from calltune.runtime.loading import MODEL_CARD, weights_sha256
+from calltune.training.lora import PACKED_SDPA, make_trainer, train_lora
 
 from conftest import TINY_DIALOGUES, make_example, write_examples
 
@@ -154,7 +154,7 @@ def test_padding_free_batches_give_the_padded_loss_on_the_reply_tokens_only(tiny
 def test_resume_after_a_stop_continues_from_the_last_checkpoint(tiny_llama_dir, tiny_data, tmp_path, monkeypatch):
     from transformers import TrainerCallback
 
-    import calltune.tune as tune
+    import calltune.training.lora as tune
 
     cfg = _tiny_cfg(tiny_llama_dir)
     train_lora(tiny_data, None, tmp_path / "straight", cfg, seed=3, state_dir=tmp_path / "s1")
@@ -201,8 +201,8 @@ def test_validation_early_stopping_keeps_the_best_checkpoint(tiny_llama_dir, tin
 def test_eval_steps_0_validates_once_after_training_and_keeps_the_last_weights(tiny_llama_dir, tiny_data, tmp_path):
     import torch
 
-    from calltune.models import load_model
     from calltune.runtime.encoding import encode_file, encoder
+    from calltune.runtime.loading import load_model
     from calltune.runtime.scoring import score
 
     cfg = _tiny_cfg(tiny_llama_dir, learning_rate=3.0, max_steps=6, eval_steps=0)  # loss worsens: no "best" to keep
@@ -224,7 +224,7 @@ def test_dora_tensorboard_and_merged_weights(tiny_llama_dir, tiny_data, tmp_path
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from transformers import AutoModelForCausalLM
 
-    from calltune.models import load_model
+    from calltune.runtime.loading import load_model
 
     cfg = _tiny_cfg(tiny_llama_dir, use_dora=True, merge=True, target_modules=["all-linear"])
     card = train_lora(tiny_data, tiny_data, tmp_path / "out", cfg, seed=0, state_dir=tmp_path / "state")

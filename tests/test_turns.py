@@ -11,10 +11,11 @@ import ftfy
 import pytest
 
 from calltune.config import DataConfig, SplitConfig
-from calltune.ingest import ingest
-from calltune.io import read_jsonl
-from calltune.render import to_messages, to_vertex
-from calltune.turns import count_examples, split_call, turn_split
+from calltune.conversation.render import to_messages, to_vertex
+from calltune.conversation.windows import count_examples, split_call
+from calltune.core.io import read_jsonl
+from calltune.data.ingest import ingest
+from calltune.data.turn_split import turn_split
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 REAL_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "salesmate" / "data_extract_calls_pt_test.csv"

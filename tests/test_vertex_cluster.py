@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from calltune.tune import launch_config, vertex_cluster
+from calltune.training.lora import launch_config, vertex_cluster
 
 POOLS = {"workerpool0": ["cmle-training-workerpool0-1d-0:2222"],
          "workerpool1": ["cmle-training-workerpool1-1d-0:2222", "cmle-training-workerpool1-1d-1:2222"]}

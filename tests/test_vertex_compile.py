@@ -105,7 +105,7 @@ def test_deploy_is_gated_as_in_the_local_variant(vertex_spec, tmp_path):
 
 
 def test_parameters_have_defaults_and_descriptions_for_console_reruns(vertex_spec):
-    from calltune.vertex import console_hidden
+    from calltune.pipeline.vertex import console_hidden
 
     params = vertex_spec["root"]["inputDefinitions"]["parameters"]
     cfg = load_config(ROOT / "configs" / "vertex.yaml", VERTEX_OVERRIDES)
@@ -156,7 +156,7 @@ def test_a_local_config_is_refused_for_vertex_with_every_reason(tmp_path):
     ("gcp.image=calltune:latest", "gcp.image"),  # not in a registry: Vertex could not pull it
 ])
 def test_paths_and_images_vertex_cannot_reach_are_named(override, needle):
-    from calltune.vertex import vertex_problems
+    from calltune.pipeline.vertex import vertex_problems
 
     cfg = load_config(ROOT / "configs" / "vertex.yaml", VERTEX_OVERRIDES + [override])
     problems = vertex_problems(cfg, compiling=True)
@@ -255,7 +255,7 @@ def test_several_machines_make_worker_pools_and_the_job_reports_to_tensorboard(t
     ("gcp.eval_accelerator_type=NVIDIA_TPU_9000", "gcp.eval_accelerator_type"),
 ])
 def test_bad_gpu_and_serving_settings_are_named(override, needle):
-    from calltune.vertex import vertex_problems
+    from calltune.pipeline.vertex import vertex_problems
 
     problems = vertex_problems(load_config(ROOT / "configs" / "vertex.yaml", VERTEX_OVERRIDES + [override]), compiling=True)
     assert any(p.startswith(needle) for p in problems), problems
@@ -281,7 +281,7 @@ def test_deploy_to_an_endpoint_is_in_the_vertex_yaml_only(vertex_spec, tmp_path)
 
 
 def test_a_template_and_a_config_that_disagree_on_the_deploy_target_are_refused(vertex_spec, tmp_path):
-    from calltune.vertex import parameter_values
+    from calltune.pipeline.vertex import parameter_values
 
     template = tmp_path / "t.yaml"
     template.write_text(yaml.safe_dump(vertex_spec))
@@ -300,7 +300,7 @@ def test_an_endpoint_deploy_is_refused_on_the_local_target():
 
 
 def test_the_console_form_shows_what_a_rerun_can_change_and_the_config_still_decides_the_rest(vertex_spec, tmp_path):
-    from calltune.vertex import parameter_values
+    from calltune.pipeline.vertex import parameter_values
 
     params = vertex_spec["root"]["inputDefinitions"]["parameters"]
     full = load_config(ROOT / "configs" / "vertex.yaml", VERTEX_OVERRIDES).pipeline_params()

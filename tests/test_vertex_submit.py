@@ -9,7 +9,7 @@ import yaml
 
 from calltune import cli
 from calltune.config import load_config
-from calltune.vertex import console_hidden, git_commit
+from calltune.pipeline.vertex import console_hidden, git_commit
 
 from fakes.storage import FakeStorage
 from fakes.vertex_pipelines import (

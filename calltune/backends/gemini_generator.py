@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from calltune.backends.genai import to_contents, transient, vertex_client
 from calltune.backends.generator_base import GenerateError, GeneratorSettings, retrying
+from calltune.backends.resources import vertex_model
 from calltune.backends.retry import brief
 
 
@@ -14,9 +15,8 @@ class GeminiGenerator:
 
         p = cfg.setting
         project, location = cfg.project, cfg.location
-        if cfg.model.startswith("projects/"):  # an endpoint or tuned model names its own project and location
-            parts = cfg.model.split("/")
-            project, location = parts[1], parts[3]
+        if name := vertex_model(cfg.model):  # an endpoint or tuned model names its own project and location
+            project, location = name.project, name.location
         if not project:
             raise ValueError(f"{p('backend')}=gemini needs {p('project')} (the Google Cloud project to bill)")
         try:

@@ -1,7 +1,7 @@
 """Generator backends for synthesize: chat requests in, the same number of answers out, in order.
 
 A request is `{"messages": [{"role": "system"|"user", "content"}], "temperature", "max_tokens", "seed"}`.
-- local: a bundled or local Hugging Face model on this machine (calltune.models), a batch of prompts per generate call.
+- local: a bundled or local Hugging Face model on this machine (calltune.runtime.loading), a batch of prompts per generate call.
 - openai: any OpenAI-compatible `/v1/chat/completions` (the `openai` client), one request per call, `concurrency` at once.
 - gemini: Gemini on Vertex AI through google-genai, one request per call, `concurrency` at once.
 The remote ones retry 429, 5xx, timeouts and dropped connections with exponential backoff and full jitter (the

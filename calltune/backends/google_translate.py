@@ -1,7 +1,7 @@
 """Cloud Translation v3 backend: `TranslationServiceClient.translate_text` over REST.
 
 One `translate()` call is one translateText request of at most MAX_SEGMENTS texts and MAX_CODEPOINTS code
-points (the caller, calltune.translate, packs the batches and runs up to `concurrency` of them at once).
+points (the caller, calltune.data.translate, packs the batches and runs up to `concurrency` of them at once).
 Plain-text mode, so the answers carry no HTML entities. Requests failing with 429, 5xx, a timeout or a dropped
 connection are retried with exponential backoff and full jitter; anything else (bad request, permission) fails
 at once. Each worker thread has its own client (requests sessions are not meant to be shared across threads).
@@ -14,6 +14,7 @@ import logging
 import threading
 from collections import Counter
 
+from calltune.backends.resources import spelled_as_resource
 from calltune.backends.retry import Retrying
 from calltune.backends.translator_base import TranslateError
 from calltune.config import TranslateConfig
@@ -57,7 +58,7 @@ class GoogleTranslator:
         self._client()  # fail now, not in a worker, when credentials are missing
 
     def _resource(self, value: str, kind: str) -> str:
-        if not value or value.startswith("projects/"):
+        if not value or spelled_as_resource(value):  # a full name (models/general/nmt has two parts)
             return value
         return f"{self._parent}/{kind}/{value}"
 

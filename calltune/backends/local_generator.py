@@ -1,4 +1,4 @@
-"""Generator backend: a bundled or local Hugging Face model on this machine (calltune.models), a batch of prompts
+"""Generator backend: a bundled or local Hugging Face model on this machine (calltune.runtime.loading), a batch of prompts
 per generate call."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class LocalGenerator:
     concurrency = 1  # one batch at a time: it already runs on every core
 
     def __init__(self, cfg: SynthesizeConfig, state_dir: Path):
-        from calltune.models import BASE_CARD, resolve_base_model, weights_sha256
+        from calltune.runtime.loading import BASE_CARD, resolve_base_model, weights_sha256
 
         name = cfg.model or DEFAULT_LOCAL_MODEL
         self._path = resolve_base_model(name, Path(state_dir).expanduser())
@@ -30,7 +30,7 @@ class LocalGenerator:
         import torch
 
         if self._loaded is None:
-            from calltune.models import load_model, set_threads
+            from calltune.runtime.loading import load_model, set_threads
 
             set_threads()
             self._loaded = load_model(self._path)

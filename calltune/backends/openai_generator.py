@@ -2,11 +2,11 @@
 `concurrency` at once. An API key is sent only over https or to this machine, and never logged."""
 from __future__ import annotations
 
-import ipaddress
 import os
 from urllib.parse import urlsplit
 
 from calltune.backends.generator_base import GenerateError, GeneratorSettings, retrying
+from calltune.core.net import is_loopback
 
 
 class OpenAICompatGenerator:
@@ -49,11 +49,3 @@ class OpenAICompatGenerator:
             raise GenerateError("OpenAI-compatible endpoint answered without choices")
         return response.choices[0].message.content or ""
 
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from calltune.backends import registry_base as base
-from calltune.db import connect_sqlite, write_transaction
+from calltune.core.db import connect_sqlite, write_transaction
 
 REGISTRY_FILE = "registry.sqlite"
 

@@ -18,21 +18,17 @@ import re
 from dataclasses import dataclass
 
 from calltune.backends import Retrying
+from calltune.backends.resources import ResourceName
 from calltune.config import DeployConfig, GcpConfig
 
 log = logging.getLogger(__name__)
 
 SERVED_NAME = "customer"  # the model name chat requests ask for: vLLM's --served-model-name, or the LoRA module
 LABEL_MODEL, LABEL_SECRET = "calltune-model", "calltune-secret"
-_ENDPOINT = re.compile(r"projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/endpoints/[^/]+")
 
 
 class EndpointError(RuntimeError):
     """Vertex AI refused a call, gave up answering, or the served model did not answer."""
-
-
-def is_endpoint(name: str) -> bool:
-    return bool(_ENDPOINT.fullmatch(name or ""))
 
 
 def label_value(text: str) -> str:
@@ -222,10 +218,10 @@ class EndpointChat:
     def __init__(self, endpoint: str, *, api_endpoint: str = "", max_retries: int = 3, timeout_s: float = 60.0):
         from openai import OpenAI
 
-        match = _ENDPOINT.fullmatch(endpoint)
-        if not match:
+        name = ResourceName.parse(endpoint, "endpoints")
+        if name is None:
             raise ValueError(f"{endpoint!r} is not a Vertex endpoint (projects/P/locations/L/endpoints/E)")
-        host = api_endpoint.rstrip("/") or f"https://{match['location']}-aiplatform.googleapis.com"
+        host = api_endpoint.rstrip("/") or f"https://{name.location}-aiplatform.googleapis.com"
         if not host.startswith(("http://", "https://")):
             host = f"https://{host}"
         self.endpoint = endpoint

@@ -3,7 +3,7 @@
 A causal model reads the conversation rendered with its chat template; an encoder-decoder model's encoder reads it as
 plain text (`instructions`: T5 tokenizers have no chat template; it is also the text the predictions table shows).
 The "target tokens" are the customer reply and its end-of-turn token. A live conversation is windowed by
-`calltune.turns.split_call` itself, with the split settings the model was trained with (`window`), so serving sees
+`calltune.conversation.windows.split_call` itself, with the split settings the model was trained with (`window`), so serving sees
 exactly the context training saw.
 """
 from __future__ import annotations
@@ -12,10 +12,10 @@ import logging
 from pathlib import Path
 
 from calltune.config import SplitConfig
-from calltune.io import read_jsonl
-from calltune.render import to_messages
-from calltune.schema import Example, Turn
-from calltune.turns import split_call
+from calltune.conversation.render import to_messages
+from calltune.conversation.schema import Example, Turn
+from calltune.conversation.windows import split_call
+from calltune.core.io import read_jsonl
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -20,16 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from calltune.backends.resources import vertex_model
 from calltune.config import SplitConfig
-from calltune.models import load_model, read_model_card
-from calltune.render import to_messages
+from calltune.conversation.render import to_messages
+from calltune.conversation.schema import Example, Turn
 from calltune.runtime.encoding import prompt_tokens, window
 from calltune.runtime.generation import Batch, Generation, PrefixCache, Request, generate
-from calltune.schema import Example, Turn
+from calltune.runtime.loading import load_model, read_model_card
 
 log = logging.getLogger(__name__)
-
-_VERTEX = re.compile(r"projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/(endpoints|models)/[^/]+")
 
 
 @dataclass(frozen=True)
@@ -174,11 +172,11 @@ class GeminiResponder:
 
         from calltune.backends.genai import vertex_client
 
-        match = _VERTEX.fullmatch(resource)
-        if not match:
+        name = vertex_model(resource)
+        if name is None:
             raise ValueError("the endpoint is not a Vertex AI endpoint or model resource name")
         self.resource, self.split, self._types = resource, split or SplitConfig(), types
-        self._client = vertex_client(match["project"], match["location"], base_url, timeout=120_000,
+        self._client = vertex_client(name.project, name.location, base_url, timeout=120_000,
                                      retry_options=types.HttpRetryOptions(attempts=5))
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="calltune-vertex")
 

@@ -85,7 +85,7 @@ def _score_causal(model, tokenizer, rows: list[dict], batch_size: int, prefixes=
 
 def _score_seq2seq(model, tokenizer, rows: list[dict], batch_size: int) -> dict[str, list]:
     """Per row, in the rows' order, over its label tokens (teacher-forced on the decoder): correct predictions,
-    NLL, token count; the shape of `calltune.evaluate.score`."""
+    NLL, token count; the shape of `calltune.evaluation.evaluate.score`."""
     import torch
     from transformers import DataCollatorForSeq2Seq
 

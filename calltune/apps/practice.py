@@ -1,0 +1,219 @@
+"""The practice page: a seller holds a call with the customer model in a browser, at `/` of `calltune serve`.
+
+The page (calltune/apps/static/practice: plain HTML, CSS and JavaScript, nothing fetched from elsewhere) talks to the
+server's own `/v1/chat/completions` with `stream=true` and to three small JSON endpoints here:
+- GET  /practice/api/setup: the served version, the customers to choose from and what the call needs;
+- POST /practice/api/persona: a customer described by the seller, rendered into a system instruction;
+- POST /practice/api/review: the configured judge's review of the seller after the call (calltune.coaching.review).
+
+The customers are the system instructions the served model was trained on (its model card's `personas`), each
+sent back exactly as training rendered it; their fields (name, meeting type, ...) are read back through the
+`data.system_prompt` template. A customer the seller describes is rendered by the same function ingest uses.
+Nothing the page receives names a file, a secret's payload or a key: the served model is named by the secret and
+version number only.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import string
+import threading
+from collections.abc import Sequence
+from importlib import resources
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from calltune.apps.serve.protocol import ApiError
+from calltune.apps.serve.watcher import Watcher
+from calltune.backends.resources import is_vertex_model
+from calltune.config import Config
+from calltune.release.store import model_path_from_endpoint
+from calltune.runtime.loading import read_model_card
+
+log = logging.getLogger(__name__)
+
+STATIC = resources.files("calltune.apps") / "static" / "practice"
+FILES = {"": ("index.html", "text/html; charset=utf-8"),
+         "practice.js": ("practice.js", "text/javascript; charset=utf-8"),
+         "practice.css": ("practice.css", "text/css; charset=utf-8")}
+# The page runs only its own files and talks only to this server.
+HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                                      "img-src 'self' data:; form-action 'none'; base-uri 'none'; frame-ancestors 'none'",
+           "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+MAX_TEXT = 20_000  # characters of one field or turn the page may send
+MAX_TURNS = 400
+
+
+
+def template_fields(template: str) -> list[str]:
+    """The {field} names of a system prompt template, in order of first use."""
+    names = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    return list(dict.fromkeys(names))
+
+
+def _pattern(template: str) -> re.Pattern:
+    # ingest renders with str.format_map and then collapses whitespace; literal text matches with any spacing.
+    parts, seen = [], set()
+    for literal, name, _, _ in string.Formatter().parse(template):
+        parts += [r"\s*" if chunk.isspace() else re.escape(chunk) for chunk in re.split(r"(\s+)", literal) if chunk]
+        if name:
+            parts.append(f"(?P={name})" if name in seen else f"(?P<{name}>.*?)")
+            seen.add(name)
+    return re.compile(r"\s*" + "".join(parts) + r"\s*", re.DOTALL)
+
+
+def persona_fields(template: str, system: str) -> dict[str, str]:
+    """The persona fields a system instruction was rendered from, or {} when the template does not produce it."""
+    try:
+        match = _pattern(template).fullmatch(system)
+    except (re.error, ValueError):
+        return {}
+    return {k: v.strip() for k, v in match.groupdict().items()} if match else {}
+
+
+def customers(card: dict | None, template: str, shown_fields: Sequence[str]) -> list[dict]:
+    """The personas the model was trained on: {"label", "fields", "system", "examples"}, most used first."""
+    card = card or {}
+    recorded = card.get("personas") or ([{"system": card["system_prompt"], "examples": None}]
+                                        if card.get("system_prompt") else [])
+    out = []
+    for persona in recorded:
+        system = persona.get("system") or ""
+        fields = persona_fields(template, system)
+        label = " · ".join(fields[f] for f in shown_fields if fields.get(f)) or " ".join(system.split())[:80]
+        out.append({"label": label, "fields": fields, "system": system, "examples": persona.get("examples")})
+    return out
+
+
+class PersonaRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fields: dict[str, Annotated[str, Field(max_length=MAX_TEXT)]] = Field(max_length=64)
+
+
+class Turn(BaseModel):
+    role: Literal["seller", "customer"]
+    text: str = Field(max_length=MAX_TEXT)
+
+
+class ReviewRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # the downloaded transcript may be sent as is
+    system: str = Field("", max_length=MAX_TEXT)
+    turns: list[Turn] = Field(min_length=1, max_length=MAX_TURNS)
+
+
+class Practice:
+    """What the page's endpoints read: the config, the served model's card (cached per endpoint), the judge."""
+
+    def __init__(self, cfg: Config, watcher: Watcher):
+        self.cfg, self.watcher = cfg, watcher
+        self._cards: dict[str, dict | None] = {}
+        self._judge = None
+        self._lock = threading.Lock()
+
+    def card(self, endpoint: str) -> dict | None:
+        if endpoint not in self._cards:
+            self._cards[endpoint] = self._read_card(endpoint)
+        return self._cards[endpoint]
+
+    @staticmethod
+    def _read_card(endpoint: str) -> dict | None:
+        if is_vertex_model(endpoint):  # no card: the seller describes the customer
+            return None
+        try:
+            return read_model_card(model_path_from_endpoint(endpoint))
+        except (OSError, ValueError) as exc:  # logged for the operator; the page just offers no trained personas
+            log.warning("practice: cannot read the served model's card: %s", type(exc).__name__)
+            return None
+
+    def template(self, card: dict | None) -> str:
+        return (card or {}).get("system_prompt_template") or self.cfg.data.system_prompt
+
+    def opening_prompt(self, card: dict | None) -> str:
+        split = (card or {}).get("split") or {}
+        return split.get("opening_prompt", self.cfg.split.opening_prompt)
+
+    def judge(self):
+        from calltune.evaluation.judge import make_judge
+
+        with self._lock:
+            if self._judge is None:
+                self._judge = make_judge(self.cfg.judge, self.cfg.state_path())
+            return self._judge
+
+    def served_card(self) -> tuple[int | None, dict | None]:
+        served = self.watcher.current
+        return (served.version, self.card(served.endpoint)) if served else (None, None)
+
+    def setup(self) -> dict:
+        version, card = self.served_card()
+        template = self.template(card)
+        judge = self.cfg.judge
+        return {"model": self.cfg.deploy.secret_id, "version": version, "problem": self.watcher.problem if
+                version is None else "",
+                "customers": customers(card, template, self.cfg.data.persona_fields),
+                "fields": template_fields(template), "opening_prompt": self.opening_prompt(card),
+                "judge": f"{judge.backend}:{judge.model}" if judge.backend != "none" else None,
+                "timeout_s": self.cfg.serve.request_timeout_s}
+
+
+def practice_routers(cfg: Config, watcher: Watcher) -> tuple[APIRouter, APIRouter]:
+    """(page, api): the page's files, public (they hold no data), and its JSON endpoints, to be included behind
+    the API's key like /v1."""
+    practice = Practice(cfg, watcher)
+    page, api = APIRouter(include_in_schema=False), APIRouter(prefix="/practice/api", tags=["practice page"])
+
+    def static(name: str) -> Response:
+        if name not in FILES:
+            raise ApiError(404, f"no page file {name!r}", code="not_found")
+        file, media_type = FILES[name]
+        return Response((STATIC / file).read_bytes(), media_type=media_type, headers=HEADERS)
+
+    page.add_api_route("/", lambda: static(""), methods=["GET"])
+    page.add_api_route("/practice/{name}", static, methods=["GET"])
+
+    @api.get("/setup")
+    def setup() -> dict:
+        return practice.setup()
+
+    @api.post("/persona")
+    def persona(body: PersonaRequest) -> dict:
+        from calltune.data.formats.base import render_system  # the very function ingest renders data.system_prompt with
+
+        template = practice.template(practice.served_card()[1])
+        unknown = sorted(set(body.fields) - set(template_fields(template)))
+        if unknown:
+            raise ApiError(400, f"unknown persona fields {unknown}: the template uses {template_fields(template)}",
+                           param="fields")
+        if not any(v.strip() for v in body.fields.values()):
+            raise ApiError(400, "describe the customer: fill in at least one field", param="fields")
+        fields = {k: " ".join(v.split()) for k, v in body.fields.items()}
+        return {"system": render_system(template, tuple(fields.items())), "fields": fields}
+
+    @api.post("/review")
+    def review(body: ReviewRequest):
+        from calltune.coaching.review import ReviewError, review_call
+
+        if cfg.judge.backend == "none":
+            raise ApiError(409, "no judge is configured (judge.backend is none), so there is no review of this call",
+                           code="no_judge")
+        try:
+            generator = practice.judge()
+        except (ValueError, ImportError) as exc:  # e.g. the judge's key variable is not set: says which, not its value
+            raise ApiError(503, f"the judge cannot be used: {exc}", "server_error", "judge_unavailable") from None
+        try:
+            return review_call(body.system, [t.model_dump() for t in body.turns], cfg.judge, generator)
+        except ReviewError as exc:
+            raise ApiError(502, str(exc), "server_error", "judge_failed") from None
+
+    return page, api
+
+
+def mount_practice(app: FastAPI, cfg: Config, dependencies: Sequence = ()) -> None:
+    """Serve the practice page at `/` of `calltune serve`'s app (its `state.watcher` says which model answers);
+    `dependencies` (the API key check) guard the page's JSON endpoints."""
+    page, api = practice_routers(cfg, app.state.watcher)
+    app.include_router(page)
+    app.include_router(api, dependencies=list(dependencies))

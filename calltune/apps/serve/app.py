@@ -1,0 +1,206 @@
+"""`calltune serve`: the FastAPI app, its routes and its lifetime (uvicorn on a socket bound here).
+
+POST /v1/chat/completions (calltune.apps.serve.chat) answers as the customer model of the secret's latest version
+(calltune.apps.serve.watcher); GET /v1/models and /v1/models/{id} name the served version (`<secret>/versions/<n>`,
+also answered to the bare secret id, which follows the latest version); GET /health says whether a model is being
+served, and why not. Every error is JSON in OpenAI's shape (calltune.apps.serve.protocol.ApiError), and the
+connection stays usable. With an API key in `$<serve.api_key_env>`, every /v1 route needs `Authorization: Bearer
+KEY`; without one the server listens on loopback only. With the whole config (`page`), the practice page
+(calltune.apps.practice) is served at `/`, its JSON endpoints behind the same key.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from calltune.apps.practice import mount_practice
+from calltune.apps.serve.chat import ServingChat, check_model, log_request, served_now
+from calltune.apps.serve.protocol import ApiError, model_id, model_object
+from calltune.apps.serve.watcher import Watcher, load_responder
+from calltune.config import Config, DeployConfig, ServeConfig, SplitConfig
+from calltune.core.net import is_loopback
+from calltune.runtime.responders import Responder
+
+log = logging.getLogger(__name__)
+
+
+def _authenticate(request: Request) -> None:
+    key = request.app.state.api_key
+    if key and not hmac.compare_digest(request.headers.get("authorization", "").encode(), f"Bearer {key}".encode()):
+        raise ApiError(401, "missing or wrong API key: send it as `Authorization: Bearer KEY`", "authentication_error",
+                       "invalid_api_key")
+
+
+AUTHENTICATED = Depends(_authenticate)  # for routes another module adds: dependencies=[AUTHENTICATED]
+
+
+def create_app(watcher: Watcher, cfg: ServeConfig | None = None, api_key: str = "") -> FastAPI:
+    """The ASGI app over a started `Watcher`. `api_key` empty: no authentication."""
+    cfg = cfg or ServeConfig()
+    app = FastAPI(title="calltune", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.watcher, app.state.cfg, app.state.api_key = watcher, cfg, api_key
+    chat = app.state.chat = ServingChat(watcher, cfg)
+    secret = watcher.cfg.secret_id
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return exc.response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):  # unknown route, wrong method
+        return ApiError(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}",
+                        code="not_found" if exc.status_code == 404 else None, headers=exc.headers).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return ApiError(400, f"{where or 'body'}: {first.get('msg', 'invalid request')}", param=where or None).response()
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        log.error("serve: %s %s failed (%s)", request.method, request.url.path, type(exc).__name__, exc_info=exc)
+        return ApiError(500, "internal error; see the server log", "server_error").response()
+
+    @app.middleware("http")
+    async def access_log(request: Request, call_next):
+        started = time.monotonic()
+        response = await call_next(request)
+        if getattr(request.state, "version", None) is not None:
+            response.headers["X-Calltune-Version"] = str(request.state.version)
+        if not getattr(request.state, "logs_itself", False):  # a stream logs when it ends
+            log_request(request, response.status_code, started)
+        return response
+
+    @app.get("/health")
+    async def health():
+        served = watcher.current
+        if served is None:
+            return JSONResponse({"status": "unavailable", "reason": watcher.problem or "no model loaded"}, 503)
+        return {"status": "ok", "model": model_id(secret, served.version), "version": served.version}
+
+    v1 = APIRouter(prefix="/v1", dependencies=[AUTHENTICATED])
+
+    @v1.get("/models")
+    async def models(request: Request):
+        current = model_id(secret, served_now(request, watcher).version)
+        return {"object": "list", "data": [model_object(current, current), model_object(secret, current)]}
+
+    @v1.get("/models/{name:path}")
+    async def model(name: str, request: Request):
+        served = served_now(request, watcher)
+        check_model(name, secret, served)
+        return model_object(name, model_id(secret, served.version))
+
+    v1.add_api_route("/chat/completions", chat.create, methods=["POST"])
+    app.include_router(v1)
+    return app
+
+
+def api_key_for(cfg: ServeConfig) -> str:
+    """The API key from `$<serve.api_key_env>`; a non-loopback bind without one is refused."""
+    key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
+    if not key and not is_loopback(cfg.host):
+        raise ValueError(f"serve.host={cfg.host} is reachable from other machines: set an API key in "
+                         f"${cfg.api_key_env or 'CALLTUNE_API_KEY'} (clients send it as `Authorization: Bearer KEY`), "
+                         f"or listen on 127.0.0.1")
+    return key
+
+
+class Server:
+    """uvicorn serving `app` on a socket bound here (port 0: a free one) in a background thread; `url`, `stop()`."""
+
+    def __init__(self, app: FastAPI, cfg: ServeConfig):
+        import uvicorn
+
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind((cfg.host, cfg.port))
+        self.socket.listen(2048)  # many clients connecting at once are queued, not dropped
+        host, port = self.socket.getsockname()[:2]
+        self.url = f"http://{f'[{host}]' if family == socket.AF_INET6 else host}:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, timeout_keep_alive=int(max(1, cfg.idle_timeout_s)),
+                                                    log_config=None, access_log=False, lifespan="off"))
+        self.thread: threading.Thread | None = None
+
+    def run(self) -> None:
+        """Serve in this thread until interrupted (uvicorn handles SIGINT and SIGTERM)."""
+        self.server.run(sockets=[self.socket])
+
+    def start(self) -> Server:
+        self.server.config.install_signal_handlers = False
+        self.thread = threading.Thread(target=self.run, name="calltune-serve", daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self.thread:
+            self.thread.join()
+        self.socket.close()
+
+
+def open_server(cfg: ServeConfig, deploy: DeployConfig, state_dir: Path, split: SplitConfig | None = None,
+                load: Callable[[str], Responder] | None = None, page: Config | None = None) -> tuple[Server, Watcher]:
+    """Check the API key rule, load the latest version's model, start watching, bind; `Server.run()` or
+    `.start()` answers. The caller stops both (`server.stop()`, `watcher.stop()`). `page`: the whole config, to
+    serve the practice page (calltune.apps.practice) at `/` too."""
+    key = api_key_for(cfg)
+    watcher = Watcher(deploy, state_dir, cfg.refresh_s, load or (lambda endpoint: load_responder(endpoint, cfg, split)))
+    watcher.start()
+    try:
+        app = create_app(watcher, cfg, key)
+        if page is not None:
+            mount_practice(app, page, [AUTHENTICATED])
+        return Server(app, cfg), watcher
+    except BaseException:
+        watcher.stop()
+        raise
+
+
+@contextmanager
+def serving(cfg: ServeConfig, deploy: DeployConfig, state_dir: Path, split: SplitConfig | None = None,
+            load: Callable[[str], Responder] | None = None, page: Config | None = None) -> Iterator[str]:
+    """`open_server`, answering from a background thread until the block ends; yields the base URL (for tests,
+    benchmarks and anything else that embeds the server)."""
+    server, watcher = open_server(cfg, deploy, state_dir, split, load, page)
+    try:
+        server.start()
+        yield server.url
+    finally:
+        server.stop()
+        watcher.stop()
+
+
+def serve(cfg: ServeConfig, deploy: DeployConfig, state_dir: Path, split: SplitConfig | None = None,
+          page: Config | None = None) -> None:
+    """Serve until interrupted."""
+    for name in ("httpx", "httpx2", "httpcore"):  # their request lines name the endpoint, the secret's payload
+        logging.getLogger(name).setLevel(logging.WARNING)
+    server, watcher = open_server(cfg, deploy, state_dir, split, page=page)
+    try:
+        served = watcher.current
+        log.info("serve: %s %s at %s/v1 (checking for new versions every %g s%s)", deploy.secret_id,
+                 f"version {served.version}" if served else f"({watcher.problem})", server.url, cfg.refresh_s,
+                 "; API key required" if server.server.config.app.state.api_key else "")
+        server.run()
+    finally:
+        server.socket.close()
+        watcher.stop()

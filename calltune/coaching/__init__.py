@@ -1,0 +1,2 @@
+"""Feedback for the seller after a practice call.
+"""

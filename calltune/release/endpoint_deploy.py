@@ -1,0 +1,146 @@
+"""deploy.target=vertex-endpoint: the promoted open model served on a Vertex AI endpoint (the vLLM container), the
+endpoint's resource name published as the secret's new version; and the rollback that re-points both.
+
+The endpoint is created once per secret and reused, so every version holds the same resource name; what changes is
+the model behind it, which each version records in its annotations (`vertex_model`, `deployed_model_id`). Apps read
+the secret as before and send OpenAI-style chat completions to the endpoint (backends.vertex_endpoint.EndpointChat).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import closing
+from pathlib import Path
+
+from calltune.backends.registry import SecretNotFound, open_registry
+from calltune.backends.vertex_endpoint import VertexEndpoints, vllm_args
+from calltune.config import DeployConfig, GcpConfig
+from calltune.release.deploy import deploy, disable_old_versions
+from calltune.release.store import store_model
+from calltune.runtime.loading import model_source, read_model_card
+
+log = logging.getLogger(__name__)
+MOUNT = Path("/gcs")  # Vertex AI's Cloud Storage FUSE mount: /gcs/BUCKET/path is gs://BUCKET/path
+
+
+def storage_uri(path: Path, mount: Path = MOUNT) -> str:
+    """gs:// URI of a folder seen through the Cloud Storage FUSE mount."""
+    try:
+        return "gs://" + Path(path).resolve().relative_to(Path(mount).resolve()).as_posix()
+    except ValueError:
+        raise ValueError(f"{path} is not on Cloud Storage (under {mount}/): a Vertex endpoint cannot load it; "
+                         f"run on Vertex AI with state_dir=/gcs/BUCKET/...") from None
+
+
+def serving_args(model_dir: Path, gcp: GcpConfig, mount: Path = MOUNT) -> tuple[str, list[str]]:
+    """(artifact URI, vLLM arguments): the merged model when tune.merge wrote one, else base model + LoRA adapter."""
+    card = read_model_card(model_dir) or {}
+    if (model_dir / "merged").is_dir():
+        uri = storage_uri(model_dir / "merged", mount)
+        return uri, vllm_args(uri, accelerator_count=gcp.serving_accelerator_count)
+    if not card.get("base_model_path"):
+        raise ValueError(f"{model_dir}: no merged/ folder and no base model in its card: nothing vLLM can serve")
+    adapter = storage_uri(model_dir, mount)
+    adapter_config = model_dir / "adapter_config.json"
+    rank = int(json.loads(adapter_config.read_text()).get("r", 16)) if adapter_config.is_file() else 16
+    return adapter, vllm_args(storage_uri(Path(card["base_model_path"]), mount), adapter_uri=adapter, lora_rank=rank,
+                              accelerator_count=gcp.serving_accelerator_count)
+
+
+def deploy_to_endpoint(model_dir: Path, cfg: DeployConfig, gcp: GcpConfig, state_dir: Path, *, run_id: str,
+                       metrics: dict[str, float], mount: Path = MOUNT) -> dict:
+    """Serve the model on the secret's endpoint and publish the endpoint as a new secret version.
+
+    Idempotent per run: the model is found by its sha before uploading, the endpoint by its label before creating,
+    and the version is added with request_id = run_id. A model the latest version already serves adds nothing.
+    """
+    model_dir = Path(model_dir)
+    if isinstance(model_source(model_dir), str):  # a remote model (a tuned Gemini) already has its endpoint
+        return deploy(model_dir, cfg, state_dir, run_id=run_id, metrics=metrics)
+    # Served from the model store (state_dir/models/<sha>): vLLM reads the gs:// files each time a replica starts,
+    # so they must outlive the run's folder; evaluate can score the champion from there too.
+    store, sha = store_model(model_dir, state_dir)
+    with closing(open_registry(cfg, state_dir)) as registry:
+        versions = _versions(registry, cfg.secret_id)  # newest first
+        latest = versions[0] if versions else None
+        if latest and latest.state == "ENABLED" and latest.annotations.get("model_sha") == sha \
+                and latest.annotations.get("vertex_model") and latest.annotations.get("run_id") != run_id:
+            log.info("deploy: model %s already serves from %s version %d", sha, cfg.secret_id, latest.version)
+            return {"secret_id": cfg.secret_id, "version": latest.version, "model_sha": sha, "created": False,
+                    "endpoint": registry.access(cfg.secret_id, latest.version).decode(), "disabled": [],
+                    "vertex_model": latest.annotations["vertex_model"]}
+    artifact_uri, args = serving_args(store, gcp, mount)
+    served = VertexEndpoints(gcp, cfg).serve(sha=sha, display_name=f"calltune-{sha}", artifact_uri=artifact_uri,
+                                             args=args)
+    annotations = {"run_id": run_id, "model_sha": sha, "model_store": store.as_uri(), "vertex_model": served.model,
+                   "deployed_model_id": served.deployed_model_id, **{f"metric.{k}": str(v) for k, v in metrics.items()}}
+    # The endpoint work above takes minutes, longer than a registry hold should; the write itself is held (and
+    # keyed by run_id), so concurrent deploys and rollbacks never interleave their version bookkeeping.
+    with closing(open_registry(cfg, state_dir)) as registry, registry.exclusive(cfg.secret_id):
+        before = {v.version for v in _versions(registry, cfg.secret_id)}
+        version = registry.add_version(cfg.secret_id, served.endpoint.encode(), annotations=annotations,
+                                       request_id=run_id)
+        disabled = disable_old_versions(registry, cfg.secret_id, cfg.keep_enabled_versions)
+    log.info("deploy: model %s on %s -> secret %s version %d (undeployed %s)", sha, served.endpoint, cfg.secret_id,
+             version.version, served.undeployed or "nothing")
+    return {"secret_id": cfg.secret_id, "version": version.version, "endpoint": served.endpoint, "model_sha": sha,
+            "created": version.version not in before, "disabled": disabled, "vertex_model": served.model,
+            "undeployed": served.undeployed}
+
+
+def _versions(registry, secret_id: str) -> list:
+    try:
+        return registry.list_versions(secret_id)
+    except SecretNotFound:
+        return []
+
+
+def serves_on_endpoint(cfg: DeployConfig, state_dir: Path) -> bool:
+    """Whether the secret is published by deploy_to_endpoint (its latest version names a Vertex model)."""
+    if cfg.target != "auto":
+        return cfg.target == "vertex-endpoint"
+    with closing(open_registry(cfg, state_dir)) as registry:
+        versions = _versions(registry, cfg.secret_id)
+    return bool(versions and versions[0].annotations.get("vertex_model"))
+
+
+def rollback(cfg: DeployConfig, gcp: GcpConfig, state_dir: Path, to: int | None = None) -> dict:
+    """Put an earlier version's model back on the endpoint (deployed again if it was undeployed, checked to answer,
+    all the traffic, the others undeployed), then publish it as a new version.
+
+    By default the target is the newest enabled version before the latest that holds another model and that no
+    earlier rollback moved away from, as in deploy.rollback.
+    """
+    with closing(open_registry(cfg, state_dir)) as registry:
+        versions = registry.list_versions(cfg.secret_id)  # newest first
+        if not versions:
+            raise ValueError(f"secret {cfg.secret_id} has no versions: nothing to roll back")
+        latest, by_number = versions[0], {v.version: v for v in versions}
+        current = latest.annotations.get("vertex_model")
+        if to is None:
+            left = {int(v.annotations["rollback_from"]) for v in versions if "rollback_from" in v.annotations}
+            avoid = {current} | {by_number[n].annotations.get("vertex_model") for n in left if n in by_number}
+            target = next((v for v in versions[1:] if v.state == "ENABLED" and v.version not in left
+                           and v.annotations.get("vertex_model") not in avoid | {None}), None)
+            if target is None:
+                raise ValueError(f"secret {cfg.secret_id}: no earlier enabled version names another Vertex model to "
+                                 f"roll back to (name one with --to; `calltune secrets` lists them)")
+        else:
+            target = registry.get_version(cfg.secret_id, to)
+            if not target.annotations.get("vertex_model") or target.annotations["vertex_model"] == current:
+                raise ValueError(f"secret {cfg.secret_id}: version {to} names "
+                                 f"{'the model the latest version serves' if target.annotations.get('vertex_model') else 'no Vertex model'}; "
+                                 f"nothing to roll back")
+    served = VertexEndpoints(gcp, cfg).redeploy(target.annotations["vertex_model"])
+    annotations = {**{k: v for k, v in target.annotations.items() if not k.startswith("rollback_")},
+                   "deployed_model_id": served.deployed_model_id,
+                   "rollback_from": str(latest.version), "rollback_to": str(target.version)}
+    with closing(open_registry(cfg, state_dir)) as registry, registry.exclusive(cfg.secret_id):
+        added = registry.add_version(cfg.secret_id, served.endpoint.encode(), annotations=annotations,
+                                     request_id=f"rollback-{latest.version}-to-{target.version}")
+        disabled = disable_old_versions(registry, cfg.secret_id, cfg.keep_enabled_versions)
+    log.info("rollback: %s serves %s again (version %d's model); secret %s version %d", served.endpoint, served.model,
+             target.version, cfg.secret_id, added.version)
+    return {"secret_id": cfg.secret_id, "version": added.version, "rolled_back_to": target.version,
+            "rolled_back_from": latest.version, "disabled": disabled, "vertex_model": served.model,
+            "undeployed": served.undeployed}

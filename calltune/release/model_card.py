@@ -1,0 +1,204 @@
+"""The model folder's README.md: a Hugging Face model card (YAML metadata + Markdown) built from calltune_model.json.
+
+Written in two stages, because the figures come from two steps:
+- at tune (calltune.training.tuners): base model, data (hashes, sizes), settings of the backend used, training
+  results, intended use and limits; the evaluation section says it is pending;
+- at evaluate (calltune.evaluation.evaluate): the same card completed with every compared model's scores and intervals and
+  the gate's decision, written to the evaluation folder as model_card.md. The tuned model artifact itself is an
+  input of evaluate and is not rewritten there; `calltune run` copies the completed card over the run's
+  tune/model/README.md once the pipeline has finished.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from calltune.core.io import atomic_open, file_sha256, write_json
+from calltune.runtime.loading import MODEL_CARD
+
+# Bundled base model name -> its id on the Hugging Face Hub (the card names the model, never a local cache path).
+HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+SPLITS = ("train", "validation", "test")
+
+
+def used_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The tune settings the backend that ran actually reads: gemini_* only for gemini, and for gemini only
+    those and the base model and epochs."""
+    if config.get("backend") == "gemini":
+        return {k: v for k, v in config.items() if k.startswith("gemini_") or k in ("backend", "base_model", "epochs")}
+    return {k: v for k, v in config.items() if not k.startswith("gemini_")}
+
+
+def hub_id(card: dict[str, Any]) -> str | None:
+    """The base model's Hub id: the bundled model's, or the `_name_or_path` a local folder's config.json keeps
+    when that is a Hub id; None for a model that is not on the Hub (a Gemini model, a local-only folder)."""
+    base = card.get("base_model", "")
+    if base in HUB_IDS:
+        return HUB_IDS[base]
+    config = Path(card.get("base_model_path") or base) / "config.json"
+    if card.get("backend") != "gemini" and config.is_file():
+        name = json.loads(config.read_text(encoding="utf-8")).get("_name_or_path", "")
+        if name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists():
+            return name
+    return None
+
+
+def data_summary(splits: str | Path) -> dict[str, dict[str, Any]]:
+    """Per split: examples and the SHA-256 of its examples file (what the model was tuned and tested on)."""
+    out = {}
+    for split in SPLITS:
+        path = Path(splits) / f"{split}.examples.jsonl"
+        if path.is_file():
+            with open(path, encoding="utf-8") as fh:
+                out[split] = {"examples": sum(1 for line in fh if line.strip()), "sha256": file_sha256(path)}
+    return out
+
+
+def add_model_card(model_dir: str | Path, card: dict[str, Any], splits: str | Path) -> dict[str, Any]:
+    """At tune: record the data (sizes and hashes of the splits folder) in calltune_model.json and write the
+    card, evaluation pending, as README.md; returns the updated calltune_model.json content."""
+    card = {**card, "data": data_summary(splits)}
+    write_json(Path(model_dir) / MODEL_CARD, card)
+    write_model_card(model_dir)
+    return card
+
+
+def write_model_card(model_dir: str | Path, *, comparison: dict | None = None, to: str | Path | None = None) -> Path:
+    """Write the card of the tuned model in model_dir (from its calltune_model.json) to `to` (default: its
+    README.md); comparison: the evaluate step's comparison.json, for the evaluation section."""
+    model_dir = Path(model_dir)
+    card = json.loads((model_dir / MODEL_CARD).read_text(encoding="utf-8"))
+    path = Path(to) if to else model_dir / "README.md"
+    with atomic_open(path) as fh:
+        fh.write(render(card, comparison))
+    return path
+
+
+def _metadata(card: dict, comparison: dict | None) -> dict[str, Any]:
+    gemini = card.get("backend") == "gemini"
+    meta: dict[str, Any] = {}
+    if base := hub_id(card):
+        meta["base_model"] = base
+    if not gemini:
+        meta["library_name"] = "peft"
+    seq2seq = card.get("architecture") == "encoder-decoder"
+    meta["pipeline_tag"] = "text2text-generation" if seq2seq else "text-generation"
+    meta["tags"] = ["calltune", "customer-simulation", "sales-training", "gemini" if gemini else "lora"]
+    tuned = ((comparison or {}).get("models") or {}).get("tuned", {}).get("metrics", {})
+    results = [{"type": name, "name": name.replace("_", " "), "value": round(est["value"], 4)}
+               for name, est in tuned.items() if isinstance(est, dict) and _finite(est.get("value"))]
+    if results:
+        meta["model-index"] = [{"name": f"calltune customer model ({card.get('base_model')})", "results": [{
+            "task": {"type": meta["pipeline_tag"], "name": "customer reply in a sales call"},
+            "dataset": {"type": "calltune-test-split", "name": "held-out test calls", "split": "test"},
+            "metrics": results}]}]
+    return meta
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else str(value)
+
+
+def _table(rows: list[tuple], header: tuple) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(_fmt(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in rows]
+    return out + [""]
+
+
+def _estimate(est: dict | None) -> str:
+    if not est or not _finite(est.get("value")):
+        return "n/a"
+    interval = f" [{est['low']:.4f}, {est['high']:.4f}]" if _finite(est.get("low")) and _finite(est.get("high")) else ""
+    return f"{est['value']:.4f}{interval}"
+
+
+def render(card: dict[str, Any], comparison: dict | None = None) -> str:
+    """The card's text: YAML front matter, then the sections a reader of the Hub expects."""
+    data = card.get("data") or {}
+    gemini = card.get("backend") == "gemini"
+    base = hub_id(card)
+    base_text = f"[{base}](https://huggingface.co/{base})" if base else f"`{card.get('base_model')}`"
+    lines = ["---", yaml.safe_dump(_metadata(card, comparison), sort_keys=False, allow_unicode=True).rstrip(), "---",
+             "", f"# calltune customer model ({card.get('base_model')})", "",
+             f"A {'Gemini supervised-tuned' if gemini else 'LoRA adapter on'} {base_text} that plays the **customer** "
+             "of a sales call, so that sellers can practise. Tuned by calltune on sales-call "
+             "transcripts: each example is the conversation so far and the seller's last line; the target is the "
+             "real customer's reply.", "",
+             "## Intended use", "",
+             "- Practice conversations for sales staff: the seller talks, the model answers as the customer "
+             "(`calltune chat`, or the OpenAI-compatible API of `calltune serve`).",
+             "- Not for talking to real customers, not for decisions about people, not as a source of facts.", "",
+             "## Limits", "",
+             "- It imitates the customers of the training calls: their products, language and habits. Calls unlike "
+             "those (another industry, another language) get less realistic replies.",
+             "- Token accuracy measures agreement with the real customer's next words, not whether a reply is "
+             "sensible; read the sample conversations of the evaluation report before relying on it.",
+             "- Replies can be invented, repetitive or out of character; a small base model makes this likelier.",
+             "- The training transcripts may hold personal data; the model may reproduce fragments of it.", ""]
+    lines += ["## Base model", ""]
+    lines += _table([("model", card.get("base_model")), ("Hub id", base or "not on the Hugging Face Hub"),
+                     *([("weights sha256", card["base_sha256"])] if card.get("base_sha256") else []),
+                     *([("architecture", card["architecture"])] if card.get("architecture") else [])], ("", ""))
+    lines += ["## Training data", ""]
+    if data:
+        lines += _table([(s, data[s]["examples"], data[s]["sha256"]) for s in SPLITS if s in data],
+                        ("split", "examples", "sha256 of <split>.examples.jsonl"))
+        lines += ["Splits are made by call: no call is in two splits. The test split was never seen in tuning.", ""]
+    facts = [(k, card[k]) for k in ("train_examples", "train_skipped", "train_tokens", "train_target_tokens",
+                                    "validation_examples", "train_uri", "validation_uri") if card.get(k) is not None]
+    lines += _table(facts, ("", "")) if facts else []
+    if card.get("system_prompt"):
+        lines += ["System prompt (the persona instruction):", "", f"> {card['system_prompt']}", ""]
+    lines += ["## Training settings", ""]
+    lines += _table(sorted(used_settings(card.get("config", {})).items()) + [("seed", card.get("seed", "n/a"))],
+                    ("setting", "value"))
+    results = [(k, card[k]) for k in ("steps", "epochs", "final_train_loss", "mean_train_loss", "validation_loss",
+                                      "validation_token_accuracy", "best_checkpoint_step", "stopped_early",
+                                      "train_runtime_s", "tuning_seconds", "device", "processes", "tuning_job",
+                                      "endpoint") if card.get(k) is not None]
+    if results:
+        lines += ["## Training results", ""] + _table(results, ("", ""))
+    lines += ["## Evaluation", ""]
+    lines += _evaluation(comparison) if comparison else [
+        "Pending: this card was written when tuning finished. The evaluate step writes the completed card, with "
+        "every compared model's scores and the gate's decision, as model_card.md in its evaluation folder "
+        "(`calltune run` also copies it here).", ""]
+    lines += ["## How to use", "", "```", "calltune chat     # talk to the model in the secret's latest version",
+              "calltune serve    # OpenAI-compatible /v1/chat/completions", "```", ""]
+    if not gemini:
+        lines += ["```python", "from peft import AutoPeftModelForCausalLM" if card.get("architecture") != "encoder-decoder"
+                  else "from peft import AutoPeftModelForSeq2SeqLM as AutoPeftModelForCausalLM",
+                  "from transformers import AutoTokenizer", "",
+                  'model = AutoPeftModelForCausalLM.from_pretrained("PATH/TO/THIS/FOLDER")',
+                  'tokenizer = AutoTokenizer.from_pretrained("PATH/TO/THIS/FOLDER")', "```", ""]
+    return "\n".join(lines)
+
+
+def _evaluation(comparison: dict) -> list[str]:
+    models = comparison.get("models", {})
+    metrics = list(dict.fromkeys(k for m in models.values() for k in m.get("metrics", {})))
+    names = [n for n in models if "metrics" in models[n]]
+    level = comparison.get("confidence", 0.95)
+    lines = [f"On the held-out test split, every model on the same examples: value [{level:.0%} bootstrap interval, "
+             f"{comparison.get('bootstrap_samples', '?')} resamples]. token accuracy (`accuracy`) is teacher-forced "
+             "next-token accuracy on the customer replies, the gate metric.", ""]
+    lines += _table([(k, *(_estimate(models[n]["metrics"].get(k)) for n in names)) for k in metrics],
+                    ("metric", *names))
+    lines += [f"- {n}: skipped ({m['skipped']})" for n, m in models.items() if "skipped" in m]
+    gate = comparison.get("gate", {})
+    if gate:
+        decision = "promoted (deployed)" if gate.get("decision") == "promote" else "kept out (not deployed)"
+        lines += ["", f"**Gate decision: {decision}**, decided by: {gate.get('decided_by')}.", ""]
+        lines += _table([(c["check"], {True: "pass", False: "FAIL", None: "skipped"}[c["passed"]], c["detail"])
+                         for c in gate.get("checks", [])], ("check", "result", "detail"))
+    return lines

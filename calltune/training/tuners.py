@@ -1,0 +1,31 @@
+"""Tuner backends: a splits folder in, a model folder (the KFP Model artifact) out, its model card returned.
+
+hf-lora tunes a local model here (calltune.training.lora); gemini runs a Vertex AI tuning job whose endpoint the folder's
+calltune_model.json names (calltune.training.gemini). Both are validated on the validation split when the
+sample step wrote one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from calltune.config import SplitConfig, TuneConfig
+
+
+def tune(splits: str | Path, out_dir: str | Path, cfg: TuneConfig, *, seed: int, state_dir: str | Path,
+         split: SplitConfig | None = None, system_prompt: str = "") -> dict:
+    """Either backend; then the folder's README.md model card (calltune.release.model_card), evaluation pending.
+    `split` and `system_prompt` (the template the data's system instructions came from) go into a local model's
+    card, so serving windows conversations as the examples were."""
+    from calltune.release.model_card import add_model_card
+
+    splits = Path(splits)
+    if cfg.backend == "gemini":
+        from calltune.training.gemini import tune_gemini
+
+        return add_model_card(out_dir, tune_gemini(splits, Path(out_dir), cfg), splits)
+    from calltune.training.lora import train_lora
+
+    validation = splits / "validation.examples.jsonl"
+    card = train_lora(splits / "train.examples.jsonl", validation if validation.exists() else None, Path(out_dir),
+                      cfg, seed=seed, state_dir=Path(state_dir).expanduser(), split=split, system_prompt=system_prompt)
+    return add_model_card(out_dir, card, splits)
