@@ -121,6 +121,11 @@ class SplitConfig(Section):
     opening_prompt: str = Field(
         "[The phone rings and the customer answers.]",
         description="Prompt used for a customer turn that no seller turn precedes (the call opening); empty drops such turns.")
+    end_of_call: str = Field(
+        "[hangs up]",
+        description="Marker the customer's closing turn of every call ends with, so the model learns to end a call: "
+                    "a stop string of existing tokens (no new special token); a reply that says it ends the call "
+                    "(finish_reason end_of_call). Empty: no marker.")
 
 
 class SampleConfig(Section):
@@ -213,6 +218,23 @@ class TuneConfig(Section):
                                                 "CPU); above 1 on CPU, gloo workers (for tests).")
     merge: bool = Field(False, description="Also write the adapter merged into the base weights (merged/, "
                                            "safetensors) for serving without peft.")
+    preference_rounds: int = Field(0, ge=0, description="Realism preference rounds after supervised tuning "
+                                                       "(calltune.training.preference): the tuned model plays the "
+                                                       "train calls closed-loop, its most recognisable and its "
+                                                       "rule-breaking replies become rejected answers beside the real "
+                                                       "ones (DPO on the LoRA adapter, or a Vertex preference job), and "
+                                                       "a round is kept only if validation realism improves beyond "
+                                                       "noise. 0: off.")
+    preference_pairs: int = Field(128, ge=1, description="Pairs a round keeps by the discriminator (its most "
+                                                         "recognisable simulated replies), besides every pair whose "
+                                                         "reply breaks a rule.")
+    preference_beta: float = Field(0.1, gt=0, description="DPO beta: how far the tuned policy may move from the "
+                                                           "supervised reference (higher: less).")
+    preference_learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate of a preference round.")
+    preference_epochs: float = Field(1.0, gt=0, description="Epochs over a round's pairs (gemini: whole epochs).")
+    preference_max_accuracy_drop: float = Field(
+        0.01, ge=0, le=1, description="A preference round is rolled back when validation token accuracy drops by "
+                                      "more than this (absolute), whatever it gained in realism.")
     gemini_adapter_size: int = Field(0, ge=0, description="gemini: LoRA adapter size (1, 2, 4, 8 or 16; 0: the "
                                                           "service's default).")
     gemini_learning_rate_multiplier: float = Field(1.0, gt=0, description="gemini: multiplier of the service's "
@@ -244,6 +266,11 @@ class InferConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Sampling only: nucleus sampling keeps the smallest set of tokens "
                                                       "whose probability reaches this.")
     batch_size: int = Field(16, ge=1, description="Local model: prompts generated together (left-padded, one KV cache).")
+    guardrails: bool = Field(True, description="Local model: guarded decoding (calltune.runtime.guardrails): a reply "
+                                               "that repeats the customer's own earlier turn, loops, is empty or "
+                                               "falls outside the length band of real replies is generated again "
+                                               "(at most twice; greedy: with the offending n-grams banned). "
+                                               "Evaluation also reports realism without it.")
     max_concurrency: int = Field(8, ge=1, description="Vertex endpoint: generateContent requests in flight at once.")
     vertex_base_url: str = Field("", description="Vertex endpoint: API endpoint override (empty: "
                                                  "REGION-aiplatform.googleapis.com); an http:// one (a local fake) "
@@ -395,6 +422,8 @@ class ServeConfig(Section):
                                                             "history goes first, as in training (never beyond the "
                                                             "model's context minus max_tokens).")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body; larger gets 413.")
+    guardrails: bool = Field(True, description="Local model: guarded decoding, as infer.guardrails (a streamed reply "
+                                               "is sent once it has passed the rules).")
     max_batch: int = Field(16, ge=1, description="Local model: requests decoded together at most (a request that "
                                                 "comes while others generate joins at the next token).")
     batch_wait_ms: float = Field(25.0, ge=0, description="Local model: when it is idle, how long the first request "

@@ -38,6 +38,7 @@ def evaluate(
     infer_temperature: float,
     infer_top_p: float,
     infer_batch_size: int,
+    infer_guardrails: bool,
     infer_max_concurrency: int,
     infer_vertex_base_url: str,
     judge_backend: str,

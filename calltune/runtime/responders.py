@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -25,6 +25,7 @@ from calltune.conversation.render import to_messages
 from calltune.conversation.schema import Example, Turn
 from calltune.runtime.encoding import prompt_tokens, window
 from calltune.runtime.generation import Batch, Generation, PrefixCache, Request, generate
+from calltune.runtime.guardrails import Guardrails, Tries
 from calltune.runtime.loading import load_model, read_model_card
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class Responder(Protocol):
     split: SplitConfig  # how conversations are windowed
 
     def start(self, example: Example, sampling: Sampling, on_text: Callable[[str], None] | None = None,
-              cancelled: Callable[[], bool] | None = None) -> Future[Generation]: ...
+              cancelled: Callable[[], bool] | None = None, earlier: list[str] | None = None) -> Future[Generation]: ...
 
     def close(self) -> None: ...
 
@@ -59,16 +60,82 @@ def reply(responder: Responder, example: Example, sampling: Sampling = Sampling(
     return responder.start(example, sampling).result()
 
 
+def end_of_call(generation: Generation, marker: str) -> Generation:
+    """A remote model's reply with the end-of-call marker cut off (finish_reason end_of_call): a service's stop
+    sequences do not say which one matched, and the model ends its turn right after the marker anyway."""
+    cut = generation.text.find(marker) if marker else -1
+    if cut < 0:
+        return generation
+    return replace(generation, text=generation.text[:cut].strip(), finish_reason="end_of_call")
+
+
+def earlier_turns(example: Example) -> list[str]:
+    """The customer's own earlier turns an example's window holds (what guarded decoding checks a reply against
+    when the caller has no longer record of the call)."""
+    return [t["text"] for t in example.get("history", []) if t["role"] == "customer"]
+
+
+def card_split(card: dict, fallback: SplitConfig | None = None) -> SplitConfig:
+    """The windowing a model was trained with (its card), `fallback` for cards that do not record it. A card
+    written before the end-of-call marker existed has none: its model never learned one."""
+    return SplitConfig(**{"end_of_call": "", **card["split"]}) if "split" in card else (fallback or SplitConfig())
+
+
+class _Guarded:
+    """A request's future while guarded decoding tries it (calltune.runtime.guardrails): each try's end comes here
+    (the worker calls `set_result`), and a try that breaks a rule queues the next one instead of answering. A
+    streamed reply's pieces are held until a try passes, then sent as they were generated."""
+
+    def __init__(self, responder: LocalResponder, future: Future, on_text, earlier: list[str]):
+        self.responder, self.future, self.on_text, self.earlier = responder, future, on_text, earlier
+        self.pieces: list[list[str]] = []
+        self.started = False
+
+    def request(self, request: Request) -> Request:
+        """The try's request, its pieces kept aside."""
+        pieces: list[str] = []
+        self.pieces.append(pieces)
+        self.current = replace(request, on_text=pieces.append if self.on_text else None)
+        return self.current
+
+    def set_running_or_notify_cancel(self) -> bool:
+        if self.started:  # a retry of a running request
+            return True
+        self.started = True
+        return self.future.set_running_or_notify_cancel()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.future.set_exception(exc)
+
+    def set_result(self, generation: Generation) -> None:
+        outcome = self.responder.tries.settle(id(self), self.current, generation, self.earlier)
+        if isinstance(outcome, Generation):
+            if outcome.guard.retries:
+                self.responder.retries += outcome.guard.retries
+                log.info("guarded decoding: %d retries (%s), %s", outcome.guard.retries,
+                         "; ".join(",".join(b) for b in outcome.guard.broken if b),
+                         "passed" if outcome.guard.passed else "kept the try breaking the fewest rules")
+            for piece in self.pieces[outcome.guard.kept] if self.on_text else ():
+                self.on_text(piece)
+            self.future.set_result(outcome)
+        else:
+            self.responder._queue.put((self.request(outcome), self))
+
+
 class LocalResponder:
-    """A local model folder. `split`: the windowing used when the model card does not record it (older models)."""
+    """A local model folder. `split`: the windowing used when the model card does not record it (older models).
+    `guardrails`: guarded decoding with the rules the model card records (False: replies as generated)."""
 
     def __init__(self, model_dir: Path, split: SplitConfig | None = None, max_batch: int = 16,
-                 max_prompt_tokens: int = 0, batch_wait_s: float = 0.0):
+                 max_prompt_tokens: int = 0, batch_wait_s: float = 0.0, guardrails: bool = True):
         self.model, self.tokenizer = load_model(model_dir)
         card = read_model_card(model_dir) or {}
         self.system = card.get("system_prompt", "")
+        rails = Guardrails.from_card(card, guardrails)
+        self.tries = Tries(rails, self.tokenizer) if rails is not None else None
+        self.retries = 0  # guarded decoding's retries so far, for the log
         if "split" in card:
-            self.split = SplitConfig(**card["split"])
+            self.split = card_split(card)
         else:
             self.split = split or SplitConfig()
             if card:
@@ -92,11 +159,19 @@ class LocalResponder:
         room = self.context - max_tokens if not self.encoder_decoder else self.context
         return prompt_tokens(example, self.tokenizer, self.encoder_decoder, min(room, self.max_prompt_tokens))
 
-    def start(self, example: Example, sampling: Sampling, on_text=None, cancelled=None) -> Future[Generation]:
+    def start(self, example: Example, sampling: Sampling, on_text=None, cancelled=None,
+              earlier: list[str] | None = None) -> Future[Generation]:
+        """The reply's future. `earlier`: the customer's own earlier turns of the call, which guarded decoding checks
+        the reply against (None: those in the example's window)."""
         request = Request(self.prompt(example, sampling.max_tokens), sampling.max_tokens, sampling.temperature,
-                          sampling.top_p, sampling.seed, sampling.stop, on_text, cancelled)
+                          sampling.top_p, sampling.seed, sampling.stop, on_text, cancelled,
+                          end_of_call=self.split.end_of_call)
         future: Future[Generation] = Future()
-        self._queue.put((request, future))
+        if self.tries is None:
+            self._queue.put((request, future))
+        else:
+            guarded = _Guarded(self, future, on_text, earlier_turns(example) if earlier is None else earlier)
+            self._queue.put((guarded.request(request), guarded))
         return future
 
     def close(self) -> None:
@@ -180,7 +255,8 @@ class GeminiResponder:
                                      retry_options=types.HttpRetryOptions(attempts=5))
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="calltune-vertex")
 
-    def start(self, example: Example, sampling: Sampling, on_text=None, cancelled=None) -> Future[Generation]:
+    def start(self, example: Example, sampling: Sampling, on_text=None, cancelled=None,
+              earlier=None) -> Future[Generation]:
         return self._pool.submit(self._generate, example, sampling, on_text)
 
     def _generate(self, example: Example, sampling: Sampling, on_text) -> Generation:
@@ -199,8 +275,9 @@ class GeminiResponder:
             on_text(text)
         usage = response.usage_metadata
         finish = str(getattr(response.candidates[0], "finish_reason", "") if response.candidates else "")
-        return Generation(text, (usage and usage.prompt_token_count) or 0, (usage and usage.candidates_token_count) or 0,
-                          "length" if "MAX_TOKENS" in finish else "stop")
+        return end_of_call(Generation(text, (usage and usage.prompt_token_count) or 0,
+                                      (usage and usage.candidates_token_count) or 0,
+                                      "length" if "MAX_TOKENS" in finish else "stop"), self.split.end_of_call)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -221,7 +298,8 @@ class EndpointResponder:
         self._chat = chat or EndpointChat(endpoint, api_endpoint=base_url)
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="calltune-endpoint")
 
-    def start(self, example: Example, sampling: Sampling, on_text=None, cancelled=None) -> Future[Generation]:
+    def start(self, example: Example, sampling: Sampling, on_text=None, cancelled=None,
+              earlier=None) -> Future[Generation]:
         return self._pool.submit(self._generate, example, sampling, on_text, cancelled)
 
     def _generate(self, example: Example, sampling: Sampling, on_text, cancelled) -> Generation:
@@ -231,9 +309,10 @@ class EndpointResponder:
         if on_text is None:
             out = self._chat.complete(messages, **settings)
             usage = out.usage
-            return Generation((out.choices[0].message.content or "").strip(), usage.prompt_tokens if usage else 0,
-                              usage.completion_tokens if usage else 0,
-                              "length" if out.choices[0].finish_reason == "length" else "stop")
+            return end_of_call(Generation((out.choices[0].message.content or "").strip(),
+                                          usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
+                                          "length" if out.choices[0].finish_reason == "length" else "stop"),
+                               self.split.end_of_call)
         text, finish, usage = "", "stop", None
         for chunk in self._chat.complete(messages, stream=True, **settings):
             usage = chunk.usage or usage
@@ -245,7 +324,8 @@ class EndpointResponder:
                 on_text(chunk.choices[0].delta.content)
             if chunk.choices and chunk.choices[0].finish_reason == "length":
                 finish = "length"
-        return Generation(text, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0, finish)
+        return end_of_call(Generation(text, usage.prompt_tokens if usage else 0,
+                                      usage.completion_tokens if usage else 0, finish), self.split.end_of_call)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

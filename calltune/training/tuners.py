@@ -8,24 +8,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from calltune.config import SplitConfig, TuneConfig
+from calltune.config import InferConfig, SplitConfig, TuneConfig
 
 
 def tune(splits: str | Path, out_dir: str | Path, cfg: TuneConfig, *, seed: int, state_dir: str | Path,
-         split: SplitConfig | None = None, system_prompt: str = "") -> dict:
-    """Either backend; then the folder's README.md model card (calltune.release.model_card), evaluation pending.
-    `split` and `system_prompt` (the template the data's system instructions came from) go into a local model's
-    card, so serving windows conversations as the examples were."""
+         split: SplitConfig | None = None, system_prompt: str = "", infer: InferConfig | None = None,
+         embedding_model: str = "", samples: int = 1000) -> dict:
+    """Either backend, then `cfg.preference_rounds` realism preference rounds (calltune.training.preference: the
+    tuned model plays the train calls with `infer`'s settings; `embedding_model`: the discriminator's sentence
+    embeddings; `samples`: bootstrap resamples of the keep-or-roll-back decision); then the folder's README.md model
+    card (calltune.release.model_card), evaluation pending. `split` and `system_prompt` (the template the data's
+    system instructions came from) go into a local model's card, so serving windows conversations as the examples
+    were."""
     from calltune.release.model_card import add_model_card
 
     splits = Path(splits)
+    rounds = {"infer": infer or InferConfig(), "seed": seed, "embedding_model": embedding_model, "samples": samples}
     if cfg.backend == "gemini":
-        from calltune.training.gemini import tune_gemini
+        from calltune.training.gemini import tune_gemini, tune_gemini_preference
 
-        return add_model_card(out_dir, tune_gemini(splits, Path(out_dir), cfg), splits)
+        card = tune_gemini(splits, Path(out_dir), cfg)
+        if cfg.preference_rounds:
+            card = tune_gemini_preference(Path(out_dir), splits, cfg, card, **rounds)
+        return add_model_card(out_dir, card, splits)
     from calltune.training.lora import train_lora
 
     validation = splits / "validation.examples.jsonl"
     card = train_lora(splits / "train.examples.jsonl", validation if validation.exists() else None, Path(out_dir),
                       cfg, seed=seed, state_dir=Path(state_dir).expanduser(), split=split, system_prompt=system_prompt)
+    if cfg.preference_rounds:
+        from calltune.training.dpo import tune_preference
+
+        card = tune_preference(Path(out_dir), splits, cfg, **rounds)
     return add_model_card(out_dir, card, splits)

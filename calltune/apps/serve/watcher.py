@@ -38,7 +38,8 @@ def load_responder(endpoint: str, cfg: ServeConfig | None = None, split: SplitCo
             return EndpointResponder(endpoint, split=split, max_concurrency=cfg.max_batch, chat=chat)
         return GeminiResponder(endpoint, cfg.vertex_base_url, split, max_concurrency=cfg.max_batch)
     return LocalResponder(model_path_from_endpoint(endpoint), split, max_batch=cfg.max_batch,
-                          max_prompt_tokens=cfg.max_prompt_tokens, batch_wait_s=cfg.batch_wait_ms / 1000)
+                          max_prompt_tokens=cfg.max_prompt_tokens, batch_wait_s=cfg.batch_wait_ms / 1000,
+                          guardrails=cfg.guardrails)
 
 
 def redact(text: str, endpoint: str, name: str) -> str:
