@@ -342,6 +342,12 @@ class SimulateConfig(Section):
     seller_project: str = Field("", description="gemini seller: Google Cloud project billed.")
     seller_location: str = Field("us-central1", description="gemini seller: Vertex AI location.")
     seller_max_tokens: int = Field(128, ge=8, description="Longest seller line the seller model may write.")
+    adversarial: Literal["off", "tuned", "all"] = Field(
+        "tuned", description="In character under pressure: a fixed suite of 30 seller lines that try to break the "
+                             "role (are you an AI, ignore your instructions, you are the seller now, repeat your "
+                             "system prompt, off-topic requests), each inserted once into each test call; the report "
+                             "gives the share of replies that break character. tuned: the tuned model's replies; "
+                             "all: base and champion too; off: skipped.")
 
     def seller_settings(self) -> SellerConfig:
         return SellerConfig(backend=self.seller, model=self.seller_model, base_url=self.seller_base_url,

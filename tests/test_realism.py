@@ -10,6 +10,7 @@ from calltune.evaluation.metrics import Estimate
 from calltune.evaluation.realism import realism
 from calltune.evaluation.simulate import calls_from_examples, local_replier, simulate
 from calltune.runtime.embeddings import Embedder
+from calltune.runtime.generation import Generation
 
 PRODUCTS = ["solar panels", "a credit card", "health insurance", "a phone plan", "a new car", "home internet",
             "a gym membership", "accounting software", "a timeshare", "office chairs", "a cloud backup service",
@@ -55,14 +56,23 @@ def split():
     return test, train
 
 
+def texts(fn):
+    """A simulate reply function (Generations, given the contexts and the customer's earlier turns) from one that
+    answers a list of contexts with texts."""
+    return lambda examples, earlier=None: [Generation(t, 0, 0, "stop") for t in fn(examples)]
+
+
+@texts
 def copy_model(examples):
     return [e["target"] for e in examples]
 
 
+@texts
 def seller_model(examples):
     return [e["prompt"] for e in examples]
 
 
+@texts
 def repeating_model(examples):
     return ["I would like to know more about the price of this product please." for _ in examples]
 
@@ -85,7 +95,7 @@ def test_closed_loop_feeds_back_the_models_own_replies_batched_per_turn_position
         seen.extend(examples)
         return [f"own reply {e['call_id']} {e['turn_index']}" for e in examples]
 
-    sims = simulate(calls, model)
+    sims = simulate(calls, texts(model))
     assert batches == [12] * 5  # one batched generation per turn position, across every call
     last = [e for e in seen if e["call_id"] == "c03" and e["turn_index"] == 9][0]
     # The window (history_turns=4) holds the model's own replies, after the real seller lines.
@@ -95,7 +105,7 @@ def test_closed_loop_feeds_back_the_models_own_replies_batched_per_turn_position
     assert sims[3].customers == [f"own reply c03 {k}" for k in (1, 3, 5, 7, 9)]
 
     one_at_a_time = []
-    simulate(calls, lambda ex: one_at_a_time.append(len(ex)) or model(ex), batched=False)
+    simulate(calls, texts(lambda ex: one_at_a_time.append(len(ex)) or model(ex)), batched=False)
     assert one_at_a_time == [1] * 60  # the benchmark's baseline: every turn of every call on its own
 
 
@@ -107,13 +117,47 @@ def test_a_first_reply_batch_inference_made_is_taken_not_generated_again(split):
         asked.extend(examples)
         return [f"own reply {e['call_id']} {e['turn_index']}" for e in examples]
 
-    made = {calls[0].examples[0]["example_id"]: "batch inference's reply", "other:1": "unused"}
-    sims = simulate(calls, model, first=made)
+    made = {calls[0].examples[0]["example_id"]: ("batch inference's reply", "stop"), "other:1": ("unused", "stop")}
+    sims = simulate(calls, texts(model), first=made)
     assert sims[0].customers[0] == "batch inference's reply" and sims[1].customers[0] == "own reply c01 1"
     assert calls[0].examples[0]["example_id"] not in [e["example_id"] for e in asked]
     # The closed loop goes on from it: turn 2 of the call hears it as the customer's first line.
     second = [e for e in asked if e["call_id"] == "c00" and e["turn_index"] == 3][0]
     assert second["history"][-1]["text"] == "batch inference's reply"
+
+
+def test_a_customer_who_hangs_up_ends_the_simulated_call_and_realism_says_when(split):
+    calls, _ = calls_from_examples(split[0])
+    assert all(c.ends for c in calls)  # every real call's closing turn carries the end-of-call marker
+
+    def hangs_up_at(turn: int):
+        def reply(examples, earlier=None):
+            return [Generation("Bye.", 0, 0, "end_of_call" if len(earlier[i]) == turn else "stop")
+                    for i, _ in enumerate(examples)]
+        return reply
+
+    early, at_end, never = (simulate(calls, hangs_up_at(t)) for t in (1, 4, 9))
+    assert [len(s.customers) for s in early] == [2] * 12 and all(s.hung_up for s in early)  # the call stopped
+    assert [len(s.customers) for s in never] == [5] * 12 and not any(s.hung_up for s in never)
+    out = realism(calls, {"early": early, "at_end": at_end, "never": never}, samples=100)
+    rates = {n: {k: out["metrics"][n][k].value for k in ("ended_early_rate", "ended_at_end_rate", "never_ended_rate")}
+             for n in ("real", "early", "at_end", "never")}
+    assert rates == {"real": {"ended_early_rate": 0.0, "ended_at_end_rate": 1.0, "never_ended_rate": 0.0},
+                     "early": {"ended_early_rate": 1.0, "ended_at_end_rate": 0.0, "never_ended_rate": 0.0},
+                     "at_end": {"ended_early_rate": 0.0, "ended_at_end_rate": 1.0, "never_ended_rate": 0.0},
+                     "never": {"ended_early_rate": 0.0, "ended_at_end_rate": 0.0, "never_ended_rate": 1.0}}
+
+
+def test_friction_is_split_by_meeting_type_each_with_its_calls_and_interval(split):
+    calls, _ = calls_from_examples(split[0])
+    labels = ["FirstContact" if i % 3 == 0 else "Closing" for i in range(len(calls))]
+    agreeable = texts(lambda ex: ["Yes, sounds great." for _ in ex])
+    out = realism(calls, {"tuned": simulate(calls, agreeable)}, samples=200, groups=("meeting_type", labels))
+    rows = {r["group"]: r for r in out["by_group"]["rows"]}
+    assert out["by_group"]["field"] == "meeting_type" and [rows[g]["calls"] for g in sorted(rows)] == [8, 4]
+    for row in rows.values():
+        real, tuned = row["friction_rate"]["real"], row["friction_rate"]["tuned"]
+        assert tuned.value == 0.0 < real.value and real.low <= real.value <= real.high and real.n == row["calls"]
 
 
 def test_copying_the_real_customer_is_indistinguishable_and_in_role(split, embedder):
@@ -151,7 +195,7 @@ def test_a_model_that_repeats_itself_is_flagged(split, embedder):
     assert m["first_turn_distinct_1"].value < 0.1 < real["first_turn_distinct_1"].value
     assert m["friction_rate"].value == 0 and m["question_rate"].value == 0
     assert min(out["per_call"]["parrot"]["friction_deficit"]) > 0  # every call: more agreeable than the real one
-    hangs_up = simulate(calls, lambda ex: ["Not interested, goodbye." for _ in ex])
+    hangs_up = simulate(calls, texts(lambda ex: ["Not interested, goodbye." for _ in ex]))
     early = realism(calls, {"early": hangs_up}, samples=100)["metrics"]["early"]
     assert early["premature_ending_rate"].value == 1 and early["friction_rate"].value == 1
     assert "role classifier" in out["notes"][0]  # no train split given: the rules alone decide
@@ -249,7 +293,8 @@ def test_a_configured_seller_model_plays_the_seller_after_the_real_opening(monke
     with FakeOpenAI(api_key="sk-seller", replies=["Seller: Shall I send you the contract?"] * 8) as fake:
         cfg = SimulateConfig(seller="openai", seller_model="seller-1", seller_base_url=f"{fake.endpoint}/v1",
                              seller_api_key_env="CALLTUNE_TEST_SELLER_KEY")
-        sims = simulate(calls, lambda ex: seen.extend(ex) or copy_model(ex), seller=make_seller(cfg), cfg=cfg)
+        sims = simulate(calls, lambda ex, earlier=None: seen.extend(ex) or copy_model(ex), seller=make_seller(cfg),
+                        cfg=cfg)
         bodies = fake.bodies()
     assert len(bodies) == 8  # every seller line after the opening, in both calls
     heard = [b["messages"][-1]["content"] for b in bodies]  # the calls' requests run concurrently: in any order
@@ -279,9 +324,15 @@ def test_evaluate_reports_whole_call_realism_and_the_gate_reads_it_back(tiny_cha
                       max_seq_len=256)
     comparison = json.loads((tmp_path / "out" / "comparison.json").read_text())
     assert comparison["realism"]["simulation"]["calls"] == 3
-    assert set(comparison["realism"]["metrics"]) == {"real", "tuned"}
+    # The tuned model as served (guarded decoding) and without guarded decoding, beside the real calls.
+    assert set(comparison["realism"]["metrics"]) == {"real", "tuned", "tuned_unguarded"}
     assert "discriminator_auc" in comparison["realism"]["metrics"]["tuned"]
     assert [len(c["turns"]) for c in read_jsonl(tmp_path / "out" / "simulated" / "tuned.jsonl")] == [10, 10, 10]
+    assert (tmp_path / "out" / "simulated" / "tuned_unguarded.jsonl").is_file()
+    # Every line of the adversarial suite once in each of the three calls, for the tuned model only.
+    adversarial = comparison["realism"]["adversarial"]
+    assert list(adversarial) == ["tuned"] and adversarial["tuned"]["replies"] == 3 * 30
+    assert 0 <= adversarial["tuned"]["break_rate"]["value"] <= 1 and len(adversarial["tuned"]["by_kind"]) == 5
     page = (tmp_path / "out" / "report.html").read_text()
     assert "Whole-call realism" in page and "realism_lengths" not in page  # the histogram is embedded
     # The gate step decides from comparison.json as evaluate did, realism check included.

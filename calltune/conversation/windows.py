@@ -90,5 +90,6 @@ def count_examples(call: Call, cfg: SplitConfig, stats: Counter | None = None) -
     stats = Counter() if stats is None else stats
     dialogue, _ = _dialogue(call, cfg, stats)
     n = sum(turn["role"] == "customer" for turn in islice(dialogue, 1, None))
+    stats["ended_calls"] += bool(n and cfg.end_of_call)
     _count(stats, n)
     return n

@@ -45,8 +45,8 @@ class Decoding:
     @classmethod
     def for_model(cls, card: dict | None, cfg: InferConfig, guardrails: bool | None = None) -> Decoding:
         """`guardrails` None: as `cfg.guardrails` says."""
-        marker = card_split(card).end_of_call if card else ""
-        return cls(marker, Guardrails.from_card(card, cfg.guardrails if guardrails is None else guardrails))
+        return cls(card_split(card).end_of_call, Guardrails.from_card(card, cfg.guardrails if guardrails is None
+                                                                        else guardrails))
 
 
 def generate_batch(model, tokenizer, prompts: list[list[int]], cfg: InferConfig,

@@ -31,7 +31,7 @@ from calltune.core.figures import loss_curve_png, pyplot, save_png
 from calltune.core.io import read_jsonl, write_json, write_jsonl
 from calltune.core.report import Report
 from calltune.evaluation import metrics as M
-from calltune.evaluation.batch_infer import predict, read_predictions, read_scores
+from calltune.evaluation.batch_infer import Decoding, predict, read_predictions, read_scores
 from calltune.evaluation.error_analysis import analyze
 from calltune.evaluation.gate import decide
 from calltune.release.model_card import write_model_card
@@ -85,7 +85,8 @@ def _score_model(name: str, source: str | Path, test_path: Path, out_dir: Path, 
                  sim_ctx=None) -> dict:
     """`reported`: the model card of an endpoint model, whose tuning job reported its validation metrics.
     `sim_ctx`: (calls, SimulateConfig, seller generator or None) to simulate whole calls with, or None."""
-    from calltune.evaluation.simulate import local_replier, simulate, vertex_replier
+    from calltune.evaluation.simulate import local_replier, vertex_replier, whole_calls
+    from calltune.runtime.responders import card_split
 
     record: dict = {"source": str(source)}
     parts = None
@@ -99,8 +100,8 @@ def _score_model(name: str, source: str | Path, test_path: Path, out_dir: Path, 
         record["note"] = "a Vertex endpoint gives no token probabilities: text metrics only"
         if sim_ctx is not None:
             calls, sim_cfg, seller = sim_ctx
-            record["simulated"] = simulate(calls, vertex_replier(str(source), infer), seller=seller, cfg=sim_cfg,
-                                           seed=seed)
+            record.update(whole_calls(name, calls, vertex_replier(str(source), infer), sim_cfg, seller=seller,
+                                      seed=seed))
         if reported and reported.get("validation_token_accuracy") is not None:
             record["note"] = (f"accuracy{' and loss' if reported.get('validation_loss') is not None else ''}: "
                               f"{REPORTED}, without a bootstrap interval (a Vertex endpoint gives no token "
@@ -134,11 +135,17 @@ def _score_model(name: str, source: str | Path, test_path: Path, out_dir: Path, 
         record.update(skipped=skipped, tokens=sum(parts["tokens"]), parts=parts)
         if sim_ctx is not None:
             calls, sim_cfg, seller = sim_ctx
-            log.info("simulating %d whole test calls with %s", len(calls), name)
             # Greedy: each call's first reply is the one batch inference made to the same (real) first example.
-            first = {r["example_id"]: r["candidate_responses"] or "" for r in rows} if infer.temperature == 0 else None
-            record["simulated"] = simulate(calls, local_replier(model, tokenizer, infer, max_len), seller=seller,
-                                           cfg=sim_cfg, seed=seed, first=first)
+            first = {r["example_id"]: (r["candidate_responses"] or "", r.get("finish_reason") or "stop")
+                     for r in rows} if infer.temperature == 0 else None
+            card = read_model_card(Path(source))
+            decoding = Decoding.for_model(card, infer)
+            # The tuned model's realism is also measured without guarded decoding, so its gain shows.
+            unguarded = local_replier(model, tokenizer, infer, max_len, Decoding.for_model(card, infer, False)) \
+                if name == "tuned" and decoding.rails is not None else None
+            record.update(whole_calls(name, calls, local_replier(model, tokenizer, infer, max_len, decoding), sim_cfg,
+                                      seller=seller, seed=seed, first=first, unguarded=unguarded,
+                                      split=card_split(card)))
         del model
         gc.collect()
     record.update(examples=len(rows), model_sha=report.get("model_sha", ""), rows=rows)
@@ -233,14 +240,19 @@ def evaluate(model_dir: str | Path, test_path: str | Path, out_dir: str | Path, 
                                      reported=endpoint_card if name == "tuned" else None, sim_ctx=sim_ctx)
     realism = None
     if sim_ctx is not None:
+        from calltune.evaluation.realism import as_json as realism_json
         from calltune.evaluation.realism import realism as measure
 
         train = test_path.with_name("train.examples.jsonl")
-        realism = measure(sim_ctx[0], {n: r["simulated"] for n, r in records.items() if "simulated" in r},
+        simulated = {n: r["simulated"] for n, r in records.items() if "simulated" in r}
+        simulated |= {f"{n}_unguarded": r["simulated_unguarded"] for n, r in records.items()
+                      if "simulated_unguarded" in r}
+        realism = measure(sim_ctx[0], simulated,
                           embedder=_embedder(cfg.embedding_model) if cfg.embedding_model else None,
                           train_examples=list(read_jsonl(train)) if train.is_file() else None,
                           judge_ctx=(judge, generator) if generator else None,
-                          samples=cfg.bootstrap_samples, seed=seed)
+                          samples=cfg.bootstrap_samples, seed=seed, groups=meeting_types(sim_ctx[0], card),
+                          adversarial={n: r["adversarial"] for n, r in records.items() if "adversarial" in r})
         realism["simulation"] = {**sim_report, "seller": simulation.seller}
         if sim_ctx[2] is not None:
             sim_ctx[2].close()
@@ -265,7 +277,8 @@ def evaluate(model_dir: str | Path, test_path: str | Path, out_dir: str | Path, 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     comparison = {
-        "models": {n: {**{k: v for k, v in r.items() if k not in ("rows", "scores", "parts", "simulated")},
+        "models": {n: {**{k: v for k, v in r.items() if k not in ("rows", "scores", "parts", "simulated",
+                                                                  "simulated_unguarded", "adversarial")},
                        "metrics": {k: _finite(e.as_dict()) for k, e in r["metrics"].items()}}
                    for n, r in records.items()}
                   | {n: {"skipped": why} for n, why in skipped.items() if n not in records},
@@ -275,12 +288,11 @@ def evaluate(model_dir: str | Path, test_path: str | Path, out_dir: str | Path, 
         "decoding": infer.model_dump(include={"max_new_tokens", "temperature", "top_p"}),
     }
     if realism is not None:
-        comparison["realism"] = {**{k: v for k, v in realism.items() if k not in ("metrics", "per_call")},
-                                 "metrics": {n: {k: _finite(e.as_dict()) for k, e in m.items()}
-                                             for n, m in realism["metrics"].items()}}
+        comparison["realism"] = realism_json(realism)
         for n, r in records.items():
-            if "simulated" in r:
-                write_jsonl(out_dir / "simulated" / f"{n}.jsonl", (c.as_dict() for c in r["simulated"]))
+            for key, suffix in (("simulated", ""), ("simulated_unguarded", "_unguarded")):
+                if key in r:
+                    write_jsonl(out_dir / "simulated" / f"{n}{suffix}.jsonl", (c.as_dict() for c in r[key]))
     write_json(out_dir / "comparison.json", comparison)
     if card and "config" in card:  # a model calltune tuned: its model card, completed (calltune.release.model_card)
         write_model_card(model_dir, comparison=comparison, to=out_dir / "model_card.md")
@@ -297,6 +309,17 @@ def evaluate(model_dir: str | Path, test_path: str | Path, out_dir: str | Path, 
              *(result.get(k, math.nan) for k in HEADLINE), result["tokens"], decision["decision"],
              decision["decided_by"])
     return result
+
+
+def meeting_types(calls, card: dict | None, field: str = "meeting_type") -> tuple[str, list[str]] | None:
+    """(field, each call's value of it), read back from its system instruction through the template the tuned
+    model's data was rendered with; None when the template has no such field."""
+    from calltune.data.formats.base import persona_fields, template_fields
+
+    template = (card or {}).get("system_prompt_template") or ""
+    if field not in template_fields(template):
+        return None
+    return field, [persona_fields(template, c.system).get(field) or "(unknown)" for c in calls]
 
 
 def _gains(records: dict, samples: int, seed: int) -> dict[str, M.Estimate]:

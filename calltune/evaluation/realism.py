@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 REAL = "real"
 ROLE_THRESHOLD = 0.5
 
-_ASSISTANT = re.compile(
+ASSISTANT = re.compile(
     r"\b(as an ai|an ai (language )?model|i'?m an? (ai|virtual assistant|assistant|language model)|how (can|may) i "
     r"(help|assist) you|i('d| would) be (happy|glad) to (help|assist)|feel free to ask|let me know if you have any "
     r"(other |more )?questions)\b", re.IGNORECASE)
@@ -58,7 +58,7 @@ _CLOSING = re.compile(
 ROLE_RULE = ("P(seller) >= 0.5 from a logistic regression on MiniLM embeddings + length features trained on the "
              "train split's real seller and customer turns; or error analysis's seller_line rule (a seller role "
              "label, or a copy of a seller line of the call, ROUGE-L >= 0.9); or an assistant phrase (" +
-             _ASSISTANT.pattern + ")")
+             ASSISTANT.pattern + ")")
 FRICTION_RULE = "the turn pushes back, hesitates or declines: it matches " + _FRICTION.pattern
 CLOSING_RULE = ("a customer turn before the call's last one closes the call: it matches " + _CLOSING.pattern)
 DEGENERATION_RULE = (f"guarded decoding's rules but the length band (calltune.runtime.guardrails): empty ("
@@ -205,7 +205,7 @@ def _closes_early(turns: list[str]) -> bool:
 
 
 def role_rules(turns: list[str], sellers: list[str], real: list[str]) -> list[bool]:
-    return [spoke_as_seller(t, sellers[:k + 1], real[k]) or bool(_ASSISTANT.search(t)) for k, t in enumerate(turns)]
+    return [spoke_as_seller(t, sellers[:k + 1], real[k]) or bool(ASSISTANT.search(t)) for k, t in enumerate(turns)]
 
 
 def side_metrics(turns: list[list[str]], sellers: list[list[str]], real: list[list[str]], role_model, embedder, *,
@@ -269,13 +269,15 @@ def length_wasserstein(real: list[list[str]], simulated: list[list[str]], *, sam
 
 def realism(calls, simulated: dict[str, list], *, embedder=None, train_examples: list[dict] | None = None,
             judge_ctx=None, samples: int = 1000, seed: int = 42,
-            groups: tuple[str, list[str]] | None = None) -> dict:
+            groups: tuple[str, list[str]] | None = None, adversarial: dict | None = None) -> dict:
     """`calls`: calltune.evaluation.simulate.Call (the real calls); `simulated`: model name -> its Simulated calls, in the same
     order. `embedder`: calltune.runtime.embeddings.Embedder (None: the classifier metrics are skipped, with a note);
     `train_examples`: the train split (the role classifier's data); `judge_ctx`: (JudgeConfig, generator) or None.
     `groups`: (field, a label per call), e.g. ("meeting_type", [...]): friction per group (`by_group`).
+    `adversarial`: name -> (contexts, replies) of calltune.evaluation.adversarial's suite: character breaks.
     Returns {"metrics": name -> metric -> Estimate (name "real" for the real calls), "per_call": name -> metric ->
-    value per call, "lengths": name -> words per turn, "rules", "notes", and "by_group" with `groups`}."""
+    value per call, "lengths": name -> words per turn, "rules", "notes", "by_group" with `groups`, "adversarial"
+    with `adversarial`}."""
     kw = {"samples": samples, "seed": seed}
     notes: list[str] = []
     real_turns = [c.customers for c in calls]
@@ -315,9 +317,29 @@ def realism(calls, simulated: dict[str, list], *, embedder=None, train_examples:
         out["lengths"][name] = [_words(t) for c in turns for t in c]
     if groups is not None:
         out["by_group"] = by_group(calls, simulated, *groups, **kw)
+    if adversarial:
+        from calltune.evaluation import adversarial as adv
+
+        out["adversarial"] = {n: adv.measure(ctxs, replies, len(calls), role_model, embedder, **kw)
+                              for n, (ctxs, replies) in adversarial.items()}
     if judge_ctx is not None:
         judge_calls(calls, simulated, out, judge_ctx, **kw)
     return out
+
+
+def as_json(result: dict) -> dict:
+    """`realism`'s result for comparison.json: every Estimate as a dict (NaN as null), per-call values left out."""
+    def plain(value):
+        if isinstance(value, M.Estimate):
+            return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                    for k, v in value.as_dict().items()}
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+
+    return plain({k: v for k, v in result.items() if k != "per_call"})
 
 
 def by_group(calls, simulated: dict[str, list], field: str, labels: list[str], *, samples: int, seed: int) -> dict:

@@ -232,3 +232,25 @@ def simulate(calls: list[Call], reply, *, seller=None, cfg: SimulateConfig | Non
                 log.info("simulated turn %d: %d calls still running (%.1f s)", k + 1, len(active),
                          time.monotonic() - started)
     return sims
+
+
+def whole_calls(name: str, calls: list[Call], reply, cfg: SimulateConfig, *, seller=None, seed: int = 42,
+                first=None, unguarded=None, split=None) -> dict:
+    """What evaluation records of a model's whole calls: "simulated" (`simulate` with `reply`); with `unguarded` (the
+    same model's reply function without guarded decoding), "simulated_unguarded"; and when `cfg.adversarial` asks
+    for this model, "adversarial": the suite's contexts (calltune.evaluation.adversarial, windowed with `split`)
+    and the model's replies to them."""
+    from calltune.config import SplitConfig
+    from calltune.evaluation import adversarial
+
+    log.info("simulating %d whole test calls with %s", len(calls), name)
+    out = {"simulated": simulate(calls, reply, seller=seller, cfg=cfg, seed=seed, first=first)}
+    if unguarded is not None:
+        log.info("simulating them again with %s without guarded decoding", name)
+        out["simulated_unguarded"] = simulate(calls, unguarded, seller=seller, cfg=cfg, seed=seed)
+    if cfg.adversarial == "all" or (cfg.adversarial == "tuned" and name == "tuned"):
+        ctxs = adversarial.contexts(calls, split or SplitConfig(), seed)
+        log.info("%s answers %d seller lines that try to break its role", name, len(ctxs))
+        replies = reply([c["example"] for c in ctxs], [c["earlier"] for c in ctxs]) if ctxs else []
+        out["adversarial"] = (ctxs, [r.text for r in replies])
+    return out

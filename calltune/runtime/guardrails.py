@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 REPEAT_ROUGE, REPEAT_MIN_WORDS = 0.8, 3
 LOOP_MIN_WORDS, LOOP_SHARE = 4, 0.5
-BAN_N = 3  # token n-grams banned on a greedy retry
+BAN_N = 2  # token n-grams banned on a greedy retry: bigrams, or a near-copy slips through ROUGE-L
 BAND_PERCENTILES = (1, 99)  # the length band: these percentiles of the train split's customer replies, in words
 
 _WORD = re.compile(r"\w+")

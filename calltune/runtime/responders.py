@@ -75,10 +75,13 @@ def earlier_turns(example: Example) -> list[str]:
     return [t["text"] for t in example.get("history", []) if t["role"] == "customer"]
 
 
-def card_split(card: dict, fallback: SplitConfig | None = None) -> SplitConfig:
-    """The windowing a model was trained with (its card), `fallback` for cards that do not record it. A card
-    written before the end-of-call marker existed has none: its model never learned one."""
-    return SplitConfig(**{"end_of_call": "", **card["split"]}) if "split" in card else (fallback or SplitConfig())
+def card_split(card: dict | None, fallback: SplitConfig | None = None) -> SplitConfig:
+    """The windowing a model was trained with (its card), `fallback` for models whose card does not record it (and
+    plain models). Only a card that records an end-of-call marker gives one: a model tuned before the marker
+    existed, or never tuned here, did not learn it."""
+    if card and "split" in card:
+        return SplitConfig(**{"end_of_call": "", **card["split"]})
+    return (fallback or SplitConfig()).model_copy(update={"end_of_call": ""})
 
 
 class _Guarded:
@@ -134,13 +137,10 @@ class LocalResponder:
         rails = Guardrails.from_card(card, guardrails)
         self.tries = Tries(rails, self.tokenizer) if rails is not None else None
         self.retries = 0  # guarded decoding's retries so far, for the log
-        if "split" in card:
-            self.split = card_split(card)
-        else:
-            self.split = split or SplitConfig()
-            if card:
-                log.warning("%s: the model card does not record its split settings; windowing with history_turns=%d",
-                            Path(model_dir).name, self.split.history_turns)
+        self.split = card_split(card, split)
+        if card and "split" not in card:
+            log.warning("%s: the model card does not record its split settings; windowing with history_turns=%d",
+                        Path(model_dir).name, self.split.history_turns)
         config = self.model.config
         self.encoder_decoder = bool(config.is_encoder_decoder)
         self.context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) \
