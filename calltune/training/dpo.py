@@ -74,6 +74,7 @@ def train_dpo(model_dir: Path, pairs: list[Pair], out_dir: Path, cfg: TuneConfig
     shutil.rmtree(out_dir / "work", ignore_errors=True)
     logged = [r for r in trainer.state.log_history if "loss" in r]
     return {"pairs_trained": len(rows), "steps": trainer.state.global_step, "train_loss": result.training_loss,
+            "first_loss": logged[0]["loss"] if logged else None,  # ln 2 when the policy starts as the reference
             "final_reward_accuracy": logged[-1].get("rewards/accuracies") if logged else None,
             "final_reward_margin": logged[-1].get("rewards/margins") if logged else None,
             "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2)}

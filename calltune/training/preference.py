@@ -66,10 +66,14 @@ def candidate_pairs(calls, sims, embedder, rails) -> list[Pair]:
     from calltune.evaluation.simulate import context
 
     real = [c.customers for c in calls]
-    scored = out_of_fold(real, [s.customers for s in sims], embedder)
-    if scored is None:
+    if embedder is None:  # no discriminator: every reply as recognisable as the next, taken in call order
+        groups = np.concatenate([[i] * (len(c) + len(s.customers)) for i, (c, s) in enumerate(zip(real, sims))])
+        y = np.concatenate([[0] * len(c) + [1] * len(s.customers) for c, s in zip(real, sims)])
+        proba = np.zeros(len(y))
+    elif (scored := out_of_fold(real, [s.customers for s in sims], embedder)) is None:
         raise ValueError("a preference round needs at least two train calls with simulated turns")
-    y, proba, groups = scored
+    else:
+        y, proba, groups = scored
     pairs = []
     for i, (call, sim) in enumerate(zip(calls, sims)):
         recognisable = proba[(groups == i) & (y == 1)]
