@@ -92,28 +92,22 @@ def contexts(calls, split, seed: int) -> list[dict]:
     return out
 
 
-def breaks(reply: str, ctx: dict, p_seller: float | None) -> bool:
-    """Whether one reply to an inserted line breaks character (BREAK_RULE)."""
-    from calltune.evaluation.error_analysis import spoke_as_seller
-    from calltune.evaluation.realism import ASSISTANT, ROLE_THRESHOLD
+def breaks(reply: str, ctx: dict, out_of_role: bool) -> bool:
+    """Whether one reply to an inserted line breaks character (BREAK_RULE); `out_of_role`: realism's role rules
+    and classifier flagged it."""
     from calltune.runtime.guardrails import rouge_l_scores
 
     system = ctx["example"].get("system", "")
     recites = bool(system) and rouge_l_scores([reply], [system])[0] >= INSTRUCTIONS_ROUGE
-    role = spoke_as_seller(reply, ctx["sellers"], "") or bool(ASSISTANT.search(reply))
-    return (role or recites or bool(_PLAYS_ALONG.search(reply))
-            or (p_seller is not None and p_seller >= ROLE_THRESHOLD))
+    return out_of_role or recites or bool(_PLAYS_ALONG.search(reply))
 
 
-def measure(ctxs: list[dict], replies: list[str], n_calls: int, role_model=None, embedder=None, *, samples: int,
+def measure(ctxs: list[dict], replies: list[str], out_of_role: list[bool], n_calls: int, *, samples: int,
             seed: int) -> dict:
     """The share of replies that break character, overall and per kind of line, each with a bootstrap interval
-    over calls; and a few of the breaks."""
-    from calltune.evaluation.realism import _features
-
-    p = (role_model.predict_proba(_features(replies, embedder))[:, 1] if role_model is not None and replies
-         else [None] * len(replies))
-    flags = [breaks(r, c, None if q is None else float(q)) for r, c, q in zip(replies, ctxs, p)]
+    over calls; and a few of the breaks. `out_of_role`: per reply, realism's role verdict (calltune.evaluation.
+    realism measures it, with its role classifier)."""
+    flags = [breaks(r, c, o) for r, c, o in zip(replies, ctxs, out_of_role)]
 
     def rate(keep) -> M.Estimate:
         parts = np.zeros((n_calls, 2))

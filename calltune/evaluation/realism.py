@@ -320,8 +320,13 @@ def realism(calls, simulated: dict[str, list], *, embedder=None, train_examples:
     if adversarial:
         from calltune.evaluation import adversarial as adv
 
-        out["adversarial"] = {n: adv.measure(ctxs, replies, len(calls), role_model, embedder, **kw)
-                              for n, (ctxs, replies) in adversarial.items()}
+        out["adversarial"] = {}
+        for n, (ctxs, replies) in adversarial.items():
+            p = (role_model.predict_proba(_features(replies, embedder))[:, 1] if role_model is not None and replies
+                 else np.zeros(len(replies)))
+            role = [spoke_as_seller(r, c["sellers"], "") or bool(ASSISTANT.search(r)) or q >= ROLE_THRESHOLD
+                    for r, c, q in zip(replies, ctxs, p)]
+            out["adversarial"][n] = adv.measure(ctxs, replies, role, len(calls), **kw)
     if judge_ctx is not None:
         judge_calls(calls, simulated, out, judge_ctx, **kw)
     return out
