@@ -117,7 +117,8 @@ def test_a_first_reply_batch_inference_made_is_taken_not_generated_again(split):
         asked.extend(examples)
         return [f"own reply {e['call_id']} {e['turn_index']}" for e in examples]
 
-    made = {calls[0].examples[0]["example_id"]: ("batch inference's reply", "stop"), "other:1": ("unused", "stop")}
+    made = {calls[0].examples[0]["example_id"]: ("batch inference's reply", "stop", 0),
+            "other:1": ("unused", "stop", 0)}
     sims = simulate(calls, texts(model), first=made)
     assert sims[0].customers[0] == "batch inference's reply" and sims[1].customers[0] == "own reply c01 1"
     assert calls[0].examples[0]["example_id"] not in [e["example_id"] for e in asked]
@@ -146,6 +147,27 @@ def test_a_customer_who_hangs_up_ends_the_simulated_call_and_realism_says_when(s
                      "early": {"ended_early_rate": 1.0, "ended_at_end_rate": 0.0, "never_ended_rate": 0.0},
                      "at_end": {"ended_early_rate": 0.0, "ended_at_end_rate": 1.0, "never_ended_rate": 0.0},
                      "never": {"ended_early_rate": 0.0, "ended_at_end_rate": 0.0, "never_ended_rate": 1.0}}
+
+
+def test_without_guarded_decoding_only_the_calls_it_changed_are_played_again(split):
+    from calltune.config import SimulateConfig
+    from calltune.evaluation.simulate import whole_calls
+    from calltune.runtime.guardrails import Attempt
+
+    calls, _ = calls_from_examples(split[0])
+
+    def guarded(examples, earlier=None):  # the retry happened in call c03 only
+        return [Generation(e["target"], 0, 0, "stop",
+                           guard=Attempt([["repeat"], []] if e["call_id"] == "c03" else [[]], -1)) for e in examples]
+
+    asked = []
+    out = whole_calls("tuned", calls, guarded, SimulateConfig(adversarial="off"), greedy=True,
+                      unguarded=lambda ex, earlier=None: asked.extend(e["call_id"] for e in ex) or copy_model(ex))
+    assert set(asked) == {"c03"} and len(out["simulated_unguarded"]) == 12
+    assert out["simulated_unguarded"][0] is out["simulated"][0]  # greedy, nothing retried: the same call
+    sampled = whole_calls("tuned", calls, guarded, SimulateConfig(adversarial="off"), greedy=False,
+                          unguarded=lambda ex, earlier=None: asked.extend(e["call_id"] for e in ex) or copy_model(ex))
+    assert len(set(asked)) == 12 and "adversarial" not in sampled  # sampled: every call again
 
 
 def test_friction_is_split_by_meeting_type_each_with_its_calls_and_interval(split):

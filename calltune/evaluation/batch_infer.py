@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 SCORES = "teacher_forced.json"  # beside a local model's predictions: its teacher-forced scores, for evaluate
 COLUMNS = ("instructions", "target_responses", "candidate_responses", "model_id", "model_sha",
-           "call_id", "turn_index", "example_id", "finish_reason")
+           "call_id", "turn_index", "example_id", "finish_reason", "retries")
 
 
 
@@ -159,7 +159,7 @@ def predict(source: str | Path, test_path: str | Path, out_dir: str | Path | Non
     rows = [{"instructions": instructions(e), "target_responses": e["target"], "candidate_responses": r.text,
              "model_id": model_id, "model_sha": sha, "call_id": e.get("call_id", ""),
              "turn_index": int(e.get("turn_index", -1)), "example_id": e.get("example_id", ""),
-             "finish_reason": r.finish_reason}
+             "finish_reason": r.finish_reason, "retries": r.guard.retries if r.guard else 0}
             for e, r in zip(examples, replies)]
     seconds = time.monotonic() - started
     report = {"rows": len(rows), "skipped": skipped, "model_id": model_id, "model_sha": sha,
@@ -197,7 +197,7 @@ def write_predictions(rows: list[dict], out_dir: Path, columns: tuple[str, ...] 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(rows, schema=pa.schema(
-        [(c, pa.int64() if c == "turn_index" else pa.string()) for c in columns]))
+        [(c, pa.int64() if c in ("turn_index", "retries") else pa.string()) for c in columns]))
     with atomic_open(out_dir / "predictions.parquet", "wb") as fh:
         pq.write_table(table, fh)
     write_jsonl(out_dir / "predictions.jsonl", ({c: r[c] for c in columns} for r in rows))

@@ -136,8 +136,8 @@ def _score_model(name: str, source: str | Path, test_path: Path, out_dir: Path, 
         if sim_ctx is not None:
             calls, sim_cfg, seller = sim_ctx
             # Greedy: each call's first reply is the one batch inference made to the same (real) first example.
-            first = {r["example_id"]: (r["candidate_responses"] or "", r.get("finish_reason") or "stop")
-                     for r in rows} if infer.temperature == 0 else None
+            first = {r["example_id"]: (r["candidate_responses"] or "", r.get("finish_reason") or "stop",
+                                       r.get("retries") or 0) for r in rows} if infer.temperature == 0 else None
             card = read_model_card(Path(source))
             decoding = Decoding.for_model(card, infer)
             # The tuned model's realism is also measured without guarded decoding, so its gain shows.
@@ -145,6 +145,7 @@ def _score_model(name: str, source: str | Path, test_path: Path, out_dir: Path, 
                 if name == "tuned" and decoding.rails is not None else None
             record.update(whole_calls(name, calls, local_replier(model, tokenizer, infer, max_len, decoding), sim_cfg,
                                       seller=seller, seed=seed, first=first, unguarded=unguarded,
+                                      greedy=infer.temperature == 0,
                                       split=card_split(card)))
         del model
         gc.collect()

@@ -186,15 +186,15 @@ def _seller_line(text: str) -> str:
 
 
 def simulate(calls: list[Call], reply, *, seller=None, cfg: SimulateConfig | None = None, seed: int = 42,
-             batched: bool = True, first: dict[str, tuple[str, str]] | None = None) -> list[Simulated]:
+             batched: bool = True, first: dict[str, tuple[str, str, int]] | None = None) -> list[Simulated]:
     """Closed-loop simulation of `calls`. `reply(examples, earlier) -> generations` answers a list of contexts
     (local_replier or vertex_replier; `earlier`: each call's customer turns so far, for guarded decoding); `seller`:
     a generator playing the seller (make_seller), None to replay the real seller. A call whose customer ends it
     (finish_reason end_of_call) stops there. batched: one `reply` call per turn position across every call still
     running; False: one call at a time (the baseline of benchmarks/simulate_throughput.py). `first`: example_id ->
-    (reply, finish_reason) of the model to that example already made with the same decoding (greedy batch
-    inference); a call's first turn is its first real example unchanged, so such a reply is taken instead of
-    generated again."""
+    (reply, finish_reason, guarded decoding's retries) of the model to that example already made with the same
+    decoding (greedy batch inference); a call's first turn is its first real example unchanged, so such a reply is
+    taken instead of generated again."""
     cfg = cfg or SimulateConfig()
     sims = [Simulated(c.call_id, []) for c in calls]
     started = time.monotonic()
@@ -223,7 +223,7 @@ def simulate(calls: list[Call], reply, *, seller=None, cfg: SimulateConfig | Non
             replies = dict(zip(todo, reply([context(calls[i], k, sims[i].sellers, sims[i].customers) for i in todo],
                                            [list(sims[i].customers) for i in todo]) if todo else []))
             for i in active:
-                text, finish, retries = known[i] + (0,) if i in known else (
+                text, finish, retries = known[i] if i in known else (
                     replies[i].text, replies[i].finish_reason, getattr(replies[i].guard, "retries", 0))
                 sims[i].customers.append(text)
                 sims[i].retries.append(retries)
@@ -235,19 +235,23 @@ def simulate(calls: list[Call], reply, *, seller=None, cfg: SimulateConfig | Non
 
 
 def whole_calls(name: str, calls: list[Call], reply, cfg: SimulateConfig, *, seller=None, seed: int = 42,
-                first=None, unguarded=None, split=None) -> dict:
+                first=None, unguarded=None, greedy: bool = False, split=None) -> dict:
     """What evaluation records of a model's whole calls: "simulated" (`simulate` with `reply`); with `unguarded` (the
     same model's reply function without guarded decoding), "simulated_unguarded"; and when `cfg.adversarial` asks
     for this model, "adversarial": the suite's contexts (calltune.evaluation.adversarial, windowed with `split`)
-    and the model's replies to them."""
+    and the model's replies to them. `greedy` (with the real seller replayed): a call in which guarded decoding
+    retried nothing is the same without it, so only the others are played again."""
     from calltune.config import SplitConfig
     from calltune.evaluation import adversarial
 
     log.info("simulating %d whole test calls with %s", len(calls), name)
     out = {"simulated": simulate(calls, reply, seller=seller, cfg=cfg, seed=seed, first=first)}
     if unguarded is not None:
-        log.info("simulating them again with %s without guarded decoding", name)
-        out["simulated_unguarded"] = simulate(calls, unguarded, seller=seller, cfg=cfg, seed=seed)
+        same = greedy and seller is None
+        again = [i for i, s in enumerate(out["simulated"]) if not same or any(s.retries)]
+        log.info("simulating %d of them again with %s without guarded decoding", len(again), name)
+        replayed = dict(zip(again, simulate([calls[i] for i in again], unguarded, seller=seller, cfg=cfg, seed=seed)))
+        out["simulated_unguarded"] = [replayed.get(i, s) for i, s in enumerate(out["simulated"])]
     if cfg.adversarial == "all" or (cfg.adversarial == "tuned" and name == "tuned"):
         ctxs = adversarial.contexts(calls, split or SplitConfig(), seed)
         log.info("%s answers %d seller lines that try to break its role", name, len(ctxs))
