@@ -72,6 +72,28 @@ def test_every_rule_breaking_reply_is_rejected_and_the_most_recognisable_others_
     assert last.chosen.endswith("[hangs up]") and last.rejected.endswith("[hangs up]")
 
 
+def test_a_reply_that_breaks_character_under_a_training_line_is_rejected_for_a_real_deflection():
+    from calltune.evaluation.adversarial import LINES, TRAINING
+    from calltune.training.preference import character_pairs
+
+    calls, _ = calls_from_examples(examples("t", 6))
+    asked = []
+
+    def reply(contexts, earlier=None):
+        asked.extend(contexts)
+        return [Generation("Yes, I'm an AI language model." if "machine" in c["prompt"] or "assistant" in c["prompt"]
+                           else "Hmm, not sure.", 0, 0, "stop") for c in contexts]
+
+    pairs = character_pairs(calls, reply, SplitConfig(history_turns=4), per_call=2, seed=3)
+    assert len(asked) == 12 and {c["prompt"] for c in asked} <= {line for _, line in TRAINING}
+    assert not {c["prompt"] for c in asked} & {line for _, line in LINES}  # never the lines evaluation measures with
+    broke = [c for c in asked if "machine" in c["prompt"] or "assistant" in c["prompt"]]
+    assert len(pairs) == len(broke) > 0 and all(p.broken == ("character",) for p in pairs)
+    real_turns = {t for c in calls for t in c.customers}
+    assert all(p.rejected == "Yes, I'm an AI language model." and p.chosen in real_turns for p in pairs)
+    assert {p.call_id for p in pairs} <= {c.call_id for c in calls}
+
+
 class FakeBackend:
     """Models are names; `replies[name]` answers a context (and records it); training returns `trained`."""
 
@@ -91,7 +113,8 @@ class FakeBackend:
             self.pairs += pairs
             return self.trained
 
-        return Backend(replier=replier, train=train, accuracy=self.accuracies.get, rails=Guardrails())
+        return Backend(replier=replier, train=train, accuracy=self.accuracies.get, rails=Guardrails(),
+                       split=SplitConfig(history_turns=4))
 
 
 def parrot(context) -> str:

@@ -46,7 +46,7 @@ ASSISTANT = re.compile(
     r"\b(as an ai|an ai (language )?model|i'?m an? (ai|virtual assistant|assistant|language model)|how (can|may) i "
     r"(help|assist) you|i('d| would) be (happy|glad) to (help|assist)|feel free to ask|let me know if you have any "
     r"(other |more )?questions)\b", re.IGNORECASE)
-_FRICTION = re.compile(
+FRICTION = re.compile(
     r"(^\W*(no|nope|hmm+|well|wait)\b|\b(but|however|expensive|too much|can'?t afford|not sure|i don'?t know|i'?m not "
     r"sure|not interested|no thanks|i need to think|let me think|think about it|i'?ll think|maybe later|not now|not "
     r"right now|don'?t need|already have|i doubt|why should|what guarantee|i'?d rather|talk to my|ask my|check with)\b)",
@@ -59,7 +59,7 @@ ROLE_RULE = ("P(seller) >= 0.5 from a logistic regression on MiniLM embeddings +
              "train split's real seller and customer turns; or error analysis's seller_line rule (a seller role "
              "label, or a copy of a seller line of the call, ROUGE-L >= 0.9); or an assistant phrase (" +
              ASSISTANT.pattern + ")")
-FRICTION_RULE = "the turn pushes back, hesitates or declines: it matches " + _FRICTION.pattern
+FRICTION_RULE = "the turn pushes back, hesitates or declines: it matches " + FRICTION.pattern
 CLOSING_RULE = ("a customer turn before the call's last one closes the call: it matches " + _CLOSING.pattern)
 DEGENERATION_RULE = (f"guarded decoding's rules but the length band (calltune.runtime.guardrails): empty ("
                      f"{RULES['empty']}), a loop inside the reply ({RULES['loop']}), or a repeat ({RULES['repeat']})")
@@ -204,6 +204,12 @@ def _closes_early(turns: list[str]) -> bool:
     return any(_CLOSING.search(t) for t in turns[:-1])
 
 
+def out_of_role(reply: str, sellers: list[str]) -> bool:
+    """The phrase rules on one reply: an assistant phrase, or the seller's voice (a seller label, a copy of one of
+    `sellers`)."""
+    return spoke_as_seller(reply, sellers, "") or bool(ASSISTANT.search(reply))
+
+
 def role_rules(turns: list[str], sellers: list[str], real: list[str]) -> list[bool]:
     return [spoke_as_seller(t, sellers[:k + 1], real[k]) or bool(ASSISTANT.search(t)) for k, t in enumerate(turns)]
 
@@ -238,7 +244,7 @@ def side_metrics(turns: list[list[str]], sellers: list[list[str]], real: list[li
     degenerate = [_degenerate(c) for c in turns]
     est["degeneration_rate"] = _rate(degenerate, **kw)
     per_call["degeneration_rate"] = [sum(f) / len(f) if f else math.nan for f in degenerate]
-    friction = [[bool(_FRICTION.search(t)) for t in c] for c in turns]
+    friction = [[bool(FRICTION.search(t)) for t in c] for c in turns]
     est["friction_rate"] = _rate(friction, **kw)
     per_call["friction_rate"] = [sum(f) / len(f) if f else math.nan for f in friction]
     early = [float(_closes_early(c)) for c in turns]
@@ -324,8 +330,7 @@ def realism(calls, simulated: dict[str, list], *, embedder=None, train_examples:
         for n, (ctxs, replies) in adversarial.items():
             p = (role_model.predict_proba(_features(replies, embedder))[:, 1] if role_model is not None and replies
                  else np.zeros(len(replies)))
-            role = [spoke_as_seller(r, c["sellers"], "") or bool(ASSISTANT.search(r)) or q >= ROLE_THRESHOLD
-                    for r, c, q in zip(replies, ctxs, p)]
+            role = [out_of_role(r, c["sellers"]) or q >= ROLE_THRESHOLD for r, c, q in zip(replies, ctxs, p)]
             out["adversarial"][n] = adv.measure(ctxs, replies, role, len(calls), **kw)
     if judge_ctx is not None:
         judge_calls(calls, simulated, out, judge_ctx, **kw)
@@ -356,7 +361,7 @@ def by_group(calls, simulated: dict[str, list], field: str, labels: list[str], *
         sides = {REAL: [calls[i].customers for i in idx]} | {n: [sims[i].customers for i in idx]
                                                              for n, sims in simulated.items()}
         rows.append({"group": label, "calls": len(idx),
-                     "friction_rate": {n: _rate([[bool(_FRICTION.search(t)) for t in c] for c in turns],
+                     "friction_rate": {n: _rate([[bool(FRICTION.search(t)) for t in c] for c in turns],
                                                 samples=samples, seed=seed) for n, turns in sides.items()}})
     return {"field": field, "rows": rows}
 

@@ -89,6 +89,7 @@ def lora_backend(model_dir: Path, validation_path: Path, cfg: TuneConfig, infer:
     from calltune.runtime.encoding import encode_file
     from calltune.runtime.guardrails import Guardrails
     from calltune.runtime.loading import load_model
+    from calltune.runtime.responders import card_split
     from calltune.runtime.scoring import score
 
     card = read_model_card(model_dir)
@@ -119,7 +120,8 @@ def lora_backend(model_dir: Path, validation_path: Path, cfg: TuneConfig, infer:
                  figures["steps"], figures["train_loss"])
         return out
 
-    return Backend(replier=replier, train=train, accuracy=accuracy, rails=Guardrails.from_card(card))
+    return Backend(replier=replier, train=train, accuracy=accuracy, rails=Guardrails.from_card(card),
+                   split=card_split(card))
 
 
 def tune_preference(model_dir: Path, splits: Path, cfg: TuneConfig, infer: InferConfig, *, seed: int,

@@ -200,13 +200,15 @@ def tune_gemini_preference(out_dir: Path, splits: Path, cfg: TuneConfig, card: d
     keep-or-roll-back decision compares what the jobs report, when they do."""
     from calltune.evaluation.simulate import vertex_replier
     from calltune.runtime.embeddings import Embedder
+    from calltune.runtime.responders import card_split
     from calltune.training.preference import Backend, infer_for_rounds, run_rounds
 
     rounds_infer = infer_for_rounds(infer)
     backend = Backend(replier=lambda model: vertex_replier(model["endpoint"], rounds_infer),
                       train=lambda model, pairs, number: preference_job(pairs, model, cfg, out_dir / "preference",
                                                                         number=number, sleep=sleep),
-                      accuracy=lambda model: model.get("validation_token_accuracy"), rails=None)
+                      accuracy=lambda model: model.get("validation_token_accuracy"), rails=None,
+                      split=card_split(card))
     validation = splits / "validation.examples.jsonl"
     final, report = run_rounds(card, backend, list(read_jsonl(splits / "train.examples.jsonl")),
                                list(read_jsonl(validation)) if validation.is_file() else [],

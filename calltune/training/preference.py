@@ -34,10 +34,13 @@ from calltune.config import InferConfig, TuneConfig
 log = logging.getLogger(__name__)
 
 CONFIDENCE = 0.9  # the keep-or-roll-back interval
+CHARACTER_LINES = 2  # seller lines that try to break the role, inserted into each train call for in-character pairs
 SELECTION = ("the {top} replies a discriminator trained on the train calls' real and simulated customer turns "
              "(MiniLM embeddings + length features, logistic regression) scored most likely simulated, out of fold "
              "(folds by call), and every reply that breaks a rule (guarded decoding: repeat, loop, empty, length "
-             "band; realism: assistant phrase, seller's voice); pairs with identical replies dropped")
+             "band; realism: assistant phrase, seller's voice); pairs with identical replies dropped; and in-character "
+             "pairs: two seller lines that try to break the role (training lines, not the evaluation suite) in each "
+             "train call, where the reply broke character against a real customer's deflection")
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,32 @@ def candidate_pairs(calls, sims, embedder, rails) -> list[Pair]:
                       *(["role"] if role[k] else [])]
             pairs.append(Pair(call.call_id, k, context(call, k, sim.sellers, sim.customers), chosen, rejected,
                               float(recognisable[k]), tuple(broken)))
+    return pairs
+
+
+def character_pairs(calls, reply, split, *, per_call: int, seed: int) -> list[Pair]:
+    """Pairs that teach the customer to stay in role: `per_call` seller lines that try to break it (the adversarial
+    suite's training lines, never the ones evaluation measures with) inserted into each train call; where the
+    model's reply breaks character, it is rejected, and a real customer's deflection from the train calls (a turn
+    that pushes back or hesitates, chosen by a hash) is chosen."""
+    import hashlib
+
+    from calltune.evaluation import adversarial
+    from calltune.evaluation.realism import FRICTION, out_of_role
+
+    deflections = sorted({t for c in calls for t in c.customers if FRICTION.search(t) and "?" not in t})
+    ctxs = adversarial.contexts(calls, split, seed, adversarial.TRAINING, per_call=per_call)
+    if not deflections or not ctxs:
+        return []
+    replies = reply([c["example"] for c in ctxs], [c["earlier"] for c in ctxs])
+    pairs = []
+    for ctx, r in zip(ctxs, replies):
+        if not adversarial.breaks(r.text, ctx, out_of_role(r.text, ctx["sellers"])):
+            continue
+        pick = int.from_bytes(hashlib.blake2b(f"{seed}:{ctx['line']}:{calls[ctx['call']].call_id}".encode(),
+                                              digest_size=8).digest(), "big") % len(deflections)
+        pairs.append(Pair(calls[ctx["call"]].call_id, -1, ctx["example"], deflections[pick], r.text, 1.0,
+                          ("character",)))
     return pairs
 
 
@@ -151,11 +180,13 @@ def decide(gains: dict, accuracy: dict, max_drop: float) -> tuple[bool, str]:
 class Backend:
     """What a round needs from a tuning backend: `replier(model)`: a simulate reply function of that model (no
     guarded decoding); `train(model, pairs, round)`: the model after preference tuning on the pairs; `accuracy(model)`:
-    validation token accuracy; `rails`: guarded decoding's rules for the rule-breaking pairs."""
+    validation token accuracy; `rails`: guarded decoding's rules for the rule-breaking pairs; `split`: the model's
+    windowing."""
     replier: Callable
     train: Callable
     accuracy: Callable
     rails: object | None
+    split: object  # the model's windowing (SplitConfig), for the in-character pairs' contexts
 
 
 def run_round(model, backend: Backend, train_calls, validation_calls, embedder, cfg: TuneConfig, *, number: int,
@@ -164,11 +195,14 @@ def run_round(model, backend: Backend, train_calls, validation_calls, embedder, 
     from calltune.evaluation.simulate import simulate
 
     log.info("preference round %d: simulating %d train calls", number, len(train_calls))
-    sims = simulate(train_calls, backend.replier(model), seed=seed)
+    reply = backend.replier(model)
+    sims = simulate(train_calls, reply, seed=seed)
     candidates = candidate_pairs(train_calls, sims, embedder, backend.rails)
-    pairs = select_pairs(candidates, cfg.preference_pairs)
+    character = character_pairs(train_calls, reply, backend.split, per_call=CHARACTER_LINES, seed=seed + number)
+    pairs = select_pairs(candidates, cfg.preference_pairs) + character
     report: dict = {"round": number, "train_calls": len(train_calls), "candidates": len(candidates),
                     "pairs": len(pairs), "rule_breaking_pairs": sum(bool(p.broken) for p in pairs),
+                    "character_pairs": len(character),
                     "selection": SELECTION.format(top=cfg.preference_pairs),
                     "examples": [p.as_dict() for p in pairs[:5]]}
     if not pairs:
