@@ -90,6 +90,8 @@ def _score_model(name: str, source: str | Path, test_path: Path, out_dir: Path, 
 
     record: dict = {"source": str(source)}
     parts = None
+    if name == "base":  # the model as it comes: no guarded decoding (its realism stays comparable, the run short)
+        infer = infer.model_copy(update={"guardrails": False})
     if is_vertex_model(source):
         if predictions is not None:  # batch inference already asked the endpoint
             rows = read_predictions(predictions)
