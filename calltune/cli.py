@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from calltune import __version__
+from calltune.backends.registry_base import RegistryError
 from calltune.config import Config, ConfigError, load_config
 
 DEFAULT_CONFIG = Path("configs/local.yaml")
@@ -118,9 +119,8 @@ def _responder(cfg: Config, version: str = "latest"):
     from calltune.release.store import resolve_endpoint
 
     endpoint = resolve_endpoint(cfg.deploy, cfg.state_path(), version=version)
-    serve = cfg.serve.model_copy(update={"vertex_base_url": cfg.serve.vertex_base_url or cfg.infer.vertex_base_url})
     try:
-        return load_responder(endpoint, serve, cfg.split)
+        return load_responder(endpoint, cfg.serve, cfg.split)
     except Exception as exc:
         why = redact(str(exc), endpoint, f"<{cfg.deploy.secret_id} version {version}>")
         raise ValueError(f"{cfg.deploy.secret_id} version {version} cannot be loaded: {why}") from None
@@ -131,6 +131,7 @@ def cmd_chat(args) -> int:
 
     cfg = _config(args)
     _offline()
+    _serve_flags(cfg, args)
     responder = _responder(cfg, args.version)
     print(f"Customer model from {cfg.deploy.secret_id} ({args.version}).")
     try:
@@ -158,6 +159,12 @@ def cmd_rollback(args) -> int:
     return 0
 
 
+def _serve_flags(cfg: Config, args) -> None:
+    """The serve.* settings the command line gives (chat and serve read the same ones: the same Vertex base URL)."""
+    flags = {name: getattr(args, name, None) for name in ("host", "port", "refresh_s", "max_tokens", "vertex_base_url")}
+    cfg.serve = type(cfg.serve)(**{**cfg.serve.model_dump(), **{k: v for k, v in flags.items() if v is not None}})
+
+
 def cmd_serve(args) -> int:
     import logging
 
@@ -166,9 +173,7 @@ def cmd_serve(args) -> int:
     cfg = _config(args)
     _offline()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    flags = {"host": args.host, "port": args.port, "refresh_s": args.refresh_s, "max_tokens": args.max_tokens,
-             "vertex_base_url": args.vertex_base_url}
-    cfg.serve = type(cfg.serve)(**{**cfg.serve.model_dump(), **{k: v for k, v in flags.items() if v is not None}})
+    _serve_flags(cfg, args)
     serve(cfg.serve, cfg.deploy, cfg.state_path(), cfg.split, page=cfg)
     return 0
 
@@ -215,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="config overrides, e.g. translate.backend=none tune.max_steps=10")
         return p
 
+    def vertex_base_url(p) -> None:
+        p.add_argument("--vertex-base-url", default=os.environ.get("GOOGLE_VERTEX_BASE_URL") or None,
+                       help="Vertex AI API base URL for a Vertex endpoint in the secret (default: "
+                            "$GOOGLE_VERTEX_BASE_URL, else serve.vertex_base_url)")
+
     p = common(sub.add_parser("run", help="run the whole pipeline locally through kfp.local"))
     p.add_argument("--out", type=Path, help="output folder (default: runs/<UTC time>)")
     p.add_argument("--verbose", action="store_true",
@@ -241,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = common(sub.add_parser("chat", help="talk, as the seller, to the model in the secret's latest version"))
     p.add_argument("--version", default="latest", help="secret version (default: latest)")
     p.add_argument("--seller-first", action="store_true", help="start the call yourself")
+    vertex_base_url(p)
     p.set_defaults(func=cmd_chat)
 
     p = common(sub.add_parser("rollback", help="publish an earlier version's endpoint again, as the newest version"))
@@ -255,9 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default: serve.port, 8000)")
     p.add_argument("--refresh-s", type=float, help="seconds between checks for a new version (default: serve.refresh_s)")
     p.add_argument("--max-tokens", type=int, help="longest reply a request may ask for (default: serve.max_tokens)")
-    p.add_argument("--vertex-base-url", default=os.environ.get("GOOGLE_VERTEX_BASE_URL") or None,
-                   help="Vertex AI API base URL for Vertex endpoints in the secret (default: $GOOGLE_VERTEX_BASE_URL, "
-                        "else serve.vertex_base_url)")
+    vertex_base_url(p)
     p.set_defaults(func=cmd_serve)
 
     p = common(sub.add_parser("secrets", help="list a secret's versions; disable or enable one"))
@@ -312,8 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"calltune: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except (ValueError, LookupError, OSError, RuntimeError) as exc:  # bad input, unknown secret, missing file, a
-        # cloud service that refused or gave up: one line, no traceback (messages never hold secret payloads)
+    except (ValueError, RegistryError, OSError, RuntimeError) as exc:  # bad input, unknown secret, missing file, a
+        # cloud service that refused or gave up: one line, no traceback (messages never hold secret payloads). Not
+        # every LookupError: a KeyError or IndexError is a bug, and its traceback is what finds it.
         print(f"calltune: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

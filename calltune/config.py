@@ -2,6 +2,10 @@
 
 Every field of every section becomes a pipeline parameter named `<section>_<field>`
 (top-level fields keep their name), so the CLI, the YAML and the pipeline cannot drift.
+
+It is over 400 lines on purpose: every setting of every step, with its bounds and its description, stands in this
+one file, so a reader (and `calltune config`) finds them all in one place; splitting it by section would scatter
+the one source the CLI, the YAML and the pipeline parameters share.
 """
 from __future__ import annotations
 
@@ -222,6 +226,11 @@ class TuneConfig(Section):
     gemini_project: str = Field("", description="gemini: Google Cloud project of the tuning job (empty: the "
                                                 "Application Default Credentials' project).")
     gemini_location: str = Field("us-central1", description="gemini: Vertex AI region of the tuning job.")
+    gemini_base_url: str = Field("", description="gemini: Vertex AI API endpoint override (an http:// one, a local "
+                                                 "fake, gets anonymous credentials).")
+    gemini_poll_interval_s: float = Field(30.0, gt=0, description="gemini: first wait between job status polls "
+                                                                  "(doubles up to 10 minutes).")
+    gemini_timeout_s: float = Field(86400.0, gt=0, description="gemini: give up (and cancel the job) after this long.")
 
     @model_validator(mode="after")
     def _stopping_needs_validations(self):
@@ -229,11 +238,6 @@ class TuneConfig(Section):
             raise ValueError("tune.early_stopping_patience needs validations during training: set tune.eval_steps "
                              "above 0 (0 validates once, after training)")
         return self
-    gemini_base_url: str = Field("", description="gemini: Vertex AI API endpoint override (an http:// one, a local "
-                                                 "fake, gets anonymous credentials).")
-    gemini_poll_interval_s: float = Field(30.0, gt=0, description="gemini: first wait between job status polls "
-                                                                  "(doubles up to 10 minutes).")
-    gemini_timeout_s: float = Field(86400.0, gt=0, description="gemini: give up (and cancel the job) after this long.")
 
 
 class InferConfig(Section):
@@ -315,11 +319,14 @@ class SimulateConfig(Section):
     seller_project: str = Field("", description="gemini seller: Google Cloud project billed.")
     seller_location: str = Field("us-central1", description="gemini seller: Vertex AI location.")
     seller_max_tokens: int = Field(128, ge=8, description="Longest seller line the seller model may write.")
+    seller_max_retries: int = Field(5, ge=0, description="openai/gemini seller: retries of a request that failed "
+                                                         "with 429, 5xx, a timeout or a dropped connection; then the "
+                                                         "simulation fails.")
 
     def seller_settings(self) -> SellerConfig:
         return SellerConfig(backend=self.seller, model=self.seller_model, base_url=self.seller_base_url,
                             api_key_env=self.seller_api_key_env, project=self.seller_project,
-                            location=self.seller_location)
+                            location=self.seller_location, max_retries=self.seller_max_retries)
 
 
 class SellerConfig(remote_calls("openai, gemini", concurrency=4, retries=5, timeout_s=120.0,
@@ -336,8 +343,10 @@ class SellerConfig(remote_calls("openai, gemini", concurrency=4, retries=5, time
 
     @classmethod
     def setting(cls, name: str) -> str:
+        """simulate.seller for the backend, simulate.seller_<name> for the others; the request settings that
+        simulate does not expose (backoff, timeout, concurrency) keep their defaults and are named as such."""
         field = "seller" if name == "backend" else f"seller_{name}"
-        return f"simulate.{field}" if field in SimulateConfig.model_fields else ""
+        return f"simulate.{field}" if field in SimulateConfig.model_fields else f"the seller's {name} (fixed)"
 
 
 class JudgeConfig(remote_calls("openai, gemini", concurrency=4, retries=3, timeout_s=60.0,

@@ -34,6 +34,7 @@ def evaluate(
     simulate_seller_project: str,
     simulate_seller_location: str,
     simulate_seller_max_tokens: int,
+    simulate_seller_max_retries: int,
     infer_max_new_tokens: int,
     infer_temperature: float,
     infer_top_p: float,

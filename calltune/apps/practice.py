@@ -200,11 +200,11 @@ def practice_routers(cfg: Config, watcher: Watcher) -> tuple[APIRouter, APIRoute
             raise ApiError(409, "no judge is configured (judge.backend is none), so there is no review of this call",
                            code="no_judge")
         try:
-            generator = practice.judge()
+            judge = practice.judge()
         except (ValueError, ImportError) as exc:  # e.g. the judge's key variable is not set: says which, not its value
             raise ApiError(503, f"the judge cannot be used: {exc}", "server_error", "judge_unavailable") from None
         try:
-            return review_call(body.system, [t.model_dump() for t in body.turns], cfg.judge, generator)
+            return review_call(body.system, [t.model_dump() for t in body.turns], judge)
         except ReviewError as exc:
             raise ApiError(502, str(exc), "server_error", "judge_failed") from None
 

@@ -8,7 +8,7 @@ nothing is ever filled in for the judge.
 from __future__ import annotations
 
 from calltune.config import JudgeConfig
-from calltune.evaluation.judge import answer_object
+from calltune.evaluation.judge import Judge, answer_object, whole_number
 
 SYSTEM = ("You coach salespeople. A seller has just practised a sales call against a simulated customer; you review "
           "the SELLER's conduct (never the customer's), strictly, consistently and concretely.")
@@ -53,20 +53,18 @@ def parse(answer: str) -> dict:
     missing = [f for f in FIELDS if not isinstance(obj.get(f), str) or not obj[f].strip()]
     if missing:
         raise ReviewError(f"the judge's answer has no {', '.join(missing)}")
-    grade = obj.get("grade")
-    if isinstance(grade, str) and grade.strip().isdigit():
-        grade = int(grade)
-    if not isinstance(grade, int) or isinstance(grade, bool) or not 0 <= grade <= 10:
-        raise ReviewError(f"the judge's grade {grade!r} is not a whole number from 0 to 10")
+    grade = whole_number(obj.get("grade"), 0, 10)
+    if grade is None:
+        raise ReviewError(f"the judge's grade {obj.get('grade')!r} is not a whole number from 0 to 10")
     return {**{f: obj[f].strip() for f in FIELDS}, "grade": grade}
 
 
-def review_call(system: str, turns: list[dict], cfg: JudgeConfig, generator) -> dict:
-    """Ask the judge (a calltune.backends.generators generator) to review the seller in one call."""
+def review_call(system: str, turns: list[dict], judge: Judge) -> dict:
+    """Ask the judge to review the seller in one call."""
     from calltune.backends.generators import GenerateError
 
     try:
-        answer = generator.generate([build_request(system, turns, cfg)])[0]
+        answer = judge.generator.generate([build_request(system, turns, judge.cfg)])[0]
     except GenerateError as exc:
         raise ReviewError(f"the judge did not answer ({exc})") from exc
     return parse(answer)

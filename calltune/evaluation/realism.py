@@ -23,7 +23,6 @@ a simulator is judged by how far it is from real customers, not from zero.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -34,6 +33,7 @@ import numpy as np
 
 from calltune.evaluation import metrics as M
 from calltune.evaluation.error_analysis import is_loop, spoke_as_seller
+from calltune.evaluation.judge import SYSTEM, Judge, answer_object, whole_number
 from calltune.evaluation.metrics import rouge_l_scores
 
 log = logging.getLogger(__name__)
@@ -248,10 +248,10 @@ def length_wasserstein(real: list[list[str]], simulated: list[list[str]], *, sam
 
 
 def realism(calls, simulated: dict[str, list], *, embedder=None, train_examples: list[dict] | None = None,
-            judge_ctx=None, samples: int = 1000, seed: int = 42) -> dict:
+            judge: Judge | None = None, samples: int = 1000, seed: int = 42) -> dict:
     """`calls`: calltune.evaluation.simulate.Call (the real calls); `simulated`: model name -> its Simulated calls, in the same
     order. `embedder`: calltune.runtime.embeddings.Embedder (None: the classifier metrics are skipped, with a note);
-    `train_examples`: the train split (the role classifier's data); `judge_ctx`: (JudgeConfig, generator) or None.
+    `train_examples`: the train split (the role classifier's data); `judge`: the configured judge or None.
     Returns {"metrics": name -> metric -> Estimate (name "real" for the real calls), "per_call": name -> metric ->
     value per call, "lengths": name -> words per turn, "rules", "notes"}."""
     kw = {"samples": samples, "seed": seed}
@@ -288,8 +288,8 @@ def realism(calls, simulated: dict[str, list], *, embedder=None, train_examples:
                                           for s, r in zip(turns, real_turns)]
         out["metrics"][name], out["per_call"][name] = est, per_call
         out["lengths"][name] = [_words(t) for c in turns for t in c]
-    if judge_ctx is not None:
-        judge_calls(calls, simulated, out, judge_ctx, **kw)
+    if judge is not None:
+        judge_calls(calls, simulated, out, judge, **kw)
     return out
 
 
@@ -333,7 +333,6 @@ Which call has the real customer? Answer with one JSON object and nothing else, 
 {{"rationale": "<two or three sentences>", "real": "A" or "B"}}"""
 
 CALL_CRITERIA = ("persona_consistency", "call_realism")
-_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 
 
 def _conversation(sellers: list[str], customers: list[str]) -> str:
@@ -341,31 +340,11 @@ def _conversation(sellers: list[str], customers: list[str]) -> str:
                                                                                             ("customer", c)))
 
 
-def _json(answer: str | None) -> dict | None:
-    if not answer:
-        return None
-    match = _OBJECT.search(answer)
-    try:
-        obj = json.loads(match.group(0)) if match else None
-    except ValueError:
-        return None
-    return obj if isinstance(obj, dict) and str(obj.get("rationale") or "").strip() else None
-
-
-def _score(obj: dict | None, key: str) -> int | None:
-    value = (obj or {}).get(key)
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    return value if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 5 else None
-
-
-def judge_calls(calls, simulated: dict[str, list], out: dict, judge_ctx, *, samples: int, seed: int) -> None:
+def judge_calls(calls, simulated: dict[str, list], out: dict, judge: Judge, *, samples: int, seed: int) -> None:
     """Adds the judge's whole-call scores (every side) and its pairwise detection rate (every model) to `out`.
     Unreadable answers and failed requests are counted and left out, never scored."""
     from calltune.backends.generators import GenerateError
-    from calltune.evaluation.judge import SYSTEM
-
-    cfg, generator = judge_ctx
+    cfg, generator = judge.cfg, judge.generator
     calls = calls[:cfg.max_examples]
 
     def ask(content: str) -> str | None:
@@ -384,9 +363,9 @@ def judge_calls(calls, simulated: dict[str, list], out: dict, judge_ctx, *, samp
             prompts = [CALL_PROMPT.format(persona=c.system or "(none given)", conversation=_conversation(*conv))
                        for c, conv in zip(calls, convs)]
             answers = list(pool.map(ask, prompts))
-            parsed = [_json(a) for a in answers]
+            parsed = [answer_object(a, rationale=True) for a in answers]
             for crit in CALL_CRITERIA:
-                scores = [_score(p, crit) for p in parsed]
+                scores = [whole_number((p or {}).get(crit), 1, 5) for p in parsed]
                 out["metrics"][name][crit] = M.mean([s for s in scores if s is not None], samples=samples, seed=seed)
             counts[name] = {"calls": len(prompts), "failed": sum(a is None for a in answers),
                             "unparseable": sum(a is not None and p is None for a, p in zip(answers, parsed))}
@@ -397,7 +376,7 @@ def judge_calls(calls, simulated: dict[str, list], out: dict, judge_ctx, *, samp
             # Both orders: real first (answer A is right), then simulated first (B is right).
             pairs = [PAIR_PROMPT.format(a=r, b=s) for r, s in zip(real, sim)] + \
                     [PAIR_PROMPT.format(a=s, b=r) for r, s in zip(real, sim)]
-            picks = [(_json(a) or {}).get("real") for a in pool.map(ask, pairs)]
+            picks = [(answer_object(a, rationale=True) or {}).get("real") for a in pool.map(ask, pairs)]
             n = len(calls)
             per_call = [[p == right for p, right in ((picks[i], "A"), (picks[n + i], "B")) if p in ("A", "B")]
                         for i in range(n)]
