@@ -1,7 +1,12 @@
-"""deploy.target=vertex-endpoint: the real aiplatform and openai clients against a loopback fake of the Model
-Registry, endpoints and the vLLM chat route, with 429s, 500s and lost answers. One endpoint per secret, one upload
-per model, the old model undeployed only after the new one answers, the secret naming the endpoint; rollback
-re-points traffic and secret; apps chat through the endpoint."""
+"""deploy.target=vertex-endpoint: the real aiplatform (v1 GAPIC, REST) and openai clients against strict loopback
+fakes of Vertex AI (Model Registry, endpoints, long-running operations, the vLLM chat route) and Secret Manager.
+
+One endpoint per secret and one upload per model, under IDs derived from them; the new model deployed beside the old
+with a canary share, checked to answer by its own name, then all the traffic in one update, then the secret's new
+version, then the sweep. Every scenario (clean, every 2nd request 429, every 3rd 503, lost answers on upload,
+endpoint create, deployModel, undeployModel and the traffic update, a pending deployment listed or not) runs deploy,
+deploy again and rollback, and ends with the registry and the endpoint agreeing. Reruns after a failure complete
+without doing anything twice; `calltune secrets --check` shows drift; apps chat through the endpoint."""
 import json
 import logging
 from collections import Counter
@@ -344,7 +349,7 @@ def test_a_rerun_after_a_run_died_while_its_deployment_ran_waits_for_that_deploy
 
 
 def test_an_endpoint_made_before_ids_is_adopted_and_duplicates_are_emptied_then_deleted(tmp_path, caplog):
-    with _cloud(tmp_path) as c:
+    with _cloud(tmp_path, op_steps=1) as c:
         label = {"calltune-secret": "llm-endpoint"}
         legacy = c.fake.add_endpoint("calltune-llm-endpoint", label)  # a server-chosen number
         first, second = _model(c.mount, "m1"), _model(c.mount, "m2")
@@ -356,8 +361,10 @@ def test_an_endpoint_made_before_ids_is_adopted_and_duplicates_are_emptied_then_
         assert two["duplicates"] == [duplicate] and c.fake.endpoints[duplicate]["deployedModels"] == []
         reported = [r.getMessage() for r in caplog.records if duplicate in r.getMessage()]
         assert len(reported) == 1 and "deploy.sweep_endpoints=true deletes them" in reported[0]
+        c.fake.lose_answer(lambda method, path: method == "DELETE")  # deleted by then: a retry meets NOT_FOUND
         rollback(c.cfg.model_copy(update={"sweep_endpoints": True}), c.gcp, c.state)
         assert duplicate not in c.fake.endpoints
+        assert [r.status for r in c.fake.requests if r.method == "DELETE"] == [200, 404]  # the first answer lost
         _assert_agree(c, versions=3, shas={model_sha(first), model_sha(second)})
 
 

@@ -202,12 +202,16 @@ class VertexEndpoints:
 
     def _settle(self, client, resource: str) -> None:
         """Wait for every operation still running on `resource`: one whose answer was lost, or a killed run's."""
+        from google.api_core.exceptions import NotFound
+
         def page(token: str):
             return client.list_operations(request={"name": resource, "page_token": token}, timeout=self.timeout_s)
 
-        running = [op.name for op in self._pages(f"listing the operations on {resource}", page, "operations")
-                   if not op.done]
-        for name in running:
+        try:
+            listed = self._pages(f"listing the operations on {resource}", page, "operations", expect=(NotFound,))
+        except NotFound:  # the resource is gone (a delete whose answer was lost finished): nothing runs on it
+            return
+        for name in [op.name for op in listed if not op.done]:
             log.info("Vertex AI: waiting for %s, under way on %s", name, resource)
             self._wait(client, name, f"the operation under way on {resource}")
 
@@ -228,11 +232,11 @@ class VertexEndpoints:
             return
         self._wait(client, started.operation.name, what)
 
-    def _pages(self, what: str, fetch: Callable[[str], object], items: str) -> list:
+    def _pages(self, what: str, fetch: Callable[[str], object], items: str, expect=()) -> list:
         """Every item of a paged list, each page its own request."""
         token, found = "", []
         while True:
-            page = self._call(what, lambda: fetch(token))
+            page = self._call(what, lambda: fetch(token), expect=expect)
             found += list(getattr(page, items))
             if not (token := page.next_page_token):
                 return found
@@ -448,7 +452,8 @@ class VertexEndpoints:
                 swept.undeployed.append(d)
             if delete_empty:
                 self._start(f"deleting {e.name}", self.endpoints, e.name, lambda name=e.name:
-                            self.endpoints.delete_endpoint(name=name, timeout=self.timeout_s), ("NOT_FOUND",))
+                            self.endpoints.delete_endpoint(name=name, timeout=self.timeout_s),
+                            ("NOT_FOUND", "FAILED_PRECONDITION"))
                 swept.deleted.append(e.name)
         return swept
 

@@ -11,7 +11,7 @@ The rules it keeps (Vertex AI v1 reference):
   `<resource>/operations/<n>`. It runs while the service answers `op_steps` more requests (any request: the work goes
   on whether or not anyone asks), then finishes; only then does the change show (a model or endpoint being created
   is not found yet). Operations are read (get, or wait: under /v1/ or /ui/, as the GAPIC REST transport sends them)
-  by name, and listed under `<resource>/operations`.
+  by name, and listed under `<resource>/operations` (NOT_FOUND once the resource is gone).
 - DeployedModel.id is client-chosen (1 to 10 digits) or picked. Deploying an id that is on the endpoint or being
   deployed fails with ALREADY_EXISTS. A deployment under way is listed in the endpoint's deployedModels (with no
   traffic) when `list_pending`, else not. Undeploying a model whose undeployment is under way fails with
@@ -47,6 +47,7 @@ from .vertex_pipelines import LoopbackFake, Raw
 _LOC = r"projects/[^/]+/locations/[^/]+"
 _V1 = f"/v1/(?P<parent>{_LOC})"
 _RESOURCE = f"(?P<name>{_LOC}/(?:models|endpoints)/[^/:@]+)"
+_ENDPOINT = f"/v1/(?P<name>{_LOC}/endpoints/[^/:]+)"
 _OPERATION = f"/(?:v1|ui)/(?P<name>{_LOC}/(?:models|endpoints)/[^/:@]+/operations/[^/:]+)"
 _TYPE = "type.googleapis.com/google.cloud.aiplatform.v1."
 _MODEL_ID = re.compile(r"[a-z_][a-z0-9_-]{0,62}")
@@ -91,11 +92,11 @@ class FakeVertexEndpoints(LoopbackFake):
         ("GET", f"/v1/(?P<name>{_LOC}/models/[^/:@]+)(@[^/:]+)?", "get_model"),
         ("POST", _V1 + r"/endpoints", "create_endpoint"),
         ("GET", _V1 + r"/endpoints", "list_endpoints"),
-        ("GET", f"/v1/(?P<name>{_LOC}/endpoints/[^/:]+)", "get_endpoint"),
-        ("PATCH", f"/v1/(?P<name>{_LOC}/endpoints/[^/:]+)", "update_endpoint"),
-        ("DELETE", f"/v1/(?P<name>{_LOC}/endpoints/[^/:]+)", "delete_endpoint"),
-        ("POST", f"/v1/(?P<name>{_LOC}/endpoints/[^/:]+):deployModel", "deploy_model"),
-        ("POST", f"/v1/(?P<name>{_LOC}/endpoints/[^/:]+):undeployModel", "undeploy_model"),
+        ("GET", _ENDPOINT, "get_endpoint"),
+        ("PATCH", _ENDPOINT, "update_endpoint"),
+        ("DELETE", _ENDPOINT, "delete_endpoint"),
+        ("POST", _ENDPOINT + ":deployModel", "deploy_model"),
+        ("POST", _ENDPOINT + ":undeployModel", "undeploy_model"),
         ("GET", f"/(?:v1|ui)/{_RESOURCE}/operations", "list_operations"),
         ("GET", _OPERATION, "get_operation"),
         ("POST", _OPERATION + ":wait", "get_operation"),
@@ -198,7 +199,10 @@ class FakeVertexEndpoints(LoopbackFake):
         return self._public(op)
 
     def list_operations(self, match, body) -> dict:
-        prefix = match["name"] + "/operations/"
+        name = match["name"]
+        if name not in self.models and name not in self.endpoints and not self._creating(name):
+            raise ApiError(404, f"{name} not found")
+        prefix = name + "/operations/"
         return {"operations": [self._public(op) for n, op in self.operations.items() if n.startswith(prefix)]}
 
     def _creating(self, name: str) -> bool:
