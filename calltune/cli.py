@@ -117,18 +117,15 @@ def cmd_secrets(args) -> int:
 def _check_secret(cfg: Config) -> int:
     """`calltune secrets --check`: what each version names against what is deployed and taking traffic; exit 1 on
     drift."""
-    from calltune.backends.resources import ResourceName
+    from calltune.backends.resources import resource_id as short
     from calltune.release.endpoint_deploy import check
-
-    def short(name: str) -> str:
-        parsed = ResourceName.parse(name)
-        return parsed.id if parsed else name
 
     found = check(cfg.deploy, cfg.gcp, cfg.state_path())
     print(f"{'version':>7}  {'state':<8}  {'model (deployed model id)':<40}  on the endpoint")
     for row in found["versions"]:
         d = row["deployment"]
-        named = f"{short(row['vertex_model'])} ({row['deployed_model_id']})" if row["vertex_model"] else "no Vertex model"
+        named = f"{short(row['vertex_model'])} ({row['deployed_model_id']})" if row["vertex_model"] \
+            else "no Vertex model"
         mark = " (latest enabled)" if row["version"] == found["latest_enabled"] else ""
         print(f"{row['version']:>7}  {row['state']:<8}  {named:<40}  "
               f"{f'deployed, {d.traffic}% of the traffic' if d else 'not deployed'}{mark}")

@@ -81,7 +81,8 @@ def test_promotions_reuse_one_endpoint_and_serve_each_model_under_its_own_name(f
     lora_args, merged_args = (u["model"]["containerSpec"]["args"] for u in fake.uploads)
     one_sha, two_sha = model_sha(first), model_sha(second)
     lora = lora_args[lora_args.index("--lora-modules") + 1:]
-    assert lora == [f"customer=gs://bucket/state/models/{one_sha}", f"{_display(first)}=gs://bucket/state/models/{one_sha}"]
+    store = f"gs://bucket/state/models/{one_sha}"
+    assert lora == [f"customer={store}", f"{_display(first)}={store}"]
     assert "--model=gs://bucket/state/base" in lora_args
     assert f"--model=gs://bucket/state/models/{two_sha}/merged" in merged_args
     assert merged_args[merged_args.index("--served-model-name") + 1:] == [_display(second), "customer"]
@@ -112,7 +113,7 @@ def test_traffic_moves_last_in_one_update_once_the_new_model_itself_answered(fak
     env.deploy(second, "run-2")
     new = fake.deploys[1]["deployedModel"]["id"]
     kinds = [k for k, *_ in seen]
-    deploying, patch, undeploy = kinds.index("deployedModel"), kinds.index("trafficSplit"), kinds.index("deployedModelId")
+    deploying, patch, undeploy = (kinds.index(k) for k in ("deployedModel", "trafficSplit", "deployedModelId"))
     assert seen[deploying][1]["trafficSplit"] == {"0": 10, old: 90}  # beside the old model, a canary share
     assert deploying < patch < undeploy and kinds.count("trafficSplit") == 1
     assert all(traffic.get(old, 0) >= 90 for k, _, _, traffic in seen[:patch] if k == "messages")
@@ -262,8 +263,9 @@ def _cloud(tmp_path, **options):
         mount = tmp_path / "gcs"
         c = SimpleNamespace(fake=fake, sm=sm, mount=mount, state=mount / "bucket" / "state",
                             gcp=GcpConfig(project="test-project", api_endpoint=fake.endpoint),
-                            cfg=DeployConfig(target="vertex-endpoint", registry="secret-manager", project="test-project",
-                                             endpoint=sm.endpoint, max_retries=3, retry_backoff_s=0.001, timeout_s=5))
+                            cfg=DeployConfig(target="vertex-endpoint", registry="secret-manager",
+                                             project="test-project", endpoint=sm.endpoint, max_retries=3,
+                                             retry_backoff_s=0.001, timeout_s=5))
         c.overrides = [f"state_dir={c.state}", "deploy.registry=secret-manager", "deploy.project=test-project",
                        f"deploy.endpoint={sm.endpoint}", "deploy.max_retries=3", "deploy.retry_backoff_s=0.001",
                        "gcp.project=test-project", f"gcp.api_endpoint={fake.endpoint}"]
@@ -310,7 +312,8 @@ def test_a_deploy_that_failed_after_the_traffic_moved_completes_on_a_rerun_and_c
         assert main(["secrets", "--check", *c.overrides]) == 1
         out = capsys.readouterr().out
         assert "drift: version 1's model, the latest enabled, takes 0% of the traffic, not 100%" in out
-        assert "100% of the traffic; the latest enabled version does not name it" in out
+        assert f"calltune-llm-endpoint: deployed model {c.fake.deploys[1]['deployedModel']['id']} " \
+               f"({_display(second)}) takes 100% of the traffic; the latest enabled version does not name it" in out
         c.sm.heal()
         c.deploy(second, "run-2")
         assert main(["secrets", "--check", *c.overrides]) == 0

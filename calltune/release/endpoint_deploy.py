@@ -21,6 +21,7 @@ from contextlib import closing
 from pathlib import Path
 
 from calltune.backends.registry import SecretNotFound, open_registry
+from calltune.backends.resources import resource_id
 from calltune.backends.vertex_endpoint import VertexEndpoints, model_id, named_deployment, vllm_args
 from calltune.config import DeployConfig, GcpConfig
 from calltune.release.deploy import deploy, disable_old_versions
@@ -214,12 +215,13 @@ def check(cfg: DeployConfig, gcp: GcpConfig, state_dir: Path) -> dict:
     if named is None:
         drift += ["no enabled version names a Vertex model"] if deployed else []
     elif serving is None:
-        drift.append(f"version {named[0].version}, the latest enabled, names {named[0].annotations['vertex_model']}, "
-                     f"which is not deployed on its endpoint")
+        drift.append(f"version {named[0].version}, the latest enabled, names "
+                     f"{resource_id(named[0].annotations['vertex_model'])}, which is not deployed on its endpoint")
     elif serving.traffic != 100:
         drift.append(f"version {named[0].version}'s model, the latest enabled, takes {serving.traffic}% of the "
                      f"traffic, not 100%")
-    drift += [f"{d.endpoint}: deployed model {d.deployed_model_id} ({d.model}) is deployed with {d.traffic}% of the "
-              f"traffic; the latest enabled version does not name it" for d in deployed if d != serving]
+    drift += [f"{resource_id(d.endpoint)}: deployed model {d.deployed_model_id} ({resource_id(d.model)}) takes "
+              f"{d.traffic}% of the traffic; the latest enabled version does not name it"
+              for d in deployed if d != serving]
     return {"versions": rows, "deployed": deployed, "drift": drift,
             "latest_enabled": named[0].version if named else None}
