@@ -337,6 +337,11 @@ def test_a_rollback_after_a_failed_sweep_puts_back_the_model_still_deployed_with
         _assert_agree(c, versions=3, shas={model_sha(first), model_sha(second)})
 
 
+def test_check_refuses_a_secret_that_names_no_vertex_model_without_calling_vertex(tmp_path, capsys):
+    assert main(["secrets", "--check", f"state_dir={tmp_path}"]) == 1
+    assert "no version names a Vertex model" in capsys.readouterr().err
+
+
 def test_a_rerun_after_a_run_died_while_its_deployment_ran_waits_for_that_deployment(tmp_path):
     with _cloud(tmp_path, op_steps=8) as c:
         first, second = _model(c.mount, "m1"), _model(c.mount, "m2")

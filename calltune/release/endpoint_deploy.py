@@ -202,6 +202,9 @@ def check(cfg: DeployConfig, gcp: GcpConfig, state_dir: Path) -> dict:
     with closing(open_registry(cfg, state_dir, readonly=True)) as registry:
         versions = _versions(registry, cfg.secret_id)
         named = _named(registry, cfg.secret_id, versions)
+    if not any(v.annotations.get("vertex_model") for v in versions):
+        raise ValueError(f"secret {cfg.secret_id}: no version names a Vertex model (deploy.target=vertex-endpoint): "
+                         f"nothing to check against an endpoint")
     deployed = VertexEndpoints(gcp, cfg).deployments(named[1] if named else None)
     endpoint = named[1] if named else ""
 
