@@ -142,13 +142,21 @@ def test_a_step_retried_whole_or_run_again_for_the_served_model_makes_nothing_ne
 
 
 def test_a_model_that_does_not_answer_is_taken_off_and_the_champion_keeps_serving(fake, env):
-    first, second = env.model("m1"), env.model("m2")
+    first, second, silent = env.model("m1"), env.model("m2"), env.model("m0")
+    fake.silent.add(_display(silent))
+    with pytest.raises(EndpointError, match="did not answer.*the sweep undeployed"):  # a first promotion: no champion
+        env.deploy(silent, "run-0")
+    assert [e["deployedModels"] for e in fake.endpoints.values()] == [[]] and fake.deploys  # nothing left billed
     one = env.deploy(first, "run-1")
     fake.silent.add(_display(second))
-    with pytest.raises(EndpointError, match="did not answer.*it was undeployed, the previous model still serves"):
+    with pytest.raises(EndpointError, match="did not answer.*the secret is unchanged, and the sweep undeployed"):
         env.deploy(second, "run-2")
     assert fake.serving(one["endpoint"]) == {one["vertex_model"]: 100}  # the only model, with all the traffic
-    assert [v.version for v, _ in env.versions()] == [1]  # the secret never named the silent model
+    assert [v.version for v, _ in env.versions()] == [1]  # the secret never named a silent model
+    fake.silent.add(_display(first))  # the champion stops answering; its run is retried: it alone serves, and stays
+    with pytest.raises(EndpointError, match="did not answer.*the secret is unchanged"):
+        env.deploy(first, "run-1")
+    assert fake.serving(one["endpoint"]) == {one["vertex_model"]: 100}
 
 
 def test_rollback_puts_the_previous_model_back_on_the_endpoint_and_in_the_secret(fake, env):

@@ -385,7 +385,7 @@ class VertexEndpoints:
 
     def put(self, endpoint, model, deployed_id: str) -> Served:
         """Deploy `model` beside the model serving now, check that it answers, then move all the traffic to it in one
-        update. A model that does not answer is undeployed again and the traffic stays where it was."""
+        update. A model that does not answer keeps its canary share until the caller's sweep undeploys it."""
         name = own_name(model.container_spec.args)
         if name is None:
             raise EndpointError(f"{model.name} was uploaded before calltune served each model under its own name: "
@@ -393,15 +393,8 @@ class VertexEndpoints:
         deployed = self.deploy(endpoint, model, deployed_id)
         try:
             length = self.check(endpoint.name, name)
-        except EndpointError as exc:
-            now = self.read(endpoint.name)
-            previous = max((i for i, p in now.traffic_split.items() if p and i != deployed),
-                           key=now.traffic_split.get, default=None)
-            if previous:  # the model serving before takes its traffic back; the next sweep retries what fails here
-                self.undeploy(endpoint.name, deployed, previous)
-            raise EndpointError(f"{model.name} deployed on {endpoint.name} did not answer ({exc}); "
-                                + ("it was undeployed, the previous model still serves" if previous else
-                                   "nothing else serves there")) from exc
+        except EndpointError as exc:  # the traffic has not moved: the sweep that follows takes it off
+            raise EndpointError(f"{model.name} deployed on {endpoint.name} did not answer ({exc})") from exc
         log.info("endpoint %s: %s answers (%d characters)", endpoint.name, name, length)
         self.route(endpoint.name, {deployed: 100})
         return Served(endpoint.name, model.name, deployed)
@@ -426,23 +419,25 @@ class VertexEndpoints:
         return self.put(endpoint, model, deployed_model_id(ResourceName.parse(model.name).id, purpose))
 
     # ---- sweep ----
-    def sweep(self, endpoint_name: str, deployed_id: str, model_name: str, *, delete_empty: bool) -> Swept:
+    def sweep(self, endpoint_name: str | None, deployed_id: str = "", model_name: str = "", *,
+              delete_empty: bool) -> Swept:
         """Undeploy every deployed model of the secret's endpoints but the one its latest enabled version names (on
-        `endpoint_name`: `deployed_id`, else a deployment of `model_name`). Other endpoints labelled for the secret
-        are emptied, and deleted with `delete_empty`."""
-        self._settle(self.endpoints, endpoint_name)  # a deployment still under way would finish after the sweep
-        here, swept = self._deployed(endpoint_name), Swept()
-        keep = named_deployment(here, endpoint_name, deployed_id, model_name)
-        if keep is None:
-            raise EndpointError(f"the secret's latest enabled version names {model_name} on {endpoint_name}, which is "
-                                f"not deployed there: nothing swept (`calltune secrets --check` shows what is)")
-        for other in [d for d in here if d != keep]:
-            self.undeploy(endpoint_name, other.deployed_model_id, keep.deployed_model_id)
-            swept.undeployed.append(other)
+        `endpoint_name`: `deployed_id`, else a deployment of `model_name`; None: no version names one). The other
+        endpoints labelled for the secret are emptied, and deleted with `delete_empty`."""
+        swept = Swept()
+        if endpoint_name:
+            self._settle(self.endpoints, endpoint_name)  # a deployment still under way would finish after the sweep
+            here = self._deployed(endpoint_name)
+            keep = named_deployment(here, endpoint_name, deployed_id, model_name)
+            if keep is None:
+                raise EndpointError(f"the secret's latest enabled version names {model_name} on {endpoint_name}, "
+                                    f"which is not deployed there: nothing swept (`calltune secrets --check`)")
+            for other in [d for d in here if d != keep]:
+                self.undeploy(endpoint_name, other.deployed_model_id, keep.deployed_model_id)
+                swept.undeployed.append(other)
         for e in self.labelled():
-            if _same(e.name, endpoint_name):
+            if endpoint_name and _same(e.name, endpoint_name):
                 continue
-            swept.duplicates.append(e.name)
             self._settle(self.endpoints, e.name)
             there = self._deployed(e.name)
             if any(d.traffic for d in there):  # no traffic there, so that each of its models can go
@@ -450,11 +445,13 @@ class VertexEndpoints:
             for d in there:
                 self.undeploy(e.name, d.deployed_model_id, None)
                 swept.undeployed.append(d)
-            if delete_empty:
-                self._start(f"deleting {e.name}", self.endpoints, e.name, lambda name=e.name:
-                            self.endpoints.delete_endpoint(name=name, timeout=self.timeout_s),
-                            ("NOT_FOUND", "FAILED_PRECONDITION"))
-                swept.deleted.append(e.name)
+            if endpoint_name:  # another endpoint than the one the secret names
+                swept.duplicates.append(e.name)
+                if delete_empty:
+                    self._start(f"deleting {e.name}", self.endpoints, e.name, lambda name=e.name:
+                                self.endpoints.delete_endpoint(name=name, timeout=self.timeout_s),
+                                ("NOT_FOUND", "FAILED_PRECONDITION"))
+                    swept.deleted.append(e.name)
         return swept
 
 

@@ -17,12 +17,20 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
 from calltune.backends.registry import SecretNotFound, open_registry
 from calltune.backends.resources import resource_id
-from calltune.backends.vertex_endpoint import VertexEndpoints, model_id, named_deployment, vllm_args
+from calltune.backends.vertex_endpoint import (
+    EndpointError,
+    Served,
+    VertexEndpoints,
+    model_id,
+    named_deployment,
+    vllm_args,
+)
 from calltune.config import DeployConfig, GcpConfig
 from calltune.release.deploy import deploy, disable_old_versions
 from calltune.release.store import store_model
@@ -83,8 +91,9 @@ def deploy_to_endpoint(model_dir: Path, cfg: DeployConfig, gcp: GcpConfig, state
                 "endpoint": named[1], "disabled": [], "vertex_model": latest.annotations["vertex_model"],
                 **_swept(vertex, cfg, state_dir)}
     artifact_uri, args = serving_args(store, sha, gcp, mount)
-    served = vertex.serve(sha=sha, display_name=f"calltune-{sha}", artifact_uri=artifact_uri, args=args,
-                          purpose=run_id, named=named[1] if named else None)
+    served = _swept_on_failure(vertex, cfg, state_dir, lambda: vertex.serve(
+        sha=sha, display_name=f"calltune-{sha}", artifact_uri=artifact_uri, args=args, purpose=run_id,
+        named=named[1] if named else None))
     annotations = {"run_id": run_id, "model_sha": sha, "model_store": store.as_uri(), "vertex_model": served.model,
                    "deployed_model_id": served.deployed_model_id, **{f"metric.{k}": str(v) for k, v in metrics.items()}}
     # The endpoint work above takes minutes, longer than a registry hold should; the write itself is held (and
@@ -114,17 +123,33 @@ def _serving(vertex: VertexEndpoints, version, endpoint: str) -> bool:
     return found is not None and found.traffic == 100
 
 
+def _swept_on_failure(vertex: VertexEndpoints, cfg: DeployConfig, state_dir: Path, put: Callable[[], Served]) -> Served:
+    """put(): the new model deployed, checked and given the traffic. When it fails, the traffic has not moved (or
+    moved back nowhere the secret does not name): the sweep undeploys what it deployed, the secret is unchanged."""
+    try:
+        return put()
+    except EndpointError as exc:
+        try:
+            _swept(vertex, cfg, state_dir)
+        except EndpointError as failed:
+            raise EndpointError(f"{exc}; the sweep after it failed too ({failed}): the next deploy or rollback "
+                                f"sweeps again") from exc
+        raise EndpointError(f"{exc}; the secret is unchanged, and the sweep undeployed every model it does not "
+                            f"name") from exc
+
+
 def _swept(vertex: VertexEndpoints, cfg: DeployConfig, state_dir: Path) -> dict:
     """Sweep the secret's endpoints down to the model its latest enabled version names (the one thing that must
     never leak is a deployed model: each is a billed GPU replica); report other endpoints labelled for it in one
     line, deleted once empty with deploy.sweep_endpoints."""
     with closing(open_registry(cfg, state_dir, readonly=True)) as registry:
         named = _named(registry, cfg.secret_id, _versions(registry, cfg.secret_id))
-    if named is None:
-        return {"undeployed": [], "duplicates": []}
-    version, endpoint = named
-    swept = vertex.sweep(endpoint, version.annotations.get("deployed_model_id", ""),
-                         version.annotations["vertex_model"], delete_empty=cfg.sweep_endpoints)
+    if named is None:  # no version names a deployment: none should be left
+        swept = vertex.sweep(None, delete_empty=cfg.sweep_endpoints)
+    else:
+        version, endpoint = named
+        swept = vertex.sweep(endpoint, version.annotations.get("deployed_model_id", ""),
+                             version.annotations["vertex_model"], delete_empty=cfg.sweep_endpoints)
     if swept.duplicates:
         log.warning("deploy: %d more endpoint(s) labelled for secret %s, emptied%s: %s", len(swept.duplicates),
                     cfg.secret_id, ", deleted" if swept.deleted else " (deploy.sweep_endpoints=true deletes them)",
@@ -179,7 +204,8 @@ def rollback(cfg: DeployConfig, gcp: GcpConfig, state_dir: Path, to: int | None 
         named = _named(registry, cfg.secret_id, versions)
     request_id = f"rollback-{latest.version}-to-{target.version}"
     vertex = VertexEndpoints(gcp, cfg)
-    served = vertex.redeploy(target.annotations["vertex_model"], purpose=request_id, named=named[1] if named else None)
+    served = _swept_on_failure(vertex, cfg, state_dir, lambda: vertex.redeploy(
+        target.annotations["vertex_model"], purpose=request_id, named=named[1] if named else None))
     annotations = {**{k: v for k, v in target.annotations.items() if not k.startswith("rollback_")},
                    "deployed_model_id": served.deployed_model_id,
                    "rollback_from": str(latest.version), "rollback_to": str(target.version)}
