@@ -93,6 +93,8 @@ def cmd_secrets(args) -> int:
 
     cfg = _config(args)
     secret = args.secret or cfg.deploy.secret_id
+    if args.check:
+        return _check_secret(cfg.model_copy(update={"deploy": cfg.deploy.model_copy(update={"secret_id": secret})}))
     readonly = args.disable is None and args.enable is None  # listing never waits behind a writer
     with closing(open_registry(cfg.deploy, cfg.state_path(), readonly=readonly)) as registry:
         for action in ("disable", "enable"):
@@ -111,6 +113,30 @@ def cmd_secrets(args) -> int:
         mark = " (latest)" if v.version == latest else ""
         print(f"{v.version:>7}  {v.state:<8}  {str(v.create_time)[:19]:<19}  {note}{mark}")
     return 0
+
+
+def _check_secret(cfg: Config) -> int:
+    """`calltune secrets --check`: what each version names against what is deployed and taking traffic; exit 1 on
+    drift."""
+    from calltune.backends.resources import resource_id as short
+    from calltune.release.endpoint_deploy import check
+
+    found = check(cfg.deploy, cfg.gcp, cfg.state_path())
+    print(f"{'version':>7}  {'state':<8}  {'model (deployed model id)':<40}  on the endpoint")
+    for row in found["versions"]:
+        d = row["deployment"]
+        named = f"{short(row['vertex_model'])} ({row['deployed_model_id']})" if row["vertex_model"] \
+            else "no Vertex model"
+        mark = " (latest enabled)" if row["version"] == found["latest_enabled"] else ""
+        print(f"{row['version']:>7}  {row['state']:<8}  {named:<40}  "
+              f"{f'deployed, {d.traffic}% of the traffic' if d else 'not deployed'}{mark}")
+    for d in found["deployed"]:
+        print(f"deployed on {short(d.endpoint)}: {d.deployed_model_id} ({short(d.model)}), {d.traffic}% of the traffic")
+    for line in found["drift"]:
+        print(f"drift: {line}")
+    if not found["drift"]:
+        print("in agreement: the latest enabled version's model takes all the traffic, nothing else is deployed")
+    return 1 if found["drift"] else 0
 
 
 def _responder(cfg: Config, version: str = "latest"):
@@ -269,10 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     vertex_base_url(p)
     p.set_defaults(func=cmd_serve)
 
-    p = common(sub.add_parser("secrets", help="list a secret's versions; disable or enable one"))
+    p = common(sub.add_parser("secrets", help="list a secret's versions; disable or enable one; check them against "
+                                              "the Vertex endpoint"))
     action = p.add_mutually_exclusive_group()
     action.add_argument("--disable", type=int, metavar="VERSION", help="disable a version (it can no longer be read)")
     action.add_argument("--enable", type=int, metavar="VERSION", help="enable a disabled version again")
+    action.add_argument("--check", action="store_true", help="deploy.target=vertex-endpoint: what each version names "
+                                                             "against what is deployed and taking traffic (exit 1 "
+                                                             "on drift)")
     p.add_argument("--secret", help="secret id (default: deploy.secret_id)")
     p.set_defaults(func=cmd_secrets)
 

@@ -385,6 +385,10 @@ class DeployConfig(remote_calls("secret-manager", retries=5, timeout_s=30.0, giv
                             "Gemini: its endpoint); vertex-endpoint = the promoted open model served on a Vertex AI "
                             "endpoint by the vLLM container (gcp.serving_*), named by its resource name; auto = "
                             "vertex-endpoint on the Vertex target for hf-lora, else store. Chosen when compiling.")
+    sweep_endpoints: bool = Field(
+        False, description="vertex-endpoint: delete the secret's other calltune-labelled endpoints (duplicates left "
+                           "by older deploys) once the sweep has emptied them; false: report them in one line. "
+                           "Their deployed models are undeployed either way.")
 
 
 class ServeConfig(Section):

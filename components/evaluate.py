@@ -84,7 +84,7 @@ def evaluate(
 
     params = locals()
     state = Path(state_dir).expanduser()
-    champion, note = current_champion(DeployConfig.from_params(params, left_out=("target",)), state)
+    champion, note = current_champion(DeployConfig.from_params(params, left_out=("target", "sweep_endpoints")), state)
     out = Path(evaluation.path)
     cfg = EvaluateConfig.from_params(params, left_out=("publish_uri", "model"))  # batch_infer and resolve_model's
     result = run(Path(model.path), Path(splits.path) / "test.examples.jsonl", out, cfg,

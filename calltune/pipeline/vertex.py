@@ -64,13 +64,13 @@ def console_hidden(cfg: Config) -> set[str]:
     """Pipeline parameters the Vertex template leaves out of the console's run form: the settings of features this
     template does not use (synthesis off, no judge, no seller model, a local translator, the other tuner's fields, an endpoint's
     concurrency for a local model), settings its DAG or machines fix (tune.backend, tune.processes, deploy.registry,
-    deploy.target) and deploy's retry/timeout/API-override knobs. They are compiled in as constants from the config,
+    deploy.target) and deploy's retry/timeout/API-override/endpoint-sweep knobs. They are compiled in as constants from the config,
     and `calltune submit` refuses a config whose values for them differ, so the config stays the single source."""
     def fields(section: str, names=None) -> set[str]:
         return {f"{section}_{f}" for f in names or type(getattr(cfg, section)).model_fields}
 
     hidden = fields("tune", ("backend", "processes")) | fields("deploy", (
-        "registry", "target", "endpoint", "max_retries", "retry_backoff_s", "timeout_s"))  # + operational knobs
+        "registry", "target", "endpoint", "max_retries", "retry_backoff_s", "timeout_s", "sweep_endpoints"))  # + ops
     if not cfg.synthesize.enabled:
         hidden |= fields("synthesize")
     if cfg.judge.backend == "none":
