@@ -162,14 +162,13 @@ def _top_level_distributions() -> dict[str, list[str]]:
     return importlib.metadata.packages_distributions()
 
 
-def distribution(imp: Import | str) -> str | None:
+def distribution(imp: Import) -> str | None:
     """The distribution that provides an import here; for a namespace package (google.*), the one that holds the
     imported module's files."""
-    module, names = (imp, ()) if isinstance(imp, str) else (imp.module, imp.names)
-    dists = _top_level_distributions().get(module.split(".")[0], [])
+    dists = _top_level_distributions().get(imp.module.split(".")[0], [])
     if len(set(dists)) <= 1:
         return canonicalize_name(dists[0]) if dists else None
-    for candidate in [*(f"{module}.{n}" for n in names), module]:
+    for candidate in [*(f"{imp.module}.{n}" for n in imp.names), imp.module]:
         prefix = candidate.replace(".", "/")
         for dist in dists:
             if any(str(f) == f"{prefix}.py" or str(f).startswith(f"{prefix}/")
