@@ -28,6 +28,8 @@ if [[ ${1:-} == --rehearse ]]; then MODE=rehearse; shift; fi
 if [[ $MODE == rehearse ]]; then
   HOLD=$ROOT/.gpu_rehearse  # ignored by git: the venv, the work folder, the output
   OUT=${1:-$HOLD/out} WORK=$HOLD/work
+  mkdir -p "$HOLD" && exec 9> "$HOLD/lock"
+  flock -n 9 || { echo "another rehearsal is running in this checkout" >&2; exit 1; }
 else
   OUT=${1:-${OUT:-gpu_check_out}} WORK=${TMPDIR:-/tmp}/calltune-gpu-check
 fi
@@ -35,8 +37,8 @@ rm -rf "$WORK" && mkdir -p "$WORK" "$OUT" && OUT=$(cd "$OUT" && pwd)
 rm -f "$OUT"/*.log
 SUMMARY=$OUT/summary.txt
 : > "$SUMMARY"
-FIGURES='"device"|^\{"size"|^ +(calltune|trl|baseline)_|^[0-9a-z.]+: real tokens|replies/s|^ratio|^model|^versions:'
-FIGURES+='|^MISSING|^preflight:|: done|token accuracy|^gate:'
+FIGURES='"device"|^\{"size"|^ +(calltune|trl|baseline)_|^[0-9a-z.]+: real tokens|^one generate call|^batched \('
+FIGURES+='|^ratio|^model:|, device (cpu|cuda)|^versions:|^MISSING|^preflight:|: done|token accuracy|^gate:'
 FAILED=() SPENT=0 LIMITS=0
 
 step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, log to OUT/NAME.log, its figures to the summary
@@ -118,9 +120,9 @@ mkdir -p "$WORK/src" && cp -r calltune "$WORK/src/" && cp -r components "$WORK/s
   cp -r pipelines "$WORK/src/calltune/pipelines"
 PIPELINE=(env -C "$WORK" PYTHONPATH="$WORK/src${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m calltune.cli run
           --config "$ROOT/configs/local.yaml" --out "$WORK/run" "state_dir=$WORK/state" "tune.base_model=$WORK/model"
-          translate.backend=none evaluate.embedding_model= tune.compile=off tune.max_steps=20 tune.batch_size=32
+          translate.backend=none evaluate.embedding_model= "tune.compile='off'" tune.max_steps=20 tune.batch_size=32
           tune.max_seq_len=384 sample.train_size=512 sample.test_size=64 simulate.max_calls=4 infer.batch_size=64
-          evaluate.batch_size=32)  # compile off: the tune steps measure it; here it would take the step's minute
+          evaluate.batch_size=32)  # compile off (quoted: YAML reads a bare off as false): the tune steps measure it
 BATCH_INFER=("$PY" benchmarks/generate_throughput.py --base-model "$WORK/model" --examples 128 --batch-size 64
              --max-new-tokens 32)
 
