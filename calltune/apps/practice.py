@@ -219,7 +219,8 @@ class Practice:
                 "fields": template_fields(template), "opening_prompt": self.opening_prompt(card),
                 "judge": f"{judge.backend}:{judge.model}" if judge.backend != "none" else None,
                 "coach": {"scorecard": coach.scorecard is not None, "trained": bool(coach.records),
-                          "notice": coach.notice()},
+                          "notice": coach.notice(), "scale": [coach.scorecard.grade_min, coach.scorecard.grade_max]
+                          if coach.scorecard else None},
                 "name_notice": NAME_NOTICE, "timeout_s": self.cfg.serve.request_timeout_s}
 
 

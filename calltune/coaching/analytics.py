@@ -9,8 +9,8 @@ joined (their indexes kept, so every figure can point at the turns behind it):
   calltune.evaluation.realism, the one evaluation uses for the simulated customers);
 - objections_answered: the share of those the seller answered: the seller's next turn has ANSWER_MIN_WORDS words
   or more (no objection: none is shown);
-- next_step: a seller turn proposes a next step (NEXT_STEP_RULE) and the customer's next turn agrees (AGREE_RULE)
-  without declining (DECLINE_RULE);
+- next_step: a seller turn proposes a next step (NEXT_STEP_RULE) and the customer's next turn accepts it, agreeing
+  or naming a time (AGREE_RULE), without declining or pushing back (DECLINE_RULE);
 - call_words and call_turns: the length of the call.
 """
 from __future__ import annotations
@@ -27,12 +27,17 @@ _NEXT_STEP = re.compile(
     r"send (you|it|over)|tomorrow|next (week|month|step)|monday|tuesday|wednesday|thursday|friday|saturday|"
     r"calendar|book (a|it|the)|sign (up|it)|(at|by) \d+|\d+ ?(am|pm|o'?clock))\b", re.IGNORECASE)
 _AGREE = re.compile(r"\b(yes|yeah|yep|sure|ok|okay|fine|perfect|great|deal|agreed|of course|sounds good|works|"
-                    r"let'?s do|can do|alright|all right|see you)\b", re.IGNORECASE)
+                    r"let'?s do|can do|alright|all right|see you|confirm\w*|combined|closed|done|i can|you can|"
+                    r"can be|may be|it may|is better)\b", re.IGNORECASE)
+_TIME = re.compile(r"\b(today|tonight|tomorrow|monday|tuesday|wednesday|thursday|friday|saturday|sunday|morning|"
+                   r"afternoon|evening|next week|\d+|o'?clock|(at|by) (one|two|three|four|five|six|seven|eight|nine|"
+                   r"ten|eleven|twelve|noon))\b", re.IGNORECASE)
 _DECLINE = re.compile(r"\b(no|not|can'?t|cannot|won'?t|don'?t|never)\b", re.IGNORECASE)
 _QUESTION = re.compile(r"\?+")
-NEXT_STEP_RULE = "a next step is proposed when a seller turn matches " + _NEXT_STEP.pattern
-AGREE_RULE = "the customer agrees when the next customer turn matches " + _AGREE.pattern
-DECLINE_RULE = "...and does not match " + _DECLINE.pattern
+NEXT_STEP_RULE = "a seller turn proposes a next step: it matches " + _NEXT_STEP.pattern
+AGREE_RULE = ("the customer's next turn accepts it: it matches " + _AGREE.pattern + " or names a time, "
+              + _TIME.pattern)
+DECLINE_RULE = "and neither declines (" + _DECLINE.pattern + ") nor pushes back (the friction rule)"
 
 # name -> (what a seller reads, kind: share | count | yes/no, the rule)
 METRICS = {
@@ -86,8 +91,7 @@ def analyze(turns: list[dict]) -> dict:
             objections.append(seg)
             if reply is not None and _words(reply["text"]) >= ANSWER_MIN_WORDS:
                 answered.append(reply)
-        if seg["role"] == "seller" and _NEXT_STEP.search(seg["text"]) and reply is not None \
-                and _AGREE.search(reply["text"]) and not _DECLINE.search(reply["text"]):
+        if seg["role"] == "seller" and _NEXT_STEP.search(seg["text"]) and reply is not None and _accepts(reply["text"]):
             next_step = [seg, reply]
     values = {
         "talk_ratio": sum(_words(s["text"]) for s in seller) / words if words else None,
@@ -104,6 +108,10 @@ def analyze(turns: list[dict]) -> dict:
                 "objections_answered": [s["turns"][0] for s in answered],
                 "next_step": [s["turns"][0] for s in next_step]}
     return {"values": values, "evidence": evidence}
+
+
+def _accepts(reply: str) -> bool:
+    return bool(_AGREE.search(reply) or _TIME.search(reply)) and not _DECLINE.search(reply) and not is_friction(reply)
 
 
 def feature_row(values: dict) -> list[float]:
@@ -140,7 +148,7 @@ def place(metric: str, value: float | None, reference: list[float]) -> dict:
     if value is None or not reference:
         out["band"] = "no training calls to compare with" if value is not None else ""
         return out
-    n = len(reference)
+    reference, n = sorted(reference), len(reference)
     below, ties = bisect_left(reference, value), bisect_right(reference, value) - bisect_left(reference, value)
     out["percentile"] = round(100 * (below + ties / 2) / n)
     if kind == "yes/no":

@@ -4,7 +4,7 @@ TF-IDF of the seller's words beside the analytics (calltune.coaching.analytics).
 
 - Fitted on the train split: per checklist item of the scorecard, a logistic regression on its yes/no labels; for the
   grade, a ridge regression. Features: TF-IDF of the seller's words (words and word pairs, sublinear tf) beside the
-  standardised analytics.
+  analytics, standardised and clipped to 3 standard deviations.
 - Measured on the test split's graded calls, each figure with a 95% bootstrap interval over those calls (seeded) and
   its baseline beside it: an item's accuracy and F1 (of its rarer answer in training) against always giving the
   training majority; the grade's MAE and Spearman against always guessing the training mean; and the paired gain
@@ -31,6 +31,7 @@ from calltune.evaluation import metrics as M
 
 FORMAT = 1
 QUOTE_CHARS = 240  # characters of a turn quoted as evidence
+CLIP = 3.0         # standardised analytics are clipped to this many standard deviations
 
 
 class CoachError(ValueError):
@@ -124,7 +125,9 @@ class Coach:
         from scipy.sparse import csr_matrix, hstack
 
         words = self.vectorizer.transform([r["seller"] for r in rows])
-        numbers = self.scaler.transform([feature_row(r["values"]) for r in rows])
+        # A practice call can lie far outside the training calls (one line, a monologue): clipped to 3 standard
+        # deviations, its analytics cannot outweigh everything its words say.
+        numbers = np.clip(self.scaler.transform([feature_row(r["values"]) for r in rows]), -CLIP, CLIP)
         return hstack([words, csr_matrix(numbers)]).tocsr()
 
     def _grades(self, x) -> np.ndarray:
@@ -231,8 +234,8 @@ class Coach:
         analytics = [{**place(m, analysis["values"][m], self.reference.get(m, [])),
                       "evidence": [quote(i) for i in analysis["evidence"].get(m, [])]} for m in METRICS]
         out = {"notice": self.notice(), "analytics": analytics, "criteria": [], "scorecard": self.scorecard is not None,
-               "grade": {"estimate": None, "why": self.figures.get("grade", {}).get("why", "no grade: the training "
-                                                                                    "data had no grades")}}
+               "grade": {"estimate": None, "why": self.figures.get("grade", {}).get("why", "the training data had no "
+                                                                                    "grades")}}
         if self.scorecard is None or self.vectorizer is None:
             return out
         rec = {"call_id": call.get("call_id", ""), "seller": seller_text(turns), "values": analysis["values"]}
