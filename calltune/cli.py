@@ -265,10 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seller-first", action="store_true", help="start the call yourself")
     p.set_defaults(func=cmd_chat)
 
-    p = common(sub.add_parser("coach", help="the coach's review (and the judge's, when configured) of the calls in a "
-                                            "transcript file: a practice download, a seed-CSV export, any format "
-                                            "ingest reads; translated first when in translate.source_lang"))
+    p = sub.add_parser("coach", help="the coach's review (and the judge's, when configured) of the calls in a "
+                                     "transcript file: a practice download, a seed-CSV export, any format ingest "
+                                     "reads; translated first when in translate.source_lang")
     p.add_argument("file", help="transcript file (calls JSONL from the practice page, seed CSV, chat JSONL...)")
+    common(p)
     p.add_argument("--call", help="review only this call id (default: every call in the file)")
     p.add_argument("--coach", help="a coach.json, the coach step's folder or a model folder (default: the coach of "
                                    "the model in the secret's latest version)")

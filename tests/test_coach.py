@@ -339,3 +339,38 @@ def test_the_history_stores_each_call_once_and_loses_nothing_to_concurrent_write
     assert [c.id for c in pages] == sorted((c.id for c in pages), reverse=True)  # newest first, page after page
     for store in [history, *others]:
         store.close()
+
+
+def test_calltune_coach_reviews_a_seed_csv_row_and_a_downloaded_practice_transcript(coach_dir, tmp_path, capsys):
+    from calltune.cli import main
+
+    state = f"state_dir={tmp_path / 'state'}"
+    good = {"id": "77", "transcription": str([
+        {"message": "Alô?", "role": "bot"},
+        {"message": "Boa tarde, aqui é o Bruno da Acme. Você tem um minuto para conversar?", "role": "user"},
+        {"message": "Tenho sim, pode falar.", "role": "bot"}]), "grade": "7", "feedbacks": FEEDBACK}
+    export = seed_csv(tmp_path / "export.csv", [good, {"id": "78", "transcription": "[{'message': 'x'"}])
+    assert main(["coach", str(export), "--coach", str(coach_dir), state]) == 0
+    out, err = capsys.readouterr()
+    assert f"coach: {coach_dir / 'coach.json'}; 1 call(s), 1 translated from pt first (local" in out
+    assert "== call 77" in out and "(the company graded it 7)" in out and "Questions you asked: 1" in out
+    assert "minute" in out and "Você" not in out  # the analytics read the English translation
+    assert err.strip() == f"calltune: {export}: row 2: unparseable transcript (not reviewed)"
+
+    # A transcript downloaded from the practice page (calls_jsonl, English): reviewed as it is, as JSON on request.
+    practice = tmp_path / "practice-20260101T000000Z.jsonl"
+    write_examples(practice, [{"call_id": "practice-1", "persona": {}, "system": "You are Ana.", "turns": [
+        {"role": "customer", "text": "Hello?"},
+        {"role": "seller", "text": "Hi, this is Bruno from Acme, call 1. Do you have a minute to talk?"},
+        {"role": "customer", "text": "Yes."}]}, {"call_id": "practice-2", "turns": [{"role": "customer", "text": "Hi?"}]}])
+    assert main(["coach", str(practice), "--coach", str(coach_dir.parent), "--json", state]) == 0
+    [reviewed, silent] = json.loads(capsys.readouterr().out)
+    asked = reviewed["review"]["criteria"][0]["items"][0]
+    assert asked["verdict"] == "yes" and asked["evidence"][0]["turn"] == 1
+    assert silent == {"call_id": "practice-2", "error": "this call has no seller turn: there is nothing of yours to "
+                                                       "review (say something to the customer, then end the call)"}
+    assert main(["coach", str(practice), "--coach", str(coach_dir), "--call", "practice-2", state]) == 1
+    assert "no review: this call has no seller turn" in capsys.readouterr().out
+    # No coach given and nothing deployed: one line, no traceback.
+    assert main(["coach", str(practice), state]) == 1
+    assert capsys.readouterr().err.startswith("calltune: ")

@@ -39,6 +39,15 @@ def test_compiled_pipeline_promotes_when_accuracy_clears_the_threshold(tmp_path,
     run_dir = next((tmp_path / "root").iterdir())
     model_dir = run_dir / "tune" / "model"
     assert (model_dir / "adapter_model.safetensors").exists()
+    # The coach step's scorecard: the bundled export's 4 criteria and 9 items; the model carries it, and so does
+    # the promoted copy that is served.
+    scorecard = json.loads((run_dir / "coach" / "coaching" / "scorecard.json").read_text())
+    assert (len(scorecard["criteria"]), sum(len(c["items"]) for c in scorecard["criteria"])) == (4, 9)
+    from calltune.release.store import model_path_from_endpoint, resolve_endpoint
+
+    served = model_path_from_endpoint(resolve_endpoint(cfg.deploy, cfg.state_path()))
+    assert json.loads((served / "coach" / "scorecard.json").read_text()) == scorecard
+    assert "## Coaching" in (model_dir / "README.md").read_text()
 
 
 def test_cli_run_keeps_the_serving_version_below_the_threshold(tmp_path, state_dir):
@@ -57,6 +66,8 @@ def test_cli_run_keeps_the_serving_version_below_the_threshold(tmp_path, state_d
     assert 0.0 <= summary["gate"]["accuracy"] <= 1.0
     assert summary["counts"]["sample"]["overlap_calls"] == 0
     assert summary["counts"]["ingest"]["quarantined"] > 0  # the bundled sample carries deliberate defects
+    assert (summary["coach"]["criteria"], summary["coach"]["items"]) == (4, 9)
+    assert "coach: 4 criteria, 9 checklist items" in proc.stdout
     assert summary["serving_version"] == before
     assert "not promoted" in proc.stdout
     # A log for people: no kfp executor dumps or custom-image warnings (all still there with --verbose) ...

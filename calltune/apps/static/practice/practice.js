@@ -510,6 +510,7 @@ function coachSections(r) {
       } else {
         li.append(el("p", `Not judged: ${item.why}.`, "figures"));
       }
+      if (item.evidence.length) li.append(el("p", `The line that weighed most toward “${item.verdict}”:`, "figures"));
       for (const e of item.evidence) li.append(quote(e.turn, e.quote));
       items.append(li);
     }
