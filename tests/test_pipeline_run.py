@@ -48,6 +48,7 @@ def test_compiled_pipeline_promotes_when_accuracy_clears_the_threshold(tmp_path,
     served = model_path_from_endpoint(resolve_endpoint(cfg.deploy, cfg.state_path()))
     assert json.loads((served / "coach" / "scorecard.json").read_text()) == scorecard
     assert "## Coaching" in (model_dir / "README.md").read_text()
+    assert "<h2>Coaching</h2>" in (run_dir / "evaluate" / "evaluation" / "report.html").read_text()
 
 
 def test_cli_run_keeps_the_serving_version_below_the_threshold(tmp_path, state_dir):

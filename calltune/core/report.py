@@ -59,6 +59,10 @@ class Report:
         self._parts += [(kind, value) for kind, value in parts]
         return self
 
+    def section(self, other: Report) -> Report:
+        """Another report as a section of this one: its title a heading, then its parts."""
+        return self.heading(other.title).extend(other.dump())
+
     def to_markdown(self, level: int = 1) -> str:
         """The title at heading `level` (the sections one below): 2 nests the report in a page's section."""
         out = [f"{'#' * level} {self.title}", ""]

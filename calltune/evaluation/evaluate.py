@@ -15,6 +15,8 @@ Whole calls: each local or Vertex model also plays every held-out test call clos
 seller's turns, the model's own earlier replies), and calltune.evaluation.realism compares those calls with the real ones
 (discriminator AUC, role adherence, form, friction and endings, each with a 95% interval over calls); the gate can
 check them (off by default) and the report has a "Whole-call realism" section.
+The report also shows the coach the model carries (its "Coaching" section: the scorecard and the coach's figures, read
+from the model folder as the coach step wrote them, calltune.release.model_card.coach_summary).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from calltune.evaluation import metrics as M
 from calltune.evaluation.batch_infer import predict, read_predictions, read_scores
 from calltune.evaluation.error_analysis import analyze
 from calltune.evaluation.gate import decide
-from calltune.release.model_card import write_model_card
+from calltune.release.model_card import coach_summary, write_model_card
 from calltune.runtime.embeddings import CrossEncoderScorer, Embedder
 from calltune.runtime.encoding import encode_file, encoder
 from calltune.runtime.loading import device, load_model, model_sha, model_source, read_model_card, set_threads
@@ -364,6 +366,8 @@ def _report(model_dir: Path, records: dict, skipped: dict, decision: dict, cfg: 
         r.image(loss_curve_png(json.loads(log_file.read_text(encoding="utf-8")), out_dir / "loss_curve.png"),
                 "training loss curve")
     _errors_section(r, errors)
+    if coach := coach_summary(model_dir):  # the scorecard and the figures of the coach the model carries
+        r.section(coach)
     if realism:
         from calltune.evaluation.realism_report import section
 

@@ -30,13 +30,19 @@ COACH_DIR = "coach"              # in a model folder: the coach it was built wit
 COACH_SUMMARY = "summary.json"   # the coach's report section: {"title", "parts"} (calltune.core.report parts)
 
 
-def coach_section(model_dir: str | Path) -> list[str]:
-    """The coach's section of a page about the model (Markdown lines, headings from ##), or [] without a coach."""
+def coach_summary(model_dir: str | Path) -> Report | None:
+    """The coach's section of a report about the model, as the coach step wrote it; None without a coach."""
     path = Path(model_dir) / COACH_DIR / COACH_SUMMARY
     if not path.is_file():
-        return []
+        return None
     section = json.loads(path.read_text(encoding="utf-8"))
-    return Report(section["title"]).extend(section["parts"]).to_markdown(level=2).splitlines() + [""]
+    return Report(section["title"]).extend(section["parts"])
+
+
+def coach_section(model_dir: str | Path) -> list[str]:
+    """The coach's section of the model card (Markdown lines, headings from ##), or [] without a coach."""
+    summary = coach_summary(model_dir)
+    return summary.to_markdown(level=2).splitlines() + [""] if summary else []
 
 
 def used_settings(config: dict[str, Any]) -> dict[str, Any]:
