@@ -131,7 +131,8 @@ class CallRequest(ReviewRequest):
 
 
 class Practice:
-    """What the page's endpoints read: the config, the served model's card (cached per endpoint), the judge."""
+    """What the page's endpoints read: the config, the served model's card and coach (cached per endpoint), the judge,
+    the practice history."""
 
     def __init__(self, cfg: Config, watcher: Watcher):
         self.cfg, self.watcher = cfg, watcher

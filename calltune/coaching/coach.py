@@ -110,8 +110,8 @@ class Coach:
         self.vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2 if len(texts) >= 10 else 1)
         try:
             self.vectorizer.fit(texts)
-        except ValueError:  # no word at all in the sellers' lines
-            self.vectorizer.set_params(min_df=1, token_pattern=r"(?u)\S+").fit([t or "-" for t in texts])
+        except ValueError:  # sklearn's "empty vocabulary"
+            raise CoachError(f"the {len(texts)} training calls' seller lines share no word to learn from") from None
         self.scaler = StandardScaler().fit([feature_row(r["values"]) for r in self.records])
         x = self._features(self.graded)
         for key in sorted({k for r in self.graded for k in r.get("labels", {})}):
@@ -230,7 +230,10 @@ class Coach:
             raise CoachError("this call has no seller turn: there is nothing of yours to review (say something to "
                              "the customer, then end the call)")
         analysis = analyze(turns)
-        quote = lambda i: {"turn": i, "role": turns[i]["role"], "quote": turns[i]["text"][:QUOTE_CHARS]}  # noqa: E731
+
+        def quote(i: int) -> dict:
+            return {"turn": i, "role": turns[i]["role"], "quote": turns[i]["text"][:QUOTE_CHARS]}
+
         analytics = [{**place(m, analysis["values"][m], self.reference.get(m, [])),
                       "evidence": [quote(i) for i in analysis["evidence"].get(m, [])]} for m in METRICS]
         out = {"notice": self.notice(), "analytics": analytics, "criteria": [], "scorecard": self.scorecard is not None,
@@ -267,12 +270,10 @@ class Coach:
                     entry["why"] = fig.get("why", "not measured")
                 items.append(entry)
             out["criteria"].append({"title": criterion.title, "original": criterion.original, "items": items,
-                                    "similar": [{**s, "summary": s["summaries"][str(ci)][0],
-                                                 "summary_original": s["summaries"][str(ci)][1]}
-                                                for s in similar if str(ci) in s["summaries"]]})
-        for c in out["criteria"]:
-            for s in c["similar"]:
-                s.pop("summaries")
+                                    "similar": [{"call_id": r["call_id"], "grade": r["grade"], "similarity": sim,
+                                                 "summary": r["summaries"][str(ci)][0],
+                                                 "summary_original": r["summaries"][str(ci)][1]}
+                                                for r, sim in similar if str(ci) in r.get("summaries", {})]})
         return out
 
     def _grade(self, x) -> dict:
@@ -285,14 +286,13 @@ class Coach:
                 "baseline_mae": fig["baseline_mae"], "spearman": fig["spearman"], "n_test": fig["n_test"],
                 "within_noise": within_noise(fig["gain"])}
 
-    def _similar(self, rec: dict) -> list[dict]:
-        """The graded training calls whose seller words are closest to this call's (TF-IDF cosine), closest first."""
-        if not self.graded or not rec["seller"]:
+    def _similar(self, rec: dict) -> list[tuple[dict, float]]:
+        """(graded training record, similarity) of the calls whose seller words are closest to this call's (TF-IDF
+        cosine), closest first; the call itself (reviewed again from its export) is not its own neighbour."""
+        if not rec["seller"]:
             return []
         sims = (self.vectorizer.transform([r["seller"] for r in self.graded])
                 @ self.vectorizer.transform([rec["seller"]]).T).toarray()[:, 0]
         order = [i for i in np.argsort(-sims, kind="stable") if sims[i] > 0 and self.graded[i]["seller"] != rec["seller"]
                  and self.graded[i]["call_id"] != rec["call_id"]]
-        return [{"call_id": self.graded[i]["call_id"], "grade": self.graded[i]["grade"],
-                 "similarity": round(float(sims[i]), 3), "summaries": self.graded[i].get("summaries", {})}
-                for i in order[:self.settings["similar_calls"]]]
+        return [(self.graded[i], round(float(sims[i]), 3)) for i in order[:self.settings["similar_calls"]]]

@@ -19,7 +19,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from calltune.coaching.coach import Coach
+from calltune.coaching.coach import Coach, within_noise
 from calltune.coaching.scorecard import Scorecard, derive, load_scorecard
 from calltune.config import CoachConfig, JudgeConfig
 from calltune.core.io import read_jsonl, write_json
@@ -70,8 +70,8 @@ def build_coach(calls_path: str | Path, splits_dir: str | Path, out_dir: str | P
     if judge is not None and judge.backend != "none" and scorecard is not None and scorecard.criteria:
         calibration = _calibrate([c for c in by_split["test"] if c.get("evaluation")], scorecard, judge,
                                  samples=cfg.bootstrap_samples, seed=seed, state_dir=state_dir)
-    counts = {"calls": len(calls), "graded": len(graded), "ungraded": len(calls) - len(graded) - sum(left_out.values())
-              + left_out.get("in no split (no customer reply to learn from)", 0),
+    counts = {"calls": len(calls), "graded": len(graded),
+              "ungraded": sum(not c.get("evaluation") and not c.get("evaluation_problem") for c in calls.values()),
               **{f"graded_{s}": sum(split_of[c["call_id"]] == s for c in graded) for s in SPLITS},
               "left_out": sum(left_out.values()), "left_out_by_reason": dict(left_out)}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -127,9 +127,8 @@ def summary(coach: Coach, counts: dict, calibration: dict | None) -> Report:
     rows = []
     for item in f.get("items", {}).values():
         base = f"always {item['majority']}" if "majority" in item else "-"
-        rows.append({"criterion": item["criterion"], "item": item["item"],
-                     "judged": "yes" + (" (within noise)" if item.get("judged") and item["gain"]["low"] is not None
-                                        and item["gain"]["low"] <= 0 else "") if item.get("judged") else "not judged",
+        judged = ("yes (within noise)" if within_noise(item["gain"]) else "yes") if item.get("judged") else "not judged"
+        rows.append({"criterion": item["criterion"], "item": item["item"], "judged": judged,
                      "test calls": item["n_test"], "accuracy": _cell(item.get("accuracy")),
                      "baseline accuracy": f"{_cell(item.get('baseline_accuracy'))} ({base})",
                      "F1": f"{_cell(item.get('f1'))}" + (f" (of {item['f1_of']})" if "f1_of" in item else ""),
@@ -144,10 +143,11 @@ def summary(coach: Coach, counts: dict, calibration: dict | None) -> Report:
         r.table([{"figure": "MAE (grade points)", "coach": _cell(grade["mae"]), "baseline": _cell(grade["baseline_mae"])},
                  {"figure": "Spearman (rank agreement)", "coach": _cell(grade["spearman"]), "baseline": "n/a (constant)"},
                  {"figure": "MAE gain over the baseline", "coach": _cell(grade["gain"]), "baseline": ""}])
-    gain = grade.get("gain") or {}
-    r.text("The page shows a grade estimate with its MAE as the uncertainty" +
-           (", and says that its edge over the mean is within noise." if gain.get("low") is not None and gain["low"] <= 0
-            else ".") if grade.get("shown") else f"No grade estimate is shown: {grade.get('why', 'not measured')}.")
+    if grade.get("shown"):
+        r.text("The page shows a grade estimate with its MAE as the uncertainty" +
+               (", and says that its edge over the mean is within noise." if within_noise(grade["gain"]) else "."))
+    else:
+        r.text(f"No grade estimate is shown: {grade.get('why', 'not measured')}.")
     if calibration:
         r.heading("The judge's calibration")
         r.text(f"The judge reviewed {calibration['requests']} graded test calls in the scorecard ("
@@ -171,7 +171,8 @@ def _details(r: Report, card: Scorecard | None) -> None:
     for criterion in card.criteria:
         r.heading(f"Criterion: {criterion.title}")
         r.text(f"As the export names it: {criterion.original or criterion.title}. Items: "
-               + "; ".join(f"{i.name}" + (f" ({i.original})" if i.original else "") for i in criterion.items))
+               + "; ".join(i.name + (f" ({i.original})" if i.original not in ("", i.name) else "")
+                           for i in criterion.items))
         r.table([{"call": e.call_id, "grade": e.grade, "the export's summary": e.summary,
                   "original": e.summary_original} for e in criterion.examples])
 
