@@ -154,6 +154,14 @@ def test_a_user_scorecard_replaces_the_derived_one_and_bad_files_are_named(tmp_p
     assert card.source == "file" and [c.title for c in card.criteria] == ["opening and rapport", "Next steps"]
     assert set(labels(graded[0], card)) == {(0, 0), (1, 0)}  # "Sent the contract" is in no graded call: no label
     assert {e.call_id for c in card.criteria for e in c.examples} <= {c["call_id"] for c in graded[:12]}
+    # Data without grades and a given scorecard: the review lists its items, none judged, and no grade.
+    write_examples(calls, [{k: v for k, v in c.items() if k != "evaluation"} for c in graded])
+    build_coach(calls, splits, tmp_path / "coach", CoachConfig(scorecard=str(path), bootstrap_samples=10))
+    review = review_call(Coach.load(tmp_path / "coach" / "coach.json"), "Do you have a minute to talk?")
+    assert [c["title"] for c in review["criteria"]] == ["opening and rapport", "Next steps"]
+    assert {i["why"] for c in review["criteria"] for i in c["items"]} == {"no labels to learn from in the training calls"}
+    assert review["grade"] == {"estimate": None, "why": "no graded training call to learn a grade from"}
+    assert "the scorecard below is the one given" in review["notice"]
     for text, message in [("criteria: []\n", "no criteria"), ("criteria:\n  - items: [x]\n", r"criteria\.0\.title"),
                           ("- a\n", "expected a mapping"), ("criteria: [\n", "cannot read it")]:
         path.write_text(text)

@@ -216,6 +216,9 @@ class Coach:
         if self.scorecard is None:
             return ("The training data had no grades, so this review is the conversation analytics alone: no "
                     "checklist and no grade estimate.")
+        if not self.graded:
+            return ("The training data had no grades: the scorecard below is the one given, with no verdicts and no "
+                    "grade estimate; the review is the conversation analytics.")
         return (f"Learned from {f.get('graded_train', len(self.graded))} graded training calls and measured on "
                 f"{f.get('graded_test', 0)} graded test calls: with so few, every figure here is uncertain, its "
                 f"interval is wide, and a verdict or grade that did not beat its simple baseline is not shown.")
@@ -239,14 +242,17 @@ class Coach:
         out = {"notice": self.notice(), "analytics": analytics, "criteria": [], "scorecard": self.scorecard is not None,
                "grade": {"estimate": None, "why": self.figures.get("grade", {}).get("why", "the training data had no "
                                                                                     "grades")}}
-        if self.scorecard is None or self.vectorizer is None:
+        if self.scorecard is None:
             return out
         rec = {"call_id": call.get("call_id", ""), "seller": seller_text(turns), "values": analysis["values"]}
-        x = self._features([rec])
-        out["grade"] = self._grade(x)
+        x = words = None
+        similar: list[tuple[dict, float]] = []
         seller_turns = [i for i, t in enumerate(turns) if t["role"] == "seller" and t["text"].strip()]
-        words = self.vectorizer.transform([turns[i]["text"] for i in seller_turns])
-        similar = self._similar(rec)
+        if self.vectorizer is not None:  # models were fitted: there were graded training calls
+            x = self._features([rec])
+            out["grade"] = self._grade(x)
+            words = self.vectorizer.transform([turns[i]["text"] for i in seller_turns])
+            similar = self._similar(rec)
         for ci, criterion in enumerate(self.scorecard.criteria):
             items = []
             for ii, item in enumerate(criterion.items):
