@@ -166,6 +166,10 @@ def test_a_finished_call_is_reviewed_and_filed_once_however_often_the_page_retri
         judged = client.post("/practice/api/review", json={**PRACTICE, "seller": "Ana Souza"}).json()
         assert [f["evidence_turn"] for f in judged["feedbacks"]] == [1, 1, 1]
         assert "Opening and rapport" in judge.bodies()[-1]["messages"][-1]["content"]  # the prompt is the scorecard's
+        judge.replies.append(json.dumps(answer))  # a judge's review whose call was not saved first: saved with it
+        client.post("/practice/api/review", json={**PRACTICE, "seller": "Bo", "call_id": "practice-2"})
+        [bo] = client.get("/practice/api/history", params={"seller": "Bo"}).json()["calls"]
+        assert (bo["call_id"], bo["judge_grade"], bo["grade"]) == ("practice-2", 3, review["grade"]["estimate"])
 
         history = client.get("/practice/api/history", params={"seller": "Ana Souza"}).json()
         [entry] = history["calls"]

@@ -205,6 +205,24 @@ class Practice:
         served = self.watcher.current
         return (served.version, self.card(served.endpoint)) if served else (None, None)
 
+    def file_call(self, body: CallRequest) -> tuple[dict, bool, bool]:
+        """(the coach's review of a finished call, stored?, stored by this request?). Under a name the call is stored
+        once per call_id, and a retry gets the review stored the first time."""
+        version, coach = self.served_coach()
+        turns = [t.model_dump() for t in body.turns]
+        try:
+            review = coach.review({"call_id": body.call_id, "turns": turns})
+        except CoachError as exc:
+            raise ApiError(400, str(exc), code="no_seller_turn", param="turns") from None
+        where = body.stored_under()
+        if where is None:
+            return review, False, False
+        call = {"system": body.system, "persona": body.persona, "turns": turns, "served_by": body.served_by,
+                "label": " · ".join(v for v in body.persona.values() if v)}
+        stored, created = self.history().add(*where, call, review, model_version=version,
+                                             grade=review["grade"].get("estimate"))
+        return stored.review, True, created
+
     def served_coach(self) -> tuple[int | None, Coach]:
         served = self.watcher.current
         return (served.version, self.coach(served.endpoint)) if served else (None, self.coach(None))
@@ -272,24 +290,12 @@ def practice_routers(practice: Practice) -> tuple[APIRouter, APIRouter]:
 
     @api.post("/calls")
     def finished_call(body: CallRequest) -> dict:
-        version, coach = practice.served_coach()
-        turns = [t.model_dump() for t in body.turns]
-        try:
-            review = coach.review({"call_id": body.call_id, "turns": turns})
-        except CoachError as exc:
-            raise ApiError(400, str(exc), code="no_seller_turn", param="turns") from None
-        where = body.stored_under()
-        if where is None:
-            return {"review": review, "stored": False}
-        call = {"system": body.system, "persona": body.persona, "turns": turns, "served_by": body.served_by,
-                "label": " · ".join(v for v in body.persona.values() if v)}
-        stored, created = practice.history().add(*where, call, review, model_version=version,
-                                                 grade=review["grade"].get("estimate"))
+        review, stored, created = practice.file_call(body)
         # A retry gets the review stored the first time: the history holds one call, and the page shows it.
-        return {"review": stored.review, "stored": True, "created": created}
+        return {"review": review, "stored": stored, **({"created": created} if stored else {})}
 
     @api.post("/review")
-    def review(body: ReviewRequest):
+    def review(body: CallRequest):
         from calltune.coaching.review import ReviewError, review_call
 
         if cfg.judge.backend == "none":
@@ -300,6 +306,8 @@ def practice_routers(practice: Practice) -> tuple[APIRouter, APIRouter]:
         except (ValueError, ImportError) as exc:  # e.g. the judge's key variable is not set: says which, not its value
             raise ApiError(503, f"the judge cannot be used: {exc}", "server_error", "judge_unavailable") from None
         where = body.stored_under()
+        if where is not None:  # the call is in the history before its judge's review: never a review without a call
+            practice.file_call(body)
         try:
             verdict = review_call(body.system, [t.model_dump() for t in body.turns], cfg.judge, generator,
                                   practice.served_coach()[1].scorecard)
