@@ -290,6 +290,14 @@ def test_the_judges_calibration_against_the_company_grades(coach_dir, tmp_path, 
     assert (result["reviewed"], result["unreadable_or_failed"]) == (3, 1)
     assert result["grade"]["mae"]["value"] == 2.0 and result["grade"]["mae"]["n"] == 3
     assert all(item["accuracy"]["value"] == 1.0 for item in result["items"].values())
+    # The coach step with that judge: its calibration is in the report section the evaluation and the card show.
+    with FakeOpenAI(api_key="sk-coach", replies=answers[:2]) as judge:
+        cfg = cfg.model_copy(update={"base_url": f"{judge.endpoint}/v1", "max_examples": 2})
+        metrics = build_coach(calls, tmp_path / "splits", tmp_path / "coach", CoachConfig(bootstrap_samples=50),
+                              judge=cfg, seed=0, state_dir=tmp_path)
+    assert metrics["judge_grade_mae"] == 2.0
+    section = json.loads((tmp_path / "coach" / "summary.json").read_text())
+    assert section["calibration"]["reviewed"] == 2 and "The judge's calibration" in json.dumps(section["parts"])
 
 
 def test_the_coach_step_writes_what_the_model_card_and_the_evaluation_report_show(coach_dir, tmp_path):
