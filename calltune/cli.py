@@ -1,4 +1,4 @@
-"""The `calltune` command: run, prepare, synthesize, chat, rollback, serve, secrets, submit, upload."""
+"""The `calltune` command: run, prepare, synthesize, chat, coach, rollback, serve, secrets, submit, upload."""
 from __future__ import annotations
 
 import argparse
@@ -167,6 +167,28 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def cmd_coach(args) -> int:
+    from calltune.coaching.transcripts import find_coach, read_calls, render, review_calls
+
+    cfg = _config(args)
+    _offline()
+    coach, source = find_coach(cfg, args.coach)
+    calls, rejected, stats = read_calls(args.file, cfg, args.call)
+    results = review_calls(calls, coach, cfg)
+    if args.json:
+        print(json.dumps(results, ensure_ascii=False, indent=2))
+    else:
+        print(f"coach: {source}; {len(calls)} call(s)" + (f", {stats['translated_calls']} translated from "
+                                                           f"{cfg.translate.source_lang} first ({cfg.translate.backend}, "
+                                                           f"{stats.get('cache_hits', 0)} texts from the cache)"
+                                                           if stats["translated_calls"] else "") + "\n")
+        for result in results:
+            print("\n".join(render(result)))
+    for line in rejected:
+        print(f"calltune: {line} (not reviewed)", file=sys.stderr)
+    return 0 if any("review" in r for r in results) else 1
+
+
 def cmd_rollback(args) -> int:
     from calltune.release.deploy import rollback
     from calltune.release.endpoint_deploy import rollback as rollback_endpoint
@@ -279,6 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seller-first", action="store_true", help="start the call yourself")
     vertex_base_url(p)
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("coach", help="the coach's review (and the judge's, when configured) of the calls in a "
+                                     "transcript file: a practice download, a seed-CSV export, any format ingest "
+                                     "reads; translated first when in translate.source_lang")
+    p.add_argument("file", help="transcript file (calls JSONL from the practice page, seed CSV, chat JSONL...)")
+    common(p)
+    p.add_argument("--call", help="review only this call id (default: every call in the file)")
+    p.add_argument("--coach", help="a coach.json, the coach step's folder or a model folder (default: the coach of "
+                                   "the model in the secret's latest version)")
+    p.add_argument("--json", action="store_true", help="print the reviews as JSON, as the page receives them")
+    p.set_defaults(func=cmd_coach)
 
     p = common(sub.add_parser("rollback", help="publish an earlier version's endpoint again, as the newest version"))
     p.add_argument("--to", type=int, metavar="VERSION",

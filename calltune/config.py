@@ -94,10 +94,11 @@ class TranslateConfig(remote_calls("google", concurrency=8, retries=5, timeout_s
     source_lang: str = Field("pt", description="Source language code; auto lets the google backend detect it per segment.")
     target_lang: str = Field("en", description="Target language code.")
     fields: list[str] = Field(
-        default_factory=lambda: ["turns"],
-        description="What is translated: turns (the transcript messages), system (the system instruction), persona "
-                    "(every persona value) or persona.<key> (one value). Originals are kept beside: text_original, "
-                    "system_original, persona_original.")
+        default_factory=lambda: ["turns", "evaluation"],
+        description="What is translated: turns (the transcript messages), evaluation (a graded export's feedback: "
+                    "criteria, checklist items, summaries), system (the system instruction), persona (every persona "
+                    "value) or persona.<key> (one value). Originals are kept beside: text_original, "
+                    "evaluation_original, system_original, persona_original.")
     batch_size: int = Field(0, ge=0, description="Segments per translator request; 0: the most the backend allows "
                                                  "(google: 1024 segments and 30,000 code points, the API limits; local: 256).")
     project: str = Field("", description="google: Google Cloud project id (or number) billed for the translations.")
@@ -113,9 +114,10 @@ class TranslateConfig(remote_calls("google", concurrency=8, retries=5, timeout_s
     @field_validator("fields")
     @classmethod
     def _known_fields(cls, fields: list[str]) -> list[str]:
-        bad = [f for f in fields if f not in ("turns", "system", "persona") and not (f.startswith("persona.") and f[8:])]
+        bad = [f for f in fields if f not in ("turns", "evaluation", "system", "persona")
+               and not (f.startswith("persona.") and f[8:])]
         if bad:
-            raise ValueError(f"unknown translate.fields {bad}: use turns, system, persona or persona.<key>")
+            raise ValueError(f"unknown translate.fields {bad}: use turns, evaluation, system, persona or persona.<key>")
         return fields
 
 
@@ -329,6 +331,22 @@ class SimulateConfig(Section):
                             location=self.seller_location, max_retries=self.seller_max_retries)
 
 
+class CoachConfig(Section):
+    """The coach step (calltune.coaching): the company's scorecard learned from its graded calls, and the models of
+    the offline review a seller gets after a practice call."""
+    prefix: ClassVar[str] = "coach"
+    scorecard: str = Field("", description="A scorecard file (YAML or JSON: `criteria`, each a `title` and its checklist "
+                                           "`items`; optional grade_min and grade_max) used instead of the one derived "
+                                           "from the data's graded calls, e.g. for data without grades. Local path or "
+                                           "gs:// URI; empty: derived.")
+    examples_per_criterion: int = Field(3, ge=0, description="The export's own summaries kept per criterion, from "
+                                                             "graded training calls spread over the grades.")
+    similar_calls: int = Field(3, ge=0, description="Graded training calls whose feedback a review shows, the closest "
+                                                    "to the reviewed call by the seller's words.")
+    bootstrap_samples: int = Field(1000, ge=10, description="Bootstrap resamples of the graded test calls behind each "
+                                                            "coach figure's 95% interval (seeded with the run's seed).")
+
+
 class SellerConfig(remote_calls("openai, gemini", concurrency=4, retries=5, timeout_s=120.0,
                                  gives_up="the simulation fails")):
     """simulate.seller_* as the settings of a generator (calltune.backends.generators) that plays the seller; the
@@ -420,6 +438,9 @@ class ServeConfig(Section):
     idle_timeout_s: float = Field(5.0, gt=0, description="Seconds an idle keep-alive connection stays open.")
     vertex_base_url: str = Field("", description="Vertex AI API endpoint override for a Vertex endpoint in the secret "
                                                  "(empty: REGION-aiplatform.googleapis.com).")
+    database_url: str = Field("", description="The practice page's history (calls and reviews per seller): a "
+                                              "SQLAlchemy database URL (e.g. postgresql://...); empty: the SQLite file "
+                                              "practice.sqlite in state_dir.")
 
 
 class GcpConfig(Section):
@@ -496,6 +517,7 @@ class Config(BaseModel):
     infer: InferConfig = Field(default_factory=InferConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     simulate: SimulateConfig = Field(default_factory=SimulateConfig)
+    coach: CoachConfig = Field(default_factory=CoachConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)

@@ -1,5 +1,5 @@
 from kfp import dsl
-from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 from calltune.components import IMAGE
 
@@ -7,6 +7,7 @@ from calltune.components import IMAGE
 @dsl.component(base_image=IMAGE)
 def tune(
     splits: Input[Dataset],
+    coaching: Input[Artifact],
     tune_backend: str,
     tune_base_model: str,
     tune_epochs: float,
@@ -45,7 +46,8 @@ def tune(
     report: Output[HTML],
 ):
     """Tunes the base model on the train split, validated on the validation split if present: hf-lora, LoRA here
-    (loss on customer replies only); gemini, a Vertex AI tuning job, whose endpoint the Model folder names."""
+    (loss on customer replies only); gemini, a Vertex AI tuning job, whose endpoint the Model folder names. The
+    coach step's files go into the Model folder (coach/): the model carries the coach it was built with."""
     from pathlib import Path
 
     from calltune.config import SplitConfig, TuneConfig
@@ -54,6 +56,6 @@ def tune(
     from calltune.training.tuners import tune as run
 
     result = run(splits.path, model.path, TuneConfig.from_params(locals()), seed=seed, state_dir=state_dir,
-                 split=SplitConfig.from_params(locals()), system_prompt=data_system_prompt)
+                 split=SplitConfig.from_params(locals()), system_prompt=data_system_prompt, coach=coaching.path)
     result["config"] = used_settings(result["config"])  # the report shows only what the backend used
     publish(result, "Tune", artifacts=(model,), metrics=metrics, html=report, plot=Path(model.path) / "loss_curve.png")

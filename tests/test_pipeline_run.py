@@ -50,11 +50,19 @@ def test_compiled_pipeline_promotes_when_accuracy_clears_the_threshold(tmp_path,
     # One version, publishing the model this run tuned (its store copy: the same files), annotated with the
     # accuracy the evaluate step measured.
     assert [v.version for v in versions] == [1]
-    assert model_sha(model_path_from_endpoint(endpoint)) == model_sha(model_dir)
+    served = model_path_from_endpoint(endpoint)
+    assert model_sha(served) == model_sha(model_dir)
     comparison = json.loads((run_dir / "evaluate" / "evaluation" / "comparison.json").read_text())
     accuracy = comparison["models"]["tuned"]["metrics"]["accuracy"]["value"]
     assert float(versions[0].annotations["metric.accuracy"]) == pytest.approx(accuracy)
     assert comparison["gate"]["decision"] == "promote"
+    # The coach step's scorecard: the bundled export's 4 criteria and 9 items; the model carries it, and so does
+    # the promoted copy that is served.
+    scorecard = json.loads((run_dir / "coach" / "coaching" / "scorecard.json").read_text())
+    assert (len(scorecard["criteria"]), sum(len(c["items"]) for c in scorecard["criteria"])) == (4, 9)
+    assert json.loads((served / "coach" / "scorecard.json").read_text()) == scorecard
+    assert "## Coaching" in (model_dir / "README.md").read_text()
+    assert "<h2>Coaching</h2>" in (run_dir / "evaluate" / "evaluation" / "report.html").read_text()
 
 
 def test_cli_run_keeps_the_serving_version_below_the_threshold(tmp_path, state_dir):
@@ -71,6 +79,8 @@ def test_cli_run_keeps_the_serving_version_below_the_threshold(tmp_path, state_d
     assert 0.0 <= summary["gate"]["accuracy"] <= 1.0
     assert summary["counts"]["sample"]["overlap_calls"] == 0
     assert summary["counts"]["ingest"]["quarantined"] > 0  # the bundled sample carries deliberate defects
+    assert (summary["coach"]["criteria"], summary["coach"]["items"]) == (4, 9)
+    assert "coach: 4 criteria, 9 checklist items" in proc.stdout
     assert summary["serving_version"] == 1
     with closing(open_registry(cfg.deploy, cfg.state_path(), readonly=True)) as registry:
         assert [v.version for v in registry.list_versions(cfg.deploy.secret_id)] == [1]

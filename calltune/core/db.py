@@ -1,4 +1,5 @@
-"""SQLite for local state that several processes share: the registry, the translation and generation caches."""
+"""SQLite for local state that several processes share: the registry, the translation and generation caches; and
+the SQLAlchemy engine of the practice history (SQLite here by default, any database by URL)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,17 +12,18 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def connect_sqlite(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+def connect_sqlite(path: Path, *, readonly: bool = False, any_thread: bool = False) -> sqlite3.Connection:
     """A connection to local state that several processes can share.
 
     WAL lets readers run beside one writer; the busy timeout makes a second writer wait instead of failing;
     autocommit mode (isolation_level=None) leaves transactions to `write_transaction`. `readonly` opens an
-    existing file with `mode=ro`: it never takes the write lock, so it never waits behind a writer.
+    existing file with `mode=ro`: it never takes the write lock, so it never waits behind a writer. `any_thread`:
+    a connection pool hands it from thread to thread (one thread at a time).
     """
     if readonly:
         return sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=60, isolation_level=None)
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, timeout=60, isolation_level=None)
+    db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=not any_thread)
     db.execute("PRAGMA journal_mode=WAL")
     return db
 
@@ -40,6 +42,29 @@ def write_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+def sql_engine(url: str):
+    """A SQLAlchemy engine for a database URL. A SQLite file is opened as connect_sqlite opens local state (WAL, a
+    60 s busy timeout), and each transaction takes the write lock at its start (BEGIN IMMEDIATE, SQLAlchemy's recipe
+    for pysqlite): concurrent writers queue instead of failing halfway. Other databases (PostgreSQL) are SQLAlchemy's
+    own, their connections checked before use."""
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    if not parsed.database or parsed.database == ":memory:":
+        raise ValueError(f"{url}: name a SQLite file (an in-memory database is not shared)")
+    path = Path(parsed.database).expanduser()
+    engine = create_engine(url, creator=lambda: connect_sqlite(path, any_thread=True))
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn) -> None:  # the connection is in autocommit mode: the transaction is ours to open
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
 
 
 def cache_key(*parts: str) -> bytes:

@@ -15,6 +15,8 @@ Whole calls: each local or Vertex model also plays every held-out test call clos
 seller's turns, the model's own earlier replies), and calltune.evaluation.realism compares those calls with the real ones
 (discriminator AUC, role adherence, form, friction and endings, each with a 95% interval over calls); the gate can
 check them (off by default) and the report has a "Whole-call realism" section.
+The report also shows the coach the model carries (its "Coaching" section: the scorecard and the coach's figures, read
+from the model folder as the coach step wrote them, calltune.release.model_card.coach_summary).
 
 One scorer per kind of model (`score_local`, `score_vertex`), one `measure` of what they answered, one `EvalContext`
 that every model is scored with; comparison.json is written by calltune.evaluation.comparison, report.md/html by

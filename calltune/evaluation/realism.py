@@ -67,6 +67,11 @@ DEGENERATION_RULE = (f"empty (no letter or digit), a loop inside the reply (erro
                      f"{REPEAT_OWN_MIN_WORDS}+ words)")
 QUESTION_RULE = "the turn contains a question mark"
 
+
+def is_friction(text: str) -> bool:
+    """FRICTION_RULE: the turn pushes back, hesitates or declines (the coach counts a seller's objections by it too)."""
+    return bool(_FRICTION.search(text))
+
 # metric -> (what it measures, higher is better?); the table's order.
 METRICS = {
     "discriminator_auc": "classifier AUC real vs simulated turns (0.5 = indistinguishable; lower is better)",
@@ -218,7 +223,7 @@ def side_metrics(turns: list[list[str]], sellers: list[list[str]], real: list[li
     degenerate = [_degenerate(c) for c in turns]
     est["degeneration_rate"] = _rate(degenerate, **kw)
     per_call["degeneration_rate"] = [sum(f) / len(f) if f else math.nan for f in degenerate]
-    friction = [[bool(_FRICTION.search(t)) for t in c] for c in turns]
+    friction = [[is_friction(t) for t in c] for c in turns]
     est["friction_rate"] = _rate(friction, **kw)
     per_call["friction_rate"] = [sum(f) / len(f) if f else math.nan for f in friction]
     early = [float(_closes_early(c)) for c in turns]

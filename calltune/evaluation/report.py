@@ -9,6 +9,7 @@ from calltune.config import EvaluateConfig, SimulateConfig
 from calltune.core.figures import loss_curve_png, pyplot, save_png
 from calltune.core.report import Report
 from calltune.evaluation import metrics as M
+from calltune.release.model_card import coach_summary
 
 # Shown first in tables and charts, in this order; any other metric follows.
 CHART_METRICS = ("accuracy", "rouge_l", "chrf", "bleu", "embedding_cosine", "cross_encoder", "distinct_2",
@@ -68,6 +69,8 @@ def write_report(model_dir: Path, records: dict, skipped: dict, decision: dict, 
         r.image(loss_curve_png(json.loads(log_file.read_text(encoding="utf-8")), out_dir / "loss_curve.png"),
                 "training loss curve")
     _errors_section(r, errors)
+    if coach := coach_summary(model_dir):  # the scorecard and the figures of the coach the model carries
+        r.section(coach)
     if realism is not None:
         from calltune.evaluation.realism_report import section
 

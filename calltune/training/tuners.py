@@ -6,26 +6,32 @@ sample step wrote one.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from calltune.config import SplitConfig, TuneConfig
 
 
 def tune(splits: str | Path, out_dir: str | Path, cfg: TuneConfig, *, seed: int, state_dir: str | Path,
-         split: SplitConfig | None = None, system_prompt: str = "") -> dict:
+         split: SplitConfig | None = None, system_prompt: str = "", coach: str | Path | None = None) -> dict:
     """Either backend; then the folder's README.md model card (calltune.release.model_card), evaluation pending.
     `split` and `system_prompt` (the template the data's system instructions came from) go into a local model's
-    card, so serving windows conversations as the examples were."""
-    from calltune.release.model_card import add_model_card
+    card, so serving windows conversations as the examples were. `coach`: the coach step's folder, copied into the
+    model folder (coach/) before the card is written, so the model, its card and its served copy carry it."""
+    from calltune.release.model_card import COACH_DIR, add_model_card
 
-    splits = Path(splits)
+    splits, out_dir = Path(splits), Path(out_dir)
     if cfg.backend == "gemini":
         from calltune.training.gemini import tune_gemini
 
-        return add_model_card(out_dir, tune_gemini(splits, Path(out_dir), cfg), splits)
-    from calltune.training.lora import train_lora
+        card = tune_gemini(splits, out_dir, cfg)
+    else:
+        from calltune.training.lora import train_lora
 
-    validation = splits / "validation.examples.jsonl"
-    card = train_lora(splits / "train.examples.jsonl", validation if validation.exists() else None, Path(out_dir),
-                      cfg, seed=seed, state_dir=Path(state_dir).expanduser(), split=split, system_prompt=system_prompt)
+        validation = splits / "validation.examples.jsonl"
+        card = train_lora(splits / "train.examples.jsonl", validation if validation.exists() else None, out_dir,
+                          cfg, seed=seed, state_dir=Path(state_dir).expanduser(), split=split,
+                          system_prompt=system_prompt)
+    if coach is not None:
+        shutil.copytree(coach, out_dir / COACH_DIR, dirs_exist_ok=True)
     return add_model_card(out_dir, card, splits)
