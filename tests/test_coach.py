@@ -284,9 +284,9 @@ def test_the_judges_calibration_against_the_company_grades(coach_dir, tmp_path, 
                           max_concurrency=1, max_retries=0)
         from calltune.evaluation.judge import make_judge
 
-        generator = make_judge(cfg, tmp_path)
-        result = calibrate(test, card, cfg, generator, samples=50, seed=0)
-        generator.close()
+        judged = make_judge(cfg, tmp_path)
+        result = calibrate(test, card, judged, samples=50, seed=0)
+        judged.close()
     assert (result["reviewed"], result["unreadable_or_failed"]) == (3, 1)
     assert result["grade"]["mae"]["value"] == 2.0 and result["grade"]["mae"]["n"] == 3
     assert all(item["accuracy"]["value"] == 1.0 for item in result["items"].values())

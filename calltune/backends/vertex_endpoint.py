@@ -21,6 +21,10 @@ Idempotent by construction:
 
 Labels stay for people and for endpoints made before calltune chose IDs: the model carries `calltune-model=<sha>`,
 the endpoint `calltune-secret=<deploy.secret_id>`.
+
+It is over 400 lines on purpose: the deploy's steps (upload, endpoint, deploy, canary, traffic, undeploy, sweep)
+share one client, one retry policy and one way of finding an operation again; split apart, each would need the
+others' idempotency rules to be read with it.
 """
 from __future__ import annotations
 

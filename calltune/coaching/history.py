@@ -2,7 +2,7 @@
 (`PracticeHistory`), implemented once on SQLAlchemy Core (`SqlHistory`): by default a SQLite file in the state folder,
 or any database SQLAlchemy reaches by URL (`serve.database_url`, e.g. PostgreSQL for a team's app).
 
-- Writes are transactions (calltune.core.db.sql_engine: on SQLite each takes the write lock at its start), so
+- Writes are transactions (calltune.core.sql.sql_engine: on SQLite each takes the write lock at its start), so
   concurrent writers queue and lose nothing.
 - A call is stored once under (seller, call_id), a unique key: the page sends the same call_id when it retries, so
   a retry after a lost answer finds the call stored and adds nothing; a second writer of the same key gets the first
@@ -33,7 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from calltune.core.db import sql_engine
+from calltune.core.sql import sql_engine
 
 DB_FILE = "practice.sqlite"
 NAME_CHARS = 100    # longest seller name

@@ -1,5 +1,4 @@
-"""SQLite for local state that several processes share: the registry, the translation and generation caches; and
-the SQLAlchemy engine of the practice history (SQLite here by default, any database by URL)."""
+"""SQLite for local state that several processes share: the registry, the translation and generation caches."""
 from __future__ import annotations
 
 import hashlib
@@ -42,29 +41,6 @@ def write_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
-
-
-def sql_engine(url: str):
-    """A SQLAlchemy engine for a database URL. A SQLite file is opened as connect_sqlite opens local state (WAL, a
-    60 s busy timeout), and each transaction takes the write lock at its start (BEGIN IMMEDIATE, SQLAlchemy's recipe
-    for pysqlite): concurrent writers queue instead of failing halfway. Other databases (PostgreSQL) are SQLAlchemy's
-    own, their connections checked before use."""
-    from sqlalchemy import create_engine, event
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
-    if not parsed.database or parsed.database == ":memory:":
-        raise ValueError(f"{url}: name a SQLite file (an in-memory database is not shared)")
-    path = Path(parsed.database).expanduser()
-    engine = create_engine(url, creator=lambda: connect_sqlite(path, any_thread=True))
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn) -> None:  # the connection is in autocommit mode: the transaction is ours to open
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
 
 
 def cache_key(*parts: str) -> bytes:
