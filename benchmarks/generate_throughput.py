@@ -2,8 +2,10 @@
 
     .venv/bin/python benchmarks/generate_throughput.py                     # 64 test prompts, batches of 32
     .venv/bin/python benchmarks/generate_throughput.py --examples 128 --batch-size 64 --state-dir ~/.calltune
+    python3 benchmarks/generate_throughput.py --base-model /tmp/model   # a model folder (benchmarks/random_model.py)
 
-Same model (the bundled SmolLM2-135M-Instruct, converted into --state-dir, a temporary one by default), same
+Same model (the bundled SmolLM2-135M-Instruct, converted into --state-dir, a temporary one by default; or the
+--base-model folder: random weights of its shape make every reply run to max_new_tokens, rates still hold), same
 prompts (the test split of the bundled sample calls, prepared without translation and encoded with the tuned
 models' max_seq_len), same greedy decoding and max_new_tokens, in one process: first one `generate` call per
 example (the seed projects' way: no padding, a batch of one), then `calltune.evaluation.batch_infer.generate_batch` (prompts
@@ -51,6 +53,8 @@ def main() -> int:
                         help="prompt trimming, as tune.max_seq_len (configs/local.yaml)")
     parser.add_argument("--state-dir", type=Path,
                         help="where the converted base model is kept (default: a temporary folder)")
+    parser.add_argument("--base-model", default="smollm2-135m-instruct",
+                        help="a bundled model name or a local Hugging Face model folder (tune.base_model's values)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -63,11 +67,11 @@ def main() -> int:
     set_threads()
     with tempfile.TemporaryDirectory(prefix="calltune-bench-") as tmp:
         state = (args.state_dir or Path(tmp)).expanduser()
-        model, tokenizer = load_model(resolve_base_model("smollm2-135m-instruct", state))
+        model, tokenizer = load_model(resolve_base_model(args.base_model, state))
         prompts = test_prompts(Path(tmp), args.examples, args.max_seq_len, tokenizer)
     lengths = sorted(map(len, prompts))
     where = torch.cuda.get_device_name() if device() == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"device {device()} ({where}), "
+    print(f"model {args.base_model}, device {device()} ({where}), "
           f"{len(prompts)} prompts of {lengths[0]}-{lengths[-1]} tokens (median {lengths[len(lengths) // 2]}), "
           f"max_new_tokens {args.max_new_tokens}, greedy")
     cfg = InferConfig(max_new_tokens=args.max_new_tokens)

@@ -3,15 +3,17 @@
     .venv/bin/python benchmarks/tune_throughput.py                        # CPU: the tiny shape
     .venv/bin/python benchmarks/tune_throughput.py --sizes 360m,1.5b      # GPU: the issue's shapes
 
-The baseline (`../shared/bench/lora_sft_baseline.py`) and the anchor (`../shared/bench/trl_sft_anchor.py`) are
-imported from the shared folder and run unchanged; calltune's tuner (`calltune.training.lora.make_trainer`) trains the same
+The baseline (`lora_sft_baseline.py`) and the anchor (`trl_sft_anchor.py`) are byte-for-byte copies of
+../shared/bench's, kept in benchmarks/shared_bench so that they travel with the checkout (tests/test_gpu_check.py
+compares them when ../shared is there), and run unchanged; calltune's tuner (`calltune.training.lora.make_trainer`) trains the same
 random-init Llama shape, LoRA r=16 on every projection, on sequences drawn from the same length distribution
 (lognormal, median 55, p95 ~150 tokens; the anchor's own `lengths`), every token a target, as in the others. One
 hook on `transformers.Trainer.training_step` (the method all three end in) records every step's loss, real
-(non-pad) tokens and time, so the figures are measured the same way for all. Prints one JSON line per variant
-(real tokens/s after 10 warm-up steps, MFU = 4 x params x tokens/s against the bf16 dense peak, peak GPU memory,
-the loss around the same number of trained tokens), then each variant's rate as a ratio of the best anchor and
-the best baseline variant. On CPU only the ratios mean anything.
+(non-pad) tokens and time, so the figures are measured the same way for all. Prints one JSON line per variant as it
+finishes (real tokens/s after 10 warm-up steps, MFU = 4 x params x tokens/s against the bf16 dense peak, peak GPU
+memory), then each variant's rate as a ratio of the best anchor and the best baseline variant, with the loss around
+the same number of trained tokens. Variants run in the order --variants names them. On CPU only the ratios mean
+anything.
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ import importlib.util
 import io
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -29,8 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's calltune, when run as a script
 
-# ../shared/bench beside the checkout; $CALLTUNE_BENCH elsewhere (a worktree, a device machine's copy)
-BENCH = Path(os.environ.get("CALLTUNE_BENCH") or Path(__file__).resolve().parents[2] / "shared" / "bench")
+BENCH = Path(__file__).resolve().parent / "shared_bench"  # the anchor and the baseline, as ../shared/bench has them
 PEAK_BF16 = 989e12  # H100 SXM dense bf16, the shared scripts' figure
 WARMUP = 10
 STEPS: list[dict] = []  # filled by the hook: one record per training step of the variant running
@@ -153,8 +153,6 @@ def main() -> None:
     parser.add_argument("--variants", default="", help="comma-separated subset, e.g. calltune_sdpa,trl_packed_liger "
                                                          "(default: all; a GPU run of all takes a while)")
     args = parser.parse_args()
-    if not BENCH.is_dir():
-        sys.exit(f"{BENCH} is missing: the baseline and anchor scripts live there")
     baseline, anchor = _load("lora_sft_baseline"), _load("trl_sft_anchor")
     _hook()
     print(json.dumps({"torch": torch.__version__, "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu"}))
@@ -168,30 +166,30 @@ def main() -> None:
             runs[f"calltune_{attention}"] = (lambda a=attention: calltune_run(size, args.steps, dev,
                                                                               args.tokens_per_step, a))
         if args.variants:
-            runs = {n: r for n, r in runs.items() if n in args.variants.split(",")}
+            if unknown := [n for n in args.variants.split(",") if n not in runs]:
+                sys.exit(f"--variants: no variant {', '.join(unknown)} on {dev}; there are {', '.join(runs)}")
+            runs = {n: runs[n] for n in args.variants.split(",")}
         for name, run in runs.items():
             try:
-                results[name] = _measure(run)
+                r = results[name] = _measure(run)
             except Exception as exc:  # e.g. out of memory: report it and go on with the next variant
-                results[name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                r = results[name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            if "trace" in r:
+                params, tps = r.get("params"), r["measured_tokens_per_s"]
+                r["mfu_pct"] = round(100 * tps * 4 * params / PEAK_BF16, 2) if dev == "cuda" and params else None
+            # at once: a run stopped at its time limit still reports the variants that finished
+            print(json.dumps({"size": size, "variant": name, **{k: v for k, v in r.items()
+                                                                  if k not in ("size", "variant", "trace")}}),
+                  flush=True)
         ok = {n: r for n, r in results.items() if "error" not in r}
         budget = min((sum(t for t, _ in r["trace"]) for r in ok.values()), default=0)
-        for name, r in results.items():
-            trace = r.pop("trace", None)
-            if trace:
-                params = r.get("params")
-                tps = r["measured_tokens_per_s"]
-                r["mfu_pct"] = round(100 * tps * 4 * params / PEAK_BF16, 2) if dev == "cuda" and params else None
-                r["loss_at_equal_tokens"] = _loss_at(trace, budget)
-            print(json.dumps({"size": size, "variant": name, **{k: v for k, v in r.items()
-                                                                  if k not in ("size", "variant")}}))
         rate = {n: r["measured_tokens_per_s"] for n, r in ok.items()}
         best_anchor = max((v for n, v in rate.items() if n.startswith("trl_")), default=None)
         best_base = max((v for n, v in rate.items() if n.startswith("baseline_")), default=None)
         print(f"\n{size}: real tokens/s (x best TRL anchor, x best plain baseline); loss at {budget} tokens")
         for n, v in rate.items():
             print(f"  {n:22s} {v:>9,d}  x{v / best_anchor if best_anchor else math.nan:5.2f}  "
-                  f"x{v / best_base if best_base else math.nan:5.2f}  loss {results[n]['loss_at_equal_tokens']}")
+                  f"x{v / best_base if best_base else math.nan:5.2f}  loss {_loss_at(results[n]['trace'], budget)}")
 
 
 if __name__ == "__main__":

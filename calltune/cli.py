@@ -1,4 +1,4 @@
-"""The `calltune` command: run, prepare, synthesize, chat, rollback, serve, secrets, submit, upload."""
+"""The `calltune` command: run, prepare, synthesize, chat, coach, rollback, serve, secrets, submit, upload."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from calltune import __version__
+from calltune.backends.registry_base import RegistryError
 from calltune.config import Config, ConfigError, load_config
 
 DEFAULT_CONFIG = Path("configs/local.yaml")
@@ -92,6 +93,8 @@ def cmd_secrets(args) -> int:
 
     cfg = _config(args)
     secret = args.secret or cfg.deploy.secret_id
+    if args.check:
+        return _check_secret(cfg.model_copy(update={"deploy": cfg.deploy.model_copy(update={"secret_id": secret})}))
     readonly = args.disable is None and args.enable is None  # listing never waits behind a writer
     with closing(open_registry(cfg.deploy, cfg.state_path(), readonly=readonly)) as registry:
         for action in ("disable", "enable"):
@@ -112,15 +115,38 @@ def cmd_secrets(args) -> int:
     return 0
 
 
+def _check_secret(cfg: Config) -> int:
+    """`calltune secrets --check`: what each version names against what is deployed and taking traffic; exit 1 on
+    drift."""
+    from calltune.backends.resources import resource_id as short
+    from calltune.release.endpoint_deploy import check
+
+    found = check(cfg.deploy, cfg.gcp, cfg.state_path())
+    print(f"{'version':>7}  {'state':<8}  {'model (deployed model id)':<40}  on the endpoint")
+    for row in found["versions"]:
+        d = row["deployment"]
+        named = f"{short(row['vertex_model'])} ({row['deployed_model_id']})" if row["vertex_model"] \
+            else "no Vertex model"
+        mark = " (latest enabled)" if row["version"] == found["latest_enabled"] else ""
+        print(f"{row['version']:>7}  {row['state']:<8}  {named:<40}  "
+              f"{f'deployed, {d.traffic}% of the traffic' if d else 'not deployed'}{mark}")
+    for d in found["deployed"]:
+        print(f"deployed on {short(d.endpoint)}: {d.deployed_model_id} ({short(d.model)}), {d.traffic}% of the traffic")
+    for line in found["drift"]:
+        print(f"drift: {line}")
+    if not found["drift"]:
+        print("in agreement: the latest enabled version's model takes all the traffic, nothing else is deployed")
+    return 1 if found["drift"] else 0
+
+
 def _responder(cfg: Config, version: str = "latest"):
     """The model in a version of the secret; errors name the version, never the secret's payload."""
     from calltune.apps.serve.watcher import load_responder, redact
     from calltune.release.store import resolve_endpoint
 
     endpoint = resolve_endpoint(cfg.deploy, cfg.state_path(), version=version)
-    serve = cfg.serve.model_copy(update={"vertex_base_url": cfg.serve.vertex_base_url or cfg.infer.vertex_base_url})
     try:
-        return load_responder(endpoint, serve, cfg.split)
+        return load_responder(endpoint, cfg.serve, cfg.split)
     except Exception as exc:
         why = redact(str(exc), endpoint, f"<{cfg.deploy.secret_id} version {version}>")
         raise ValueError(f"{cfg.deploy.secret_id} version {version} cannot be loaded: {why}") from None
@@ -131,6 +157,7 @@ def cmd_chat(args) -> int:
 
     cfg = _config(args)
     _offline()
+    _serve_flags(cfg, args)
     responder = _responder(cfg, args.version)
     print(f"Customer model from {cfg.deploy.secret_id} ({args.version}).")
     try:
@@ -138,6 +165,28 @@ def cmd_chat(args) -> int:
     finally:
         responder.close()
     return 0
+
+
+def cmd_coach(args) -> int:
+    from calltune.coaching.transcripts import find_coach, read_calls, render, review_calls
+
+    cfg = _config(args)
+    _offline()
+    coach, source = find_coach(cfg, args.coach)
+    calls, rejected, stats = read_calls(args.file, cfg, args.call)
+    results = review_calls(calls, coach, cfg)
+    if args.json:
+        print(json.dumps(results, ensure_ascii=False, indent=2))
+    else:
+        print(f"coach: {source}; {len(calls)} call(s)" + (f", {stats['translated_calls']} translated from "
+                                                           f"{cfg.translate.source_lang} first ({cfg.translate.backend}, "
+                                                           f"{stats.get('cache_hits', 0)} texts from the cache)"
+                                                           if stats["translated_calls"] else "") + "\n")
+        for result in results:
+            print("\n".join(render(result)))
+    for line in rejected:
+        print(f"calltune: {line} (not reviewed)", file=sys.stderr)
+    return 0 if any("review" in r for r in results) else 1
 
 
 def cmd_rollback(args) -> int:
@@ -158,6 +207,12 @@ def cmd_rollback(args) -> int:
     return 0
 
 
+def _serve_flags(cfg: Config, args) -> None:
+    """The serve.* settings the command line gives (chat and serve read the same ones: the same Vertex base URL)."""
+    flags = {name: getattr(args, name, None) for name in ("host", "port", "refresh_s", "max_tokens", "vertex_base_url")}
+    cfg.serve = type(cfg.serve)(**{**cfg.serve.model_dump(), **{k: v for k, v in flags.items() if v is not None}})
+
+
 def cmd_serve(args) -> int:
     import logging
 
@@ -166,9 +221,7 @@ def cmd_serve(args) -> int:
     cfg = _config(args)
     _offline()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    flags = {"host": args.host, "port": args.port, "refresh_s": args.refresh_s, "max_tokens": args.max_tokens,
-             "vertex_base_url": args.vertex_base_url}
-    cfg.serve = type(cfg.serve)(**{**cfg.serve.model_dump(), **{k: v for k, v in flags.items() if v is not None}})
+    _serve_flags(cfg, args)
     serve(cfg.serve, cfg.deploy, cfg.state_path(), cfg.split, page=cfg)
     return 0
 
@@ -215,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="config overrides, e.g. translate.backend=none tune.max_steps=10")
         return p
 
+    def vertex_base_url(p) -> None:
+        p.add_argument("--vertex-base-url", default=os.environ.get("GOOGLE_VERTEX_BASE_URL") or None,
+                       help="Vertex AI API base URL for a Vertex endpoint in the secret (default: "
+                            "$GOOGLE_VERTEX_BASE_URL, else serve.vertex_base_url)")
+
     p = common(sub.add_parser("run", help="run the whole pipeline locally through kfp.local"))
     p.add_argument("--out", type=Path, help="output folder (default: runs/<UTC time>)")
     p.add_argument("--verbose", action="store_true",
@@ -241,7 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = common(sub.add_parser("chat", help="talk, as the seller, to the model in the secret's latest version"))
     p.add_argument("--version", default="latest", help="secret version (default: latest)")
     p.add_argument("--seller-first", action="store_true", help="start the call yourself")
+    vertex_base_url(p)
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("coach", help="the coach's review (and the judge's, when configured) of the calls in a "
+                                     "transcript file: a practice download, a seed-CSV export, any format ingest "
+                                     "reads; translated first when in translate.source_lang")
+    p.add_argument("file", help="transcript file (calls JSONL from the practice page, seed CSV, chat JSONL...)")
+    common(p)
+    p.add_argument("--call", help="review only this call id (default: every call in the file)")
+    p.add_argument("--coach", help="a coach.json, the coach step's folder or a model folder (default: the coach of "
+                                   "the model in the secret's latest version)")
+    p.add_argument("--json", action="store_true", help="print the reviews as JSON, as the page receives them")
+    p.set_defaults(func=cmd_coach)
 
     p = common(sub.add_parser("rollback", help="publish an earlier version's endpoint again, as the newest version"))
     p.add_argument("--to", type=int, metavar="VERSION",
@@ -255,15 +325,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default: serve.port, 8000)")
     p.add_argument("--refresh-s", type=float, help="seconds between checks for a new version (default: serve.refresh_s)")
     p.add_argument("--max-tokens", type=int, help="longest reply a request may ask for (default: serve.max_tokens)")
-    p.add_argument("--vertex-base-url", default=os.environ.get("GOOGLE_VERTEX_BASE_URL") or None,
-                   help="Vertex AI API base URL for Vertex endpoints in the secret (default: $GOOGLE_VERTEX_BASE_URL, "
-                        "else serve.vertex_base_url)")
+    vertex_base_url(p)
     p.set_defaults(func=cmd_serve)
 
-    p = common(sub.add_parser("secrets", help="list a secret's versions; disable or enable one"))
+    p = common(sub.add_parser("secrets", help="list a secret's versions; disable or enable one; check them against "
+                                              "the Vertex endpoint"))
     action = p.add_mutually_exclusive_group()
     action.add_argument("--disable", type=int, metavar="VERSION", help="disable a version (it can no longer be read)")
     action.add_argument("--enable", type=int, metavar="VERSION", help="enable a disabled version again")
+    action.add_argument("--check", action="store_true", help="deploy.target=vertex-endpoint: what each version names "
+                                                             "against what is deployed and taking traffic (exit 1 "
+                                                             "on drift)")
     p.add_argument("--secret", help="secret id (default: deploy.secret_id)")
     p.set_defaults(func=cmd_secrets)
 
@@ -312,8 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"calltune: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except (ValueError, LookupError, OSError, RuntimeError) as exc:  # bad input, unknown secret, missing file, a
-        # cloud service that refused or gave up: one line, no traceback (messages never hold secret payloads)
+    except (ValueError, RegistryError, OSError, RuntimeError) as exc:  # bad input, unknown secret, missing file, a
+        # cloud service that refused or gave up: one line, no traceback (messages never hold secret payloads). Not
+        # every LookupError: a KeyError or IndexError is a bug, and its traceback is what finds it.
         print(f"calltune: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

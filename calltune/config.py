@@ -2,6 +2,10 @@
 
 Every field of every section becomes a pipeline parameter named `<section>_<field>`
 (top-level fields keep their name), so the CLI, the YAML and the pipeline cannot drift.
+
+It is over 400 lines on purpose: every setting of every step, with its bounds and its description, stands in this
+one file, so a reader (and `calltune config`) finds them all in one place; splitting it by section would scatter
+the one source the CLI, the YAML and the pipeline parameters share.
 """
 from __future__ import annotations
 
@@ -90,10 +94,11 @@ class TranslateConfig(remote_calls("google", concurrency=8, retries=5, timeout_s
     source_lang: str = Field("pt", description="Source language code; auto lets the google backend detect it per segment.")
     target_lang: str = Field("en", description="Target language code.")
     fields: list[str] = Field(
-        default_factory=lambda: ["turns"],
-        description="What is translated: turns (the transcript messages), system (the system instruction), persona "
-                    "(every persona value) or persona.<key> (one value). Originals are kept beside: text_original, "
-                    "system_original, persona_original.")
+        default_factory=lambda: ["turns", "evaluation"],
+        description="What is translated: turns (the transcript messages), evaluation (a graded export's feedback: "
+                    "criteria, checklist items, summaries), system (the system instruction), persona (every persona "
+                    "value) or persona.<key> (one value). Originals are kept beside: text_original, "
+                    "evaluation_original, system_original, persona_original.")
     batch_size: int = Field(0, ge=0, description="Segments per translator request; 0: the most the backend allows "
                                                  "(google: 1024 segments and 30,000 code points, the API limits; local: 256).")
     project: str = Field("", description="google: Google Cloud project id (or number) billed for the translations.")
@@ -109,9 +114,10 @@ class TranslateConfig(remote_calls("google", concurrency=8, retries=5, timeout_s
     @field_validator("fields")
     @classmethod
     def _known_fields(cls, fields: list[str]) -> list[str]:
-        bad = [f for f in fields if f not in ("turns", "system", "persona") and not (f.startswith("persona.") and f[8:])]
+        bad = [f for f in fields if f not in ("turns", "evaluation", "system", "persona")
+               and not (f.startswith("persona.") and f[8:])]
         if bad:
-            raise ValueError(f"unknown translate.fields {bad}: use turns, system, persona or persona.<key>")
+            raise ValueError(f"unknown translate.fields {bad}: use turns, evaluation, system, persona or persona.<key>")
         return fields
 
 
@@ -244,6 +250,11 @@ class TuneConfig(Section):
     gemini_project: str = Field("", description="gemini: Google Cloud project of the tuning job (empty: the "
                                                 "Application Default Credentials' project).")
     gemini_location: str = Field("us-central1", description="gemini: Vertex AI region of the tuning job.")
+    gemini_base_url: str = Field("", description="gemini: Vertex AI API endpoint override (an http:// one, a local "
+                                                 "fake, gets anonymous credentials).")
+    gemini_poll_interval_s: float = Field(30.0, gt=0, description="gemini: first wait between job status polls "
+                                                                  "(doubles up to 10 minutes).")
+    gemini_timeout_s: float = Field(86400.0, gt=0, description="gemini: give up (and cancel the job) after this long.")
 
     @model_validator(mode="after")
     def _stopping_needs_validations(self):
@@ -251,11 +262,6 @@ class TuneConfig(Section):
             raise ValueError("tune.early_stopping_patience needs validations during training: set tune.eval_steps "
                              "above 0 (0 validates once, after training)")
         return self
-    gemini_base_url: str = Field("", description="gemini: Vertex AI API endpoint override (an http:// one, a local "
-                                                 "fake, gets anonymous credentials).")
-    gemini_poll_interval_s: float = Field(30.0, gt=0, description="gemini: first wait between job status polls "
-                                                                  "(doubles up to 10 minutes).")
-    gemini_timeout_s: float = Field(86400.0, gt=0, description="gemini: give up (and cancel the job) after this long.")
 
 
 class InferConfig(Section):
@@ -342,6 +348,9 @@ class SimulateConfig(Section):
     seller_project: str = Field("", description="gemini seller: Google Cloud project billed.")
     seller_location: str = Field("us-central1", description="gemini seller: Vertex AI location.")
     seller_max_tokens: int = Field(128, ge=8, description="Longest seller line the seller model may write.")
+    seller_max_retries: int = Field(5, ge=0, description="openai/gemini seller: retries of a request that failed "
+                                                         "with 429, 5xx, a timeout or a dropped connection; then the "
+                                                         "simulation fails.")
     adversarial: Literal["off", "tuned", "all"] = Field(
         "tuned", description="In character under pressure: a fixed suite of 30 seller lines that try to break the "
                              "role (are you an AI, ignore your instructions, you are the seller now, repeat your "
@@ -352,7 +361,23 @@ class SimulateConfig(Section):
     def seller_settings(self) -> SellerConfig:
         return SellerConfig(backend=self.seller, model=self.seller_model, base_url=self.seller_base_url,
                             api_key_env=self.seller_api_key_env, project=self.seller_project,
-                            location=self.seller_location)
+                            location=self.seller_location, max_retries=self.seller_max_retries)
+
+
+class CoachConfig(Section):
+    """The coach step (calltune.coaching): the company's scorecard learned from its graded calls, and the models of
+    the offline review a seller gets after a practice call."""
+    prefix: ClassVar[str] = "coach"
+    scorecard: str = Field("", description="A scorecard file (YAML or JSON: `criteria`, each a `title` and its checklist "
+                                           "`items`; optional grade_min and grade_max) used instead of the one derived "
+                                           "from the data's graded calls, e.g. for data without grades. Local path or "
+                                           "gs:// URI; empty: derived.")
+    examples_per_criterion: int = Field(3, ge=0, description="The export's own summaries kept per criterion, from "
+                                                             "graded training calls spread over the grades.")
+    similar_calls: int = Field(3, ge=0, description="Graded training calls whose feedback a review shows, the closest "
+                                                    "to the reviewed call by the seller's words.")
+    bootstrap_samples: int = Field(1000, ge=10, description="Bootstrap resamples of the graded test calls behind each "
+                                                            "coach figure's 95% interval (seeded with the run's seed).")
 
 
 class SellerConfig(remote_calls("openai, gemini", concurrency=4, retries=5, timeout_s=120.0,
@@ -369,8 +394,10 @@ class SellerConfig(remote_calls("openai, gemini", concurrency=4, retries=5, time
 
     @classmethod
     def setting(cls, name: str) -> str:
+        """simulate.seller for the backend, simulate.seller_<name> for the others; the request settings that
+        simulate does not expose (backoff, timeout, concurrency) keep their defaults and are named as such."""
         field = "seller" if name == "backend" else f"seller_{name}"
-        return f"simulate.{field}" if field in SimulateConfig.model_fields else ""
+        return f"simulate.{field}" if field in SimulateConfig.model_fields else f"the seller's {name} (fixed)"
 
 
 class JudgeConfig(remote_calls("openai, gemini", concurrency=4, retries=3, timeout_s=60.0,
@@ -409,6 +436,10 @@ class DeployConfig(remote_calls("secret-manager", retries=5, timeout_s=30.0, giv
                             "Gemini: its endpoint); vertex-endpoint = the promoted open model served on a Vertex AI "
                             "endpoint by the vLLM container (gcp.serving_*), named by its resource name; auto = "
                             "vertex-endpoint on the Vertex target for hf-lora, else store. Chosen when compiling.")
+    sweep_endpoints: bool = Field(
+        False, description="vertex-endpoint: delete the secret's other calltune-labelled endpoints (duplicates left "
+                           "by older deploys) once the sweep has emptied them; false: report them in one line. "
+                           "Their deployed models are undeployed either way.")
 
 
 class ServeConfig(Section):
@@ -442,6 +473,9 @@ class ServeConfig(Section):
     idle_timeout_s: float = Field(5.0, gt=0, description="Seconds an idle keep-alive connection stays open.")
     vertex_base_url: str = Field("", description="Vertex AI API endpoint override for a Vertex endpoint in the secret "
                                                  "(empty: REGION-aiplatform.googleapis.com).")
+    database_url: str = Field("", description="The practice page's history (calls and reviews per seller): a "
+                                              "SQLAlchemy database URL (e.g. postgresql://...); empty: the SQLite file "
+                                              "practice.sqlite in state_dir.")
 
 
 class GcpConfig(Section):
@@ -518,6 +552,7 @@ class Config(BaseModel):
     infer: InferConfig = Field(default_factory=InferConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     simulate: SimulateConfig = Field(default_factory=SimulateConfig)
+    coach: CoachConfig = Field(default_factory=CoachConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)

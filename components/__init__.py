@@ -9,6 +9,7 @@ import os
 IMAGE = os.environ.get("CALLTUNE_IMAGE", "calltune:latest")
 
 from calltune.components.batch_infer import batch_infer  # noqa: E402
+from calltune.components.coach import coach  # noqa: E402
 from calltune.components.deploy import deploy  # noqa: E402
 from calltune.components.deploy_endpoint import deploy_endpoint  # noqa: E402
 from calltune.components.evaluate import evaluate  # noqa: E402
@@ -27,6 +28,7 @@ _WIRED = {
     "calls": "Translated calls (calls.jsonl, originals kept) from the translate step.",
     "examples": "Prompt/target examples (examples.jsonl) from the turn-split step.",
     "splits_in": "The sample step's splits folder (train / validation / test).",
+    "coaching": "The coach step's folder: scorecard.json, coach.json (the offline review's models) and its report.",
     "splits": "Splits folder: <split>.examples.jsonl, <split>.jsonl (Vertex), <split>.messages.jsonl.",
     "model": "Model folder: the tuned adapter (or the evaluated model) and its calltune_model.json.",
     "predictions": "The tuned model's predictions on the test split, from batch-infer.",
@@ -46,7 +48,7 @@ def _describe_inputs() -> None:
             spec.description = spec.description or docs.get(arg)
 
 
-__all__ = ["IMAGE", "ingest", "translate", "turn_split", "sample", "synthesize", "tune", "resolve_model", "batch_infer",
+__all__ = ["IMAGE", "ingest", "translate", "turn_split", "sample", "coach", "synthesize", "tune", "resolve_model", "batch_infer",
            "evaluate", "gate", "deploy", "deploy_endpoint"]
 
 _describe_inputs()

@@ -28,6 +28,6 @@ def deploy(
     from calltune.config import DeployConfig
     from calltune.release.deploy import deploy as run
 
-    result = run(Path(model.path), DeployConfig.from_params(locals(), left_out=("target",)), Path(state_dir).expanduser(),
-                 run_id=run_id, metrics={"accuracy": accuracy})
+    cfg = DeployConfig.from_params(locals(), left_out=("target", "sweep_endpoints"))  # the store: no endpoint
+    result = run(Path(model.path), cfg, Path(state_dir).expanduser(), run_id=run_id, metrics={"accuracy": accuracy})
     return namedtuple("Deployed", ["endpoint", "version"])(result["endpoint"], result["version"])

@@ -19,6 +19,7 @@ def deploy_endpoint(
     deploy_retry_backoff_s: float,
     deploy_timeout_s: float,
     deploy_target: str,
+    deploy_sweep_endpoints: bool,
     gcp_project: str,
     gcp_region: str,
     gcp_service_account: str,
@@ -34,8 +35,9 @@ def deploy_endpoint(
     state_dir: str,
     run_id: str,
 ) -> NamedTuple("Deployed", [("endpoint", str), ("version", int)]):
-    """Serves the model on the secret's Vertex AI endpoint (vLLM; uploaded and the endpoint created only once, the
-    previous model undeployed once the new one answers) and publishes the endpoint as a new secret version."""
+    """Serves the model on the secret's Vertex AI endpoint (vLLM; uploaded and the endpoint created only once): deployed
+    beside the serving model with a canary share, checked to answer, given all the traffic; then publishes the endpoint
+    as a new secret version and undeploys every other model of the secret's endpoints."""
     from collections import namedtuple
     from pathlib import Path
 

@@ -34,6 +34,7 @@ def evaluate(
     simulate_seller_project: str,
     simulate_seller_location: str,
     simulate_seller_max_tokens: int,
+    simulate_seller_max_retries: int,
     simulate_adversarial: str,
     infer_max_new_tokens: int,
     infer_temperature: float,
@@ -85,7 +86,7 @@ def evaluate(
 
     params = locals()
     state = Path(state_dir).expanduser()
-    champion, note = current_champion(DeployConfig.from_params(params, left_out=("target",)), state)
+    champion, note = current_champion(DeployConfig.from_params(params, left_out=("target", "sweep_endpoints")), state)
     out = Path(evaluation.path)
     cfg = EvaluateConfig.from_params(params, left_out=("publish_uri", "model"))  # batch_infer and resolve_model's
     result = run(Path(model.path), Path(splits.path) / "test.examples.jsonl", out, cfg,

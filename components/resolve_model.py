@@ -25,7 +25,8 @@ def resolve_model(
     from calltune.config import DeployConfig
     from calltune.release.model_ref import resolve_model as run
 
-    deploy = DeployConfig.from_params(locals(), left_out=("keep_enabled_versions", "target"))  # it only reads the secret
+    deploy = DeployConfig.from_params(locals(), left_out=(  # it only reads the secret
+        "keep_enabled_versions", "target", "sweep_endpoints"))
     report = run(evaluate_model, Path(model.path), deploy, Path(state_dir).expanduser())
     model.metadata.update(report)
     print(f"evaluation-only run: {report}")

@@ -1,5 +1,5 @@
 from kfp import dsl
-from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 from calltune.components import IMAGE
 
@@ -7,6 +7,7 @@ from calltune.components import IMAGE
 @dsl.component(base_image=IMAGE)
 def tune(
     splits: Input[Dataset],
+    coaching: Input[Artifact],
     tune_backend: str,
     tune_base_model: str,
     tune_epochs: float,
@@ -63,7 +64,8 @@ def tune(
     """Tunes the base model on the train split, validated on the validation split if present: hf-lora, LoRA here
     (loss on customer replies only); gemini, a Vertex AI tuning job, whose endpoint the Model folder names. With
     tune_preference_rounds, realism preference rounds follow (the model plays the train calls with the infer_*
-    settings), each kept only if the validation calls' realism improves beyond noise."""
+    settings), each kept only if the validation calls' realism improves beyond noise. The coach step's files go into
+    the Model folder (coach/): the model carries the coach it was built with."""
     from pathlib import Path
 
     from calltune.config import InferConfig, SplitConfig, TuneConfig
@@ -75,6 +77,6 @@ def tune(
     result = run(splits.path, model.path, TuneConfig.from_params(params), seed=seed, state_dir=state_dir,
                  split=SplitConfig.from_params(params), system_prompt=data_system_prompt,
                  infer=InferConfig.from_params(params), embedding_model=evaluate_embedding_model,
-                 samples=evaluate_bootstrap_samples)
+                 samples=evaluate_bootstrap_samples, coach=coaching.path)
     result["config"] = used_settings(result["config"])  # the report shows only what the backend used
     publish(result, "Tune", artifacts=(model,), metrics=metrics, html=report, plot=Path(model.path) / "loss_curve.png")

@@ -2,6 +2,7 @@
 
 ingest -> translate -> turn-split -> sample -> synthesize -> tune -> batch-infer -> evaluate (tuned vs base vs champion)
   -> dsl.If(accuracy >= threshold) -> gate (margin over base, tolerance to champion) -> dsl.If(gate == promote) -> deploy
+sample -> coach (the scorecard and the offline review, from the graded calls) -> tune (which puts it in the model)
 
 Every config field is a pipeline parameter (`<section>_<field>`, see calltune.config) with its
 default and description, and each component receives the parameters named in its signature.
@@ -36,8 +37,8 @@ TARGETS = ("local", "vertex")
 # What a person changes first on a rerun, named first in the Vertex template's description.
 MAIN = ("data_input", "tune_base_model", "tune_epochs", "tune_learning_rate", "sample_train_size", "sample_test_size",
         "evaluate_threshold", "evaluate_min_gain_over_base")
-STEPS = ("ingest", "translate", "turn_split", "sample", "synthesize", "tune", "resolve_model", "batch_infer", "evaluate",
-         "gate", "deploy")
+STEPS = ("ingest", "translate", "turn_split", "sample", "coach", "synthesize", "tune", "resolve_model", "batch_infer",
+         "evaluate", "gate", "deploy")
 
 
 def _params_for(component, params: dict) -> dict:
@@ -116,6 +117,8 @@ def build_pipeline(target: Literal["local", "vertex"] = "local", config: Config 
         translated = s["translate"](calls_in=ingest.outputs["calls"], **_params_for(s["translate"], p))
         split = s["turn_split"](calls=translated.outputs["calls"], **_params_for(s["turn_split"], p))
         sample = s["sample"](examples=split.outputs["examples"], **_params_for(s["sample"], p))
+        coaching = s["coach"](calls=translated.outputs["calls"], splits=sample.outputs["splits"],
+                              **_params_for(s["coach"], p)).outputs["coaching"]
         if cfg.evaluate.model:  # evaluation-only: the named model stands in for synthesize + tune
             splits = sample.outputs["splits"]
             model = s["resolve_model"](**_params_for(s["resolve_model"], p)).outputs["model"]
@@ -123,7 +126,7 @@ def build_pipeline(target: Literal["local", "vertex"] = "local", config: Config 
             # synthesize always runs (disabled, it copies the splits): no conditional outputs, which kfp.local cannot run
             synthesized = s["synthesize"](splits_in=sample.outputs["splits"], **_params_for(s["synthesize"], p))
             splits = synthesized.outputs["splits"]
-            model = s["tune"](splits=splits, **_params_for(s["tune"], p)).outputs["model"]
+            model = s["tune"](splits=splits, coaching=coaching, **_params_for(s["tune"], p)).outputs["model"]
         predictions = s["batch_infer"](model=model, splits=splits, run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                                        **_params_for(s["batch_infer"], p))
         evaluation = s["evaluate"](model=model, splits=splits, predictions=predictions.outputs["predictions"],

@@ -185,3 +185,61 @@ def chromium():
 
 # Where tests leave files for people to look at (screenshots); Playwright creates the folder.
 ARTIFACTS = Path(os.environ.get("CALLTUNE_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "out" / "test-artifacts")
+
+
+# ---- graded calls for the coach: a company's export in miniature, whose checklist a seller's words decide ----
+# criterion -> [(checklist item, the seller line that does it, the line said instead: as many words, so that only
+# what is said tells them apart)]
+SCORECARD = {
+    "Opening and rapport": [("Asked whether the customer has time", "Do you have a minute to talk?",
+                             "I am calling about your car insurance.")],
+    "Qualifying": [("Asked about the current plan", "What plan do you have today?", "Our plan is the best around.")],
+    "Next steps": [("Proposed a next step", "Can we schedule a call on Friday at ten?",
+                    "Well, just think about it and let me know.")],
+}
+CUSTOMER_LINES = ["Hello?", "Who is calling?", "Hmm, I am not sure, it sounds expensive.", "Okay, sounds good."]
+
+
+def graded_call(i: int, rng) -> dict:
+    """One graded call (calltune.conversation.schema.Call with `evaluation`): each item done or not at random, the
+    grade following from how many were done (plus a little noise), the export's feedback in its own shape."""
+    done = {item: rng.random() < 0.5 for items in SCORECARD.values() for item, _, _ in items}
+    seller = [yes if done[item] else no for items in SCORECARD.values() for item, yes, no in items]
+    seller[0] = f"Hi, this is Bruno from Acme, call {i}. {seller[0]}"
+    turns = []
+    for n, line in enumerate(seller):
+        turns += [{"role": "customer", "text": CUSTOMER_LINES[n % len(CUSTOMER_LINES)]}, {"role": "seller", "text": line}]
+    turns.append({"role": "customer", "text": CUSTOMER_LINES[-1]})
+    grade = min(10, max(0, 1 + 3 * sum(done.values()) + rng.choice([-1, 0, 0, 1])))
+    feedbacks = [{"title": title, "summary": f"{title}: {'well done' if all(done[i] for i, _, _ in items) else 'missed'}"
+                  f" in call {i}.", "checklist": [{"type": item, "status": done[item]} for item, _, _ in items]}
+                 for title, items in SCORECARD.items()]
+    return {"call_id": f"g{i:03d}", "source_row": i + 1, "persona": {}, "system": "You are Ana, a busy customer.",
+            "turns": turns, "evaluation": {"grade": grade, "overview": f"Call {i} graded {grade}.",
+                                           "positive": "Polite.", "negative": "Could ask more.", "feedbacks": feedbacks}}
+
+
+def write_graded(folder: Path, n_train: int = 36, n_test: int = 12, seed: int = 0) -> tuple[Path, Path]:
+    """calls.jsonl and a splits folder (the call ids of train and test, as the sample step writes them)."""
+    import random
+
+    rng = random.Random(seed)
+    calls = [graded_call(i, rng) for i in range(n_train + n_test)]
+    folder.mkdir(parents=True, exist_ok=True)
+    write_examples(folder / "calls.jsonl", calls)
+    (folder / "splits").mkdir(exist_ok=True)
+    for split, part in (("train", calls[:n_train]), ("test", calls[n_train:])):
+        write_examples(folder / "splits" / f"{split}.examples.jsonl", [{"call_id": c["call_id"]} for c in part])
+    return folder / "calls.jsonl", folder / "splits"
+
+
+@pytest.fixture(scope="session")
+def coach_dir(tmp_path_factory) -> Path:
+    """The coach step's folder, built from the graded calls above."""
+    from calltune.coaching.step import build_coach
+    from calltune.config import CoachConfig
+
+    folder = tmp_path_factory.mktemp("coach")
+    calls, splits = write_graded(folder / "data")
+    build_coach(calls, splits, folder / "coach", CoachConfig(bootstrap_samples=200), seed=0)
+    return folder / "coach"

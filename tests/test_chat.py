@@ -1,6 +1,8 @@
 """Chat: the tuned model answers as the customer and keeps the conversation; `calltune chat`'s commands."""
 import io
 
+import pytest
+
 from calltune.apps.chat import ChatSession, repl
 from calltune.runtime.responders import LocalResponder
 
@@ -39,9 +41,11 @@ def test_the_repl_has_help_reset_and_quit(tiny_chat_model):
     assert next(lines) == "never read"  # /quit left the loop
 
 
-def test_chat_with_a_tuned_gemini_endpoint(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("given_by", ["config", "flag"])
+def test_chat_with_a_tuned_gemini_endpoint(tmp_path, monkeypatch, capsys, given_by):
     """`calltune chat` when the secret's payload is a Vertex endpoint (what deploying a tuned Gemini writes): the
-    conversation goes through google-genai to that endpoint, with the kept turns as context."""
+    conversation goes through google-genai to that endpoint, with the kept turns as context. The Vertex base URL
+    comes from where `calltune serve` takes it: serve.vertex_base_url, or --vertex-base-url."""
     from contextlib import closing
 
     from calltune.backends.registry import open_registry
@@ -52,11 +56,13 @@ def test_chat_with_a_tuned_gemini_endpoint(tmp_path, monkeypatch, capsys):
 
     endpoint = "projects/p/locations/us-central1/endpoints/777"
     with FakeVertex(lifetime_s=60) as fake:
-        (tmp_path / "c.yaml").write_text(f"state_dir: {tmp_path}\ninfer:\n  vertex_base_url: {fake.endpoint}\n")
+        serve = f"serve:\n  vertex_base_url: {fake.endpoint}\n" if given_by == "config" else ""
+        (tmp_path / "c.yaml").write_text(f"state_dir: {tmp_path}\n{serve}")
+        flag = ["--vertex-base-url", fake.endpoint] if given_by == "flag" else []
         with closing(open_registry(DeployConfig(), tmp_path)) as registry:
             registry.add_version("llm-endpoint", endpoint.encode())
         monkeypatch.setattr("sys.stdin", io.StringIO("Hello, is this Ana?\nCan we talk on Friday?\n/quit\n"))
-        assert main(["chat", "--config", str(tmp_path / "c.yaml")]) == 0
+        assert main(["chat", "--config", str(tmp_path / "c.yaml"), *flag]) == 0
         bodies = [r.body for r in fake.answered()]
     out = capsys.readouterr().out
     assert "customer> 777 says: Hello, is this Ana?" in out and "customer> 777 says: Can we talk on Friday?" in out

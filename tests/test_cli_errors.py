@@ -70,3 +70,16 @@ def test_a_secret_payload_is_never_printed(tmp_path, capsys):
     assert main(["chat", f"state_dir={tmp_path}"]) == 1
     err = one_line_error(capsys)
     assert "not a local file://" in err and "private-bucket" not in err and "7f3a9c" not in err
+
+
+def test_a_programming_error_is_not_dressed_as_a_one_line_failure(tmp_path, monkeypatch):
+    """A KeyError or IndexError inside a command is a bug: it keeps its traceback (only the registry's own lookup
+    errors, like an unknown secret, become one line)."""
+    import calltune.cli as cli
+
+    def broken(args):
+        return {}["missing"]
+
+    monkeypatch.setattr(cli, "cmd_secrets", broken)
+    with pytest.raises(KeyError, match="missing"):
+        main(["secrets", f"state_dir={tmp_path}"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from calltune.config import DeployConfig, EvaluateConfig, InferConfig, JudgeConfig
+from calltune.config import DeployConfig, EvaluateConfig, InferConfig, JudgeConfig, SimulateConfig
 from calltune.conversation.render import to_messages
 from calltune.evaluation.batch_infer import predict, read_predictions
 from calltune.evaluation.evaluate import current_champion, evaluate
@@ -168,3 +168,29 @@ def test_judge_scores_go_into_the_comparison_and_the_report(base_model_dir, tmp_
     judgments = read_predictions(tmp_path / "out" / "judge" / "tuned.jsonl")
     assert [j["persona_fidelity"] for j in judgments] == [4, None]
     assert "unparseable answers (left out)" in (tmp_path / "out" / "report.md").read_text()
+
+
+class _DownJudge:
+    """A judge backend (the generator interface) whose service is down, and that records being closed."""
+    name, concurrency, closed = "down", 1, False
+
+    def generate(self, requests):
+        from calltune.backends.generators import GenerateError
+
+        raise GenerateError("the judge's service gave up")
+
+    def close(self):
+        self.closed = True
+
+
+def test_the_judge_is_closed_when_an_evaluation_fails(base_model_dir, tmp_path, monkeypatch):
+    from calltune.evaluation import judge as judge_module
+
+    backend = _DownJudge()
+    monkeypatch.setattr(judge_module, "make_judge", lambda cfg, state_dir=".": judge_module.Judge(cfg, backend))
+    test = write_examples(tmp_path / "test.examples.jsonl", TEST_EXAMPLES)
+    cfg = EvaluateConfig(compare=[], embedding_model="", bootstrap_samples=10)
+    with pytest.raises(RuntimeError, match="every one of 3 requests failed"):
+        evaluate(base_model_dir, test, tmp_path / "out", cfg, infer=InferConfig(max_new_tokens=2),
+                 judge=JudgeConfig(backend="openai"), simulation=SimulateConfig(enabled=False))
+    assert backend.closed

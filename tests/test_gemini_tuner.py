@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from kfp import dsl, local
-from kfp.dsl import Dataset, Metrics, Output
+from kfp.dsl import Artifact, Dataset, Metrics, Output
 
 from calltune.components import IMAGE
 from calltune.components import tune as tune_component
@@ -269,13 +269,21 @@ def stand_in_splits(source: str, splits: Output[Dataset]):
     shutil.copytree(source, splits.path)
 
 
+@dsl.component(base_image=IMAGE)
+def stand_in_coach(coaching: Output[Artifact]):
+    """A stand-in for the coach step's folder (empty: the tune component's Gemini branch is what is tested here)."""
+    import os
+
+    os.makedirs(coaching.path)
+
+
 @dsl.pipeline(name="gemini-tune")
 def gemini_tune(source: str, staging: str, base_url: str) -> Metrics:
     data = stand_in_splits(source=source)
     cfg = TuneConfig(backend="gemini", base_model="gemini-2.5-flash", gemini_poll_interval_s=0.01)
     params = {k: v for k, v in cfg.model_dump().items()}
     task = tune_component(
-        splits=data.outputs["splits"], **{f"tune_{k}": v for k, v in params.items()
+        splits=data.outputs["splits"], coaching=stand_in_coach().outputs["coaching"], **{f"tune_{k}": v for k, v in params.items()
                                          if f"tune_{k}" in tune_component.component_spec.inputs
                                          and k not in ("gemini_staging_uri", "gemini_base_url", "gemini_project")},
         tune_gemini_staging_uri=staging, tune_gemini_base_url=base_url, tune_gemini_project="proj",

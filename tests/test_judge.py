@@ -39,7 +39,7 @@ def test_scores_are_averaged_and_unparseable_answers_counted_not_zeroed(cfg, cap
     caplog.set_level(logging.DEBUG)
     with FakeOpenAI(api_key=KEY, replies=replies) as fake:
         c = cfg(fake)
-        result = judge(ROWS, c, make_judge(c), seed=3, samples=200)
+        result = judge(ROWS, make_judge(c), seed=3, samples=200)
         bodies = fake.bodies()
     assert result["requests"] == 6 and result["failed"] == 0
     assert result["unparseable"] == {"persona_fidelity": 3, "realism": 2}
@@ -60,7 +60,7 @@ def test_a_failed_request_is_counted_and_left_out(cfg):
         fake.fail_when(lambda body: "(1)" in body["messages"][-1]["content"], 503)  # fails on every retry
         fake.inject(429)  # the first request is retried once, then answered
         c = cfg(fake, max_retries=2)
-        result = judge(ROWS[:3], c, make_judge(c), samples=50)
+        result = judge(ROWS[:3], make_judge(c), samples=50)
     assert result["failed"] == 1 and result["unparseable"] == {"persona_fidelity": 0, "realism": 0}
     assert result["persona_fidelity"].value == 4 and result["persona_fidelity"].n == 2
 
@@ -69,7 +69,7 @@ def test_a_judge_that_never_answers_fails_loudly(cfg):
     with FakeOpenAI(api_key="another-key") as fake:  # 401 for our key: not retried
         c = cfg(fake)
         with pytest.raises(RuntimeError, match="every one of 2 requests failed"):
-            judge(ROWS[:2], c, make_judge(c))
+            judge(ROWS[:2], make_judge(c))
 
 
 def test_off_unless_configured(monkeypatch):
@@ -90,6 +90,6 @@ def test_parse_refuses_what_is_not_a_1_to_5_score(text):
 def test_nan_when_nothing_could_be_read(cfg):
     with FakeOpenAI(api_key=KEY, replies=["no idea"] * 2) as fake:
         c = cfg(fake)
-        result = judge(ROWS[:2], c, make_judge(c), samples=50)
+        result = judge(ROWS[:2], make_judge(c), samples=50)
     assert result["unparseable"] == {"persona_fidelity": 2, "realism": 2}
     assert math.isnan(result["realism"].value) and result["realism"].n == 0

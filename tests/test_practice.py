@@ -1,6 +1,6 @@
 """The practice page's server side without a browser: personas read back from what ingest rendered, the judge's
-review (through the real openai client against a loopback fake), the API key on the page's endpoints, and a page
-that loads nothing from elsewhere."""
+review (through the real openai client against a loopback fake), the coach's review and the practice history, the
+API key on the page's endpoints, and a page that loads nothing from elsewhere."""
 import json
 import re
 from importlib import resources
@@ -15,6 +15,7 @@ from calltune.config import Config, DataConfig
 from calltune.data.ingest import ingest
 from calltune.release.deploy import deploy
 
+from conftest import SCORECARD
 from fakes.openai_compat import FakeOpenAI
 
 TEMPLATES = [DataConfig().system_prompt,
@@ -112,3 +113,75 @@ def test_the_page_loads_nothing_from_elsewhere():
         text = (static / name).read_text(encoding="utf-8")
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.IGNORECASE), name
         assert "@import" not in text and "innerHTML" not in text, name
+
+
+@pytest.fixture
+def coached(tiny_chat_model, coach_dir, tmp_path, monkeypatch):
+    """`calltune serve` of a model that carries a coach (coach/ in its folder), with an API key and a judge."""
+    import shutil
+
+    from calltune.release.model_card import COACH_DIR
+
+    pytest.importorskip("openai")
+    model = tmp_path / "model"
+    shutil.copytree(tiny_chat_model, model)
+    shutil.copytree(coach_dir, model / COACH_DIR)
+    monkeypatch.setenv("CALLTUNE_API_KEY", "pk-key")
+    monkeypatch.setenv("PRACTICE_JUDGE_KEY", "sk-judge")
+    with FakeOpenAI(api_key="sk-judge") as judge:
+        cfg = Config(state_dir=str(tmp_path / "state"),
+                     judge={"backend": "openai", "model": "judge-1", "base_url": f"{judge.endpoint}/v1",
+                            "api_key_env": "PRACTICE_JUDGE_KEY", "max_retries": 0})
+        deploy(model, cfg.deploy, cfg.state_path(), run_id="run-1", metrics={})
+        with serving(cfg.serve.model_copy(update={"port": 0}), cfg.deploy, cfg.state_path(), cfg.split,
+                     page=cfg) as url:
+            yield url, judge
+
+
+PRACTICE = {"call_id": "practice-0a1b", "system": "You are Ana.", "persona": {"character": "Ana"},
+            "turns": [{"role": "customer", "text": "Hello?"},
+                      {"role": "seller", "text": "Hi, this is Bruno from Acme. Do you have a minute to talk?"},
+                      {"role": "customer", "text": "Yes."}]}
+
+
+def test_a_finished_call_is_reviewed_and_filed_once_however_often_the_page_retries(coached):
+    url, judge = coached
+    with httpx.Client(base_url=url, headers={"Authorization": "Bearer pk-key"}, timeout=60) as client:
+        assert client.get("/practice/api/setup").json()["coach"]["scorecard"] is True
+        first = client.post("/practice/api/calls", json={**PRACTICE, "seller": "  Ana   Souza "})
+        assert first.status_code == 200 and (first.json()["stored"], first.json()["created"]) == (True, True)
+        review = first.json()["review"]
+        assert [c["title"] for c in review["criteria"]] == ["Opening and rapport", "Qualifying", "Next steps"]
+        assert review["criteria"][0]["items"][0]["evidence"][0]["turn"] == 1
+        retried = client.post("/practice/api/calls", json={**PRACTICE, "seller": "Ana Souza"})
+        assert (retried.json()["created"], retried.json()["review"]) == (False, review)  # the same call, once
+        unnamed = client.post("/practice/api/calls", json=PRACTICE).json()
+        assert unnamed["stored"] is False and unnamed["review"] == review
+
+        answer = {"rationale": "Asked for time.", "overview": "Short.", "positive": "Asked.", "negative": "Stopped.",
+                  "grade": 3, "feedbacks": [{"title": t, "summary": "x", "evidence": "Do you have a minute to talk?",
+                                             "checklist": [{"type": i, "status": i.startswith("Asked whether")}
+                                                           for i, _, _ in items]} for t, items in SCORECARD.items()]}
+        judge.replies.append(json.dumps(answer))
+        judged = client.post("/practice/api/review", json={**PRACTICE, "seller": "Ana Souza"}).json()
+        assert [f["evidence_turn"] for f in judged["feedbacks"]] == [1, 1, 1]
+        assert "Opening and rapport" in judge.bodies()[-1]["messages"][-1]["content"]  # the prompt is the scorecard's
+        judge.replies.append(json.dumps(answer))  # a judge's review whose call was not saved first: saved with it
+        client.post("/practice/api/review", json={**PRACTICE, "seller": "Bo", "call_id": "practice-2"})
+        [bo] = client.get("/practice/api/history", params={"seller": "Bo"}).json()["calls"]
+        assert (bo["call_id"], bo["judge_grade"], bo["grade"]) == ("practice-2", 3, review["grade"]["estimate"])
+
+        history = client.get("/practice/api/history", params={"seller": "Ana Souza"}).json()
+        [entry] = history["calls"]
+        assert (entry["call_id"], entry["judge_grade"], entry["turns"]) == ("practice-0a1b", 3, 3)
+        assert entry["grade"] == review["grade"]["estimate"] and entry["analytics"]["questions"] == 1
+        assert "proves nothing" in history["notice"] and history["next"] is None
+
+        silent = client.post("/practice/api/calls", json={**PRACTICE, "turns": PRACTICE["turns"][:1]})
+        assert silent.status_code == 400 and "no seller turn" in silent.json()["error"]["message"]
+        no_key = client.post("/practice/api/calls", json={**PRACTICE, "seller": "Ana", "call_id": ""})
+        assert no_key.status_code == 400 and no_key.json()["error"]["param"] == "call_id"
+        assert client.get("/practice/api/history", params={"seller": "Ana", "limit": 0}).status_code == 400
+    with httpx.Client(base_url=url) as client:  # the history needs the API key like the rest of the API
+        assert client.get("/practice/api/history", params={"seller": "Ana Souza"}).status_code == 401
+        assert client.post("/practice/api/calls", json=PRACTICE).status_code == 401

@@ -3,6 +3,7 @@
 $CALLTUNE_TEST_ARTIFACTS (default out/test-artifacts)."""
 import json
 import os
+import shutil
 import time
 from contextlib import closing
 from pathlib import Path
@@ -14,8 +15,9 @@ from calltune.backends.registry import open_registry
 from calltune.config import Config, DataConfig, TuneConfig
 from calltune.data.ingest import ingest
 from calltune.release.deploy import deploy, rollback
+from calltune.release.model_card import COACH_DIR
 
-from conftest import ARTIFACTS, HANG_UP_REPLY, make_example, write_examples
+from conftest import ARTIFACTS, HANG_UP_REPLY, SCORECARD, make_example, write_examples
 from fakes.openai_compat import FakeOpenAI
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -148,7 +150,7 @@ def test_a_call_with_a_trained_persona_streams_downloads_and_is_reviewed(page, p
 
             # The judge's review, its reasoning first; the judge saw the whole call, seller and customer.
             expect(page.locator("#review .grade")).to_have_text("4 / 10")
-            expect(page.locator("#review h3")).to_have_text(
+            expect(page.locator("#judge-review h4")).to_have_text(
                 ["The judge's reasoning", "Overview", "What went well", "What to do better", "Grade"])
             expect(page.locator("#review")).to_contain_text(review["rationale"])
             page.screenshot(path=ARTIFACTS / "practice-page-after-call.png", full_page=True)
@@ -202,9 +204,12 @@ def test_the_page_names_a_version_promoted_between_calls(page, tiny_chat_model, 
         expect(page.locator("#call-with")).to_have_text("You are calling Bruno Lima · FollowUp. Version 1 answers.")
         say(page, "who is calling ?")
         page.get_by_role("button", name="End the call").click()
-        # No judge configured: the page says so and shows no review.
-        expect(page.locator("#review")).to_contain_text("No judge is configured")
+        # No judge configured: the page says so and shows no judge's review; the served model carries no coach, so
+        # the coach's review is the analytics alone, and no grade.
+        expect(page.locator("#judge-review")).to_contain_text("No judge is configured")
         expect(page.locator("#review .grade")).to_have_count(0)
+        expect(page.locator("#coach-review .analytics li")).to_have_count(8)
+        expect(page.locator("#coach-review .no-grade")).to_have_text("No grade: the training data had no grades.")
         call = json.loads(page.get_by_label("Transcript, in calltune's calls_jsonl input format").input_value())
         assert call["system"] == "You are Bruno Lima, a busy customer on a FollowUp sales call."
 
@@ -313,3 +318,128 @@ def test_errors_are_shown_and_recoverable_by_keyboard_on_a_phone(browser, person
         route.abort()
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def with_coach(model: Path, coach_dir: Path, out: Path) -> Path:
+    """A copy of a model folder that carries the coach (coach/), as the tune step makes it."""
+    shutil.copytree(model, out)
+    shutil.copytree(coach_dir, out / COACH_DIR)
+    return out
+
+
+def save_small_png(page, selector: str, path: Path, height: int = 1150) -> None:
+    """The top of an element, from the top of the page, in 64 colours: small enough to commit (docs/coaching.png)."""
+    import io
+
+    from PIL import Image
+
+    page.evaluate("window.scrollTo(0, 0)")
+    box = page.locator(selector).bounding_box()
+    png = page.screenshot(full_page=True, clip={"x": box["x"], "y": box["y"], "width": box["width"],
+                                                "height": min(box["height"], height)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=64).save(path, optimize=True)
+
+
+def end_call_and_read_review(page) -> None:
+    page.get_by_role("button", name="End the call").click()
+    playwright_api.expect(page.locator("#coach-review h3")).to_have_text("Your review")
+    playwright_api.expect(page.locator("#coach-review .analytics li")).to_have_count(8)
+
+
+def test_after_a_call_the_coach_reviews_it_beside_the_call_and_my_progress_keeps_it(page, tuned_model, coach_dir,
+                                                                                     tmp_path):
+    """The bundled SmolLM2 (a LoRA tuned on it) carrying a coach: the review, its quotes, the history."""
+    expect = playwright_api.expect
+    model = with_coach(tuned_model[0], coach_dir, tmp_path / "model")
+    cfg = Config(state_dir=str(tmp_path / "state"), serve={"default_max_tokens": 12})
+    deploy(model, cfg.deploy, cfg.state_path(), run_id="run-1", metrics={})
+    with practice_serving(cfg) as url:
+        page.goto(url)
+        name = page.get_by_label("Your name, to keep your practice history (optional)")
+        name.fill("Ana Souza")
+        expect(page.locator("#name-notice")).to_contain_text("it proves nothing about who you are")
+        page.get_by_role("button", name="Start the call").click()
+        page.wait_for_selector(".turn.customer:not(.streaming)")  # the customer answers the phone: turn 0
+        say(page, "Hi, this is Bruno from Acme, call 99. Do you have a minute to talk?")  # turn 1
+        say(page, "What plan do you have today?")  # turn 3
+        end_call_and_read_review(page)
+        review = page.locator("#coach-review")
+        expect(review.locator(".analytics li[data-metric=questions] .value")).to_have_text("2")
+        expect(review.locator(".estimate")).to_contain_text("about")  # the estimate beat its baseline: shown...
+        expect(review).to_contain_text("this estimate was off by")    # ...with how sure it is
+        expect(review.locator(".criterion h5")).to_have_text(list(SCORECARD))
+        asked = review.locator(".criterion li", has_text="Asked whether the customer has time")
+        expect(asked.locator(".verdict")).to_have_text("yes")
+        quote = asked.locator("button.quote")
+        expect(quote).to_contain_text("Do you have a minute to talk?")
+        expect(review.locator(".criterion").first).to_contain_text("Feedback that similar calls received")
+        quote.click()  # the quote scrolls the call to its moment
+        moment = page.locator("#after-transcript li.flash")
+        expect(moment).to_have_attribute("data-turn", "1")
+        expect(moment).to_be_in_viewport()
+        expect(review.locator(".saved")).to_have_text("Saved in the practice history of “Ana Souza”.")
+        expect(page.get_by_role("link", name="Download the transcript (JSONL)")).to_be_visible()  # still there
+        save_small_png(page, "#after", ARTIFACTS / "coaching.png")  # the README's "Coaching" picture (docs/)
+
+        page.locator("#progress-after").click()
+        expect(page.locator("#progress-who")).to_have_text("Practice calls of “Ana Souza”.")
+        expect(page.locator("#progress-table tbody tr")).to_have_count(1)
+        expect(page.locator("#progress-table tbody tr td").nth(2)).to_contain_text("about")
+        expect(page.locator("#progress-chart circle")).to_have_count(1)
+
+        page.get_by_role("button", name="Back").click()
+        page.get_by_role("button", name="New call").click()
+        expect(name).to_have_value("Ana Souza")  # kept for this tab
+        page.get_by_role("button", name="Start the call").click()
+        page.wait_for_selector(".turn.customer:not(.streaming)")
+        say(page, "I am calling about your car insurance.")
+        end_call_and_read_review(page)
+        asked = page.locator("#coach-review .criterion li", has_text="Asked whether the customer has time")
+        expect(asked.locator(".verdict")).to_have_text("no")
+        page.locator("#progress-open").click()  # from the bar, at any time
+        expect(page.locator("#progress-table tbody tr")).to_have_count(2)
+        expect(page.locator("#progress-chart circle")).to_have_count(2)
+        page.screenshot(path=ARTIFACTS / "coaching-progress.png", full_page=True)
+
+
+def test_a_judge_answering_in_the_scorecard_reviews_each_criterion_with_its_quote(page, tiny_chat_model, coach_dir,
+                                                                                  tmp_path):
+    expect = playwright_api.expect
+    seller_line = "who is calling ? Do you have a minute to talk?"
+    answer = {"rationale": "Asked for time, nothing more.", "overview": "A short call.", "positive": "Asked for time.",
+              "negative": "No next step.", "grade": 3,
+              "feedbacks": [{"title": title, "summary": f"About {title.lower()}.",
+                             "evidence": "Do you have a minute to talk?" if n == 0 else "We will call you on Monday.",
+                             "checklist": [{"type": item, "status": n == 0} for item, _, _ in items]}
+                            for n, (title, items) in enumerate(SCORECARD.items())]}
+    with FakeOpenAI(api_key=JUDGE_KEY, replies=[json.dumps(answer)]) as judge:
+        os.environ["CALLTUNE_TEST_JUDGE_KEY"] = JUDGE_KEY
+        cfg = practice_config(tmp_path / "state", backend="openai", model="judge-1", base_url=f"{judge.endpoint}/v1",
+                              api_key_env="CALLTUNE_TEST_JUDGE_KEY")
+        deploy(with_coach(tiny_chat_model, coach_dir, tmp_path / "model"), cfg.deploy, cfg.state_path(),
+               run_id="run-1", metrics={})
+        with practice_serving(cfg) as url:
+            page.goto(url)
+            page.get_by_label("Customer", exact=True).select_option(label="Describe your own customer…")
+            page.get_by_label("Character").fill("Ana")
+            page.get_by_label("The customer answers the phone first").uncheck()
+            page.get_by_role("button", name="Start the call").click()
+            say(page, seller_line)
+            end_call_and_read_review(page)
+            judged = page.locator("#judge-review")
+            expect(judged.locator("h3")).to_have_text("The judge's review (openai:judge-1)")
+            expect(judged.locator(".criterion h5")).to_have_text(list(SCORECARD))
+            expect(judged.locator(".criterion").nth(0).locator(".verdict")).to_have_text(["yes"])
+            judged.locator(".criterion").nth(0).locator("button.quote").click()
+            expect(page.locator("#after-transcript li.flash")).to_have_attribute("data-turn", "0")
+            # A quote that is not in the seller's lines is shown as such, never pointed at a turn.
+            expect(judged.locator(".criterion").nth(1)).to_contain_text(
+                "“We will call you on Monday.” (not found in your lines)")
+            expect(judged.locator(".grade")).to_have_text("3 / 10")
+            judged.locator("summary", has_text="The review as JSON").click()
+            shown = json.loads(judged.locator("pre").text_content())
+            assert list(shown) == ["rationale", "overview", "positive", "negative", "feedbacks", "grade"]
+            assert [f["title"] for f in shown["feedbacks"]] == list(SCORECARD)
+            prompt = judge.bodies()[-1]["messages"][-1]["content"]
+            assert "Opening and rapport" in prompt and f"seller: {seller_line}" in prompt

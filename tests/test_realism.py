@@ -292,9 +292,9 @@ def test_judge_scores_whole_calls_and_picks_the_real_one_in_both_orders(monkeypa
     with FakeOpenAI(api_key="sk-test", replies=replies) as fake:
         cfg = JudgeConfig(backend="openai", model="judge-1", base_url=f"{fake.endpoint}/v1",
                           api_key_env="CALLTUNE_TEST_JUDGE_KEY", max_concurrency=1, retry_backoff_s=0.01)
-        generator = make_judge(cfg)
-        out = realism(calls, {"copy": simulate(calls, copy_model)}, judge_ctx=(cfg, generator), samples=100)
-        generator.close()
+        judge = make_judge(cfg)
+        out = realism(calls, {"copy": simulate(calls, copy_model)}, judge=judge, samples=100)
+        judge.close()
         prompts = [b["messages"][-1]["content"] for b in fake.bodies()]
     assert len(prompts) == 8 and "Which call has the real customer?" in prompts[4]
     assert out["metrics"]["real"]["persona_consistency"].value == 4.5

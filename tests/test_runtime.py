@@ -163,3 +163,40 @@ def test_requests_that_come_within_the_batch_wait_share_a_batch(tiny_llama_dir, 
     finally:
         responder.close()
     assert "2 requests join, 2 generating together" in caplog.text
+
+
+# ---- a Vertex model answers the same whatever the mode, and stops when told ----
+
+@pytest.fixture
+def gemini():
+    pytest.importorskip("google.genai")
+    from calltune.runtime.responders import GeminiResponder
+
+    from fakes.vertex import FakeVertex
+
+    with FakeVertex(lifetime_s=60) as fake:
+        responder = GeminiResponder("projects/p/locations/us-central1/endpoints/42", fake.endpoint, max_concurrency=1)
+        yield fake, responder
+        responder.close()
+
+
+def test_a_vertex_reply_is_the_same_whole_or_streamed(gemini):
+    fake, responder = gemini
+    example = window(SYSTEM, [{"role": "seller", "text": "Is this Ana?"}], SplitConfig())
+    whole = responder.start(example, Sampling()).result()
+    pieces: list[str] = []
+    streamed = responder.start(example, Sampling(), on_text=pieces.append).result()
+    assert whole.text == streamed.text == "42 says: Is this Ana?" and whole.finish_reason == streamed.finish_reason
+    assert len(pieces) > 1 and "".join(pieces).strip() == streamed.text  # it did arrive in pieces
+    assert [r.path.rsplit(":", 1)[1].split("?")[0] for r in fake.answered()] == ["generateContent",
+                                                                                 "streamGenerateContent"]
+
+
+def test_a_cancelled_vertex_request_is_not_sent_and_a_stream_stops_at_the_next_piece(gemini):
+    fake, responder = gemini
+    example = window(SYSTEM, [{"role": "seller", "text": "Can we talk about your plan today?"}], SplitConfig())
+    gave_up = responder.start(example, Sampling(), cancelled=lambda: True).result()  # e.g. serve's 504
+    assert gave_up.finish_reason == "cancelled" and fake.requests == []
+    pieces: list[str] = []
+    cut = responder.start(example, Sampling(), on_text=pieces.append, cancelled=lambda: len(pieces) >= 2).result()
+    assert cut.finish_reason == "cancelled" and pieces == ["42 ", "says: "] and cut.text == "42 says:"

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import Future
 from contextlib import closing
 from pathlib import Path
 
@@ -22,8 +23,9 @@ import pytest
 from calltune.apps.serve.app import open_server, serving
 from calltune.backends.registry import open_registry
 from calltune.cli import main
-from calltune.config import DeployConfig, ServeConfig
+from calltune.config import DeployConfig, ServeConfig, SplitConfig
 from calltune.release.deploy import deploy, rollback
+from calltune.runtime.generation import Generation
 
 from conftest import HANG_UP_REPLY, SYSTEM, TINY_DIALOGUES
 from fakes.secret_manager import FakeSecretManager
@@ -193,12 +195,37 @@ def test_every_bad_request_gets_its_4xx_and_the_connection_stays_usable(tmp_path
             assert raw.recv(100).startswith(b"HTTP/1.1 400")
 
 
-def test_concurrent_requests_generate_together_a_full_queue_gets_503_and_a_slow_one_504(tmp_path, base_model_dir,
-                                                                                         caplog):
+class BlockedModel:
+    """A responder that answers nothing until `release` is set: a request holds its place for exactly as long as
+    the test needs, and the test sees whether the server told it to stop (`stopped`)."""
+
+    system, split = SYSTEM, SplitConfig()
+
+    def __init__(self):
+        self.release, self.stopped = threading.Event(), []
+
+    def start(self, example, sampling, on_text=None, cancelled=None) -> Future:
+        future: Future = Future()
+
+        def answer_when_released():
+            self.release.wait(60)
+            self.stopped.append(bool(cancelled and cancelled()))
+            future.set_result(Generation("too late", 1, 1, "stop"))
+
+        threading.Thread(target=answer_when_released, daemon=True).start()
+        return future
+
+    def close(self) -> None:
+        self.release.set()
+
+
+def test_concurrent_requests_generate_together(tmp_path, base_model_dir, caplog):
+    """Four requests to a model that waits for company until its batch is full (batch_wait_ms far above any
+    scheduling delay, max_batch 4): the fourth arrival starts them, all four decoded together."""
     caplog.set_level(logging.DEBUG, logger="calltune.runtime.responders")
     cfg = DeployConfig()
     publish(cfg, tmp_path, base_model_dir.as_uri())
-    with running(cfg, tmp_path, max_batch=4) as url:
+    with running(cfg, tmp_path, max_batch=4, batch_wait_ms=600_000) as url:
         results = []
         threads = [threading.Thread(target=lambda: results.append(reply(url, HELLO, max_tokens=4))) for _ in range(4)]
         for t in threads:
@@ -208,22 +235,28 @@ def test_concurrent_requests_generate_together_a_full_queue_gets_503_and_a_slow_
         assert len(results) == 4 and len(set(results)) == 1  # greedy: the same reply whatever shares the batch
         joins = [(int(r.message.split()[0]), int(r.message.split()[3])) for r in caplog.records
                  if " requests join, " in r.message]
-        assert sum(j for j, _ in joins) == 4 and max(together for _, together in joins) > 1, joins
+        assert joins == [(4, 4)]
 
-    # Seeded sampling at temperature 2 rambles on: the request holds its place for as long as the test needs.
-    rambling = {"messages": HELLO, "max_tokens": 500, "temperature": 2.0, "seed": 1}
-    with running(cfg, tmp_path, max_batch=1, max_queue=0, request_timeout_s=1.5) as url:
-        with httpx.stream("POST", url + "/v1/chat/completions", json={**rambling, "stream": True},
+
+def test_a_full_queue_gets_503_and_a_slow_request_504_and_its_generation_stops(tmp_path):
+    cfg, model = DeployConfig(), BlockedModel()
+    publish(cfg, tmp_path, (tmp_path / "any").as_uri())
+    serve = ServeConfig(port=0, refresh_s=60, max_batch=1, max_queue=0, request_timeout_s=0.5)
+    with serving(serve, cfg, tmp_path, load=lambda endpoint: model) as url:
+        with httpx.stream("POST", url + "/v1/chat/completions", json={"messages": HELLO, "stream": True},
                           timeout=60) as streaming:
             lines = streaming.iter_lines()
-            next(lines)  # the first event: the request holds the only place
+            next(lines)  # the first event: the request holds the only place, and the model does not answer
             busy = request(url, "/v1/chat/completions", {"messages": HELLO, "max_tokens": 2})
             assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
             assert busy.json()["error"]["code"] == "busy"
             events = [line for line in lines if line.startswith("data: ")]
         assert json.loads(events[-2][6:])["error"]["code"] == "timeout" and events[-1] == "data: [DONE]"
-        late = request(url, "/v1/chat/completions", rambling)
+        late = request(url, "/v1/chat/completions", {"messages": HELLO})
         assert late.status_code == 504 and late.json()["error"]["code"] == "timeout"
+        model.release.set()
+        wait_for(lambda: len(model.stopped) == 2)
+        assert model.stopped == [True, True]  # both generations were told to stop when their time ran out
 
 
 # ---- versions: promotion, rollback, disabling ----
@@ -345,7 +378,8 @@ def test_keeps_serving_through_a_registry_outage_and_a_model_that_fails_to_load(
         with running(cfg, tmp_path, vertex_base_url=vertex.endpoint) as url:
             sm.hang_after(len(sm.requests))  # Secret Manager stops answering
             wait_for(lambda: "cannot read llm-endpoint's latest version" in caplog.text)
-            time.sleep(0.5)  # several more failed checks
+            failed = len(sm.requests)
+            wait_for(lambda: len(sm.requests) >= failed + 3)  # three more checks, each failing
             assert caplog.text.count("cannot read llm-endpoint's latest version") == 1  # logged once, not per check
             assert reply(url, turn) == ("llm-endpoint/versions/1", "111 says: Hi")
             sm.hang_after(None)

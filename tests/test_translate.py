@@ -178,3 +178,23 @@ def test_persona_and_system_are_translated_on_request(tmp_path):
 def test_unknown_field_is_refused_by_the_config():
     with pytest.raises(ValueError, match="unknown translate.fields"):
         TranslateConfig(fields=["turns", "overview"])
+
+
+def test_a_graded_calls_evaluation_is_translated_with_the_original_kept(tmp_path):
+    calls = make_calls()
+    calls[0]["evaluation"] = {"grade": 7, "overview": "Boa ligação.", "positive": "Perguntou a disponibilidade.",
+                              "negative": "", "feedbacks": [{"title": "Próximos Passos", "summary": "Não houve.",
+                                                             "checklist": [{"type": "Propôs um próximo passo",
+                                                                            "status": False}]}]}
+    tr = RecordingTranslator()
+    out, stats = run(calls, tmp_path, tr)
+    assert out[0]["evaluation_original"] == calls[0]["evaluation"]
+    ev = out[0]["evaluation"]
+    assert ev["grade"] == 7 and ev["negative"] == "" and ev["feedbacks"][0]["checklist"][0]["status"] is False
+    assert ev["feedbacks"][0]["checklist"][0]["type"] == LocalTranslator().translate(["Propôs um próximo passo"],
+                                                                                   "pt", "en")[0]
+    assert {"Boa ligação.", "Próximos Passos", "Não houve."} <= set(tr.sent)
+    assert "evaluation" not in out[1] and "evaluation_original" not in out[1]  # an ungraded call has none
+    assert stats["segments"] == sum(len(c["turns"]) for c in calls) + 6  # 3 summaries, a title, a summary, an item
+    only_turns = list(translate_stream(calls, TranslateConfig(fields=["turns"]), tmp_path, {}))
+    assert only_turns[0]["evaluation"] == calls[0]["evaluation"] and "evaluation_original" not in only_turns[0]

@@ -274,3 +274,16 @@ def test_compiled_model_trains_the_same(tiny_llama_dir, tiny_data, tmp_path):
     train_lora(tiny_data, None, tmp_path / "compiled", cfg.model_copy(update={"compile": "on"}), seed=0,
                state_dir=tmp_path / "s")
     assert _losses(tmp_path / "compiled") == pytest.approx(_losses(tmp_path / "eager"), rel=1e-4)
+
+
+def test_the_run_log_shows_one_readable_line_per_trainer_log_record():
+    from calltune.training.settings import progress_line
+
+    step = {"loss": 3.5281, "grad_norm": 1.8031, "learning_rate": 0.0009273, "epoch": 0.2586}
+    assert progress_line(step, 15, 116) == "step 15/116, epoch 0.26: loss 3.528, grad norm 1.803, learning rate 0.0009273"
+    validation = {"eval_loss": 3.186, "eval_token_accuracy": 0.41234, "eval_runtime": 12.3,
+                  "eval_samples_per_second": 5.1, "epoch": 2.0}
+    assert progress_line(validation, 116, 116) == "validation at step 116/116, epoch 2.00: loss 3.186, token accuracy 0.4123"
+    end = {"train_runtime": 412.4, "train_samples_per_second": 1.1, "train_loss": 3.2512, "total_flos": 1e12, "epoch": 2.0}
+    assert progress_line(end, 116, 116) == "trained: 116 steps in 412 s, mean loss 3.251"
+    assert "{" not in progress_line({"loss": 2.0, "custom_metric": 7}, 1, 2)  # any other figure, named in words

@@ -1,16 +1,22 @@
 """The practice page: a seller holds a call with the customer model in a browser, at `/` of `calltune serve`.
 
 The page (calltune/apps/static/practice: plain HTML, CSS and JavaScript, nothing fetched from elsewhere) talks to the
-server's own `/v1/chat/completions` with `stream=true` and to three small JSON endpoints here:
+server's own `/v1/chat/completions` with `stream=true` and to small JSON endpoints here:
 - GET  /practice/api/setup: the served version, the customers to choose from and what the call needs;
 - POST /practice/api/persona: a customer described by the seller, rendered into a system instruction;
-- POST /practice/api/review: the configured judge's review of the seller after the call (calltune.coaching.review).
+- POST /practice/api/calls: the coach's offline review of a finished call (calltune.coaching.coach: the coach the
+  served model carries, in its folder's coach/), and, under the name the seller typed, the call and its review
+  stored in the practice history (calltune.coaching.history), once per call_id however often the page retries;
+- POST /practice/api/review: the configured judge's review of the seller, in the served model's scorecard
+  (calltune.coaching.review), attached to the stored call;
+- GET  /practice/api/history: a seller's past calls with their grades and analytics, newest first, a page at a time.
 
 The customers are the system instructions the served model was trained on (its model card's `personas`), each
 sent back exactly as training rendered it; their fields (name, meeting type, ...) are read back through the
 `data.system_prompt` template. A customer the seller describes is rendered by the same function ingest uses.
 Nothing the page receives names a file, a secret's payload or a key: the served model is named by the secret and
-version number only.
+version number only. A seller's name proves nothing about who typed it (there is no sign-in yet): the page says so,
+and beyond loopback these endpoints need the API key like the rest of the API.
 """
 from __future__ import annotations
 
@@ -20,15 +26,18 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from calltune.apps.serve.protocol import ApiError
 from calltune.apps.serve.watcher import Watcher
 from calltune.backends.resources import is_vertex_model
+from calltune.coaching.coach import Coach, CoachError
+from calltune.coaching.history import KEY_CHARS, NAME_CHARS, PAGE, PracticeHistory, StoredCall, open_history
 from calltune.config import Config
 from calltune.data.formats.base import persona_fields, template_fields
+from calltune.release.model_card import COACH_DIR
 from calltune.release.store import model_path_from_endpoint
 from calltune.runtime.loading import read_model_card
 
@@ -44,7 +53,8 @@ HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; st
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
 MAX_TEXT = 20_000  # characters of one field or turn the page may send
 MAX_TURNS = 400
-
+NAME_NOTICE = ("Your name only files your calls under it: it proves nothing about who you are. Until sign-in is "
+               "added, anyone who can reach this server can read the history of any name.")
 
 
 def customers(card: dict | None, template: str, shown_fields: Sequence[str]) -> list[dict]:
@@ -75,15 +85,34 @@ class ReviewRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # the downloaded transcript may be sent as is
     system: str = Field("", max_length=MAX_TEXT)
     turns: list[Turn] = Field(min_length=1, max_length=MAX_TURNS)
+    seller: str = Field("", max_length=NAME_CHARS, description="the name the call is filed under; empty: not stored")
+    call_id: str = Field("", max_length=KEY_CHARS, description="the page's key of this call: a retry stores nothing twice")
+
+    def stored_under(self) -> tuple[str, str] | None:
+        seller = " ".join(self.seller.split())
+        if not seller:
+            return None
+        if not self.call_id.strip():
+            raise ApiError(400, "a call filed under a name needs its call_id (the key that makes a retry safe)",
+                           param="call_id")
+        return seller, self.call_id.strip()
+
+
+class CallRequest(ReviewRequest):
+    persona: dict[str, Annotated[str, Field(max_length=MAX_TEXT)]] = Field(default_factory=dict, max_length=64)
+    served_by: list[Annotated[str, Field(max_length=200)]] = Field(default_factory=list, max_length=16)
 
 
 class Practice:
-    """What the page's endpoints read: the config, the served model's card (cached per endpoint), the judge."""
+    """What the page's endpoints read: the config, the served model's card and coach (cached per endpoint), the judge,
+    the practice history."""
 
     def __init__(self, cfg: Config, watcher: Watcher):
         self.cfg, self.watcher = cfg, watcher
         self._cards: dict[str, dict | None] = {}
+        self._coaches: dict[str, Coach] = {}
         self._judge = None
+        self._history: PracticeHistory | None = None
         self._lock = threading.Lock()
 
     def card(self, endpoint: str) -> dict | None:
@@ -100,6 +129,35 @@ class Practice:
         except (OSError, ValueError) as exc:  # logged for the operator; the page just offers no trained personas
             log.warning("practice: cannot read the served model's card: %s", type(exc).__name__)
             return None
+
+    def coach(self, endpoint: str | None) -> Coach:
+        """The coach the served model carries (its folder's coach/coach.json, models refitted once per endpoint);
+        without one (an older model, a Vertex endpoint), the analytics alone, unplaced."""
+        with self._lock:
+            if endpoint not in self._coaches:
+                self._coaches[endpoint] = self._read_coach(endpoint)
+            return self._coaches[endpoint]
+
+    @staticmethod
+    def _read_coach(endpoint: str | None) -> Coach:
+        if endpoint and not is_vertex_model(endpoint):
+            try:
+                path = model_path_from_endpoint(endpoint) / COACH_DIR / "coach.json"
+                if path.is_file():
+                    return Coach.load(path)
+            except (OSError, ValueError) as exc:  # CoachError included: the review falls back to the analytics
+                log.warning("practice: cannot read the served model's coach: %s", type(exc).__name__)
+        return Coach(None, [])
+
+    def history(self) -> PracticeHistory:
+        with self._lock:
+            if self._history is None:
+                self._history = open_history(self.cfg.serve.database_url, self.cfg.state_path())
+            return self._history
+
+    def close(self) -> None:
+        if self._history is not None:
+            self._history.close()
 
     def template(self, card: dict | None) -> str:
         return (card or {}).get("system_prompt_template") or self.cfg.data.system_prompt
@@ -120,22 +178,60 @@ class Practice:
         served = self.watcher.current
         return (served.version, self.card(served.endpoint)) if served else (None, None)
 
+    def file_call(self, body: CallRequest) -> tuple[dict, bool, bool]:
+        """(the coach's review of a finished call, stored?, stored by this request?). Under a name the call is stored
+        once per call_id, and a retry gets the review stored the first time."""
+        version, coach = self.served_coach()
+        turns = [t.model_dump() for t in body.turns]
+        try:
+            review = coach.review({"call_id": body.call_id, "turns": turns})
+        except CoachError as exc:
+            raise ApiError(400, str(exc), code="no_seller_turn", param="turns") from None
+        where = body.stored_under()
+        if where is None:
+            return review, False, False
+        call = {"system": body.system, "persona": body.persona, "turns": turns, "served_by": body.served_by,
+                "label": " · ".join(v for v in body.persona.values() if v)}
+        stored, created = self.history().add(*where, call, review, model_version=version,
+                                             grade=review["grade"].get("estimate"))
+        return stored.review, True, created
+
+    def served_coach(self) -> tuple[int | None, Coach]:
+        served = self.watcher.current
+        return (served.version, self.coach(served.endpoint)) if served else (None, self.coach(None))
+
     def setup(self) -> dict:
         version, card = self.served_card()
         template = self.template(card)
         judge = self.cfg.judge
+        coach = self.served_coach()[1]
         return {"model": self.cfg.deploy.secret_id, "version": version, "problem": self.watcher.problem if
                 version is None else "",
                 "customers": customers(card, template, self.cfg.data.persona_fields),
                 "fields": template_fields(template), "opening_prompt": self.opening_prompt(card),
                 "judge": f"{judge.backend}:{judge.model}" if judge.backend != "none" else None,
-                "timeout_s": self.cfg.serve.request_timeout_s}
+                "coach": {"scorecard": coach.scorecard is not None, "trained": bool(coach.records),
+                          "notice": coach.notice(), "scale": [coach.scorecard.grade_min, coach.scorecard.grade_max]
+                          if coach.scorecard else None},
+                "name_notice": NAME_NOTICE, "timeout_s": self.cfg.serve.request_timeout_s}
 
 
-def practice_routers(cfg: Config, watcher: Watcher) -> tuple[APIRouter, APIRouter]:
+def history_entry(stored: StoredCall) -> dict:
+    """A stored call as "My progress" lists it: when, with whom, the grades and the analytics (no transcript)."""
+    review, judge = stored.review, stored.judge_review or {}
+    return {"id": stored.id, "call_id": stored.call_id, "at": stored.created_at.isoformat(timespec="seconds"),
+            "version": stored.model_version, "customer": stored.call.get("label") or stored.call.get("system", "")[:80],
+            "turns": len(stored.call.get("turns", [])), "grade": review.get("grade", {}).get("estimate"),
+            "grade_shown": review.get("grade", {}).get("shown"), "judge_grade": judge.get("grade"),
+            "analytics": {a["metric"]: a["value"] for a in review.get("analytics", [])},
+            "items": {f"{c['title']}: {i['name']}": i["verdict"] for c in review.get("criteria", [])
+                      for i in c["items"] if i["verdict"] != "not judged"}}
+
+
+def practice_routers(practice: Practice) -> tuple[APIRouter, APIRouter]:
     """(page, api): the page's files, public (they hold no data), and its JSON endpoints, to be included behind
     the API's key like /v1."""
-    practice = Practice(cfg, watcher)
+    cfg = practice.cfg
     page, api = APIRouter(include_in_schema=False), APIRouter(prefix="/practice/api", tags=["practice page"])
 
     def static(name: str) -> Response:
@@ -165,21 +261,41 @@ def practice_routers(cfg: Config, watcher: Watcher) -> tuple[APIRouter, APIRoute
         fields = {k: " ".join(v.split()) for k, v in body.fields.items()}
         return {"system": render_system(template, tuple(fields.items())), "fields": fields}
 
+    @api.post("/calls")
+    def finished_call(body: CallRequest) -> dict:
+        review, stored, created = practice.file_call(body)
+        # A retry gets the review stored the first time: the history holds one call, and the page shows it.
+        return {"review": review, "stored": stored, **({"created": created} if stored else {})}
+
     @api.post("/review")
-    def review(body: ReviewRequest):
+    def review(body: CallRequest):
         from calltune.coaching.review import ReviewError, review_call
 
         if cfg.judge.backend == "none":
-            raise ApiError(409, "no judge is configured (judge.backend is none), so there is no review of this call",
-                           code="no_judge")
+            raise ApiError(409, "no judge is configured (judge.backend is none), so there is no judge's review of this "
+                                "call", code="no_judge")
         try:
-            generator = practice.judge()
+            judge = practice.judge()
         except (ValueError, ImportError) as exc:  # e.g. the judge's key variable is not set: says which, not its value
             raise ApiError(503, f"the judge cannot be used: {exc}", "server_error", "judge_unavailable") from None
+        where = body.stored_under()
+        if where is not None:  # the call is in the history before its judge's review: never a review without a call
+            practice.file_call(body)
         try:
-            return review_call(body.system, [t.model_dump() for t in body.turns], cfg.judge, generator)
+            verdict = review_call(body.system, [t.model_dump() for t in body.turns], judge,
+                                  practice.served_coach()[1].scorecard)
         except ReviewError as exc:
             raise ApiError(502, str(exc), "server_error", "judge_failed") from None
+        if where is not None:
+            practice.history().add_judge_review(*where, verdict)
+        return verdict
+
+    @api.get("/history")
+    def history(seller: Annotated[str, Query(min_length=1, max_length=NAME_CHARS)],
+                limit: Annotated[int, Query(ge=1, le=PAGE)] = PAGE, before: int | None = None) -> dict:
+        rows = practice.history().list(" ".join(seller.split()), limit=limit, before=before)
+        return {"seller": " ".join(seller.split()), "calls": [history_entry(r) for r in rows],
+                "next": rows[-1].id if len(rows) == limit else None, "notice": NAME_NOTICE}
 
     return page, api
 
@@ -187,6 +303,8 @@ def practice_routers(cfg: Config, watcher: Watcher) -> tuple[APIRouter, APIRoute
 def mount_practice(app: FastAPI, cfg: Config, dependencies: Sequence = ()) -> None:
     """Serve the practice page at `/` of `calltune serve`'s app (its `state.watcher` says which model answers);
     `dependencies` (the API key check) guard the page's JSON endpoints."""
-    page, api = practice_routers(cfg, app.state.watcher)
+    practice = Practice(cfg, app.state.watcher)
+    page, api = practice_routers(practice)
     app.include_router(page)
     app.include_router(api, dependencies=list(dependencies))
+    app.state.on_stop.append(practice.close)

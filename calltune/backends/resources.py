@@ -32,6 +32,13 @@ class ResourceName:
         return f"projects/{self.project}/locations/{self.location}/{self.collection}/{self.id}"
 
 
+def resource_id(text: str) -> str:
+    """The last part of a resource name (E of projects/P/locations/L/endpoints/E), for short messages; any other
+    text as it is."""
+    name = ResourceName.parse(text)
+    return name.id if name else text
+
+
 def vertex_model(text: str | os.PathLike | None) -> ResourceName | None:
     """The Vertex AI endpoint or model `text` names (a tuned Gemini, a deployed open model), else None."""
     return ResourceName.parse(text, *MODEL_COLLECTIONS)

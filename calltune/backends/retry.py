@@ -46,6 +46,10 @@ class Retrying:
     def close(self) -> None:
         self._closed.set()
 
+    def pause(self, seconds: float) -> None:
+        """Wait as between two attempts (a poll of work under way): `close()` ends it, raising `error`."""
+        self._wait(seconds)
+
     def _wait(self, seconds: float) -> None:
         if self._sleep is not None:
             self._sleep(seconds)

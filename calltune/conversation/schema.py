@@ -12,6 +12,27 @@ class Turn(TypedDict):
     text_original: NotRequired[str]  # set by translate: the untranslated text
 
 
+class ChecklistItem(TypedDict):
+    type: str                # the item, e.g. "Asked whether the customer has time"
+    status: bool             # the grader's yes or no
+
+
+class Feedback(TypedDict):
+    """One criterion of the company's scorecard, as its export grades a call."""
+    title: str
+    summary: str
+    checklist: list[ChecklistItem]
+
+
+class Evaluation(TypedDict):
+    """The seed export's evaluation columns of a graded call (texts repaired like the turns)."""
+    grade: float             # 0-10
+    overview: str
+    positive: str
+    negative: str
+    feedbacks: list[Feedback]
+
+
 class Call(TypedDict):
     """One line of calls.jsonl."""
     call_id: str
@@ -21,6 +42,9 @@ class Call(TypedDict):
     turns: list[Turn]
     system_original: NotRequired[str]               # set by translate when translate.fields has system
     persona_original: NotRequired[dict[str, str]]   # set by translate: the untranslated persona values it translated
+    evaluation: NotRequired[Evaluation]             # seed_csv with evaluation columns: the export's grading
+    evaluation_original: NotRequired[Evaluation]    # set by translate when translate.fields has evaluation
+    evaluation_problem: NotRequired[str]            # why a row's evaluation columns were left out (the coach counts it)
 
 
 class Example(TypedDict):

@@ -11,17 +11,18 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def connect_sqlite(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+def connect_sqlite(path: Path, *, readonly: bool = False, any_thread: bool = False) -> sqlite3.Connection:
     """A connection to local state that several processes can share.
 
     WAL lets readers run beside one writer; the busy timeout makes a second writer wait instead of failing;
     autocommit mode (isolation_level=None) leaves transactions to `write_transaction`. `readonly` opens an
-    existing file with `mode=ro`: it never takes the write lock, so it never waits behind a writer.
+    existing file with `mode=ro`: it never takes the write lock, so it never waits behind a writer. `any_thread`:
+    a connection pool hands it from thread to thread (one thread at a time).
     """
     if readonly:
         return sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=60, isolation_level=None)
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, timeout=60, isolation_level=None)
+    db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=not any_thread)
     db.execute("PRAGMA journal_mode=WAL")
     return db
 

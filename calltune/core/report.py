@@ -50,11 +50,25 @@ class Report:
             self._parts.append(("image", (base64.b64encode(Path(png).read_bytes()).decode(), alt)))
         return self
 
-    def to_markdown(self) -> str:
-        out = [f"# {self.title}", ""]
+    def dump(self) -> list:
+        """The parts as JSON-able data: one step writes a section that another's report (or a model card) shows."""
+        return [[kind, value] for kind, value in self._parts]
+
+    def extend(self, parts: list) -> Report:
+        """Append parts another report dumped."""
+        self._parts += [(kind, value) for kind, value in parts]
+        return self
+
+    def section(self, other: Report) -> Report:
+        """Another report as a section of this one: its title a heading, then its parts."""
+        return self.heading(other.title).extend(other.dump())
+
+    def to_markdown(self, level: int = 1) -> str:
+        """The title at heading `level` (the sections one below): 2 nests the report in a page's section."""
+        out = [f"{'#' * level} {self.title}", ""]
         for kind, value in self._parts:
             if kind == "heading":
-                out += [f"## {value}", ""]
+                out += [f"{'#' * (level + 1)} {value}", ""]
             elif kind == "text":
                 out += [value, ""]
             elif kind == "table":

@@ -4,6 +4,8 @@ Formats (`data.format`, or "auto" to detect from the extension and the first rec
 - seed_csv: the seed system's export, one call per row. `transcription` is a Python-literal list of
   {'message', 'role'} (parsed without eval); roles go through `data.role_map` (bot -> customer, user -> seller).
   call_id comes from `id`, else `meeting_id`, else the row number; `data.persona_fields` columns form the persona.
+  A graded export's evaluation columns (grade, feedbacks, overview, positive, negative) go beside the call as
+  `evaluation`; a row whose evaluation is unusable keeps its call and gets `evaluation_problem` (seed_csv.py).
 - calls_jsonl: {"call_id", "turns": [{"role", "text"}], "persona"?, "system"?}, roles through `data.role_map`.
 - qa_json: a JSON list of objects; `data.qa_input_key` is the seller's question, `data.qa_output_key` the
   customer's answer (a two-turn call).
@@ -46,7 +48,7 @@ from calltune.core.io import atomic_open, dumps
 from calltune.core.parallel import map_chunks
 from calltune.data.formats import PARSERS
 from calltune.data.formats.base import ROLES, ParseSettings, Reject
-from calltune.data.formats.seed_csv import parse_transcript
+from calltune.data.formats.seed_csv import EVALUATION_COLUMNS, parse_transcript
 
 __all__ = ["IngestError", "Quarantine", "Source", "bundled_sample_path", "check", "default_workers", "detect_format",
            "ingest", "iter_calls", "map_chunks", "parse_chunk", "parse_transcript", "resolve_input"]
@@ -186,8 +188,9 @@ class Source(ParseSettings):
                 raise IngestError(f"{self.path}: row 0 (the header): malformed CSV ({exc})") from None
             if "transcription" not in header:
                 raise IngestError(f"{self.path}: no 'transcription' column (columns: {header})")
-            wanted = {"transcription", "id", "meeting_id", *self.persona_fields}
+            wanted = {"transcription", "id", "meeting_id", *self.persona_fields, *EVALUATION_COLUMNS}
             self.columns = [(i, name) for i, name in enumerate(header) if name in wanted]
+            self.evaluation = bool({"grade", "feedbacks"} & set(header))
 
     def chunks(self) -> Iterator[tuple[int, Any]]:
         """(first row number, payload) for every CHUNK_ROWS rows, read in the parent process. The streaming
@@ -308,7 +311,23 @@ def _clean(call: Call, limit: int) -> Call:
     call["persona"] = {_clean_text(k, "persona key", limit): _clean_text(v, f"persona {k!r}", limit)
                        for k, v in call["persona"].items()}
     call["call_id"] = _clean_text(call["call_id"], "call_id", limit)
+    if "evaluation" in call:  # a bad evaluation leaves the call usable for training: the coach counts the problem
+        try:
+            call["evaluation"] = _clean_evaluation(call["evaluation"], limit)
+        except Reject as exc:
+            del call["evaluation"]
+            call["evaluation_problem"] = str(exc)
     return call
+
+
+def _clean_evaluation(evaluation: dict, limit: int) -> dict:
+    def clean(text: str, name: str) -> str:
+        return _clean_text(text, f"evaluation {name}", limit)
+
+    return {**evaluation, **{k: clean(evaluation[k], k) for k in ("overview", "positive", "negative")},
+            "feedbacks": [{"title": clean(f["title"], "criterion title"), "summary": clean(f["summary"], "summary"),
+                           "checklist": [{"type": clean(c["type"], "checklist item"), "status": c["status"]}
+                                         for c in f["checklist"]]} for f in evaluation["feedbacks"]]}
 
 
 def default_workers(path: str | Path) -> int:

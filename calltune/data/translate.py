@@ -1,5 +1,5 @@
 """Translate step: calls.jsonl -> calls.jsonl with the configured fields translated, originals kept beside them
-(`text_original` in each turn, `system_original`, `persona_original`).
+(`text_original` in each turn, `system_original`, `persona_original`, `evaluation_original`).
 
 Every distinct text is translated once: the texts of a window of calls are looked up in a persistent SQLite
 cache in the state folder (shared by all backends, keyed by backend+model, languages and text), and only the
@@ -49,7 +49,24 @@ def field_texts(call: Call, fields: list[str]) -> list[str]:
         texts.append(call["system"])
     persona = call.get("persona") or {}
     texts.extend(persona[k] for k in _persona_keys(persona, fields))
+    if "evaluation" in fields and call.get("evaluation"):
+        texts.extend(_evaluation_texts(call["evaluation"]))
     return texts
+
+
+def _evaluation_texts(evaluation: dict) -> list[str]:
+    """The texts of a graded call's evaluation (calltune.conversation.schema.Evaluation), in a fixed order."""
+    texts = [evaluation[k] for k in ("overview", "positive", "negative")]
+    for f in evaluation["feedbacks"]:
+        texts += [f["title"], f["summary"], *(c["type"] for c in f["checklist"])]
+    return texts
+
+
+def _translate_evaluation(evaluation: dict, tr: Callable[[str], str]) -> dict:
+    return {**evaluation, **{k: tr(evaluation[k]) for k in ("overview", "positive", "negative")},
+            "feedbacks": [{"title": tr(f["title"]), "summary": tr(f["summary"]),
+                           "checklist": [{**c, "type": tr(c["type"])} for c in f["checklist"]]}
+                          for f in evaluation["feedbacks"]]}
 
 
 def _persona_keys(persona: dict, fields: list[str]) -> list[str]:
@@ -67,6 +84,8 @@ def _apply(call: Call, fields: list[str], tr: Callable[[str], str]) -> Call:
     if keys := _persona_keys(persona, fields):
         out["persona"] = {**persona, **{k: tr(persona[k]) for k in keys}}
         out["persona_original"] = {k: persona[k] for k in keys}
+    if "evaluation" in fields and call.get("evaluation"):
+        out["evaluation"], out["evaluation_original"] = _translate_evaluation(call["evaluation"], tr), call["evaluation"]
     return out
 
 

@@ -55,7 +55,7 @@ def _languages(text: str) -> dict[str, float]:
     return dict(_identifier().rank(text))
 
 
-def _clear_language(text: str) -> str | None:
+def clear_language(text: str) -> str | None:
     """The text's language when py3langid is sure enough of it, judged only on texts of LANG_MIN_WORDS+ words."""
     if len(_words(text)) < LANG_MIN_WORDS:
         return None
@@ -84,7 +84,7 @@ def _flags(rows: list[dict], scores: dict[str, list]) -> dict[str, list[bool] | 
                                                        and len(_words(t)) >= SHORT_TARGET_WORDS)
                                for c, t in zip(replies, targets)]
 
-    common = Counter(filter(None, map(_clear_language, targets))).most_common(1)
+    common = Counter(filter(None, map(clear_language, targets))).most_common(1)
     if common:
         expected = common[0][0]
         flags["wrong_language"] = []

@@ -15,38 +15,45 @@ Whole calls: each local or Vertex model also plays every held-out test call clos
 seller's turns, the model's own earlier replies), and calltune.evaluation.realism compares those calls with the real ones
 (discriminator AUC, role adherence, form, friction and endings, each with a 95% interval over calls); the gate can
 check them (off by default) and the report has a "Whole-call realism" section.
+The report also shows the coach the model carries (its "Coaching" section: the scorecard and the coach's figures, read
+from the model folder as the coach step wrote them, calltune.release.model_card.coach_summary).
+
+One scorer per kind of model (`score_local`, `score_vertex`), one `measure` of what they answered, one `EvalContext`
+that every model is scored with; comparison.json is written by calltune.evaluation.comparison, report.md/html by
+calltune.evaluation.report.
 """
 from __future__ import annotations
 
 import functools
 import gc
-import json
 import logging
 import math
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from calltune.backends.resources import is_vertex_model
 from calltune.config import DeployConfig, EvaluateConfig, InferConfig, JudgeConfig, SimulateConfig, TuneConfig
-from calltune.core.figures import loss_curve_png, pyplot, save_png
 from calltune.core.io import read_jsonl, write_json, write_jsonl
-from calltune.core.report import Report
 from calltune.evaluation import metrics as M
 from calltune.evaluation.batch_infer import Decoding, predict, read_predictions, read_scores
+from calltune.evaluation.comparison import write as write_comparison
 from calltune.evaluation.error_analysis import analyze
 from calltune.evaluation.gate import decide
+from calltune.evaluation.judge import Judge
+from calltune.evaluation.report import HEADLINE, REPORTED, write_report
 from calltune.release.model_card import write_model_card
 from calltune.runtime.embeddings import CrossEncoderScorer, Embedder
 from calltune.runtime.encoding import encode_file, encoder
 from calltune.runtime.loading import device, load_model, model_sha, model_source, read_model_card, set_threads
 from calltune.runtime.scoring import score
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from calltune.backends.generator_base import Generator
+    from calltune.evaluation.simulate import Call
 
-# Shown first in tables and charts, in this order; any other metric follows.
-CHART_METRICS = ("accuracy", "rouge_l", "chrf", "bleu", "embedding_cosine", "cross_encoder", "distinct_2",
-                 "persona_fidelity", "realism")
-HEADLINE = ("accuracy", "loss", "perplexity")
-REPORTED = "reported by the tuning job on the validation split"  # an endpoint model's accuracy (calltune_model.json)
+log = logging.getLogger(__name__)
 
 
 def current_champion(cfg: DeployConfig, state_dir: Path) -> tuple[str | None, str]:
@@ -80,79 +87,109 @@ def _text(rows: list[dict], key: str) -> list[str]:
     return [r[key] or "" for r in rows]
 
 
-def _score_model(name: str, source: str | Path, test_path: Path, out_dir: Path, cfg: EvaluateConfig,
-                 infer: InferConfig, *, max_len: int, seed: int, judge_ctx, predictions, reported=None,
-                 sim_ctx=None) -> dict:
-    """`reported`: the model card of an endpoint model, whose tuning job reported its validation metrics.
-    `sim_ctx`: (calls, SimulateConfig, seller generator or None) to simulate whole calls with, or None."""
-    from calltune.evaluation.simulate import local_replier, vertex_replier, whole_calls
+@dataclass
+class EvalContext:
+    """What every model of one evaluation is scored with: the same test examples, trimmed the same way, the same
+    decoding and bootstrap, and the judge, the simulated calls and the seller when they are on."""
+    cfg: EvaluateConfig
+    infer: InferConfig
+    test_path: Path
+    out_dir: Path
+    max_len: int
+    seed: int
+    judge: Judge | None = None
+    simulation: SimulateConfig | None = None  # None: whole-call simulation is off
+    calls: list[Call] = field(default_factory=list)  # the held-out calls every model plays
+    seller: Generator | None = None  # the model that plays the seller; None: the real seller is replayed
+    simulation_report: dict = field(default_factory=dict)  # how the calls were cut from the test examples
+
+    @property
+    def bootstrap(self) -> dict:
+        return {"samples": self.cfg.bootstrap_samples, "seed": self.seed}
+
+    def infer_for(self, name: str) -> InferConfig:
+        """The base model is measured as it comes, without guarded decoding (its realism stays comparable, the run
+        short); every other model with the run's decoding."""
+        return self.infer.model_copy(update={"guardrails": False}) if name == "base" else self.infer
+
+
+def score_vertex(name: str, source: str, ctx: EvalContext, *, predictions=None, reported: dict | None = None) -> dict:
+    """A Vertex AI endpoint or tuned Gemini: its replies (from batch inference when it already asked), no token
+    probabilities. `reported`: the model card of an endpoint whose tuning job reported its validation metrics."""
+    from calltune.evaluation.simulate import vertex_replier, whole_calls
+
+    infer = ctx.infer_for(name)
+    if predictions is not None:
+        rows, report = read_predictions(predictions), {}
+    else:
+        rows, report = predict(source, ctx.test_path, ctx.out_dir / "predictions" / name, infer, seed=ctx.seed,
+                               limit=ctx.cfg.max_examples)
+    record = {"source": str(source), "rows": rows, "model_sha": report.get("model_sha", ""),
+              "note": "a Vertex endpoint gives no token probabilities: text metrics only"}
+    if reported and reported.get("validation_token_accuracy") is not None:
+        record["note"] = (f"accuracy{' and loss' if reported.get('validation_loss') is not None else ''}: "
+                          f"{REPORTED}, without a bootstrap interval (a Vertex endpoint gives no token "
+                          f"probabilities); the other metrics score its replies to the test prompts")
+    if ctx.simulation is not None:
+        record.update(whole_calls(name, ctx.calls, vertex_replier(str(source), infer), ctx.simulation,
+                                  seller=ctx.seller, seed=ctx.seed))
+    return record
+
+
+def score_local(name: str, source: Path, ctx: EvalContext, *, predictions=None) -> dict:
+    """A local model folder: teacher-forced scores (batch inference's, when it scored the same weights and
+    examples), its replies, and its simulated calls."""
+    from calltune.evaluation.simulate import local_replier, whole_calls
     from calltune.runtime.responders import card_split
 
-    record: dict = {"source": str(source)}
-    parts = None
-    if name == "base":  # the model as it comes: no guarded decoding (its realism stays comparable, the run short)
-        infer = infer.model_copy(update={"guardrails": False})
-    if is_vertex_model(source):
-        if predictions is not None:  # batch inference already asked the endpoint
-            rows = read_predictions(predictions)
-            report = {"rows": len(rows)}
+    infer = ctx.infer_for(name)
+    model, tokenizer = load_model(source)
+    encoded, examples, skipped = encode_file(ctx.test_path, tokenizer, ctx.max_len, limit=ctx.cfg.max_examples,
+                                             encode=encoder(model.config.is_encoder_decoder))
+    log.info("evaluating %s (%s) on %d test examples (%d skipped) on %s", name, source, len(encoded), skipped,
+             device())
+    if predictions is not None:
+        rows = read_predictions(predictions)
+        ids = [e.get("example_id", "") for e in examples]
+        if [r["example_id"] for r in rows] != ids:
+            raise ValueError(f"{predictions}: the predictions are not of the {len(examples)} test examples "
+                             f"evaluated here (batch inference ran on other examples or another max_seq_len)")
+        sha = rows[0]["model_sha"] if rows else ""
+        parts = read_scores(predictions, model_sha=model_sha(source), max_seq_len=ctx.max_len, example_ids=ids)
+        if parts is None:
+            parts = score(model, tokenizer, encoded, ctx.cfg.batch_size)
         else:
-            rows, report = predict(source, test_path, out_dir / "predictions" / name, infer, seed=seed,
-                                   limit=cfg.max_examples)
-        record["note"] = "a Vertex endpoint gives no token probabilities: text metrics only"
-        if sim_ctx is not None:
-            calls, sim_cfg, seller = sim_ctx
-            record.update(whole_calls(name, calls, vertex_replier(str(source), infer), sim_cfg, seller=seller,
-                                      seed=seed))
-        if reported and reported.get("validation_token_accuracy") is not None:
-            record["note"] = (f"accuracy{' and loss' if reported.get('validation_loss') is not None else ''}: "
-                              f"{REPORTED}, without a bootstrap interval (a Vertex endpoint gives no token "
-                              f"probabilities); the other metrics score its replies to the test prompts")
-    else:
-        model, tokenizer = load_model(Path(source))
-        encoded, examples, skipped = encode_file(test_path, tokenizer, max_len, limit=cfg.max_examples,
-                                                 encode=encoder(model.config.is_encoder_decoder))
-        log.info("evaluating %s (%s) on %d test examples (%d skipped) on %s", name, source, len(encoded),
-                 skipped, device())
-        if predictions is not None:
-            rows = read_predictions(predictions)
-            ids = [e.get("example_id", "") for e in examples]
-            if [r["example_id"] for r in rows] != ids:
-                raise ValueError(f"{predictions}: the predictions are not of the {len(examples)} test examples "
-                                 f"evaluated here (batch inference ran on other examples or another max_seq_len)")
-            report = {"rows": len(rows), "model_sha": rows[0]["model_sha"] if rows else ""}
-            parts = read_scores(predictions, model_sha=model_sha(Path(source)), max_seq_len=max_len, example_ids=ids)
-            if parts is None:
-                parts = score(model, tokenizer, encoded, cfg.batch_size)
-            else:
-                log.info("%s: the teacher-forced scores batch inference made with the same weights", name)
-        else:  # scored and answered in one pass: the replies reuse the prompts scoring read
-            rows, report = predict(source, test_path, out_dir / "predictions" / name, infer, seed=seed,
-                                   max_seq_len=max_len, limit=cfg.max_examples, loaded=(model, tokenizer),
-                                   score_batch_size=cfg.batch_size)
-            parts = report.pop("scores")
-        if name == "tuned" and sum(parts["tokens"]) == 0:
-            raise ValueError(f"{test_path}: no customer-reply tokens to score ({len(encoded)} examples usable, "
-                             f"{skipped} longer than max_seq_len={max_len}); the test set is empty")
-        record.update(skipped=skipped, tokens=sum(parts["tokens"]), parts=parts)
-        if sim_ctx is not None:
-            calls, sim_cfg, seller = sim_ctx
-            # Greedy: each call's first reply is the one batch inference made to the same (real) first example.
-            first = {r["example_id"]: (r["candidate_responses"] or "", r.get("finish_reason") or "stop",
-                                       r.get("retries") or 0) for r in rows} if infer.temperature == 0 else None
-            card = read_model_card(Path(source))
-            decoding = Decoding.for_model(card, infer)
-            # The tuned model's realism is also measured without guarded decoding, so its gain shows.
-            unguarded = local_replier(model, tokenizer, infer, max_len, Decoding.for_model(card, infer, False)) \
-                if name == "tuned" and decoding.rails is not None else None
-            record.update(whole_calls(name, calls, local_replier(model, tokenizer, infer, max_len, decoding), sim_cfg,
-                                      seller=seller, seed=seed, first=first, unguarded=unguarded,
-                                      greedy=infer.temperature == 0,
-                                      split=card_split(card)))
-        del model
-        gc.collect()
-    record.update(examples=len(rows), model_sha=report.get("model_sha", ""), rows=rows)
-    kw = {"samples": cfg.bootstrap_samples, "seed": seed}
+            log.info("%s: the teacher-forced scores batch inference made with the same weights", name)
+    else:  # scored and answered in one pass: the replies reuse the prompts scoring read
+        rows, report = predict(source, ctx.test_path, ctx.out_dir / "predictions" / name, infer, seed=ctx.seed,
+                               max_seq_len=ctx.max_len, limit=ctx.cfg.max_examples, loaded=(model, tokenizer),
+                               score_batch_size=ctx.cfg.batch_size)
+        sha, parts = report.get("model_sha", ""), report.pop("scores")
+    if name == "tuned" and sum(parts["tokens"]) == 0:
+        raise ValueError(f"{ctx.test_path}: no customer-reply tokens to score ({len(encoded)} examples usable, "
+                         f"{skipped} longer than max_seq_len={ctx.max_len}); the test set is empty")
+    record = {"source": str(source), "rows": rows, "model_sha": sha, "skipped": skipped,
+              "tokens": sum(parts["tokens"]), "parts": parts}
+    if ctx.simulation is not None:
+        # Greedy: each call's first reply is the one batch inference made to the same (real) first example.
+        first = {r["example_id"]: (r["candidate_responses"] or "", r.get("finish_reason") or "stop",
+                                   r.get("retries") or 0) for r in rows} if infer.temperature == 0 else None
+        card = read_model_card(source)
+        decoding = Decoding.for_model(card, infer)
+        # The tuned model's realism is also measured without guarded decoding, so its gain shows.
+        unguarded = local_replier(model, tokenizer, infer, ctx.max_len, Decoding.for_model(card, infer, False)) \
+            if name == "tuned" and decoding.rails is not None else None
+        record.update(whole_calls(name, ctx.calls, local_replier(model, tokenizer, infer, ctx.max_len, decoding),
+                                  ctx.simulation, seller=ctx.seller, seed=ctx.seed, first=first, unguarded=unguarded,
+                                  greedy=infer.temperature == 0, split=card_split(card)))
+    del model
+    gc.collect()
+    return record
+
+
+def measure(name: str, record: dict, ctx: EvalContext, *, reported: dict | None = None) -> dict:
+    """Adds the model's metrics (each with its bootstrap interval) and per-example scores to its record."""
+    rows, parts, kw = record["rows"], record.get("parts"), ctx.bootstrap
     est: dict[str, M.Estimate] = {}
     if parts is not None:
         est["accuracy"] = M.token_accuracy(parts["correct"], parts["tokens"], **kw)
@@ -164,6 +201,7 @@ def _score_model(name: str, source: str | Path, test_path: Path, out_dir: Path, 
             est["loss"] = M.Estimate(float(reported["validation_loss"]), math.nan, math.nan, 0)
             est["perplexity"] = M.perplexity(est["loss"])
     candidates, targets = _text(rows, "candidate_responses"), _text(rows, "target_responses")
+    cfg = ctx.cfg
     scores = M.example_scores(candidates, targets,
                               embedder=_embedder(cfg.embedding_model) if cfg.embedding_model else None,
                               cross_encoder=_cross_encoder(cfg.cross_encoder) if cfg.cross_encoder else None)
@@ -171,17 +209,16 @@ def _score_model(name: str, source: str | Path, test_path: Path, out_dir: Path, 
     # Per example, for the error analysis: token accuracy (rows and encoded examples are in the same order).
     record["scores"] = {**({"accuracy": [c / t if t else None for c, t in zip(parts["correct"], parts["tokens"])]}
                            if parts is not None else {}), **{k: v.tolist() for k, v in scores.items()}}
-    if judge_ctx is not None:
+    if ctx.judge is not None:
         from calltune.evaluation.judge import CRITERIA, judge
 
-        judge_cfg, generator = judge_ctx
-        verdict = judge(rows, judge_cfg, generator, **kw)
+        verdict = judge(rows, ctx.judge, **kw)
         est.update({c: verdict[c] for c in CRITERIA})
         record["judge"] = {k: verdict[k] for k in ("requests", "failed", "unparseable")}
         judged = {j["example_id"]: j for j in verdict["judgments"]}
         record["scores"].update({c: [judged.get(r["example_id"], {}).get(c) for r in rows] for c in CRITERIA})
-        write_jsonl(out_dir / "judge" / f"{name}.jsonl", verdict["judgments"])
-    record["metrics"] = est
+        write_jsonl(ctx.out_dir / "judge" / f"{name}.jsonl", verdict["judgments"])
+    record.update(examples=len(rows), metrics=est)
     return record
 
 
@@ -203,64 +240,25 @@ def evaluate(model_dir: str | Path, test_path: str | Path, out_dir: str | Path, 
     card = read_model_card(model_dir)
     # One max_seq_len for every model: the same examples, trimmed the same way.
     max_len = max_seq_len or (card or {}).get("config", {}).get("max_seq_len") or TuneConfig().max_seq_len
-    sources: dict[str, str | Path] = {"tuned": model_source(model_dir)}
+    sources, skipped = _sources(model_dir, card, cfg, champion, champion_note)
     endpoint_card = card if is_vertex_model(sources["tuned"]) else None
-    skipped: dict[str, str] = {}
-    if "base" in cfg.compare:
-        if endpoint_card:
-            skipped["base"] = (f"no local base model to compare with: the tuned model is the Vertex endpoint "
-                               f"{sources['tuned']} (base {card.get('base_model')!r} runs only on Vertex AI)")
-        elif card:
-            sources["base"] = card["base_model_path"]
-        else:
-            skipped["base"] = "the evaluated model is itself a base model (no calltune_model.json)"
-    if "champion" in cfg.compare:
-        if champion:
-            sources["champion"] = champion
-        else:
-            skipped["champion"] = champion_note or "no champion given"
-    from calltune.evaluation.judge import make_judge
-
-    generator = make_judge(judge, state_dir)
-    sim_ctx, sim_report = None, {}
-    if simulation.enabled:
-        from calltune.evaluation.simulate import calls_from_examples, make_seller
-
-        calls, sim_report = calls_from_examples(list(read_jsonl(test_path)), simulation.max_calls)
-        sim_ctx = (calls, simulation, make_seller(simulation, state_dir))
-    records, scored = {}, {}  # scored: weights sha -> the model already scored with them
-    for name, source in sources.items():
-        sha = None if is_vertex_model(source) else model_sha(Path(source))
-        # e.g. the champion is this very model: the same weights give the same scores
-        if sha is not None and sha in scored:
-            records[name] = {**records[scored[sha]], "source": str(source),
-                             "note": f"the same weights as {scored[sha]}: its scores are reused"}
-            continue
-        scored[sha] = name
-        records[name] = _score_model(name, source, test_path, out_dir, cfg, infer, max_len=max_len, seed=seed,
-                                     judge_ctx=(judge, generator) if generator else None,
-                                     predictions=predictions if name == "tuned" else None,
-                                     reported=endpoint_card if name == "tuned" else None, sim_ctx=sim_ctx)
-    realism = None
-    if sim_ctx is not None:
-        from calltune.evaluation.realism import as_json as realism_json
-        from calltune.evaluation.realism import realism as measure
-
-        train = test_path.with_name("train.examples.jsonl")
-        simulated = {n: r["simulated"] for n, r in records.items() if "simulated" in r}
-        simulated |= {f"{n}_unguarded": r["simulated_unguarded"] for n, r in records.items()
-                      if "simulated_unguarded" in r}
-        realism = measure(sim_ctx[0], simulated,
-                          embedder=_embedder(cfg.embedding_model) if cfg.embedding_model else None,
-                          train_examples=list(read_jsonl(train)) if train.is_file() else None,
-                          judge_ctx=(judge, generator) if generator else None,
-                          samples=cfg.bootstrap_samples, seed=seed, groups=meeting_types(sim_ctx[0], card),
-                          adversarial={n: r["adversarial"] for n, r in records.items() if "adversarial" in r})
-        realism["simulation"] = {**sim_report, "seller": simulation.seller}
-        if sim_ctx[2] is not None:
-            sim_ctx[2].close()
-    if generator is not None:
-        generator.close()
+    with ExitStack() as stack:  # the judge and the seller are closed however the evaluation ends
+        ctx = _context(cfg, infer, judge, simulation, test_path, out_dir, max_len, seed, state_dir, stack)
+        records, scored = {}, {}  # scored: weights sha -> the model already scored with them
+        for name, source in sources.items():
+            sha = None if is_vertex_model(source) else model_sha(Path(source))
+            # e.g. the champion is this very model: the same weights give the same scores
+            if sha is not None and sha in scored:
+                records[name] = {**records[scored[sha]], "source": str(source),
+                                 "note": f"the same weights as {scored[sha]}: its scores are reused"}
+                continue
+            scored[sha] = name
+            mine = predictions if name == "tuned" else None
+            reported = endpoint_card if name == "tuned" else None
+            record = score_vertex(name, source, ctx, predictions=mine, reported=reported) if sha is None \
+                else score_local(name, Path(source), ctx, predictions=mine)
+            records[name] = measure(name, record, ctx, reported=reported)
+        realism = _realism(records, ctx, card) if ctx.simulation is not None else None
     accuracy = {n: r["metrics"]["accuracy"].value if "accuracy" in r["metrics"] else None for n, r in records.items()}
     if "champion" in records and accuracy["champion"] is None:
         skipped["champion"] = records["champion"]["note"]
@@ -279,24 +277,14 @@ def evaluate(model_dir: str | Path, test_path: str | Path, out_dir: str | Path, 
     result = {k: v for k, v in result.items() if v is not None and math.isfinite(v)}  # NaNs stay in comparison.json
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    comparison = {
-        "models": {n: {**{k: v for k, v in r.items() if k not in ("rows", "scores", "parts", "simulated",
-                                                                  "simulated_unguarded", "adversarial")},
-                       "metrics": {k: _finite(e.as_dict()) for k, e in r["metrics"].items()}}
-                   for n, r in records.items()}
-                  | {n: {"skipped": why} for n, why in skipped.items() if n not in records},
-        "gain": {n: _finite(e.as_dict()) for n, e in gain.items()},
-        "gate": decision, "test_path": str(test_path), "max_seq_len": max_len, "seed": seed,
-        "bootstrap_samples": cfg.bootstrap_samples, "confidence": M.LEVEL,
-        "decoding": infer.model_dump(include={"max_new_tokens", "temperature", "top_p"}),
-    }
-    if realism is not None:
-        comparison["realism"] = realism_json(realism)
-        for n, r in records.items():
-            for key, suffix in (("simulated", ""), ("simulated_unguarded", "_unguarded")):
-                if key in r:
-                    write_jsonl(out_dir / "simulated" / f"{n}{suffix}.jsonl", (c.as_dict() for c in r[key]))
-    write_json(out_dir / "comparison.json", comparison)
+    comparison = write_comparison(out_dir, records=records, skipped=skipped, gain=gain, decision=decision,
+                                  realism=realism, test_path=test_path, max_seq_len=max_len, seed=seed,
+                                  bootstrap_samples=cfg.bootstrap_samples,
+                                  decoding=infer.model_dump(include={"max_new_tokens", "temperature", "top_p"}))
+    for n, r in records.items():
+        for key, suffix in (("simulated", ""), ("simulated_unguarded", "_unguarded")):
+            if key in r:
+                write_jsonl(out_dir / "simulated" / f"{n}{suffix}.jsonl", (c.as_dict() for c in r[key]))
     if card and "config" in card:  # a model calltune tuned: its model card, completed (calltune.release.model_card)
         write_model_card(model_dir, comparison=comparison, to=out_dir / "model_card.md")
     write_json(out_dir / "metrics.json", {**result, "skipped": records["tuned"].get("skipped", 0),
@@ -306,11 +294,68 @@ def evaluate(model_dir: str | Path, test_path: str | Path, out_dir: str | Path, 
                                           "decided_by": decision["decided_by"]})
     errors = {n: analyze(r["rows"], r["scores"], worst=cfg.error_examples) for n, r in records.items()}
     write_json(out_dir / "errors.json", errors)
-    _report(model_dir, records, skipped, decision, cfg, out_dir, errors,
-            realism=realism and (realism, sim_ctx[0], simulation), gain=gain)
+    write_report(model_dir, records, skipped, decision, cfg, out_dir, errors, realism, gain, calls=ctx.calls,
+                 simulation=ctx.simulation)
     log.info("accuracy %.4f, loss %.4f, perplexity %.2f over %d tokens; gate: %s (%s)",
              *(result.get(k, math.nan) for k in HEADLINE), result["tokens"], decision["decision"],
              decision["decided_by"])
+    return result
+
+
+def _sources(model_dir: Path, card: dict | None, cfg: EvaluateConfig, champion: str | None,
+             champion_note: str) -> tuple[dict[str, str | Path], dict[str, str]]:
+    """The models to score (name -> folder or Vertex resource) and why any in `cfg.compare` is not."""
+    sources: dict[str, str | Path] = {"tuned": model_source(model_dir)}
+    skipped: dict[str, str] = {}
+    if "base" in cfg.compare:
+        if card and is_vertex_model(sources["tuned"]):
+            skipped["base"] = (f"no local base model to compare with: the tuned model is the Vertex endpoint "
+                               f"{sources['tuned']} (base {card.get('base_model')!r} runs only on Vertex AI)")
+        elif card:
+            sources["base"] = card["base_model_path"]
+        else:
+            skipped["base"] = "the evaluated model is itself a base model (no calltune_model.json)"
+    if "champion" in cfg.compare:
+        if champion:
+            sources["champion"] = champion
+        else:
+            skipped["champion"] = champion_note or "no champion given"
+    return sources, skipped
+
+
+def _context(cfg: EvaluateConfig, infer: InferConfig, judge: JudgeConfig, simulation: SimulateConfig,
+             test_path: Path, out_dir: Path, max_len: int, seed: int, state_dir, stack: ExitStack) -> EvalContext:
+    """The evaluation's context; the judge and the seller it opens are closed when `stack` is."""
+    from calltune.evaluation.judge import make_judge
+
+    ctx = EvalContext(cfg, infer, test_path, out_dir, max_len, seed, judge=make_judge(judge, state_dir))
+    if ctx.judge is not None:
+        stack.callback(ctx.judge.close)
+    if simulation.enabled:
+        from calltune.evaluation.simulate import calls_from_examples, make_seller
+
+        ctx.calls, ctx.simulation_report = calls_from_examples(list(read_jsonl(test_path)), simulation.max_calls)
+        ctx.simulation, ctx.seller = simulation, make_seller(simulation, state_dir)
+        if ctx.seller is not None:
+            stack.callback(ctx.seller.close)
+    return ctx
+
+
+def _realism(records: dict, ctx: EvalContext, card: dict | None) -> dict:
+    """Whole-call realism of every model's simulated calls against the real ones (the tuned model's also without
+    guarded decoding, as tuned_unguarded), friction by meeting type, and the adversarial suite's character breaks."""
+    from calltune.evaluation.realism import realism as measure_realism
+
+    train = ctx.test_path.with_name("train.examples.jsonl")
+    simulated = {n: r["simulated"] for n, r in records.items() if "simulated" in r}
+    simulated |= {f"{n}_unguarded": r["simulated_unguarded"] for n, r in records.items() if "simulated_unguarded" in r}
+    result = measure_realism(ctx.calls, simulated,
+                             embedder=_embedder(ctx.cfg.embedding_model) if ctx.cfg.embedding_model else None,
+                             train_examples=list(read_jsonl(train)) if train.is_file() else None,
+                             judge=ctx.judge, groups=meeting_types(ctx.calls, card),
+                             adversarial={n: r["adversarial"] for n, r in records.items() if "adversarial" in r},
+                             **ctx.bootstrap)
+    result["simulation"] = {**ctx.simulation_report, "seller": ctx.simulation.seller}
     return result
 
 
@@ -337,127 +382,3 @@ def _gains(records: dict, samples: int, seed: int) -> dict[str, M.Estimate]:
         out[name] = M.accuracy_gain(tuned["correct"], tuned["tokens"], other["correct"], other["tokens"],
                                     samples=samples, seed=seed)
     return out
-
-
-def _finite(d: dict) -> dict:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
-
-
-def _cell(e: M.Estimate) -> str:
-    if not math.isfinite(e.value):
-        return "n/a"
-    return f"{e.value:.4g} [{e.low:.4g}, {e.high:.4g}]" if math.isfinite(e.low) else f"{e.value:.4g}"
-
-
-def _report(model_dir: Path, records: dict, skipped: dict, decision: dict, cfg: EvaluateConfig, out_dir: Path,
-            errors: dict, realism=None, gain: dict | None = None) -> None:
-    r = Report("calltune evaluation")
-    verdict = "PROMOTE" if decision["decision"] == "promote" else "KEEP the current model"
-    r.text(f"Decision: {verdict} (decided by: {decision['decided_by']}). Model: {model_dir}.")
-    r.heading("Gate checks")
-    r.table([{"check": c["check"], "result": {True: "pass", False: "FAIL", None: "skipped"}[c["passed"]],
-              "detail": c["detail"]} for c in decision["checks"]])
-    for name, e in (gain or {}).items():
-        r.text(f"Gain over {name}: {e.value:+.4f} token accuracy [{e.low:+.4f}, {e.high:+.4f}] (paired bootstrap "
-               f"over the same test examples).")
-    r.heading("Metrics")
-    r.text(f"Every model on the same {records['tuned']['examples']} test examples; value [95% bootstrap interval, "
-           f"{cfg.bootstrap_samples} resamples of the examples]. accuracy = teacher-forced next-token accuracy on "
-           f"the customer replies (the gate metric); the other metrics score each model's generated replies "
-           f"against the real customer's.")
-    names = list(records)
-    present = [k for rec in records.values() for k in rec["metrics"]]
-    keys = list(dict.fromkeys([k for k in CHART_METRICS + HEADLINE if k in present] + present))
-    r.table([{"metric": k, **{n: _cell(records[n]["metrics"].get(k, M.NAN)) for n in names}} for k in keys]
-            + [{"metric": "examples", **{n: records[n]["examples"] for n in names}},
-               {"metric": "model sha", **{n: records[n].get("model_sha", "") for n in names}}])
-    for n, why in skipped.items():
-        r.text(f"{n}: {why}")
-    for n, rec in records.items():
-        if REPORTED in rec.get("note", ""):
-            r.text(f"{n}: {rec['note']}")
-        if "judge" in rec:
-            j = rec["judge"]
-            r.text(f"judge on {n}: {j['requests']} replies, {j['failed']} failed requests, unparseable answers "
-                   f"(left out) {j['unparseable']}")
-    if not cfg.cross_encoder:
-        r.text("cross-encoder similarity skipped: no evaluate.cross_encoder configured")
-    r.image(_charts([k for k in CHART_METRICS if k in keys], records, out_dir / "charts.png"),
-            "metrics per model with 95% intervals")
-    log_file = model_dir / "training_log.json"
-    if log_file.is_file():
-        r.heading("Training")
-        r.image(loss_curve_png(json.loads(log_file.read_text(encoding="utf-8")), out_dir / "loss_curve.png"),
-                "training loss curve")
-    _errors_section(r, errors)
-    if realism:
-        from calltune.evaluation.realism_report import section
-
-        result, calls, simulation = realism
-        section(r, result, calls, {n: rec["simulated"] for n, rec in records.items() if "simulated" in rec},
-                simulation, out_dir)
-    r.heading("Sample conversations")
-    r.text("Single turns, teacher-forced context (the real history), from several calls: the real customer's reply "
-           "beside every model's.")
-    by_id = {n: {row["example_id"]: row for row in rec["rows"]} for n, rec in records.items()}
-    samples = []
-    for row in _across_calls(records["tuned"]["rows"], cfg.samples):
-        sample = {"conversation": row["instructions"], "customer (real)": row["target_responses"]}
-        sample.update({n: by_id[n].get(row["example_id"], {}).get("candidate_responses", "") for n in names})
-        samples.append(sample)
-    r.table(samples)
-    r.write(out_dir)
-
-
-def _across_calls(rows: list[dict], k: int) -> list[dict]:
-    """k rows taken round-robin over the calls (a middle turn of each call first), not the first rows."""
-    by_call: dict[str, list[dict]] = {}
-    for row in rows:
-        by_call.setdefault(row.get("call_id", ""), []).append(row)
-    queues = [q[len(q) // 2:] + q[:len(q) // 2] for q in by_call.values()]
-    picked: list[dict] = []
-    while len(picked) < k and any(queues):
-        for q in queues:
-            if q and len(picked) < k:
-                picked.append(q.pop(0))
-    return picked
-
-
-def _errors_section(r: Report, errors: dict) -> None:
-    """Failure categories of every model, and the tuned model's worst examples per metric (errors.json has all)."""
-    r.heading("Error analysis")
-    r.text("Replies in each failure category: count (share of the test examples); a reply can be in several. "
-           "The rule column says how each is decided.")
-    categories = errors["tuned"]["categories"]
-    r.table([{"category": c, **{n: (f"{e['categories'][c]['count']} ({e['categories'][c]['share']:.1%})"
-                                    if e["categories"][c]["checked"] else e["categories"][c]["note"])
-                                for n, e in errors.items()},
-              "examples (tuned)": ", ".join(categories[c].get("example_ids", [])), "rule": categories[c]["rule"]}
-             for c in categories])
-    for metric, worst in errors["tuned"]["worst"].items():
-        if worst:
-            r.text(f"Worst {len(worst)} tuned-model replies by {metric} (lowest first):")
-            r.table([{"example": w["example_id"], metric: w["score"], "seller": w["seller"],
-                      "customer (real)": w["target"], "reply": w["reply"]} for w in worst])
-
-
-def _charts(keys: list[str], records: dict, path: Path) -> Path | None:
-    if not keys:
-        return None
-    plt = pyplot()
-
-    names = list(records)
-    cols = min(2, len(keys))  # two charts a row: the image stays legible when the page scales it to a narrow window
-    rows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), dpi=100, squeeze=False)
-    for ax, key in zip(axes.flat, keys):
-        est = [records[n]["metrics"].get(key, M.NAN) for n in names]
-        values = [e.value if math.isfinite(e.value) else 0.0 for e in est]
-        err = [[max(e.value - e.low, 0) if math.isfinite(e.low) else 0 for e in est],
-               [max(e.high - e.value, 0) if math.isfinite(e.high) else 0 for e in est]]
-        ax.bar(names, values, yerr=err, capsize=4, color=["C0", "C7", "C2"][:len(names)])
-        ax.set_title(key)
-        ax.grid(axis="y", alpha=0.3)
-    for ax in list(axes.flat)[len(keys):]:
-        ax.axis("off")
-    return save_png(fig, path)

@@ -117,18 +117,13 @@ def decide(accuracy: dict[str, float | None], cfg: EvaluateConfig, skipped: dict
 
 
 def gate(comparison_path: str | Path, cfg: EvaluateConfig) -> dict:
-    """The decision for an evaluate step's comparison.json (written by calltune.evaluation.evaluate)."""
-    from calltune.evaluation.metrics import Estimate
+    """The decision for an evaluate step's comparison.json (calltune.evaluation.comparison)."""
+    from calltune.evaluation.comparison import estimate
 
     comparison = json.loads(Path(comparison_path).read_text(encoding="utf-8"))
     models = comparison["models"]
     accuracy = {name: (m.get("metrics", {}).get("accuracy") or {}).get("value") for name, m in models.items()}
     skipped = {name: m["skipped"] for name, m in models.items() if m.get("skipped")}
-
-    def estimate(d: dict | None):  # comparison.json writes NaN as null
-        return None if not d or d.get("value") is None else Estimate(
-            d["value"], *(math.nan if d.get(k) is None else d[k] for k in ("low", "high")), d.get("n", 0))
-
     intervals = {name: estimate(m.get("metrics", {}).get("accuracy")) for name, m in models.items()}
     gain = {name: estimate(d) for name, d in comparison.get("gain", {}).items()}
     realism = {name: {k: estimate(d) for k, d in metrics.items()}

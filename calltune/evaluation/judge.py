@@ -13,9 +13,14 @@ import json
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from calltune.config import JudgeConfig
 from calltune.evaluation import metrics
+
+if TYPE_CHECKING:
+    from calltune.backends.generator_base import Generator
 
 log = logging.getLogger(__name__)
 
@@ -65,45 +70,59 @@ def build_request(row: dict, cfg: JudgeConfig, seed: int) -> dict:
             "temperature": 0.0, "max_tokens": cfg.max_tokens, "seed": seed}
 
 
-def answer_object(answer: str) -> dict | None:
-    """The one JSON object a judge answered (bare or in a ```json fence), or None."""
-    text = answer.strip().removeprefix("```json").removeprefix("```").removesuffix("```")
+def answer_object(answer: str | None, *, rationale: bool = False) -> dict | None:
+    """The one JSON object a judge answered (bare or in a ```json fence), or None. `rationale`: None too unless the
+    object gives its reasons (a non-empty "rationale"): the prompts ask for them first, so the scores follow them.
+    The one parser of judge answers: the reply judge, the call review and the whole-call judge all read through it."""
+    text = (answer or "").strip().removeprefix("```json").removeprefix("```").removesuffix("```")
     match = _OBJECT.search(text)
     try:
         obj = json.loads(match.group(0)) if match else None
     except ValueError:
         return None
-    return obj if isinstance(obj, dict) else None
+    if not isinstance(obj, dict) or (rationale and not str(obj.get("rationale") or "").strip()):
+        return None
+    return obj
+
+
+def whole_number(value, low: int, high: int) -> int | None:
+    """A score the judge gave: a whole number from `low` to `high` (digits in a string count), else None."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high else None
 
 
 def parse(answer: str) -> dict[str, int | None]:
     """criterion -> score 1..5, or None where the answer gives none that can be read."""
-    obj = answer_object(answer)
-    if obj is None or not str(obj.get("rationale") or "").strip():
-        return dict.fromkeys(CRITERIA)
-    out: dict[str, int | None] = {}
-    for name in CRITERIA:
-        value = obj.get(name)
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value)
-        out[name] = value if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 5 else None
-    return out
+    obj = answer_object(answer, rationale=True) or {}
+    return {name: whole_number(obj.get(name), 1, 5) for name in CRITERIA}
 
 
-def make_judge(cfg: JudgeConfig, state_dir="."):
-    """A generator (calltune.backends.generators) for the configured judge; None when judging is off."""
+@dataclass(frozen=True)
+class Judge:
+    """The configured judge: its settings and the generator (calltune.backends.generators) that answers for it."""
+    cfg: JudgeConfig
+    generator: Generator
+
+    def close(self) -> None:
+        self.generator.close()
+
+
+def make_judge(cfg: JudgeConfig, state_dir=".") -> Judge | None:
+    """The configured judge; None when judging is off."""
     if cfg.backend == "none":
         return None
     from calltune.backends.generators import make_generator
 
-    return make_generator(cfg, state_dir)
+    return Judge(cfg, make_generator(cfg, state_dir))
 
 
-def judge(rows: list[dict], cfg: JudgeConfig, generator, *, seed: int = 42, samples: int = 1000) -> dict:
-    """Judge the first `cfg.max_examples` rows. Returns per-criterion Estimates over the readable scores, the
+def judge(rows: list[dict], judge: Judge, *, seed: int = 42, samples: int = 1000) -> dict:
+    """Judge the first `judge.cfg.max_examples` rows. Returns per-criterion Estimates over the readable scores, the
     counts (requests, failed, unparseable per criterion) and every judgment (for the report)."""
     from calltune.backends.generators import GenerateError
 
+    cfg, generator = judge.cfg, judge.generator
     rows = rows[:cfg.max_examples]
 
     def one(row: dict) -> tuple[str | None, str | None]:

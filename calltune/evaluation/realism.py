@@ -23,7 +23,6 @@ a simulator is judged by how far it is from real customers, not from zero.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -34,6 +33,7 @@ import numpy as np
 
 from calltune.evaluation import metrics as M
 from calltune.evaluation.error_analysis import spoke_as_seller
+from calltune.evaluation.judge import SYSTEM, Judge, answer_object, whole_number
 from calltune.runtime.guardrails import RULES, degenerate
 from calltune.runtime.guardrails import words as _words
 
@@ -67,6 +67,11 @@ ENDING_RULE = ("the model ends the call when its reply says the end-of-call mark
                "before the real call's last turn (early), at it, where the real customer ended the call (at end), "
                "or not by then (never; only calls whose real end is in the split count for these two)")
 QUESTION_RULE = "the turn contains a question mark"
+
+
+def is_friction(text: str) -> bool:
+    """FRICTION_RULE: the turn pushes back, hesitates or declines (the coach counts a seller's objections by it too)."""
+    return bool(FRICTION.search(text))
 
 # metric -> (what it measures, higher is better?); the table's order.
 METRICS = {
@@ -244,7 +249,7 @@ def side_metrics(turns: list[list[str]], sellers: list[list[str]], real: list[li
     degenerate = [_degenerate(c) for c in turns]
     est["degeneration_rate"] = _rate(degenerate, **kw)
     per_call["degeneration_rate"] = [sum(f) / len(f) if f else math.nan for f in degenerate]
-    friction = [[bool(FRICTION.search(t)) for t in c] for c in turns]
+    friction = [[is_friction(t) for t in c] for c in turns]
     est["friction_rate"] = _rate(friction, **kw)
     per_call["friction_rate"] = [sum(f) / len(f) if f else math.nan for f in friction]
     early = [float(_closes_early(c)) for c in turns]
@@ -274,11 +279,11 @@ def length_wasserstein(real: list[list[str]], simulated: list[list[str]], *, sam
 
 
 def realism(calls, simulated: dict[str, list], *, embedder=None, train_examples: list[dict] | None = None,
-            judge_ctx=None, samples: int = 1000, seed: int = 42,
+            judge: Judge | None = None, samples: int = 1000, seed: int = 42,
             groups: tuple[str, list[str]] | None = None, adversarial: dict | None = None) -> dict:
     """`calls`: calltune.evaluation.simulate.Call (the real calls); `simulated`: model name -> its Simulated calls, in the same
     order. `embedder`: calltune.runtime.embeddings.Embedder (None: the classifier metrics are skipped, with a note);
-    `train_examples`: the train split (the role classifier's data); `judge_ctx`: (JudgeConfig, generator) or None.
+    `train_examples`: the train split (the role classifier's data); `judge`: the configured judge or None.
     `groups`: (field, a label per call), e.g. ("meeting_type", [...]): friction per group (`by_group`).
     `adversarial`: name -> (contexts, replies) of calltune.evaluation.adversarial's suite: character breaks.
     Returns {"metrics": name -> metric -> Estimate (name "real" for the real calls), "per_call": name -> metric ->
@@ -332,24 +337,9 @@ def realism(calls, simulated: dict[str, list], *, embedder=None, train_examples:
                  else np.zeros(len(replies)))
             role = [out_of_role(r, c["sellers"]) or q >= ROLE_THRESHOLD for r, c, q in zip(replies, ctxs, p)]
             out["adversarial"][n] = adv.measure(ctxs, replies, role, len(calls), **kw)
-    if judge_ctx is not None:
-        judge_calls(calls, simulated, out, judge_ctx, **kw)
+    if judge is not None:
+        judge_calls(calls, simulated, out, judge, **kw)
     return out
-
-
-def as_json(result: dict) -> dict:
-    """`realism`'s result for comparison.json: every Estimate as a dict (NaN as null), per-call values left out."""
-    def plain(value):
-        if isinstance(value, M.Estimate):
-            return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                    for k, v in value.as_dict().items()}
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [plain(v) for v in value]
-        return value
-
-    return plain({k: v for k, v in result.items() if k != "per_call"})
 
 
 def by_group(calls, simulated: dict[str, list], field: str, labels: list[str], *, samples: int, seed: int) -> dict:
@@ -361,7 +351,7 @@ def by_group(calls, simulated: dict[str, list], field: str, labels: list[str], *
         sides = {REAL: [calls[i].customers for i in idx]} | {n: [sims[i].customers for i in idx]
                                                              for n, sims in simulated.items()}
         rows.append({"group": label, "calls": len(idx),
-                     "friction_rate": {n: _rate([[bool(FRICTION.search(t)) for t in c] for c in turns],
+                     "friction_rate": {n: _rate([[is_friction(t) for t in c] for c in turns],
                                                 samples=samples, seed=seed) for n, turns in sides.items()}})
     return {"field": field, "rows": rows}
 
@@ -406,7 +396,6 @@ Which call has the real customer? Answer with one JSON object and nothing else, 
 {{"rationale": "<two or three sentences>", "real": "A" or "B"}}"""
 
 CALL_CRITERIA = ("persona_consistency", "call_realism")
-_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 
 
 def _conversation(sellers: list[str], customers: list[str]) -> str:
@@ -414,31 +403,11 @@ def _conversation(sellers: list[str], customers: list[str]) -> str:
                                                                                             ("customer", c)))
 
 
-def _json(answer: str | None) -> dict | None:
-    if not answer:
-        return None
-    match = _OBJECT.search(answer)
-    try:
-        obj = json.loads(match.group(0)) if match else None
-    except ValueError:
-        return None
-    return obj if isinstance(obj, dict) and str(obj.get("rationale") or "").strip() else None
-
-
-def _score(obj: dict | None, key: str) -> int | None:
-    value = (obj or {}).get(key)
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    return value if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 5 else None
-
-
-def judge_calls(calls, simulated: dict[str, list], out: dict, judge_ctx, *, samples: int, seed: int) -> None:
+def judge_calls(calls, simulated: dict[str, list], out: dict, judge: Judge, *, samples: int, seed: int) -> None:
     """Adds the judge's whole-call scores (every side) and its pairwise detection rate (every model) to `out`.
     Unreadable answers and failed requests are counted and left out, never scored."""
     from calltune.backends.generators import GenerateError
-    from calltune.evaluation.judge import SYSTEM
-
-    cfg, generator = judge_ctx
+    cfg, generator = judge.cfg, judge.generator
     calls = calls[:cfg.max_examples]
 
     def ask(content: str) -> str | None:
@@ -457,9 +426,9 @@ def judge_calls(calls, simulated: dict[str, list], out: dict, judge_ctx, *, samp
             prompts = [CALL_PROMPT.format(persona=c.system or "(none given)", conversation=_conversation(*conv))
                        for c, conv in zip(calls, convs)]
             answers = list(pool.map(ask, prompts))
-            parsed = [_json(a) for a in answers]
+            parsed = [answer_object(a, rationale=True) for a in answers]
             for crit in CALL_CRITERIA:
-                scores = [_score(p, crit) for p in parsed]
+                scores = [whole_number((p or {}).get(crit), 1, 5) for p in parsed]
                 out["metrics"][name][crit] = M.mean([s for s in scores if s is not None], samples=samples, seed=seed)
             counts[name] = {"calls": len(prompts), "failed": sum(a is None for a in answers),
                             "unparseable": sum(a is not None and p is None for a, p in zip(answers, parsed))}
@@ -470,7 +439,7 @@ def judge_calls(calls, simulated: dict[str, list], out: dict, judge_ctx, *, samp
             # Both orders: real first (answer A is right), then simulated first (B is right).
             pairs = [PAIR_PROMPT.format(a=r, b=s) for r, s in zip(real, sim)] + \
                     [PAIR_PROMPT.format(a=s, b=r) for r, s in zip(real, sim)]
-            picks = [(_json(a) or {}).get("real") for a in pool.map(ask, pairs)]
+            picks = [(answer_object(a, rationale=True) or {}).get("real") for a in pool.map(ask, pairs)]
             n = len(calls)
             per_call = [[p == right for p, right in ((picks[i], "A"), (picks[n + i], "B")) if p in ("A", "B")]
                         for i in range(n)]

@@ -131,8 +131,8 @@ def task_outputs(run_dir: Path, task: str) -> dict[str, Any] | None:
 def summarize(cfg: Config, run_dir: Path) -> dict[str, Any]:
     from calltune.backends.registry import SecretNotFound, open_registry
 
-    steps = {t: task_outputs(run_dir, t) for t in ("ingest", "translate", "turn-split", "sample", "synthesize", "tune",
-                                                   "resolve-model", "evaluate", "gate", "deploy")}
+    steps = {t: task_outputs(run_dir, t) for t in ("ingest", "translate", "turn-split", "sample", "coach", "synthesize",
+                                                   "tune", "resolve-model", "evaluate", "gate", "deploy")}
     evaluation = steps["evaluate"] or {}
     accuracy = evaluation.get("Output")  # the evaluate component's return value, the gate metric
     deployed = steps["deploy"]
@@ -157,6 +157,9 @@ def summarize(cfg: Config, run_dir: Path) -> dict[str, Any]:
             "sample": (steps["sample"] or {}).get("metrics", {}),
             "synthesize": (steps["synthesize"] or {}).get("metrics", {}),
         },
+        # The scorecard and the offline review's figures (calltune.coaching.step), and the coach's own report.
+        "coach": (steps["coach"] or {}).get("metrics", {}),
+        "coach_report": str(run_dir / "coach" / "coaching" / "report.html") if steps["coach"] else None,
         "tune": (steps["tune"] or {}).get("metrics", {}),
         "metrics": evaluation.get("metrics", {}),
         "gate": {"metric": "accuracy", "accuracy": accuracy, "threshold": cfg.evaluate.threshold,
@@ -208,6 +211,12 @@ def outcome(summary: dict[str, Any], cfg: Config, out: Path, same_state: str = "
     if evaluated := summary["evaluation_only"]:
         lines.append(f"evaluation-only run (no tuning) of {evaluated['reference']}: {evaluated['kind']} model "
                      f"{evaluated['source']}, sha {evaluated['model_sha']}")
+    if coach := summary.get("coach"):
+        grade = (f"grade estimate MAE {coach['grade_mae']:.2f} against {coach['grade_baseline_mae']:.2f} for always the "
+                 f"mean" if "grade_mae" in coach else "no grade estimate")
+        lines.append(f"coach: {coach.get('criteria', 0)} criteria, {coach.get('items', 0)} checklist items "
+                     f"({coach.get('items_judged', 0)} beat their baseline); {grade}, on {coach.get('graded_test', 0)} "
+                     f"graded test calls; report: {summary['coach_report']}")
     if summary.get("report"):
         lines.append(f"report:  {summary['report']}")
     if (card := Path(summary["run_dir"]) / "tune" / "model" / "README.md").is_file():

@@ -29,7 +29,7 @@ _FUSE_FOLDER = re.compile(rf"/gcs/{BUCKET}(/.*)?")
 _IMAGE = re.compile(r"[a-z0-9.-]+(:[0-9]+)?/[^\s:@]+(:[\w][\w.-]{0,127}|@sha256:[0-9a-f]{64})")
 # Fields naming a file, or a model folder: on Vertex AI only Cloud Storage paths resolve (or bundled models, and
 # projects/... resources).
-_FILES = (("data", "input"), ("synthesize", "facts_file"))
+_FILES = (("data", "input"), ("synthesize", "facts_file"), ("coach", "scorecard"))
 _MODELS = (("tune", "base_model"), ("synthesize", "model"))
 END_STATES = ("PIPELINE_STATE_SUCCEEDED", "PIPELINE_STATE_FAILED", "PIPELINE_STATE_CANCELLED")
 SUBMIT_RETRIES = 5  # of the create request (429, 5xx), with the same job id
@@ -65,13 +65,16 @@ def console_hidden(cfg: Config) -> set[str]:
     template does not use (synthesis off, no judge, no seller model, a local translator, the other tuner's fields, the
     preference rounds' settings while they are off, an endpoint's
     concurrency for a local model), settings its DAG or machines fix (tune.backend, tune.processes, deploy.registry,
-    deploy.target) and deploy's retry/timeout/API-override knobs. They are compiled in as constants from the config,
+    deploy.target), deploy's retry/timeout/API-override/endpoint-sweep knobs and the coach's (examples, similar
+    calls, bootstrap resamples: how its figures are made and shown, not what it learns). They are compiled in as
+    constants from the config,
     and `calltune submit` refuses a config whose values for them differ, so the config stays the single source."""
     def fields(section: str, names=None) -> set[str]:
         return {f"{section}_{f}" for f in names or type(getattr(cfg, section)).model_fields}
 
     hidden = fields("tune", ("backend", "processes")) | fields("deploy", (
-        "registry", "target", "endpoint", "max_retries", "retry_backoff_s", "timeout_s"))  # + operational knobs
+        "registry", "target", "endpoint", "max_retries", "retry_backoff_s", "timeout_s", "sweep_endpoints"))  # + ops
+    hidden |= fields("coach", ("examples_per_criterion", "similar_calls", "bootstrap_samples"))
     if not cfg.synthesize.enabled:
         hidden |= fields("synthesize")
     if cfg.judge.backend == "none":

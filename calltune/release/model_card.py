@@ -7,6 +7,8 @@ Written in two stages, because the figures come from two steps:
   the gate's decision, written to the evaluation folder as model_card.md. The tuned model artifact itself is an
   input of evaluate and is not rewritten there; `calltune run` copies the completed card over the run's
   tune/model/README.md once the pipeline has finished.
+Both show the coach the model carries (COACH_DIR: the coach step's files, calltune.coaching.step): its scorecard and
+figures, from the report section the coach wrote (COACH_SUMMARY); the card never imports the coach.
 """
 from __future__ import annotations
 
@@ -18,11 +20,29 @@ from typing import Any
 import yaml
 
 from calltune.core.io import atomic_open, file_sha256, write_json
+from calltune.core.report import Report
 from calltune.runtime.loading import MODEL_CARD
 
 # Bundled base model name -> its id on the Hugging Face Hub (the card names the model, never a local cache path).
 HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 SPLITS = ("train", "validation", "test")
+COACH_DIR = "coach"              # in a model folder: the coach it was built with (calltune.coaching.step)
+COACH_SUMMARY = "summary.json"   # the coach's report section: {"title", "parts"} (calltune.core.report parts)
+
+
+def coach_summary(model_dir: str | Path) -> Report | None:
+    """The coach's section of a report about the model, as the coach step wrote it; None without a coach."""
+    path = Path(model_dir) / COACH_DIR / COACH_SUMMARY
+    if not path.is_file():
+        return None
+    section = json.loads(path.read_text(encoding="utf-8"))
+    return Report(section["title"]).extend(section["parts"])
+
+
+def coach_section(model_dir: str | Path) -> list[str]:
+    """The coach's section of the model card (Markdown lines, headings from ##), or [] without a coach."""
+    summary = coach_summary(model_dir)
+    return summary.to_markdown(level=2).splitlines() + [""] if summary else []
 
 
 def used_settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +95,7 @@ def write_model_card(model_dir: str | Path, *, comparison: dict | None = None, t
     card = json.loads((model_dir / MODEL_CARD).read_text(encoding="utf-8"))
     path = Path(to) if to else model_dir / "README.md"
     with atomic_open(path) as fh:
-        fh.write(render(card, comparison))
+        fh.write(render(card, comparison, coach=coach_section(model_dir)))
     return path
 
 
@@ -123,8 +143,9 @@ def _estimate(est: dict | None) -> str:
     return f"{est['value']:.4f}{interval}"
 
 
-def render(card: dict[str, Any], comparison: dict | None = None) -> str:
-    """The card's text: YAML front matter, then the sections a reader of the Hub expects."""
+def render(card: dict[str, Any], comparison: dict | None = None, coach: list[str] = ()) -> str:
+    """The card's text: YAML front matter, then the sections a reader of the Hub expects; `coach`: the coaching
+    section (coach_section)."""
     data = card.get("data") or {}
     gemini = card.get("backend") == "gemini"
     base = hub_id(card)
@@ -175,6 +196,7 @@ def render(card: dict[str, Any], comparison: dict | None = None) -> str:
         "Pending: this card was written when tuning finished. The evaluate step writes the completed card, with "
         "every compared model's scores and the gate's decision, as model_card.md in its evaluation folder "
         "(`calltune run` also copies it here).", ""]
+    lines += list(coach)
     lines += ["## How to use", "", "```", "calltune chat     # talk to the model in the secret's latest version",
               "calltune serve    # OpenAI-compatible /v1/chat/completions", "```", ""]
     if not gemini:

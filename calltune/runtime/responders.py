@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from calltune.backends.genai import to_contents, vertex_client
 from calltune.backends.resources import vertex_model
 from calltune.config import SplitConfig
 from calltune.conversation.render import to_messages
@@ -245,8 +246,6 @@ class GeminiResponder:
     def __init__(self, resource: str, base_url: str = "", split: SplitConfig | None = None, max_concurrency: int = 8):
         from google.genai import types
 
-        from calltune.backends.genai import vertex_client
-
         name = vertex_model(resource)
         if name is None:
             raise ValueError("the endpoint is not a Vertex AI endpoint or model resource name")
@@ -257,25 +256,37 @@ class GeminiResponder:
 
     def start(self, example: Example, sampling: Sampling, on_text=None, cancelled=None,
               earlier=None) -> Future[Generation]:
-        return self._pool.submit(self._generate, example, sampling, on_text)
+        return self._pool.submit(self._generate, example, sampling, on_text, cancelled)
 
-    def _generate(self, example: Example, sampling: Sampling, on_text) -> Generation:
-        from calltune.backends.genai import to_contents
-
+    def _generate(self, example: Example, sampling: Sampling, on_text, cancelled) -> Generation:
+        """Whole, or streamed when the caller takes the text as it comes; a request cancelled while it waited for a
+        thread is never sent, and a streamed one stops reading at the next piece (google-genai cannot abort a
+        whole answer in flight)."""
+        if cancelled and cancelled():
+            return Generation("", 0, 0, "cancelled")
         system, contents = to_contents(to_messages({**example, "target": ""})["messages"][:-1])
         extra = {"top_p": sampling.top_p} if sampling.top_p < 1 else {}
         extra |= {"seed": sampling.seed} if sampling.seed is not None else {}
         extra |= {"stop_sequences": list(sampling.stop)} if sampling.stop else {}
-        response = self._client.models.generate_content(
-            model=self.resource, contents=contents,
-            config=self._types.GenerateContentConfig(system_instruction=system, max_output_tokens=sampling.max_tokens,
-                                                     temperature=sampling.temperature, **extra))
-        text = (response.text or "").strip()
-        if on_text and text:
-            on_text(text)
-        usage = response.usage_metadata
-        finish = str(getattr(response.candidates[0], "finish_reason", "") if response.candidates else "")
-        return end_of_call(Generation(text, (usage and usage.prompt_token_count) or 0,
+        request = dict(model=self.resource, contents=contents, config=self._types.GenerateContentConfig(
+            system_instruction=system, max_output_tokens=sampling.max_tokens, temperature=sampling.temperature,
+            **extra))
+        if on_text is None:
+            responses = [self._client.models.generate_content(**request)]
+        else:
+            responses = self._client.models.generate_content_stream(**request)
+        text, usage, finish = "", None, ""
+        for response in responses:
+            if cancelled and cancelled():
+                return Generation(text.strip(), 0, 0, "cancelled")
+            piece = response.text or ""
+            if on_text and piece:
+                on_text(piece)
+            text += piece
+            usage = response.usage_metadata or usage
+            if response.candidates and getattr(response.candidates[0], "finish_reason", None):
+                finish = str(response.candidates[0].finish_reason)
+        return end_of_call(Generation(text.strip(), (usage and usage.prompt_token_count) or 0,
                                       (usage and usage.candidates_token_count) or 0,
                                       "length" if "MAX_TOKENS" in finish else "stop"), self.split.end_of_call)
 
@@ -324,7 +335,8 @@ class EndpointResponder:
                 on_text(chunk.choices[0].delta.content)
             if chunk.choices and chunk.choices[0].finish_reason == "length":
                 finish = "length"
-        return end_of_call(Generation(text, usage.prompt_tokens if usage else 0,
+        # stripped as every other path strips it: a reply never depends on the mode
+        return end_of_call(Generation(text.strip(), usage.prompt_tokens if usage else 0,
                                       usage.completion_tokens if usage else 0, finish), self.split.end_of_call)
 
     def close(self) -> None:

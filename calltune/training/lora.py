@@ -29,7 +29,7 @@ from calltune.runtime.loading import (
     weights_sha256,
 )
 from calltune.runtime.scoring import reply_logits
-from calltune.training.settings import callbacks, lora_config, training_args
+from calltune.training.settings import callbacks, lora_config, readable_progress, training_args
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +277,7 @@ def _train(train_path, validation_path, out_dir, cfg: TuneConfig, *, seed: int, 
 
     maker = seq2seq.make_trainer if encoder_decoder else make_trainer
     trainer = maker(base_path, train_rows, eval_rows, cfg, seed=seed, work_dir=work)
+    readable_progress(trainer)
     result = trainer.train(resume_from_checkpoint=resume or None)
     validation = _kept_validation(trainer) if eval_rows else {}
     if not trainer.is_world_process_zero():

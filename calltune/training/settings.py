@@ -75,3 +75,35 @@ def callbacks(cfg: TuneConfig, has_eval: bool) -> list:
     from transformers import EarlyStoppingCallback
 
     return [EarlyStoppingCallback(cfg.early_stopping_patience)] if has_eval and cfg.early_stopping_patience else []
+
+
+_NAMES = {"loss": "loss", "grad_norm": "grad norm", "learning_rate": "learning rate", "eval_loss": "loss",
+          "eval_token_accuracy": "token accuracy", "train_loss": "mean loss"}
+
+
+def progress_line(logs: dict, step: int, max_steps: int) -> str:
+    """One readable line for a Trainer log record: a training step's figures, a validation's, or the summary at
+    the end (speeds and FLOPs, which the training report gives, are left out)."""
+    def fmt(value) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    if "train_runtime" in logs:
+        return f"trained: {step} steps in {logs['train_runtime']:.0f} s, mean loss {fmt(logs.get('train_loss'))}"
+    validation = any(k.startswith("eval_") for k in logs)
+    shown = [f"{_NAMES.get(k, k.removeprefix('eval_').replace('_', ' '))} {fmt(v)}" for k, v in logs.items()
+             if k not in ("epoch", "total_flos", "step") and not k.endswith(("_runtime", "_per_second"))]
+    where = f"step {step}/{max_steps}" + (f", epoch {logs['epoch']:.2f}" if "epoch" in logs else "")
+    return f"{'validation at ' if validation else ''}{where}: {', '.join(shown)}"
+
+
+def readable_progress(trainer) -> None:
+    """Keep Trainer's progress bar, but write each log record as one readable line instead of its raw dict."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class ProgressLines(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and logs:
+                self.training_bar.write(progress_line(logs, state.global_step, state.max_steps))
+
+    if trainer.pop_callback(ProgressCallback) is not None:  # none when tqdm is off (then nothing prints)
+        trainer.add_callback(ProgressLines())

@@ -8,7 +8,8 @@ a handler gets the path match and the JSON body and returns (status, JSON object
 Faults are injected per request, before the handler runs: an HTTP status (429, 500, 503, 504...) answered in
 Google's JSON error shape, or HANG (no answer until the fake stops, so the client's own timeout fires).
 `inject(...)` queues faults for the next requests in order; `fail_when(predicate, fault)` applies one to every
-request whose body matches, for good (`every(n)`: every n-th request); `hang_after(n)` holds every request after the n-th.
+request whose body matches, until `heal()` (`every(n)`: every n-th request); `hang_after(n)` holds every request
+after the n-th.
 
 `latency_s` delays every answer (to see requests overlap). One HTTP handler serves every fake: inside a handler,
 `query()` and `_header(name)` read the request being handled; a handler may answer `Raw` bytes instead of JSON, and
@@ -40,11 +41,12 @@ STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSIO
 
 
 class ApiError(Exception):
-    """Raised by a handler to answer with a Google JSON error."""
+    """Raised by a handler to answer with a Google JSON error; `name`: its google.rpc status, where the HTTP status
+    stands for several (400: INVALID_ARGUMENT or FAILED_PRECONDITION...)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, name: str = ""):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.name = status, message, name
 
 
 class Raw(NamedTuple):
@@ -114,6 +116,11 @@ class FakeGoogleApi:
         with self._lock:
             self._rules.append((predicate, fault))
 
+    def heal(self) -> None:
+        """Stop the `fail_when` faults: the service answers normally again."""
+        with self._lock:
+            self._rules.clear()
+
     def hang_after(self, n: int | None) -> None:
         with self._lock:
             self._hang_after = n
@@ -169,7 +176,7 @@ class FakeGoogleApi:
                 try:
                     return 200, handler(match, body)
                 except ApiError as exc:
-                    return exc.status, _error(exc.status, exc.message)
+                    return exc.status, _error(exc.status, exc.message, exc.name)
         return 404, _error(404, f"fake: no route for {method} {path}")
 
     # ---- the request being handled (inside a handler) ----
@@ -231,5 +238,5 @@ def every(n: int) -> Callable[[Any], bool]:
     return lambda body: next(count) % n == 0
 
 
-def _error(status: int, message: str) -> dict:
-    return {"error": {"code": status, "message": message, "status": STATUS_NAMES.get(status, "UNKNOWN")}}
+def _error(status: int, message: str, name: str = "") -> dict:
+    return {"error": {"code": status, "message": message, "status": name or STATUS_NAMES.get(status, "UNKNOWN")}}

@@ -1,17 +1,22 @@
 """A fake Vertex AI `generateContent` (REST), the call google-genai makes for an endpoint or a tuned model.
 
 The reply names the model resource's last segment and echoes the last user text (`<id> says: <text>`), so a
-test sees which model answered what. Requests are checked as the service checks them: contents must be
-non-empty and use only the roles user and model, and every part needs text.
+test sees which model answered what; `streamGenerateContent` (`?alt=sse`) sends the same reply word by word.
+Requests are checked as the service checks them: contents must be non-empty and use only the roles user and model,
+and every part needs text.
 """
 from __future__ import annotations
 
-from . import ApiError, FakeGoogleApi
+import json
+
+from . import ApiError, FakeGoogleApi, Raw
 
 
 class FakeVertex(FakeGoogleApi):
     routes = [("POST", r"/(?P<api>v1|v1beta1)/(?P<model>projects/[^/]+/locations/[^/]+/(endpoints|models)/[^/:]+)"
                        r":generateContent", "generate_content"),
+              ("POST", r"/(?P<api>v1|v1beta1)/(?P<model>projects/[^/]+/locations/[^/]+/(endpoints|models)/[^/:]+)"
+                       r":streamGenerateContent", "stream_generate_content"),
               ("GET", r"/v1/(?P<model>projects/[^/]+/locations/[^/]+/endpoints/[^/:]+)", "get_endpoint")]
 
     def get_endpoint(self, match, body) -> dict:
@@ -32,3 +37,14 @@ class FakeVertex(FakeGoogleApi):
         text = f"{match['model'].rsplit('/', 1)[1]} says: {last_user}"
         return {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP"}],
                 "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 1}}
+
+    def stream_generate_content(self, match, body: dict) -> Raw:
+        whole = self.generate_content(match, body)
+        words = whole["candidates"][0]["content"]["parts"][0]["text"].split(" ")
+        events = []
+        for i, word in enumerate(words):
+            last = i == len(words) - 1
+            chunk = {"candidates": [{"content": {"role": "model", "parts": [{"text": word + ("" if last else " ")}]},
+                                     **({"finishReason": "STOP"} if last else {})}]}
+            events.append("data: " + json.dumps({**chunk, **({"usageMetadata": whole["usageMetadata"]} if last else {})}))
+        return Raw(("\n\n".join(events) + "\n\n").encode(), "text/event-stream")

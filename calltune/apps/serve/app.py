@@ -51,6 +51,7 @@ def create_app(watcher: Watcher, cfg: ServeConfig | None = None, api_key: str = 
     cfg = cfg or ServeConfig()
     app = FastAPI(title="calltune", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.watcher, app.state.cfg, app.state.api_key = watcher, cfg, api_key
+    app.state.on_stop = []  # what the server closes when it stops (the practice history's connections)
     chat = app.state.chat = ServingChat(watcher, cfg)
     secret = watcher.cfg.secret_id
 
@@ -134,6 +135,7 @@ class Server:
         self.url = f"http://{f'[{host}]' if family == socket.AF_INET6 else host}:{port}"
         self.server = uvicorn.Server(uvicorn.Config(app, timeout_keep_alive=int(max(1, cfg.idle_timeout_s)),
                                                     log_config=None, access_log=False, lifespan="off"))
+        self.app = app
         self.thread: threading.Thread | None = None
 
     def run(self) -> None:
@@ -154,7 +156,12 @@ class Server:
         self.server.should_exit = True
         if self.thread:
             self.thread.join()
+        self.close()
+
+    def close(self) -> None:
         self.socket.close()
+        for close in self.app.state.on_stop:
+            close()
 
 
 def open_server(cfg: ServeConfig, deploy: DeployConfig, state_dir: Path, split: SplitConfig | None = None,
@@ -202,5 +209,5 @@ def serve(cfg: ServeConfig, deploy: DeployConfig, state_dir: Path, split: SplitC
                  "; API key required" if server.server.config.app.state.api_key else "")
         server.run()
     finally:
-        server.socket.close()
+        server.close()
         watcher.stop()

@@ -31,6 +31,7 @@ class ParseSettings:
         self.system_prompt = cfg.system_prompt
         self.qa_keys = (cfg.qa_input_key, cfg.qa_output_key)
         self.max_field_chars = cfg.max_field_chars
+        self.evaluation = False  # seed_csv: the header has evaluation columns (calltune.data.ingest.Source sets it)
 
     def system(self, persona: dict[str, str]) -> str:
         return render_system(self.system_prompt, tuple(persona.items()))

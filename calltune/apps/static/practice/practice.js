@@ -1,10 +1,12 @@
 // The practice page: the seller chooses a customer, holds a call with the model (streamed replies from
-// /v1/chat/completions), ends it, downloads the transcript and reads the judge's review. Plain JavaScript, no
-// build step; every text from the server goes into the page as text, never as HTML.
+// /v1/chat/completions), ends it and reads the coach's review beside the call (and the judge's, with one configured);
+// under a typed name the call goes into the practice history ("My progress"). Plain JavaScript, no build step;
+// every text from the server goes into the page as text, never as HTML.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const KEY = "calltune.apiKey";  // sessionStorage only: the key leaves with the tab
+const SELLER = "calltune.seller";  // the name calls are filed under, for this tab
 const params = new URLSearchParams(location.search);
 // Longest silence while waiting for a reply: a little over the server's own request timeout, unless set in the URL.
 const timeoutS = () => Number(params.get("timeout_s")) || (state.setup ? state.setup.timeout_s + 5 : 120);
@@ -13,6 +15,7 @@ const AUTO_RETRIES = 5;  // 429/503 with Retry-After are retried this often befo
 const state = {
   setup: null,       // GET /practice/api/setup
   customer: null,    // {label, fields, system}
+  callId: null,      // this call's key: a retried save stores it once
   turns: [],         // [{role: "seller"|"customer", text}]
   servedBy: [],      // model names that answered this call
   hungUp: false,     // the customer ended this call
@@ -22,6 +25,8 @@ const state = {
   autoRetries: 0,
   countdown: null,
   afterKey: null,    // what to do once the seller has entered the API key
+  progressBefore: null,  // the history page to read next ("Older calls")
+  progressFrom: null,    // the section "Back" returns to
 };
 
 class HttpError extends Error {
@@ -138,8 +143,18 @@ async function loadSetup() {
   const setup = await api("/practice/api/setup");
   state.setup = setup;
   $("served").textContent = versionLabel(setup);
+  $("name-notice").textContent = setup.name_notice;
   $("forget-key").hidden = !sessionStorage.getItem(KEY);
   return setup;
+}
+
+function seller() {
+  return $("seller").value.trim().replace(/\s+/g, " ");
+}
+
+function newCallId() {  // crypto.randomUUID needs a secure context; a LAN address over http is not one
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return `practice-${[...bytes].map((b) => b.toString(16).padStart(2, "0")).join("")}`;
 }
 
 function fillCustomers(setup) {
@@ -339,6 +354,8 @@ async function startCall() {
     notice("");
   }
   state.lastVersion = setup.version;
+  state.callId = newCallId();
+  sessionStorage.setItem(SELLER, seller());
   state.turns = [];
   state.servedBy = [];
   state.hungUp = false;
@@ -347,6 +364,7 @@ async function startCall() {
   $("call-with").textContent = `You are calling ${state.customer.label}. Version ${setup.version} answers.`;
   $("choose").hidden = true;
   $("after").hidden = true;
+  $("progress").hidden = true;
   $("call").hidden = false;
   $("line").value = "";
   if ($("customer-opens").checked && setup.opening_prompt) await customerReplies();
@@ -367,9 +385,51 @@ async function say(event) {
 // ---------------------------------------------------------------- after the call
 
 function transcript() {
-  const stamp = new Date().toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
-  return { call_id: `practice-${stamp}`, persona: state.customer.fields, system: state.customer.system,
+  return { call_id: state.callId, persona: state.customer.fields, system: state.customer.system,
     turns: state.turns.map((t) => ({ role: t.role, text: t.text })), served_by: state.servedBy };
+}
+
+function el(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = text;
+  if (className) node.className = className;
+  return node;
+}
+
+function showCall(turns) {
+  const list = $("after-transcript");
+  list.replaceChildren();
+  turns.forEach((t, i) => {
+    const li = el("li", null, `turn ${t.role}`);
+    li.dataset.turn = String(i);
+    li.tabIndex = -1;
+    li.append(el("span", t.role === "seller" ? "You" : `Customer (${state.customer.label})`, "who"),
+      el("span", t.text || "(silence)", "text"));
+    list.append(li);
+  });
+}
+
+// A quoted moment: a button that scrolls the call to its turn and marks it.
+function quote(turn, text) {
+  const button = el("button", `“${text}”`, "quote");
+  button.type = "button";
+  button.dataset.turn = String(turn);
+  button.title = "Show this moment in the call";
+  button.addEventListener("click", () => {
+    const li = $("after-transcript").querySelector(`[data-turn="${turn}"]`);
+    if (!li) return;
+    for (const old of document.querySelectorAll(".turn.flash")) old.classList.remove("flash");
+    li.classList.add("flash");
+    li.scrollIntoView({ block: "center" });
+    li.focus({ preventScroll: true });
+  });
+  return button;
+}
+
+function interval(f, digits = 2) {
+  if (!f || f.value === null || f.value === undefined) return "n/a";
+  const v = f.value.toFixed(digits);
+  return f.low === null || f.low === undefined ? v : `${v} [${f.low.toFixed(digits)}, ${f.high.toFixed(digits)}]`;
 }
 
 function endCall() {
@@ -385,46 +445,226 @@ function endCall() {
   $("copied").textContent = "";
   $("ended-by").textContent = state.hungUp ? `${state.customer.label} hung up: the call is over.` : "";
   $("ended-by").hidden = !state.hungUp;
+  showCall(call.turns);
   $("call").hidden = true;
   $("after").hidden = false;
-  link.focus();
+  $("after-title").focus();
   review(call);
 }
 
-function reviewSection(title, text, className) {
-  const h = document.createElement("h3");
-  h.textContent = title;
-  const p = document.createElement("p");
-  p.textContent = text;
-  if (className) p.className = className;
-  return [h, p];
+async function review(call) {
+  $("coach-review").replaceChildren();
+  $("judge-review").replaceChildren();
+  if (!call.turns.some((t) => t.role === "seller" && t.text.trim())) {
+    $("coach-review").append(el("h3", "Your review"),
+      el("p", "You said nothing in this call, so there is nothing of yours to review (no grade)."));
+    return;
+  }
+  await coachReview(call);
+  await judgeReview(call);
 }
 
-async function review(call) {
-  const box = $("review");
-  box.replaceChildren();
-  if (!state.setup.judge) {
-    box.append(...reviewSection("Review", "No judge is configured (judge.* in the config), so this call gets no review."));
-    return;
-  }
-  if (!call.turns.some((t) => t.role === "seller")) {
-    box.append(...reviewSection("Review", "You said nothing in this call, so there is nothing to review."));
-    return;
-  }
-  box.append(...reviewSection("Review", `The judge (${state.setup.judge}) is reviewing your call…`));
+async function coachReview(call) {
+  const box = $("coach-review");
+  box.replaceChildren(el("h3", "Your review"), el("p", "The coach is reading your call…", "hint"));
   try {
-    const r = await api("/practice/api/review", call);
-    box.replaceChildren(
-      ...reviewSection("The judge's reasoning", r.rationale),
-      ...reviewSection("Overview", r.overview),
-      ...reviewSection("What went well", r.positive),
-      ...reviewSection("What to do better", r.negative),
-      ...reviewSection("Grade", `${r.grade} / 10`, "grade"),
-    );
+    const saved = await api("/practice/api/calls", { ...call, seller: seller() });
+    box.replaceChildren(...coachSections(saved.review));
+    if (saved.stored) box.append(el("p", `Saved in the practice history of “${seller()}”.`, "hint saved"));
   } catch (err) {
-    box.replaceChildren(...reviewSection("Review", "No review: see the message above."));
-    showError(err, () => review(call));
+    box.replaceChildren(el("h3", "Your review"), el("p", "No review: see the message above."));
+    showError(err, () => coachReview(call));  // the same call_id: a retry stores the call once
   }
+}
+
+function coachSections(r) {
+  const out = [el("h3", "Your review"), el("p", r.notice, "hint")];
+  out.push(el("h4", "Grade estimate"));
+  const g = r.grade;
+  if (g.estimate === null || g.estimate === undefined) {
+    out.push(el("p", `No grade: ${g.why}.`, "no-grade"));
+  } else {
+    out.push(el("p", `${g.shown} out of ${g.scale[1]}`, "estimate"));
+    out.push(el("p", `How sure: on ${g.n_test} graded test calls this estimate was off by ${interval(g.mae, 1)} grade `
+      + `points on average (always guessing the average grade: ${interval(g.baseline_mae, 1)}); rank agreement with `
+      + `the real grades ${interval(g.spearman)}.${g.within_noise ? " Its edge over guessing the average is within "
+      + "noise: take it as a rough hint." : ""}`, "hint"));
+  }
+  out.push(el("h4", "How you talked"));
+  const list = el("ul", null, "analytics");
+  for (const a of r.analytics) {
+    const li = el("li");
+    li.dataset.metric = a.metric;
+    li.append(el("strong", `${a.label}: `), el("span", a.shown, "value"));
+    if (a.band) li.append(el("span", ` · ${a.band}${a.percentile !== undefined ? `; you: percentile ${a.percentile}` : ""}`, "hint"));
+    for (const e of a.evidence.slice(0, 3)) li.append(quote(e.turn, e.quote));
+    list.append(li);
+  }
+  out.push(list);
+  if (!r.scorecard) return out;
+  out.push(el("h4", "The company's scorecard"));
+  for (const c of r.criteria) {
+    const section = el("div", null, "criterion");
+    section.append(el("h5", c.original && c.original !== c.title ? `${c.title} (${c.original})` : c.title));
+    const items = el("ul");
+    for (const item of c.items) {
+      const li = el("li");
+      const judged = item.verdict !== "not judged";
+      li.append(el("span", item.verdict, `verdict ${judged ? item.verdict : "unjudged"}`), el("span", item.name));
+      const f = item.figures;
+      if (judged) {
+        li.append(el("p", `accuracy on ${f.n_test} test calls ${interval(f.accuracy)} against always “${f.majority}” `
+          + `${interval(f.baseline_accuracy)}${item.within_noise ? ": within noise" : ""}`, "figures"));
+      } else {
+        li.append(el("p", `Not judged: ${item.why}.`, "figures"));
+      }
+      if (item.evidence.length) li.append(el("p", `The line that weighed most toward “${item.verdict}”:`, "figures"));
+      for (const e of item.evidence) li.append(quote(e.turn, e.quote));
+      items.append(li);
+    }
+    section.append(items);
+    if (c.similar.length) {
+      section.append(el("p", "Feedback that similar calls received (the company's words on other calls, not a "
+        + "judgement of this one):", "similar"));
+      const similar = el("ul", null, "similar");
+      for (const s of c.similar) similar.append(el("li", `${s.summary} (a call graded ${s.grade})`));
+      section.append(similar);
+    }
+    out.push(section);
+  }
+  return out;
+}
+
+async function judgeReview(call) {
+  const box = $("judge-review");
+  if (!state.setup.judge) {
+    box.replaceChildren(el("p", "No judge is configured (judge.* in the config), so there is no judge's review; the "
+      + "coach's review above needs none.", "hint"));
+    return;
+  }
+  box.replaceChildren(el("h3", `The judge's review (${state.setup.judge})`),
+    el("p", `The judge (${state.setup.judge}) is reviewing your call…`, "hint"));
+  try {
+    const r = await api("/practice/api/review", { ...call, seller: seller() });
+    box.replaceChildren(...judgeSections(r));
+  } catch (err) {
+    box.replaceChildren(el("h3", `The judge's review (${state.setup.judge})`), el("p", "No judge's review: see the message above."));
+    showError(err, () => judgeReview(call));
+  }
+}
+
+function judgeSections(r) {
+  const out = [el("h3", `The judge's review (${state.setup.judge})`)];
+  for (const [title, text] of [["The judge's reasoning", r.rationale], ["Overview", r.overview],
+    ["What went well", r.positive], ["What to do better", r.negative]]) out.push(el("h4", title), el("p", text));
+  for (const f of r.feedbacks || []) {
+    const section = el("div", null, "criterion");
+    section.append(el("h5", f.title), el("p", f.summary));
+    if (f.evidence) {
+      section.append(f.evidence_turn === null ? el("p", `“${f.evidence}” (not found in your lines)`, "hint")
+        : quote(f.evidence_turn, f.evidence));
+    }
+    const items = el("ul");
+    for (const c of f.checklist) {
+      const li = el("li");
+      li.append(el("span", c.status ? "yes" : "no", `verdict ${c.status ? "yes" : "no"}`), el("span", c.type));
+      items.append(li);
+    }
+    section.append(items);
+    out.push(section);
+  }
+  out.push(el("h4", "Grade"), el("p", `${r.grade} / ${state.setup.coach.scale ? state.setup.coach.scale[1] : 10}`, "grade"));
+  const raw = el("details");
+  raw.append(el("summary", "The review as JSON, in the shape of the company's export"), el("pre", JSON.stringify(r, null, 2)));
+  out.push(raw);
+  return out;
+}
+
+// ---------------------------------------------------------------- my progress
+
+function chart(calls) {
+  const graded = calls.some((c) => c.grade !== null);
+  const points = calls.slice().reverse().map((c) => (graded ? c.grade : c.analytics.talk_ratio))
+    .filter((v) => v !== null && v !== undefined);
+  const svg = $("progress-chart");
+  const ns = svg.namespaceURI;  // the page's own <svg>: its children are made in its namespace
+  const make = (tag, attrs) => {
+    const node = document.createElementNS(ns, tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+    return node;
+  };
+  svg.replaceChildren();
+  $("progress-chart-label").textContent = !points.length ? ""
+    : graded ? "Grade estimates of your calls, oldest to newest" : "Your share of the words, oldest to newest";
+  if (!points.length) return;
+  const [low, high] = graded ? (state.setup.coach.scale || [0, 10]) : [0, 1];
+  const w = 360, h = 130, pad = 28;
+  const x = (i) => pad + (points.length === 1 ? (w - 2 * pad) / 2 : (i * (w - 2 * pad)) / (points.length - 1));
+  const y = (v) => h - pad - ((v - low) / (high - low || 1)) * (h - 2 * pad);
+  for (const [v, text] of [[low, graded ? String(low) : "0%"], [high, graded ? String(high) : "100%"]]) {
+    const t = make("text", { x: 2, y: y(v) + 4, "font-size": 10 });
+    t.textContent = text;
+    svg.append(t, make("line", { x1: pad, x2: w - pad, y1: y(v), y2: y(v), stroke: "#d5dae1" }));
+  }
+  svg.append(make("polyline", { points: points.map((v, i) => `${x(i)},${y(v)}`).join(" "), fill: "none",
+    stroke: "#1f5fbf", "stroke-width": 2 }));
+  points.forEach((v, i) => {
+    const dot = make("circle", { cx: x(i), cy: y(v), r: 4, fill: "#1f5fbf", class: "point" });
+    const tip = make("title", {});
+    tip.textContent = graded ? `call ${i + 1}: about ${v.toFixed(1)}` : `call ${i + 1}: ${(v * 100).toFixed(0)}%`;
+    dot.append(tip);
+    svg.append(dot);
+  });
+}
+
+function progressRow(c) {
+  const tr = document.createElement("tr");
+  const a = c.analytics;
+  const cells = [new Date(c.at).toLocaleString(), c.customer || "", c.grade_shown || "no grade",
+    c.judge_grade === null ? "-" : String(c.judge_grade), a.talk_ratio === null ? "-" : `${Math.round(a.talk_ratio * 100)}%`,
+    String(a.questions ?? "-"), a.next_step ? "yes" : "no"];
+  for (const text of cells) tr.append(el("td", text));
+  return tr;
+}
+
+async function showProgress(more = false) {
+  clearError();
+  const name = seller() || sessionStorage.getItem(SELLER) || "";
+  if (!more) {
+    state.progressFrom = ["choose", "call", "after"].find((id) => !$(id).hidden) || "choose";
+    state.progressBefore = null;
+    $("progress-table").querySelector("tbody").replaceChildren();
+  }
+  for (const id of ["choose", "call", "after"]) $(id).hidden = true;
+  $("progress").hidden = false;
+  $("progress-notice").textContent = state.setup ? state.setup.name_notice : "";
+  if (!name) {
+    $("progress-who").textContent = "Type your name where you choose a customer: your calls are kept under it.";
+    $("progress-more").hidden = true;
+    chart([]);
+    return;
+  }
+  $("progress-who").textContent = `Practice calls of “${name}”.`;
+  try {
+    const query = new URLSearchParams({ seller: name });
+    if (more && state.progressBefore !== null) query.set("before", String(state.progressBefore));
+    const page = await api(`/practice/api/history?${query}`);
+    const body = $("progress-table").querySelector("tbody");
+    for (const c of page.calls) body.append(progressRow(c));
+    state.progressCalls = more ? [...(state.progressCalls || []), ...page.calls] : page.calls;
+    state.progressBefore = page.next;
+    $("progress-more").hidden = page.next === null;
+    if (!state.progressCalls.length) $("progress-who").textContent = `No practice calls under “${name}” yet.`;
+    chart(state.progressCalls);
+  } catch (err) {
+    showError(err, () => showProgress(more));
+  }
+  $("progress-title").focus();
+}
+
+function closeProgress() {
+  $("progress").hidden = true;
+  $(state.progressFrom || "choose").hidden = false;
 }
 
 async function copyTranscript() {
@@ -441,6 +681,7 @@ async function copyTranscript() {
 async function newCall() {
   clearError();
   $("after").hidden = true;
+  $("progress").hidden = true;
   $("choose").hidden = false;
   try {
     fillCustomers(await loadSetup());
@@ -475,6 +716,11 @@ $("line").addEventListener("keydown", (e) => {
 $("end").addEventListener("click", endCall);
 $("copy").addEventListener("click", copyTranscript);
 $("new-call").addEventListener("click", newCall);
+$("progress-open").addEventListener("click", () => showProgress());
+$("progress-after").addEventListener("click", () => showProgress());
+$("progress-more").addEventListener("click", () => showProgress(true));
+$("progress-close").addEventListener("click", closeProgress);
+$("seller").value = sessionStorage.getItem(SELLER) || "";
 $("error-retry").addEventListener("click", retryNow);
 $("error-dismiss").addEventListener("click", clearError);
 $("forget-key").addEventListener("click", () => {
