@@ -4,6 +4,7 @@ state folder, and their realism side by side: supervised only, + guarded decodin
 
     .venv/bin/python benchmarks/preference_round.py --out /tmp/preference-bench
     .venv/bin/python benchmarks/preference_round.py --out /tmp/preference-bench --only preference   # one run
+    .venv/bin/python benchmarks/preference_round.py --out /tmp/preference-bench --reuse   # what is done is read back
 
 Prints, per run: the wall time, the tune step's preference report (pairs, validation realism before and after with
 their 90% intervals, kept or rolled back), token accuracy and the gate, then one table of the realism metrics of
@@ -32,14 +33,22 @@ def cell(e: dict | None) -> str:
     return f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]" if e.get("low") is not None else f"{e['value']:.3f}"
 
 
-def run(name: str, overrides: list[str], out: Path) -> dict:
+def run(name: str, overrides: list[str], out: Path, reuse: bool = False) -> dict:
+    """One bundled run (`reuse`: a run this folder already finished is read back, with its recorded wall time)."""
     folder = out / name
+    if reuse and (folder / "seconds.txt").is_file():
+        return read(folder, float((folder / "seconds.txt").read_text()))
     command = [sys.executable, "-m", "calltune.cli", "run", "--config", str(ROOT / "configs" / "local.yaml"),
                "--out", str(folder / "run"), f"state_dir={folder / 'state'}", *overrides]
     print(f"$ {' '.join(command)}", flush=True)
     started = time.monotonic()
     subprocess.run(command, check=True, cwd=ROOT)
     seconds = time.monotonic() - started
+    (folder / "seconds.txt").write_text(f"{seconds:.1f}")
+    return read(folder, seconds)
+
+
+def read(folder: Path, seconds: float) -> dict:
     summary = json.loads((folder / "run" / "summary.json").read_text())
     run_dir = Path(summary["run_dir"])
     comparison = json.loads((run_dir / "evaluate" / "evaluation" / "comparison.json").read_text())
@@ -50,10 +59,11 @@ def run(name: str, overrides: list[str], out: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="a folder for both runs (their state and outputs)")
-    parser.add_argument("--only", choices=sorted(RUNS), help="run only this one")
+    parser.add_argument("--only", choices=sorted(RUNS), help="run only this one (with --reuse: and read the other)")
+    parser.add_argument("--reuse", action="store_true", help="read back a run the folder already holds")
     args = parser.parse_args()
-    results = {name: run(name, overrides, args.out) for name, overrides in RUNS.items()
-               if args.only in (None, name)}
+    results = {name: run(name, overrides, args.out, args.reuse) for name, overrides in RUNS.items()
+               if args.only in (None, name) or (args.reuse and (args.out / name / "seconds.txt").is_file())}
     for name, r in results.items():
         minutes, seconds = divmod(r["seconds"], 60)
         gate = r["summary"]["gate"]
