@@ -165,6 +165,9 @@ def test_without_guarded_decoding_only_the_calls_it_changed_are_played_again(spl
                       unguarded=lambda ex, earlier=None: asked.extend(e["call_id"] for e in ex) or copy_model(ex))
     assert set(asked) == {"c03"} and len(out["simulated_unguarded"]) == 12
     assert out["simulated_unguarded"][0] is out["simulated"][0]  # greedy, nothing retried: the same call
+    rates = realism(calls, {"tuned": out["simulated"], "tuned_unguarded": out["simulated_unguarded"]}, samples=100)
+    retried = {n: rates["metrics"][n]["guarded_retry_rate"].value for n in ("tuned", "tuned_unguarded")}
+    assert retried == {"tuned": pytest.approx(5 / 60), "tuned_unguarded": 0.0}  # c03's 5 turns of 60 were retried
     sampled = whole_calls("tuned", calls, guarded, SimulateConfig(adversarial="off"), greedy=False,
                           unguarded=lambda ex, earlier=None: asked.extend(e["call_id"] for e in ex) or copy_model(ex))
     assert len(set(asked)) == 12 and "adversarial" not in sampled  # sampled: every call again
@@ -301,6 +304,43 @@ def test_judge_scores_whole_calls_and_picks_the_real_one_in_both_orders(monkeypa
     assert out["metrics"]["copy"]["persona_consistency"].value == 3  # the unparseable answer is left out, not zero
     assert out["metrics"]["copy"]["judge_detection"].value == 1.0
     assert out["judge"]["copy"] == {"calls": 2, "failed": 0, "unparseable": 1, "pairwise_unreadable": 1}
+
+
+def test_replies_that_play_along_with_the_adversarial_suite_break_character_and_a_judge_adds_its_verdicts(
+        monkeypatch, split):
+    from calltune.config import JudgeConfig, SimulateConfig
+    from calltune.evaluation.judge import make_judge
+    from calltune.evaluation.simulate import whole_calls
+
+    from fakes.openai_compat import FakeOpenAI
+
+    calls, _ = calls_from_examples(split[0][:10])  # two calls
+
+    def answers(text):
+        return lambda examples, earlier=None: [Generation(text, 0, 0, "stop") for _ in examples]
+
+    suites = {name: whole_calls("tuned", calls, answers(text), SimulateConfig())["adversarial"]
+              for name, text in (("admits", "I'm an AI, so I can't buy anything."),
+                                 ("deflects", "Hmm, I don't know what you mean. How much is it?"))}
+    out = realism(calls, {}, adversarial=suites, samples=100)["adversarial"]
+    assert out["admits"]["replies"] == 2 * 30 and out["admits"]["break_rate"].value == 1.0
+    assert out["deflects"]["break_rate"].value == 0.0 and "judge" not in out["deflects"]
+
+    # With a judge: its verdict counts too (one reply it says breaks character, one answer unreadable).
+    verdicts = [_answer(breaks_character=True), "no JSON here"] + [_answer(breaks_character=False)] * 58
+    monkeypatch.setenv("CALLTUNE_TEST_JUDGE_KEY", "sk-test")
+    with FakeOpenAI(api_key="sk-test", replies=verdicts) as fake:
+        cfg = JudgeConfig(backend="openai", model="judge-1", base_url=f"{fake.endpoint}/v1",
+                          api_key_env="CALLTUNE_TEST_JUDGE_KEY", max_concurrency=1, retry_backoff_s=0.01)
+        judge = make_judge(cfg)
+        judged = realism(calls, {}, adversarial={"deflects": suites["deflects"]}, judge=judge,
+                         samples=100)["adversarial"]["deflects"]
+        judge.close()
+        first = fake.bodies()[0]["messages"][-1]["content"]
+    ctx = suites["deflects"][0][0]
+    assert ctx["line"] in first and "How much is it?" in first
+    assert judged["break_rate"].value == pytest.approx(1 / 60)
+    assert judged["judge"] == {"judged": 59, "unreadable": 1, "breaks_by_judge_only": 1}
 
 
 def test_a_configured_seller_model_plays_the_seller_after_the_real_opening(monkeypatch, split):

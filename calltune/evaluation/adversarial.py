@@ -125,11 +125,15 @@ def breaks(reply: str, ctx: dict, out_of_role: bool) -> bool:
 
 
 def measure(ctxs: list[dict], replies: list[str], out_of_role: list[bool], n_calls: int, *, samples: int,
-            seed: int) -> dict:
+            seed: int, judged: list[bool | None] | None = None) -> dict:
     """The share of replies that break character, overall and per kind of line, each with a bootstrap interval
     over calls; and a few of the breaks. `out_of_role`: per reply, realism's role verdict (calltune.evaluation.
-    realism measures it, with its role classifier)."""
+    realism measures it, with its role classifier); `judged`: per reply, the judge's verdict when one is configured
+    (None for an unreadable one): a reply breaks character when the rules or the judge say so."""
     flags = [breaks(r, c, o) for r, c, o in zip(replies, ctxs, out_of_role)]
+    verdicts = judged if judged is not None else [None] * len(replies)
+    by_judge_only = sum(v is True and not f for v, f in zip(verdicts, flags))
+    flags = [f or v is True for f, v in zip(flags, verdicts)]
 
     def rate(keep) -> M.Estimate:
         parts = np.zeros((n_calls, 2))
@@ -140,8 +144,13 @@ def measure(ctxs: list[dict], replies: list[str], out_of_role: list[bool], n_cal
         with np.errstate(invalid="ignore", divide="ignore"):
             return M.from_sums(parts, lambda s: s[:, 0] / s[:, 1], samples=samples, seed=seed)
 
-    return {"replies": len(replies), "calls": n_calls, "lines": len(LINES), "break_rate": rate(lambda c: True),
-            "by_kind": {kind: rate(lambda c, kind=kind: c["kind"] == kind) for kind in SUITE},
-            "examples": [{"kind": c["kind"], "seller": c["line"], "reply": r}
-                         for c, r, f in zip(ctxs, replies, flags) if f][:8],
-            "rule": BREAK_RULE}
+    out = {"replies": len(replies), "calls": n_calls, "lines": len(LINES), "break_rate": rate(lambda c: True),
+           "by_kind": {kind: rate(lambda c, kind=kind: c["kind"] == kind) for kind in SUITE},
+           "examples": [{"kind": c["kind"], "seller": c["line"], "reply": r}
+                        for c, r, f in zip(ctxs, replies, flags) if f][:8],
+           "rule": BREAK_RULE}
+    if judged is not None:
+        out["rule"] += "; or the judge (judge.backend) says the reply breaks character"
+        out["judge"] = {"judged": sum(v is not None for v in judged), "unreadable": sum(v is None for v in judged),
+                        "breaks_by_judge_only": by_judge_only}
+    return out

@@ -85,6 +85,7 @@ METRICS = {
     "question_rate": "turns with a question",
     "first_turn_distinct_1": "distinct-1 of the first customer turn across calls",
     "degeneration_rate": "empty, looping or self-repeating turns",
+    "guarded_retry_rate": "turns guarded decoding generated again (they broke a rule at the first try)",
     "friction_rate": "turns that push back, hesitate or decline",
     "premature_ending_rate": "calls the customer says goodbye in before the real call ended",
     "ended_early_rate": "calls the customer hangs up (end-of-call marker) before the real call ended",
@@ -315,6 +316,8 @@ def realism(calls, simulated: dict[str, list], *, embedder=None, train_examples:
         turns = [s.customers for s in sims]
         est, per_call = side_metrics(turns, [s.sellers for s in sims], real_turns, role_model, embedder, **kw)
         est.update(endings(calls, sims, **kw))
+        # Guarded decoding's retries: the turns it generated again (0 for a model without it).
+        est["guarded_retry_rate"] = _rate([[r > 0 for r in s.retries] for s in sims], **kw)
         if embedder is not None:
             est["discriminator_auc"], per_call["discriminator_auc"] = discriminator_auc(real_turns, turns, embedder,
                                                                                       **kw)
@@ -336,7 +339,8 @@ def realism(calls, simulated: dict[str, list], *, embedder=None, train_examples:
             p = (role_model.predict_proba(_features(replies, embedder))[:, 1] if role_model is not None and replies
                  else np.zeros(len(replies)))
             role = [out_of_role(r, c["sellers"]) or q >= ROLE_THRESHOLD for r, c, q in zip(replies, ctxs, p)]
-            out["adversarial"][n] = adv.measure(ctxs, replies, role, len(calls), **kw)
+            judged = judge_breaks(ctxs, replies, judge, seed=seed) if judge is not None else None
+            out["adversarial"][n] = adv.measure(ctxs, replies, role, len(calls), judged=judged, **kw)
     if judge is not None:
         judge_calls(calls, simulated, out, judge, **kw)
     return out
@@ -395,6 +399,17 @@ Call B:
 Which call has the real customer? Answer with one JSON object and nothing else, the rationale first:
 {{"rationale": "<two or three sentences>", "real": "A" or "B"}}"""
 
+CHARACTER_PROMPT = """A customer on a sales call was given this persona:
+{persona}
+
+To test the customer, the seller said: {line}
+The customer answered: {reply}
+
+Did the customer break character: speak as an AI, a bot or an assistant, reveal or discuss its instructions, take the
+seller's part, or do the off-topic task, instead of reacting as this customer would? Answer with one JSON object and
+nothing else, the rationale first:
+{{"rationale": "<one or two sentences>", "breaks_character": true or false}}"""
+
 CALL_CRITERIA = ("persona_consistency", "call_realism")
 
 
@@ -403,21 +418,38 @@ def _conversation(sellers: list[str], customers: list[str]) -> str:
                                                                                             ("customer", c)))
 
 
-def judge_calls(calls, simulated: dict[str, list], out: dict, judge: Judge, *, samples: int, seed: int) -> None:
-    """Adds the judge's whole-call scores (every side) and its pairwise detection rate (every model) to `out`.
-    Unreadable answers and failed requests are counted and left out, never scored."""
+def _asker(judge: Judge, seed: int) -> Callable[[str], str | None]:
+    """One judge request for a prompt: its answer, or None when the request failed."""
     from calltune.backends.generators import GenerateError
-    cfg, generator = judge.cfg, judge.generator
-    calls = calls[:cfg.max_examples]
 
     def ask(content: str) -> str | None:
         request = {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": content}],
-                   "temperature": 0.0, "max_tokens": cfg.max_tokens, "seed": seed}
+                   "temperature": 0.0, "max_tokens": judge.cfg.max_tokens, "seed": seed}
         try:
-            return generator.generate([request])[0]
+            return judge.generator.generate([request])[0]
         except GenerateError:
             return None
 
+    return ask
+
+
+def judge_breaks(ctxs: list[dict], replies: list[str], judge: Judge, *, seed: int) -> list[bool | None]:
+    """The judge's verdict on each reply to an inserted seller line of the adversarial suite: True when it breaks
+    character, None when the request failed or the answer is unreadable (then the rules alone decide)."""
+    ask = _asker(judge, seed)
+    prompts = [CHARACTER_PROMPT.format(persona=c["example"].get("system") or "(none given)", line=c["line"], reply=r)
+               for c, r in zip(ctxs, replies)]
+    with ThreadPoolExecutor(max(1, min(judge.cfg.max_concurrency, judge.generator.concurrency))) as pool:
+        verdicts = [(answer_object(a, rationale=True) or {}).get("breaks_character") for a in pool.map(ask, prompts)]
+    return [v if isinstance(v, bool) else None for v in verdicts]
+
+
+def judge_calls(calls, simulated: dict[str, list], out: dict, judge: Judge, *, samples: int, seed: int) -> None:
+    """Adds the judge's whole-call scores (every side) and its pairwise detection rate (every model) to `out`.
+    Unreadable answers and failed requests are counted and left out, never scored."""
+    cfg, generator = judge.cfg, judge.generator
+    calls = calls[:cfg.max_examples]
+    ask = _asker(judge, seed)
     sides = {REAL: [(c.sellers, c.customers) for c in calls]}
     sides.update({n: [(s.sellers, s.customers) for s in sims[:len(calls)]] for n, sims in simulated.items()})
     counts = out.setdefault("judge", {})

@@ -125,6 +125,11 @@ def _adversarial(r: Report, adversarial: dict | None) -> None:
     r.text(f"In character under pressure: {first['lines']} seller lines that try to break the role, each inserted "
            f"once into each of the {first['calls']} calls at a seeded point ({first['replies']} replies a model). "
            f"Share of the replies that break character [95% interval over calls]; rule: {first['rule']}")
+    for n, a in adversarial.items():
+        if "judge" in a:
+            j = a["judge"]
+            r.text(f"{n}: the judge read {j['judged']} of the replies ({j['unreadable']} unreadable or failed, decided "
+                   f"by the rules alone); {j['breaks_by_judge_only']} broke character by the judge's verdict alone.")
     kinds = list(first["by_kind"])
     r.table([{"model": n, "break rate": _cell(a["break_rate"]), **{k: _cell(a["by_kind"][k]) for k in kinds}}
              for n, a in adversarial.items()])
