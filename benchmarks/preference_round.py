@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {"default": [], "preference": ["tune.preference_rounds=1"]}
-ROWS = ("discriminator_auc", "degeneration_rate", "first_turn_distinct_1", "question_rate", "friction_rate",
+ROWS = ("discriminator_auc", "degeneration_rate", "guarded_retry_rate", "first_turn_distinct_1", "question_rate", "friction_rate",
         "role_violation_rate", "reply_words", "length_wasserstein", "ended_early_rate", "ended_at_end_rate",
         "never_ended_rate")
 
@@ -76,8 +76,9 @@ def main() -> int:
                       f"{m} {cell(v['before'])} -> {cell(v['after'])} (gain {cell(v['gain'])})" for m, v in val.items())
                   + f"; accuracy {rnd.get('validation_token_accuracy')}; {rnd['decision']}")
     columns = {"real": ("default", "real")}
-    for name in results:
-        columns |= {f"{name}: tuned_unguarded": (name, "tuned_unguarded"), f"{name}: tuned": (name, "tuned")}
+    for name, r in results.items():  # supervised (a kept round's model before it), tuned_unguarded, tuned
+        models = r["comparison"].get("realism", {}).get("metrics", {})
+        columns |= {f"{name}: {m}": (name, m) for m in ("supervised", "tuned_unguarded", "tuned") if m in models}
     print("\n| metric | " + " | ".join(columns) + " |\n|" + "---|" * (len(columns) + 1))
     for row in ROWS:
         cells = [cell(results[run_].get("comparison", {}).get("realism", {}).get("metrics", {}).get(model, {}).get(row))

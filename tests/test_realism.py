@@ -422,3 +422,35 @@ def test_the_resampled_auc_is_scikit_learns_weighted_auc_ties_and_all():
             assert auc(w) == pytest.approx(roc_auc_score(y[keep], scores[keep], sample_weight=w[unit][keep]))
     only_negatives = np.where(np.isin(np.arange(12), unit[y == 1]), 0.0, 1.0)
     assert np.isnan(auc(only_negatives))
+
+
+def test_a_model_whose_preference_round_was_kept_is_evaluated_beside_its_supervised_model(hang_up_model, split,
+                                                                                          tmp_path):
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from calltune.config import InferConfig, SimulateConfig
+    from calltune.core.io import write_json
+    from calltune.evaluation.evaluate import evaluate
+    from calltune.runtime.loading import read_model_card
+
+    from conftest import write_examples
+
+    model = tmp_path / "model"
+    shutil.copytree(hang_up_model, model)
+    shutil.copytree(hang_up_model, model / "supervised")  # other weights than the tuned adapter's
+    weights = model / "supervised" / "adapter_model.safetensors"
+    save_file({k: v * 0.5 for k, v in load_file(weights).items()}, weights)
+    write_json(model / "calltune_model.json", {**read_model_card(model), "supervised_model": "supervised"})
+    test = write_examples(tmp_path / "test.examples.jsonl", split[0][:10])  # two calls
+    result = evaluate(model, test, tmp_path / "out", EvaluateConfig(compare=[], bootstrap_samples=50),
+                      infer=InferConfig(max_new_tokens=3), max_seq_len=256,
+                      simulation=SimulateConfig(adversarial="off"))
+    comparison = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    # Supervised only, + the preference round, + guarded decoding: side by side, the gate on the tuned model alone.
+    assert list(comparison["models"]) == ["tuned", "supervised"] and "supervised_accuracy" in result
+    assert list(comparison["realism"]["metrics"]) == ["real", "tuned", "supervised", "tuned_unguarded"]
+    assert comparison["realism"]["metrics"]["supervised"]["guarded_retry_rate"]["value"] == 0  # served unguarded
+    assert "supervised: the model before its realism preference rounds" in (tmp_path / "out" / "report.html").read_text()

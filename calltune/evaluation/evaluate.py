@@ -87,6 +87,9 @@ def _text(rows: list[dict], key: str) -> list[str]:
     return [r[key] or "" for r in rows]
 
 
+UNGUARDED = ("base", "supervised")  # models measured without guarded decoding
+
+
 @dataclass
 class EvalContext:
     """What every model of one evaluation is scored with: the same test examples, trimmed the same way, the same
@@ -108,9 +111,9 @@ class EvalContext:
         return {"samples": self.cfg.bootstrap_samples, "seed": self.seed}
 
     def infer_for(self, name: str) -> InferConfig:
-        """The base model is measured as it comes, without guarded decoding (its realism stays comparable, the run
-        short); every other model with the run's decoding."""
-        return self.infer.model_copy(update={"guardrails": False}) if name == "base" else self.infer
+        """The base model is measured as it comes, and the supervised model before its preference rounds as it was,
+        without guarded decoding (their realism stays comparable, the run short); the others with the run's."""
+        return self.infer.model_copy(update={"guardrails": False}) if name in UNGUARDED else self.infer
 
 
 def score_vertex(name: str, source: str, ctx: EvalContext, *, predictions=None, reported: dict | None = None) -> dict:
@@ -270,7 +273,7 @@ def evaluate(model_dir: str | Path, test_path: str | Path, out_dir: str | Path, 
     result = {k: tuned.get(k, M.NAN).value for k in HEADLINE}  # an endpoint may report no accuracy or loss
     result.update(examples=records["tuned"]["examples"], tokens=records["tuned"].get("tokens", 0))
     result.update({k: e.value for k, e in tuned.items() if k not in HEADLINE})
-    result.update({f"{n}_accuracy": accuracy[n] for n in ("base", "champion") if n in records})
+    result.update({f"{n}_accuracy": accuracy[n] for n in ("supervised", "base", "champion") if n in records})
     result.update({f"gain_over_{n}": e.value for n, e in gain.items()})
     if realism is not None:
         result.update({f"realism_{k}": e.value for k, e in realism["metrics"].get("tuned", {}).items()})
@@ -307,6 +310,8 @@ def _sources(model_dir: Path, card: dict | None, cfg: EvaluateConfig, champion: 
     """The models to score (name -> folder or Vertex resource) and why any in `cfg.compare` is not."""
     sources: dict[str, str | Path] = {"tuned": model_source(model_dir)}
     skipped: dict[str, str] = {}
+    if card and card.get("supervised_model") and (model_dir / card["supervised_model"]).is_dir():
+        sources["supervised"] = model_dir / card["supervised_model"]  # before the preference rounds kept
     if "base" in cfg.compare:
         if card and is_vertex_model(sources["tuned"]):
             skipped["base"] = (f"no local base model to compare with: the tuned model is the Vertex endpoint "

@@ -67,6 +67,9 @@ def section(r: Report, realism: dict, calls: list, simulated: dict[str, list], c
     if any(n.endswith("_unguarded") for n in names):
         r.text("tuned_unguarded: the tuned model's calls without guarded decoding (calltune.runtime.guardrails), so "
                "its gain shows: the tuned column is the model as it is served.")
+    if "supervised" in names:
+        r.text("supervised: the model before its realism preference rounds, without guarded decoding; beside it "
+               "tuned_unguarded (+ preference rounds) and tuned (+ guarded decoding).")
     _by_group(r, realism.get("by_group"))
     _adversarial(r, realism.get("adversarial"))
     for note in realism.get("notes", []):

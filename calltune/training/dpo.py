@@ -22,6 +22,7 @@ from calltune.training.preference import Backend, Pair, infer_for_rounds
 log = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+SUPERVISED_DIR = "supervised"  # in a model folder whose round was kept: the supervised model, for evaluation
 
 
 def dpo_rows(pairs: list[Pair], tokenizer, max_len: int) -> list[dict]:
@@ -127,7 +128,9 @@ def lora_backend(model_dir: Path, validation_path: Path, cfg: TuneConfig, infer:
 def tune_preference(model_dir: Path, splits: Path, cfg: TuneConfig, infer: InferConfig, *, seed: int,
                     embedding_model: str, samples: int) -> dict:
     """The preference rounds on the tuned LoRA folder `model_dir`: the kept adapter replaces the supervised one in
-    place, and its calltune_model.json gets the report ("preference"). Returns the updated card."""
+    place, and its calltune_model.json gets the report ("preference"). When a round is kept, the supervised model
+    stays in the folder (supervised/, the card's `supervised_model`), so evaluation measures it beside the tuned
+    one: supervised only, + the preference round, + guarded decoding. Returns the updated card."""
     from calltune.runtime.embeddings import Embedder
     from calltune.training.preference import run_rounds
 
@@ -140,7 +143,13 @@ def tune_preference(model_dir: Path, splits: Path, cfg: TuneConfig, infer: Infer
                                Embedder(embedding_model) if embedding_model else None, cfg, samples=samples,
                                seed=seed)
     card = read_model_card(model_dir)
-    if final != model_dir:  # a round was kept: its adapter becomes the model's
+    if final != model_dir:  # a round was kept: its adapter becomes the model's, the supervised one is kept beside
+        supervised = model_dir / SUPERVISED_DIR
+        supervised.mkdir(exist_ok=True)
+        for file in model_dir.iterdir():
+            if file.is_file() and file.name != "README.md":
+                shutil.copy2(file, supervised / file.name)
+        card["supervised_model"] = SUPERVISED_DIR
         for name in ADAPTER_FILES:
             shutil.copyfile(final / name, model_dir / name)
         kept = read_model_card(final)
