@@ -19,6 +19,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 
+def _switch_word(value):
+    """YAML reads a bare on/off (in a config file or an override) as a boolean: the word it was written as."""
+    return ("on" if value else "off") if isinstance(value, bool) else value
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # finite numbers only
     prefix: ClassVar[str] = ""
@@ -263,6 +268,11 @@ class TuneConfig(Section):
                              "above 0 (0 validates once, after training)")
         return self
 
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_word(cls, value):
+        return _switch_word(value)
+
 
 class InferConfig(Section):
     prefix: ClassVar[str] = "infer"
@@ -357,6 +367,11 @@ class SimulateConfig(Section):
                              "system prompt, off-topic requests), each inserted once into each test call; the report "
                              "gives the share of replies that break character. tuned: the tuned model's replies; "
                              "all: base and champion too; off: skipped.")
+
+    @field_validator("adversarial", mode="before")
+    @classmethod
+    def _adversarial_word(cls, value):
+        return _switch_word(value)
 
     def seller_settings(self) -> SellerConfig:
         return SellerConfig(backend=self.seller, model=self.seller_model, base_url=self.seller_base_url,
