@@ -308,6 +308,7 @@ def test_the_tune_component_runs_the_gemini_backend_and_logs_the_job_metrics(spl
 
 def test_evaluate_and_deploy_treat_an_endpoint_model_folder_as_the_endpoint(splits, tmp_path):
     from calltune.apps.serve.watcher import GeminiResponder, load_responder
+    from calltune.evaluation.adversarial import LINES
     from calltune.evaluation.evaluate import evaluate
     from calltune.release.deploy import deploy
     from calltune.release.store import resolve_endpoint
@@ -325,8 +326,9 @@ def test_evaluate_and_deploy_treat_an_endpoint_model_folder_as_the_endpoint(spli
         result = evaluate(model_dir, splits / "test.examples.jsonl", out,
                           EvaluateConfig(embedding_model="", bootstrap_samples=50, threshold=0.4),
                           infer=InferConfig(vertex_base_url=fake.endpoint), state_dir=state)
-        # every test prompt went to the endpoint: once in batch inference, once in its call's closed-loop simulation
-        assert len(fake.answered()) == 2 * len(TINY_DIALOGUES)
+        # every test prompt went to the endpoint: once in batch inference, once in its call's closed-loop simulation;
+        # and each of the adversarial suite's seller lines once into each of its calls (one a dialogue here)
+        assert len(fake.answered()) == 2 * len(TINY_DIALOGUES) + len(LINES) * len(TINY_DIALOGUES)
     assert result["accuracy"] == 0.44
     comparison = json.loads((out / "comparison.json").read_text())
     tuned = comparison["models"]["tuned"]
