@@ -21,12 +21,15 @@ from pathlib import Path
 from kfp import compiler
 
 from calltune.config import ConfigError, load_config
+from calltune.pipeline.vertex import load_vertex_config
 from calltune.pipelines import build_pipeline
 from calltune.pipelines.training import TARGETS
 
 
 def compile_pipeline(target: str, config_path: Path | None, output: Path, overrides: list[str] = ()) -> Path:
-    cfg = load_config(config_path, overrides)
+    # Vertex: every field to fix in one error, those the config refuses and those Vertex needs.
+    cfg = load_vertex_config(config_path, overrides, compiling=True) if target == "vertex" else load_config(
+        config_path, overrides)
     pipeline = build_pipeline(target, cfg)
     output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline, str(output))
@@ -55,7 +58,7 @@ def main() -> int:
         out = compile_pipeline(args.target, config if args.config or config.exists() else None,
                                args.output or Path("build") / f"calltune-{args.target}.yaml", args.overrides)
     except ConfigError as exc:
-        print(f"compile.py: {exc}", file=sys.stderr)
+        print(f"calltune: {exc.one_line()}", file=sys.stderr)
         return 2
     print(f"wrote {out}")
     return 0
