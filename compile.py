@@ -45,14 +45,18 @@ def _stable_header(text: str) -> str:
     return _DICT_DEFAULT.sub(lambda m: m[1] + repr(dict(sorted(ast.literal_eval(m[2]).items()))) + m[3], text)
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", choices=TARGETS, default="local",
                         help="local: every step under kfp.local; vertex: Vertex AI Pipelines (default: local)")
     parser.add_argument("--config", type=Path, help="YAML config (default: configs/<target>.yaml when present)")
     parser.add_argument("--output", type=Path, help="default: build/calltune-<target>.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. gcp.image=...")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     config = args.config or Path("configs") / f"{args.target}.yaml"
     try:
         out = compile_pipeline(args.target, config if args.config or config.exists() else None,
