@@ -377,3 +377,31 @@ def test_every_runnable_block_runs_in_order_and_prints_what_the_readme_says(afte
     # what the blocks promise in prose: the prepared folder and the synthetic splits are there
     assert json.loads((work / "prepared" / "report.json").read_text())["quarantined"] == 4
     assert (work / "augmented" / "train.examples.jsonl").is_file()
+
+
+# ---- measured figures: the README quotes benchmarks/figures.json, which the measuring script writes ----
+FIGURES = json.loads((ROOT / "benchmarks" / "figures.json").read_text())
+
+
+def test_every_bundled_run_figure_the_readme_quotes_is_the_recorded_one():
+    run = FIGURES["bundled_run"]
+    tuned, base = run["tuned_accuracy"], run["base_accuracy"]
+    quoted = re.search(r"reached (\S+) token accuracy \(95% interval (\S+) to (\S+)\) against the base model's "
+                       r"(\d\.\d+)", " ".join(README.split()))
+    assert quoted.groups() == (f"{tuned['value']:.4f}", f"{tuned['low']:.3f}", f"{tuned['high']:.3f}",
+                               f"{base['value']:.3f}")
+    minutes, seconds = divmod(run["wall_s"], 60)
+    assert f"{minutes}:{seconds:02d} ({run['machine']};" in " ".join(README.split())
+    assert run["promoted"] and "benchmarks/bundled_run.py --record" in README
+
+
+@pytest.mark.slow
+def test_the_bundled_run_reaches_the_recorded_accuracy(tmp_path):
+    """`make run` again (about as long): its accuracy is the recorded one, up to another CPU's float rounding."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bundled_run import bundled_run
+
+    measured, recorded = bundled_run(tmp_path / "run", tmp_path / "state"), FIGURES["bundled_run"]
+    for model in ("tuned_accuracy", "base_accuracy"):
+        assert measured[model]["value"] == pytest.approx(recorded[model]["value"], abs=0.01), model
+    assert measured["promoted"] == recorded["promoted"]
