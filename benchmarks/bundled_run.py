@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the checkout's calltune, when run as a script
 from calltune.core.io import write_json  # noqa: E402
+
 FIGURES = ROOT / "benchmarks" / "figures.json"
 COMMAND = ["calltune", "run", "--config", "configs/local.yaml"]
 
