@@ -338,12 +338,16 @@ def after_make_run(tmp_path_factory, tiny_chat_model):
     return work, env, home / ".calltune"
 
 
+def on_port(text: str, port: str) -> str:
+    """The README's server address (`calltune serve`'s default) made the test server's."""
+    return re.sub(r"(localhost|127\.0\.0\.1):8000", f"127.0.0.1:{port}", text)
+
+
 def run_block(block: Block, work: Path, env: dict, port: str) -> None:
     for command, comment in commands(block):
         if command.startswith("calltune serve") or " calltune serve" in command:
             continue  # the test's server stands for it
-        line = re.sub(r"(localhost|127\.0\.0\.1):8000", f"127.0.0.1:{port}", command)
-        done = subprocess.run(["bash", "-c", line], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(["bash", "-c", on_port(command, port)], cwd=work, env=env, capture_output=True, text=True, timeout=300)
         where = f"README line {block.line}: {command}\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
         assert done.returncode == 0, where
         expected, outputs = promised(comment), json_outputs(done.stdout)
@@ -369,8 +373,8 @@ def test_every_runnable_block_runs_in_order_and_prints_what_the_readme_says(afte
         port = url.rsplit(":", 1)[1]
         for block in RUNNABLE:
             if block.lang == "python":
-                done = subprocess.run([sys.executable, "-c", block.text], cwd=work, env=env, capture_output=True,
-                                      text=True, timeout=120)
+                done = subprocess.run([sys.executable, "-c", on_port(block.text, port)], cwd=work, env=env,
+                                      capture_output=True, text=True, timeout=120)
                 assert done.returncode == 0, f"README line {block.line}: {done.stderr[-2000:]}"
             else:
                 run_block(block, work, env, port)
