@@ -126,6 +126,13 @@ def cli_problems(command: str) -> list[str]:
         args = words[2:]
     elif words[:2] in (["python", "compile.py"], [".venv/bin/python", "compile.py"]):
         sub, args = _compile_parser(), words[2:]
+    elif script := next((w for w in words[:2] if w.startswith("benchmarks/")), None):
+        # a benchmark script's options are spelled in its source (argparse or the shell script's case)
+        if not (ROOT / script).is_file():
+            return [f"{command}: no script {script}"]
+        source = (ROOT / script).read_text(encoding="utf-8")
+        return [f"{command}: {script} has no option {w.split('=')[0]}" for w in words
+                if w.startswith("--") and not re.search(re.escape(w.split("=")[0]) + r"(?![\w-])", source)]
     else:
         return []
     problems = []
@@ -136,6 +143,15 @@ def cli_problems(command: str) -> list[str]:
         elif re.match(r"^[a-z_]+(\.[a-z_]+)?=", arg) and (p := field_problem(arg.split("=")[0])):
             problems.append(f"{command}: {p}")
     return problems
+
+
+@cache
+def _known_options() -> frozenset[str]:
+    """Options a bare `--flag` span may name: calltune's (any command), compile.py's and the benchmark scripts'."""
+    parsers = [_compile_parser(), *build_parser()._subparsers._group_actions[0].choices.values()]
+    scripts = [p for p in (ROOT / "benchmarks").iterdir() if p.suffix in (".py", ".sh")]
+    return frozenset({o for p in parsers for o in p._option_string_actions}
+                     | {w for p in scripts for w in re.findall(r"--[\w-]+", p.read_text(encoding="utf-8"))})
 
 
 @cache
@@ -172,6 +188,8 @@ def readme_problems(text: str = README) -> list[str]:
     for span in spans(text):
         if span.startswith(("calltune ", "python compile.py")):
             problems += cli_problems(span)
+        elif span.startswith("--") and span.split()[0] not in _known_options():
+            problems.append(f"{span}: no such option of calltune, compile.py or a benchmark script")
         elif " " not in span and (FILE_NAME.match(span) or re.fullmatch(r"[\w.-]+(/[\w.<>-]+)*/", span)):
             problems += [p for p in [file_problem(span)] if p]
         elif re.fullmatch(r"[a-z_]+\.([a-z_]+|\*)(=\S*)?", span) and span.split(".")[0] in SECTIONS:
@@ -187,6 +205,10 @@ def readme_problems(text: str = README) -> list[str]:
 def test_a_wrong_flag_is_caught():
     assert readme_problems("Start it with `calltune serve --prot 8080`.") == [
         "calltune serve --prot 8080: no option --prot"]
+    assert readme_problems("```bash\n.venv/bin/python benchmarks/score_reply.py --example 8\n```\n") == [
+        ".venv/bin/python benchmarks/score_reply.py --example 8: benchmarks/score_reply.py has no option --example"]
+    assert readme_problems("Add `--verbos` for kfp's log.") == [
+        "--verbos: no such option of calltune, compile.py or a benchmark script"]
     assert readme_problems("```bash\ncalltune secrets --disabel 1   # off\n```\n") == [
         "calltune secrets --disabel 1: no option --disabel"]
 
