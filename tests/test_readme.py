@@ -266,6 +266,21 @@ def test_the_gcp_yaml_shows_real_fields_with_their_defaults():
     assert shown == {k: getattr(GcpConfig(), k) for k in shown}
 
 
+def test_every_yaml_block_reads_as_what_it_shows(tmp_path):
+    """A config excerpt validates as a config; a scorecard loads as `coach.scorecard` would load it."""
+    from calltune.coaching.scorecard import load_scorecard
+    from calltune.config import load_config
+
+    for block in (b for b in blocks() if b.lang == "yaml"):
+        path = tmp_path / f"line{block.line}.yaml"
+        path.write_text(block.text)
+        data = yaml.safe_load(block.text)
+        if "criteria" in data:
+            assert load_scorecard(path).criteria, block.line
+        elif set(data) & {*SECTIONS, "seed", "state_dir"}:
+            load_config(path)
+
+
 def test_make_format_runs_without_a_ruff_warning(tmp_path):
     path = tmp_path / "x.py"
     path.write_text("x = 1\n")
