@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install browser run test lint format compile
+.PHONY: install browser curl run test lint format compile
 
 $(VENV)/.installed: pyproject.toml lock/requirements.txt
 	python3.11 -m venv $(VENV)
@@ -24,10 +24,17 @@ browser:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } || \
 	  echo "make: no Chromium here; the browser tests will be skipped"
 
+# The README's runnable examples call the server with curl (tests/test_readme.py); installed like Chromium.
+curl:
+	@command -v curl >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q curl >/dev/null; } || \
+	  echo "make: no curl here; the README's runnable examples will be skipped"
+
 run: install
 	$(VENV)/bin/calltune run --config configs/local.yaml
 
-test: install browser lint
+test: install browser curl lint
 	$(PY) -m pytest
 
 # Lint (pyproject.toml's [tool.ruff]); `make format` applies the formatter to the files you name: FILES=...

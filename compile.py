@@ -21,12 +21,15 @@ from pathlib import Path
 from kfp import compiler
 
 from calltune.config import ConfigError, load_config
+from calltune.pipeline.vertex import load_vertex_config
 from calltune.pipelines import build_pipeline
 from calltune.pipelines.training import TARGETS
 
 
 def compile_pipeline(target: str, config_path: Path | None, output: Path, overrides: list[str] = ()) -> Path:
-    cfg = load_config(config_path, overrides)
+    # Vertex: every field to fix in one error, those the config refuses and those Vertex needs.
+    cfg = load_vertex_config(config_path, overrides, compiling=True) if target == "vertex" else load_config(
+        config_path, overrides)
     pipeline = build_pipeline(target, cfg)
     output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline, str(output))
@@ -42,20 +45,24 @@ def _stable_header(text: str) -> str:
     return _DICT_DEFAULT.sub(lambda m: m[1] + repr(dict(sorted(ast.literal_eval(m[2]).items()))) + m[3], text)
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", choices=TARGETS, default="local",
                         help="local: every step under kfp.local; vertex: Vertex AI Pipelines (default: local)")
     parser.add_argument("--config", type=Path, help="YAML config (default: configs/<target>.yaml when present)")
     parser.add_argument("--output", type=Path, help="default: build/calltune-<target>.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. gcp.image=...")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     config = args.config or Path("configs") / f"{args.target}.yaml"
     try:
         out = compile_pipeline(args.target, config if args.config or config.exists() else None,
                                args.output or Path("build") / f"calltune-{args.target}.yaml", args.overrides)
     except ConfigError as exc:
-        print(f"compile.py: {exc}", file=sys.stderr)
+        print(f"calltune: {exc.one_line()}", file=sys.stderr)
         return 2
     print(f"wrote {out}")
     return 0

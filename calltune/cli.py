@@ -16,10 +16,10 @@ DEFAULT_CONFIG = Path("configs/local.yaml")
 VERTEX_CONFIG = Path("configs/vertex.yaml")  # the default of submit and upload, which run on Vertex AI
 
 
-def _config(args) -> Config:
+def _config(args, load=load_config) -> Config:
     default = getattr(args, "default_config", DEFAULT_CONFIG)
     path = args.config if args.config else (default if default.exists() else None)
-    return load_config(path, args.overrides)
+    return load(path, args.overrides)
 
 
 def _offline() -> None:
@@ -227,9 +227,11 @@ def cmd_serve(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from calltune.pipeline.vertex import VertexError, submit
+    from functools import partial
 
-    cfg = _config(args)
+    from calltune.pipeline.vertex import VertexError, load_vertex_config, submit
+
+    cfg = _config(args, partial(load_vertex_config, compiling=False))
     try:
         result = submit(args.template, cfg, job_id=args.job_id, wait=args.wait, poll_s=args.poll_s)
     except VertexError as exc:
@@ -368,12 +370,6 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     return args
 
 
-def _one_line(exc: ConfigError) -> str:
-    """A config error in one line: each bad value with the override, file or default that set it and what is wrong
-    (config.load_config writes one line per bad value)."""
-    return "; ".join(" ".join(line.split()) for line in str(exc).splitlines() if line.strip())
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parse(build_parser(), argv)
@@ -382,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
-        print(f"calltune: {_one_line(exc)}", file=sys.stderr)
+        print(f"calltune: {exc.one_line()}", file=sys.stderr)
         return 2
     except (ValueError, RegistryError, OSError, RuntimeError) as exc:  # bad input, unknown secret, missing file, a
         # cloud service that refused or gave up: one line, no traceback (messages never hold secret payloads). Not

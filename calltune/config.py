@@ -578,6 +578,9 @@ class Config(BaseModel):
     def _state_dir_named(cls, value: str) -> str:
         if not value.strip():  # else the registry and caches would land in whatever folder the command runs in
             raise ValueError("is empty; name a folder (the default is ~/.calltune)")
+        path = Path(value).expanduser()
+        if path.exists() and not path.is_dir():  # else each command fails its own way (mkdir's Errno 17, a kfp task)
+            raise ValueError(f"{value} is a file; name a folder (the default is ~/.calltune)")
         return value
 
     # ---- pipeline parameters ----
@@ -623,7 +626,10 @@ def _kfp_type(annotation) -> type:
 
 
 class ConfigError(ValueError):
-    pass
+    def one_line(self) -> str:
+        """The error in one line: each bad value with the override, file or default that set it and what is wrong
+        (load_config writes one line per bad value)."""
+        return "; ".join(" ".join(line.split()) for line in str(self).splitlines() if line.strip())
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -636,6 +642,36 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """YAML file (optional) plus `section.field=value` overrides, validated."""
+    data = config_data(path, overrides)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, path, overrides)) from exc
+
+
+def load_config_leniently(path: str | Path | None, overrides: list[str]) -> tuple[Config, dict[str, str]]:
+    """(the config with every refused value at its default, {field: the line naming what was wrong with it}): for
+    checks that report the config's own errors together with theirs (compile.py --target vertex)."""
+    data = config_data(path, overrides)
+    try:
+        return Config.model_validate(data), {}
+    except ValidationError as exc:
+        refused = dict(zip((".".join(map(str, e["loc"])) for e in exc.errors()),
+                           _explain(exc, path, overrides).splitlines()))
+        for err in exc.errors():
+            node = data
+            for key in err["loc"][:-1]:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(err["loc"][-1], None)
+        try:
+            return Config.model_validate(data), refused
+        except ValidationError:  # a refused value others depended on: the config's own errors alone
+            raise ConfigError(_explain(exc, path, overrides)) from exc
+
+
+def config_data(path: str | Path | None, overrides: list[str]) -> dict[str, Any]:
+    """The YAML file's mapping with the overrides applied, not yet validated."""
     data: dict[str, Any] = {}
     if path:
         try:
@@ -652,10 +688,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {k} is not a section")
         node[keys[-1]] = value
-    try:
-        return Config.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_explain(exc, path, overrides)) from exc
+    return data
 
 
 def _explain(exc: ValidationError, path, overrides) -> str:

@@ -1,5 +1,6 @@
 """Chat: the tuned model answers as the customer and keeps the conversation; `calltune chat`'s commands."""
 import io
+import warnings
 
 import pytest
 
@@ -11,7 +12,9 @@ from conftest import SYSTEM, TINY_DIALOGUES
 
 def test_chat_answers_as_the_customer_and_keeps_the_turns(tuned_model):
     out, report = tuned_model
-    session = ChatSession(LocalResponder(out))
+    with warnings.catch_warnings():  # nothing from the libraries on the chat screen (peft's FutureWarning was)
+        warnings.simplefilter("error", FutureWarning)
+        session = ChatSession(LocalResponder(out))
     assert session.system == report["system_prompt"] == SYSTEM
 
     opening = session.opening(max_new_tokens=16)

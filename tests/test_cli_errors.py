@@ -83,3 +83,11 @@ def test_a_programming_error_is_not_dressed_as_a_one_line_failure(tmp_path, monk
     monkeypatch.setattr(cli, "cmd_secrets", broken)
     with pytest.raises(KeyError, match="missing"):
         main(["secrets", f"state_dir={tmp_path}"])
+
+
+@pytest.mark.parametrize("command", [["config", "--show"], ["prepare", "--out", "prepared"], ["secrets"]])
+def test_a_state_dir_that_is_a_file_is_refused_by_the_config(tmp_path, monkeypatch, capsys, command):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    assert main([*command, "state_dir=afile"]) == 2
+    assert "state_dir: Value error, afile is a file; name a folder" in one_line_error(capsys)

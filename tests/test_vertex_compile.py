@@ -319,3 +319,14 @@ def test_the_console_form_shows_what_a_rerun_can_change_and_the_config_still_dec
     with pytest.raises(ValueError, match=r"other values of synthesize\.conversations=50"):
         parameter_values(template, load_config(ROOT / "configs" / "vertex.yaml",
                                                VERTEX_OVERRIDES + ["synthesize.conversations=10"]))
+
+
+def test_the_vertex_config_as_shipped_names_every_field_to_fill_in_one_calltune_error(tmp_path):
+    """configs/vertex.yaml leaves state_dir empty, which the config itself refuses: that must not hide what Vertex
+    needs of the other fields (a user fixing one field per try)."""
+    done = _run("--target", "vertex", "--output", str(tmp_path / "x.yaml"), env={"CALLTUNE_IMAGE": "",
+                                                                                 "CALLTUNE_TRAINER_IMAGE": ""})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("calltune: "), done.stderr
+    for field in ("state_dir: Value error, is empty", "gcp.project", "gcp.pipeline_root", "deploy.project", "gcp.image"):
+        assert field in done.stderr
+    assert "state_dir must be a Cloud Storage FUSE folder" not in done.stderr  # named once, by the config's check

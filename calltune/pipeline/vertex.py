@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from calltune.backends.resources import ResourceName, is_vertex_model, spelled_as_resource
-from calltune.config import Config, ConfigError
+from calltune.config import Config, ConfigError, load_config_leniently
 from calltune.core.gcs import BUCKET
 
 IMAGE_ENV, TRAINER_IMAGE_ENV = "CALLTUNE_IMAGE", "CALLTUNE_TRAINER_IMAGE"
@@ -166,11 +166,24 @@ def vertex_problems(cfg: Config, *, compiling: bool) -> list[str]:
     return problems
 
 
+_HEADING = "the config cannot run on Vertex AI (start from configs/vertex.yaml):"
+
+
 def check_vertex(cfg: Config, *, compiling: bool) -> None:
     problems = vertex_problems(cfg, compiling=compiling)
     if problems:
-        raise ConfigError("the config cannot run on Vertex AI (start from configs/vertex.yaml):\n  - "
-                          + "\n  - ".join(problems))
+        raise ConfigError(f"{_HEADING}\n  - " + "\n  - ".join(problems))
+
+
+def load_vertex_config(path: str | Path | None, overrides: list[str], *, compiling: bool) -> Config:
+    """The config of a Vertex run, with every wrong field named in one error: the values the config itself refuses
+    (an empty state_dir) and what Vertex needs of the others."""
+    cfg, refused = load_config_leniently(path, overrides)
+    problems = [p for p in vertex_problems(cfg, compiling=compiling) if re.match(r"[\w.]+", p)[0] not in refused]
+    if refused or problems:
+        raise ConfigError("\n".join([*refused.values(), *([f"{_HEADING}\n  - " + "\n  - ".join(problems)]
+                                                          if problems else [])]))
+    return cfg
 
 
 def _plain_http(url: str) -> bool:

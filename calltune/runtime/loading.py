@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from calltune.core.io import file_sha256
@@ -199,8 +200,11 @@ def load_model(model_dir: Path):
     if card:
         from peft import PeftModel
 
-        # Merged, the adapter costs nothing at inference.
-        model = PeftModel.from_pretrained(model, model_dir).merge_and_unload()
+        # Merged, the adapter costs nothing at inference. peft asks the model for transformers' deprecated
+        # is_gradient_checkpointing: a FutureWarning for every `calltune chat` screen, about nothing calltune does.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            model = PeftModel.from_pretrained(model, model_dir).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     if not tokenizer.chat_template and not model.config.is_encoder_decoder:  # a seq2seq encoder reads plain text
         raise ValueError(f"{model_dir}: the tokenizer has no chat template")

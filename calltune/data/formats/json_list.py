@@ -5,13 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from calltune.conversation.schema import Call
-from calltune.data.formats.base import (
-    CHAT_ROLES,
-    ParseSettings,
-    Reject,
-    make_call,
-    role_turns,
-)
+from calltune.data.formats.base import CHAT_ROLES, ParseSettings, Reject, make_call, role_turns
 
 
 def parse_qa_json(row: int, obj: Any, src: ParseSettings) -> Call:

@@ -13,13 +13,7 @@ import re
 from typing import Any
 
 from calltune.conversation.schema import Call, Evaluation, Feedback
-from calltune.data.formats.base import (
-    ParseSettings,
-    Reject,
-    make_call,
-    repair_field,
-    role_turns,
-)
+from calltune.data.formats.base import ParseSettings, Reject, make_call, repair_field, role_turns
 
 # Python's repr of the export's list: [{'message': '...', 'role': 'bot'}, ...]. Matched exactly, it is read
 # several times faster than ast.literal_eval (the main cost of ingest); anything else goes to literal_eval.
