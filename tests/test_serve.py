@@ -204,7 +204,7 @@ class BlockedModel:
     def __init__(self):
         self.release, self.stopped = threading.Event(), []
 
-    def start(self, example, sampling, on_text=None, cancelled=None) -> Future:
+    def start(self, example, sampling, on_text=None, cancelled=None, earlier=None) -> Future:
         future: Future = Future()
 
         def answer_when_released():
