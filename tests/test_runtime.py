@@ -13,7 +13,8 @@ from calltune.conversation.windows import split_call
 from calltune.runtime.encoding import encode_causal, prompt_ids, window
 from calltune.runtime.generation import Batch, PrefixCache, Request, generate
 from calltune.runtime.loading import load_model
-from calltune.runtime.responders import LocalResponder, Sampling, conversation
+from calltune.runtime.local_responder import LocalResponder
+from calltune.runtime.responders import Sampling, conversation
 from calltune.training.lora import train_lora
 
 from conftest import SYSTEM

@@ -25,7 +25,7 @@ from calltune.backends.registry import open_registry
 from calltune.cli import main
 from calltune.config import DeployConfig, ServeConfig, SplitConfig
 from calltune.release.deploy import deploy, rollback
-from calltune.runtime.generation import Generation
+from calltune.runtime.sampling import Generation
 
 from conftest import SYSTEM, TINY_DIALOGUES
 from fakes.secret_manager import FakeSecretManager
