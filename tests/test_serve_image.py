@@ -10,20 +10,14 @@ The coach's review with a trained coach (scikit-learn on TF-IDF) imports no torc
 tests/test_coach.py::test_the_review_needs_no_torch.
 """
 import importlib.metadata
-import os
-import signal
-import socket
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
-import httpx
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from test_lock import TARGET, pins
-from test_serve import ENDPOINT, publish, reply, request, wait_for
+from test_serve import ENDPOINT, cli_server, publish, reply, request
 
 from calltune.config import DeployConfig
 
@@ -86,24 +80,8 @@ def vertex():
 
 def test_serving_an_endpoint_model_and_reviewing_a_practice_call_imports_no_torch(tmp_path, vertex):
     publish(DeployConfig(), tmp_path, ENDPOINT.format(111))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-c", PROGRAM, "serve", "--port", str(port), "--vertex-base-url",
-                             vertex.endpoint, f"state_dir={tmp_path}"], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-
-        def up():
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                return request(url, "/health").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, timeout=120)
+    with cli_server("--vertex-base-url", vertex.endpoint, f"state_dir={tmp_path}", program=("-c", PROGRAM)) as server:
+        url = server.url
         assert reply(url, [{"role": "user", "content": "Hi"}]) == ("llm-endpoint/versions/1", "111 says: Hi")
         assert request(url, "/practice/api/setup").status_code == 200
         call = {"turns": [{"role": "customer", "text": "Hello?"}, {"role": "seller", "text": "Hi Ana, do you have a "
@@ -114,7 +92,4 @@ def test_serving_an_endpoint_model_and_reviewing_a_practice_call_imports_no_torc
         assert filed.json()["review"]["analytics"]  # the coach's analytics of the call
         history = request(url, "/practice/api/history?seller=Ana%20Lima")
         assert [c["call_id"] for c in history.json()["calls"]] == ["practice-1"]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        out = proc.communicate(timeout=60)[0]
-    assert "LOADED []" in out, out[-3000:]
+    assert "LOADED []" in server.out, server.out[-3000:]
