@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install browser run test lint format compile
+.PHONY: install browser postgres run test lint format compile
 
 $(VENV)/.installed: pyproject.toml lock/requirements.txt
 	python3.11 -m venv $(VENV)
@@ -24,10 +24,18 @@ browser:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } || \
 	  echo "make: no Chromium here; the browser tests will be skipped"
 
+# Debian's PostgreSQL (15 on bookworm) serves the practice history's tests (tests/conftest.py starts a throwaway
+# cluster as a non-root user); installed like Chromium; those tests skip where it is missing, except under CI=true.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null; } || \
+	  echo "make: no PostgreSQL here; the PostgreSQL tests will be skipped"
+
 run: install
 	$(VENV)/bin/calltune run --config configs/local.yaml
 
-test: install browser lint
+test: install browser postgres lint
 	$(PY) -m pytest
 
 # Lint (pyproject.toml's [tool.ruff]); `make format` applies the formatter to the files you name: FILES=...
