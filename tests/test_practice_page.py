@@ -234,7 +234,7 @@ def test_errors_are_shown_and_recoverable_by_keyboard_on_a_phone(browser, person
     page.route("**/v1/chat/completions", network)
     with practice_serving(cfg) as url:
         page.goto(f"{url}/?timeout_s=2")
-        expect(page.get_by_label("API key")).to_be_focused()  # the page asks for the key first
+        expect(page.get_by_label("Your key")).to_be_focused()  # the page asks for the key first
         page.keyboard.type("pk-practice-key")
         page.keyboard.press("Enter")
         expect(page.locator("#served")).to_have_text("Customer model: llm-endpoint · version 1")
@@ -417,3 +417,64 @@ def test_a_judge_answering_in_the_scorecard_reviews_each_criterion_with_its_quot
             assert [f["title"] for f in shown["feedbacks"]] == list(SCORECARD)
             prompt = judge.bodies()[-1]["messages"][-1]["content"]
             assert "Opening and rapport" in prompt and f"seller: {seller_line}" in prompt
+
+
+def test_a_seller_signs_in_to_their_own_progress_and_a_manager_to_the_team(browser, coach_dir, tmp_path):
+    """Per-seller keys: a seller sees only their own calls (another's history is refused to the page too); a
+    manager sees the team, the checklist items a seller misses most as a chart, and any seller's calls."""
+    import httpx
+    from test_team import bearer, call, team_server
+
+    expect = playwright_api.expect
+    asked, next_step = "Asked whether the customer has time", "Proposed a next step"
+    with team_server(tmp_path, coach_dir, f"sqlite:///{tmp_path / 'team.sqlite'}") as (url, history, clock):
+        ana, bo, boss = history.add_user("Ana"), history.add_user("Bo"), history.add_user("Maria", manager=True)
+        clock.now += 30
+        with httpx.Client(base_url=url, timeout=60) as http:
+            for key, call_id, done in [(ana, "a1", {asked}), (ana, "a2", set()), (bo, "b1", {asked, next_step})]:
+                assert http.post("/practice/api/calls", json=call(call_id, done), headers=bearer(key)).status_code == 200
+
+        def signed_in(key: str):
+            context = browser.new_context(viewport={"width": 1100, "height": 900})
+            context.set_default_timeout(60_000)
+            page = context.new_page()
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(url)
+            expect(page.get_by_label("Your key")).to_be_focused()
+            page.keyboard.type(key)
+            page.keyboard.press("Enter")
+            return context, page, errors
+
+        context, page, errors = signed_in(ana)
+        expect(page.locator("#signed-in")).to_have_text("Signed in as Ana")
+        expect(page.locator("#name-field")).to_be_hidden()
+        expect(page.get_by_role("button", name="Team")).to_be_hidden()
+        page.get_by_role("button", name="My progress").click()
+        expect(page.locator("#progress-who")).to_have_text("Practice calls of “Ana”.")
+        expect(page.locator("#progress-table tbody tr")).to_have_count(2)
+        assert page.evaluate("""async (key) => [
+            (await fetch('/practice/api/history?seller=Bo', {headers: {Authorization: `Bearer ${key}`}})).status,
+            (await fetch('/practice/api/team', {headers: {Authorization: `Bearer ${key}`}})).status]""", ana) == [403, 403]
+        context.close()
+        assert not errors, errors
+
+        context, page, errors = signed_in(boss)
+        expect(page.locator("#signed-in")).to_have_text("Signed in as Maria (manager)")
+        page.get_by_role("button", name="Team").click()
+        rows = page.locator("#team-table tbody tr")
+        expect(rows).to_have_count(3)
+        expect(rows.nth(0).locator("td").nth(0)).to_have_text("Ana")
+        expect(rows.nth(0).locator("td").nth(1)).to_have_text("2")
+        expect(page.locator("#team-chart-label")).to_contain_text("The checklist items Ana misses most")
+        expect(page.locator("#team-chart .missed-bar")).to_have_count(3)  # Ana missed all three items once or more
+        page.screenshot(path=ARTIFACTS / "practice-team.png", full_page=True)
+        rows.nth(1).get_by_role("button", name="Missed items").click()
+        expect(page.locator("#team-chart-label")).to_contain_text("The checklist items Bo misses most")
+        rows.nth(1).get_by_role("button", name="Calls").click()
+        expect(page.locator("#progress-title")).to_have_text("Progress of Bo")
+        expect(page.locator("#progress-table tbody tr")).to_have_count(1)
+        page.get_by_role("button", name="Back").click()
+        expect(page.locator("#team")).to_be_visible()
+        context.close()
+        assert not errors, errors
