@@ -449,10 +449,13 @@ class ServeConfig(Section):
                                                                      "is asked), iap (the verified Identity-Aware "
                                                                      "Proxy JWT, on Cloud Run) or none (loopback "
                                                                      "only).")
-    iap_audience: str = Field("", description="auth=iap: the JWT audience IAP signs for, /projects/NUMBER/global/"
-                                              "backendServices/ID or /projects/NUMBER/apps/PROJECT_ID.")
+    iap_audience: str = Field("", description="auth=iap: the audience IAP signs its JWT for, "
+                                              "/projects/PROJECT_NUMBER/locations/REGION/services/SERVICE (IAP on the "
+                                              "Cloud Run service) or /projects/PROJECT_NUMBER/global/backendServices/ID "
+                                              "(IAP on a load balancer).")
     iap_certs_url: str = Field("https://www.gstatic.com/iap/verify/public_key-jwk",
-                               description="auth=iap: where IAP's public keys are read (a JWK set).")
+                               description="auth=iap: IAP's public keys (a JWK set), read again when their "
+                                           "Cache-Control says they are stale.")
 
 
 class GcpConfig(Section):

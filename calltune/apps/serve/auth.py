@@ -58,8 +58,9 @@ class Authenticator:
                              f"loopback only (use keys or iap), or listen on 127.0.0.1")
         if cfg.auth == "iap":
             if not cfg.iap_audience:
-                raise ValueError("serve.auth=iap needs serve.iap_audience: /projects/NUMBER/global/backendServices/ID "
-                                 "(Cloud Run behind a load balancer) or /projects/NUMBER/apps/PROJECT_ID")
+                raise ValueError("serve.auth=iap needs serve.iap_audience: /projects/NUMBER/locations/REGION/services/"
+                                 "SERVICE (IAP on the Cloud Run service) or /projects/NUMBER/global/backendServices/ID "
+                                 "(IAP on a load balancer)")
             from calltune.apps.serve.iap import verify_iap_assertion  # noqa: F401 - fails at start, not per request
         if cfg.auth == "keys" and not is_loopback(cfg.host) and not shared_key \
                 and not any(valid for _, _, valid in self.keys().values()):
@@ -94,7 +95,7 @@ class Authenticator:
         raise _refused("missing or wrong API key: send it as `Authorization: Bearer KEY`")
 
     def _iap(self, request: Request) -> Caller:
-        from calltune.apps.serve.iap import verify_iap_assertion
+        from calltune.apps.serve.iap import IapKeysUnavailable, verify_iap_assertion
 
         assertion = request.headers.get(IAP_HEADER, "")
         if not assertion:
@@ -103,6 +104,9 @@ class Authenticator:
             email = verify_iap_assertion(assertion, audience=self.cfg.iap_audience, certs_url=self.cfg.iap_certs_url)
         except ValueError as exc:  # expired, another audience, unsigned, a key IAP does not publish...
             raise _refused(f"the IAP assertion was refused: {exc}") from None
+        except IapKeysUnavailable as exc:  # our side, not the caller's: they may retry
+            raise ApiError(503, f"sign-in cannot be checked now: {exc}", "server_error", "iap_keys_unavailable",
+                           headers={"Retry-After": "5"}) from None
         managers = {name for name, manager, valid in self.keys().values() if manager and valid}
         return Caller(email, email in managers)
 
