@@ -478,3 +478,51 @@ def test_a_seller_signs_in_to_their_own_progress_and_a_manager_to_the_team(brows
         expect(page.locator("#team")).to_be_visible()
         context.close()
         assert not errors, errors
+
+
+def test_a_call_ended_while_the_database_is_lost_is_kept_and_saved_once_it_is_back(browser, coach_dir, postgres,
+                                                                                   tmp_path):
+    """The practice history's PostgreSQL refuses connections as the seller ends a call: the page shows the 503, keeps
+    the call on screen and saves it by itself after Retry-After, once the database is back; stored once."""
+    import httpx
+    from test_team import bearer, team_server
+
+    expect = playwright_api.expect
+    url = postgres.new_database()
+    database = url.split("?")[0].rsplit("/", 1)[1]
+    reply = {"model": "llm-endpoint/versions/1", "choices": [{"index": 0, "delta": {"content": "Who is calling?"}}]}
+    with team_server(tmp_path, coach_dir, url) as (base, history, clock):
+        key = history.add_user("Ana")
+        clock.now += 30
+        context = browser.new_context(viewport={"width": 1100, "height": 900})
+        context.set_default_timeout(60_000)
+        page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        # The customer's replies come from this fake network: the model is not what is under test here.
+        page.route("**/v1/chat/completions", lambda route: route.fulfill(
+            status=200, content_type="text/event-stream", body=f"data: {json.dumps(reply)}\n\ndata: [DONE]\n\n"))
+        page.goto(base)
+        page.get_by_label("Your key").fill(key)
+        page.keyboard.press("Enter")
+        expect(page.locator("#signed-in")).to_have_text("Signed in as Ana")
+        page.locator("#own-fields input").first.fill("Ana")
+        page.get_by_role("button", name="Start the call").click()
+        line = page.get_by_label("Your line")
+        line.fill("Do you have a minute to talk?")
+        line.press("Enter")
+        expect(page.locator(".turn.customer:not(.streaming)")).to_have_count(2)
+
+        postgres.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        postgres.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'")
+        page.get_by_role("button", name="End the call").click()
+        expect(page.locator("#error-text")).to_contain_text("the practice history's database is unreachable")
+        expect(page.locator("#error-text")).to_contain_text("Retrying in")
+        expect(page.locator("#after-transcript .turn")).to_have_count(3)  # the call stays on screen
+        postgres.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        expect(page.locator("#coach-review .saved")).to_have_text("Saved in the practice history of “Ana”.")
+        expect(page.locator("#error")).to_be_hidden()
+        context.close()
+        assert not errors, errors
+        calls = httpx.get(f"{base}/practice/api/history", headers=bearer(key), timeout=60).json()["calls"]
+        assert len(calls) == 1 and calls[0]["turns"] == 3
