@@ -225,79 +225,19 @@ def coach_dir(tmp_path_factory) -> Path:
 
 
 # ---- PostgreSQL: a throwaway cluster of Debian's server, one per test session, a fresh database per test ----
-class Postgres:
-    """A running cluster reached by its unix socket in `socket_dir`, as `user` (trust authentication: the socket
-    lives in a folder only the test session can reach)."""
-
-    def __init__(self, socket_dir: Path, user: str):
-        self.socket_dir, self.user, self._n = socket_dir, user, 0
-
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://{self.user}@/{database}?host={self.socket_dir}"
-
-    def new_database(self) -> str:
-        """A new empty database; its URL (postgresql://, the driver is calltune's choice)."""
-        import psycopg
-
-        self._n += 1
-        name = f"t{os.getpid()}_{self._n}"
-        with psycopg.connect(host=str(self.socket_dir), user=self.user, dbname="postgres", autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
-
-    def execute(self, sql: str) -> None:
-        import psycopg
-
-        with psycopg.connect(host=str(self.socket_dir), user=self.user, dbname="postgres", autocommit=True) as conn:
-            conn.execute(sql)
-
-
 @pytest.fixture(scope="session")
 def postgres():
-    """Debian's PostgreSQL (initdb and pg_ctl from /usr/lib/postgresql/*/bin) in a temporary folder, run as a non-root
-    user: initdb refuses root, so under root (CI) as the `postgres` system user the package creates (runuser). Skips
-    where the server is not installed, except under CI (`make test` installs it)."""
-    import getpass
-    import glob
-    import shutil
-    import subprocess
-    import tempfile
+    """Debian's PostgreSQL in a temporary folder, run as a non-root user (tests/team_harness.py: under root, as the
+    `postgres` system user). Skips where the server is not installed, except under CI (`make test` installs it)."""
+    from team_harness import PostgresMissing, postgres_cluster
 
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
+    try:
+        with postgres_cluster() as cluster:
+            yield cluster
+    except PostgresMissing as exc:
         if os.environ.get("CI"):
-            pytest.fail("CI: no PostgreSQL server; `make postgres` installs Debian's postgresql")
-        pytest.skip("no PostgreSQL server (apt-get install postgresql)")
-    bin_dir = Path(found[-1]).parent
-    folder = Path(tempfile.mkdtemp(prefix="calltune-pg-"))  # short: a unix socket path has ~100 characters at most
-    if os.geteuid() == 0:
-        import pwd
-
-        try:
-            account = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no `postgres` user to run the server as")
-        os.chown(folder, account.pw_uid, account.pw_gid)
-        user, run_as = "postgres", ["runuser", "-u", "postgres", "--"]
-    else:
-        user, run_as = getpass.getuser(), []
-    data = folder / "data"
-    options = (f"-k {folder} -c listen_addresses='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-               f"-c max_connections=300 -c timezone=UTC")
-    try:
-        subprocess.run([*run_as, bin_dir / "initdb", "-D", data, "-U", user, "-A", "trust", "-E", "UTF8", "--no-sync"],
-                       check=True, capture_output=True)
-        subprocess.run([*run_as, bin_dir / "pg_ctl", "-D", data, "-o", options, "-l", folder / "server.log", "-w",
-                        "start"], check=True, capture_output=True)
-    except subprocess.CalledProcessError as exc:
-        log = folder / "server.log"
-        pytest.fail(f"PostgreSQL did not start: {exc.stderr.decode(errors='replace')[-2000:]}"
-                    f"{log.read_text(errors='replace')[-2000:] if log.exists() else ''}")
-    try:
-        yield Postgres(folder, user)
-    finally:
-        subprocess.run([*run_as, bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
+            pytest.fail(f"CI: {exc}; `make postgres` installs Debian's postgresql")
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

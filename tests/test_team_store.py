@@ -65,17 +65,17 @@ def test_a_key_is_shown_once_kept_as_its_hash_and_revoked(database_url):
     key = history.add_user("  Ana   Souza ")
     boss = history.add_user("Maria", manager=True)
     assert key != boss and key.startswith("ct-") and len(key) > 40
-    assert history.keys() == {key_hash(key): ("Ana Souza", False), key_hash(boss): ("Maria", True)}
+    assert history.keys() == {key_hash(key): ("Ana Souza", False, True), key_hash(boss): ("Maria", True, True)}
     with history.engine.connect() as conn:  # nothing but the hash is kept
         stored = [str(v) for row in conn.execute(select(users)) for v in row]
     assert not any(key in v or boss in v for v in stored)
     with pytest.raises(ValueError, match="exists: revoke the key first"):
         history.add_user("Ana Souza")
     assert history.revoke_user("Ana Souza") and not history.revoke_user("Ana Souza") and not history.revoke_user("Bo")
-    assert history.keys() == {key_hash(boss): ("Maria", True)}
+    assert history.keys() == {key_hash(key): ("Ana Souza", False, False), key_hash(boss): ("Maria", True, True)}
     assert [(u.name, u.revoked_at is not None) for u in history.users()] == [("Ana Souza", True), ("Maria", False)]
     again = history.add_user("Ana Souza")  # a revoked name gets a new key; the old one stays dead
-    assert set(history.keys()) == {key_hash(boss), key_hash(again)}
+    assert {h for h, (_, _, valid) in history.keys().items() if valid} == {key_hash(boss), key_hash(again)}
     with pytest.raises(ValueError, match="1 to 100 characters"):
         history.add_user("   ")
     history.close()

@@ -196,8 +196,8 @@ class PracticeHistory(Protocol):
     def revoke_user(self, name: str) -> bool:
         """Revoke a user's key; False when there is no such user signed in."""
 
-    def keys(self) -> dict[str, tuple[str, bool]]:
-        """The valid keys: {key hash: (name, manager)}."""
+    def keys(self) -> dict[str, tuple[str, bool, bool]]:
+        """Every key issued: {key hash: (name, manager, still valid)}."""
 
     def close(self) -> None: ...
 
@@ -314,11 +314,10 @@ class SqlHistory:
             return conn.execute(update(users).where(users.c.name == normal_name(name), users.c.revoked_at.is_(None))
                                 .values(revoked_at=datetime.now(UTC))).rowcount > 0
 
-    def keys(self) -> dict[str, tuple[str, bool]]:
+    def keys(self) -> dict[str, tuple[str, bool, bool]]:
         with self.engine.connect() as conn:
-            return {r.key_hash: (r.name, r.manager) for r in
-                    conn.execute(select(users.c.key_hash, users.c.name, users.c.manager)
-                                 .where(users.c.revoked_at.is_(None)))}
+            return {r.key_hash: (r.name, r.manager, r.revoked_at is None) for r in
+                    conn.execute(select(users.c.key_hash, users.c.name, users.c.manager, users.c.revoked_at))}
 
     def _one(self, seller: str, call_id: str) -> StoredCall:
         with self.engine.connect() as conn:

@@ -50,7 +50,7 @@ class Authenticator:
     def __init__(self, cfg: ServeConfig, store: PracticeHistory | None, shared_key: str = "",
                  clock: Callable[[], float] = time.monotonic):
         self.cfg, self.store, self.shared_key, self.clock = cfg, store, shared_key, clock
-        self._keys: dict[str, tuple[str, bool]] = {}
+        self._keys: dict[str, tuple[str, bool, bool]] = {}
         self._read_at: float | None = None
         self._lock = threading.Lock()
         if cfg.auth == "none" and not is_loopback(cfg.host):
@@ -62,13 +62,14 @@ class Authenticator:
                                  "SERVICE (IAP on the Cloud Run service) or /projects/NUMBER/global/backendServices/ID "
                                  "(IAP on a load balancer)")
             from calltune.apps.serve.iap import verify_iap_assertion  # noqa: F401 - fails at start, not per request
-        if cfg.auth == "keys" and not is_loopback(cfg.host) and not shared_key and not self.keys():
+        if cfg.auth == "keys" and not is_loopback(cfg.host) and not shared_key \
+                and not any(valid for _, _, valid in self.keys().values()):
             raise ValueError(f"serve.host={cfg.host} is reachable from other machines: set an API key in "
                              f"${cfg.api_key_env or 'CALLTUNE_API_KEY'} (clients send it as `Authorization: Bearer "
                              f"KEY`), or issue the sellers' keys with `calltune users add NAME`, or listen on 127.0.0.1")
 
-    def keys(self) -> dict[str, tuple[str, bool]]:
-        """The issued keys ({hash: (name, manager)}), as read at most `serve.refresh_s` ago."""
+    def keys(self) -> dict[str, tuple[str, bool, bool]]:
+        """The keys ever issued ({hash: (name, manager, still valid)}), as read at most `serve.refresh_s` ago."""
         with self._lock:
             now = self.clock()
             if self._read_at is None or now - self._read_at >= self.cfg.refresh_s:
@@ -87,10 +88,10 @@ class Authenticator:
         keys = self.keys()
         scheme, _, token = sent.partition(" ")
         found = keys.get(key_hash(token.strip())) if scheme.lower() == "bearer" and token.strip() else None
-        if found:
-            return Caller(*found)
+        if found and found[2]:
+            return Caller(found[0], found[1])
         if not self.shared_key and not keys and is_loopback(self.cfg.host):
-            return OPERATOR  # no key exists: a loopback server asks for none, as before there were keys
+            return OPERATOR  # no key was ever issued: a loopback server asks for none, as before keys existed
         raise _refused("missing or wrong API key: send it as `Authorization: Bearer KEY`")
 
     def _iap(self, request: Request) -> Caller:
@@ -106,7 +107,7 @@ class Authenticator:
         except IapKeysUnavailable as exc:  # our side, not the caller's: they may retry
             raise ApiError(503, f"sign-in cannot be checked now: {exc}", "server_error", "iap_keys_unavailable",
                            headers={"Retry-After": "5"}) from None
-        managers = {name for name, manager in self.keys().values() if manager}
+        managers = {name for name, manager, valid in self.keys().values() if manager and valid}
         return Caller(email, email in managers)
 
 
