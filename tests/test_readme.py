@@ -408,7 +408,7 @@ def test_every_runnable_block_runs_in_order_and_prints_what_the_readme_says(afte
 
     if not shutil.which("curl"):
         if os.environ.get("CI"):
-            pytest.fail("CI: no curl; `make curl` installs it")
+            pytest.fail("CI: no curl; `make system` installs it")
         pytest.skip("no curl (apt-get install curl)")
     work, env, state = after_make_run
     with serving(ServeConfig(port=0), DeployConfig(), state) as url:

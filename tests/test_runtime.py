@@ -13,7 +13,8 @@ from calltune.conversation.windows import split_call
 from calltune.runtime.encoding import encode_causal, prompt_ids, window
 from calltune.runtime.generation import Batch, PrefixCache, Request, generate
 from calltune.runtime.loading import load_model
-from calltune.runtime.responders import LocalResponder, Sampling, conversation
+from calltune.runtime.local_responder import LocalResponder
+from calltune.runtime.responders import Sampling, conversation
 from calltune.training.lora import train_lora
 
 from conftest import SYSTEM
@@ -155,7 +156,7 @@ def test_requests_that_come_within_the_batch_wait_share_a_batch(tiny_llama_dir, 
     example = window(SYSTEM, [{"role": "seller", "text": "Hello, is this Ana?"}], SPLIT)
     responder = LocalResponder(tiny_llama_dir, max_batch=4, batch_wait_s=1.0)
     try:
-        with caplog.at_level(logging.DEBUG, logger="calltune.runtime.responders"):
+        with caplog.at_level(logging.DEBUG, logger="calltune.runtime.local_responder"):
             first = responder.start(example, Sampling(max_tokens=4))
             time.sleep(0.05)  # the worker has the first request and waits for company
             second = responder.start(example, Sampling(max_tokens=4))

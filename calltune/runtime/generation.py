@@ -22,6 +22,8 @@ import torch
 from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.cache_utils import Cache, DynamicLayer
 
+from calltune.runtime.sampling import Generation
+
 
 @dataclass
 class Request:
@@ -33,14 +35,6 @@ class Request:
     stop: tuple[str, ...] = ()
     on_text: Callable[[str], None] | None = None  # called with each new piece of the reply
     cancelled: Callable[[], bool] | None = None  # polled every step: True ends the row ("cancelled")
-
-
-@dataclass
-class Generation:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # "stop" (end of turn or a stop string), "length" (max_new_tokens) or "cancelled"
 
 
 class _Row:
