@@ -527,6 +527,7 @@ def test_a_call_ended_while_the_database_is_lost_is_kept_and_saved_once_it_is_ba
         # A second call, and the tab reloaded while the database is away: the call is kept in the tab and saved once
         # the database is back.
         page.get_by_role("button", name="New call").click()
+        expect(page.get_by_label("Customer", exact=True)).to_be_focused()  # the customers are filled in again
         page.locator("#own-fields input").first.fill("Ana")
         page.get_by_role("button", name="Start the call").click()
         line.fill("What plan do you have today?")
