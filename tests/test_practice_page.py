@@ -483,7 +483,8 @@ def test_a_seller_signs_in_to_their_own_progress_and_a_manager_to_the_team(brows
 def test_a_call_ended_while_the_database_is_lost_is_kept_and_saved_once_it_is_back(browser, coach_dir, postgres,
                                                                                    tmp_path):
     """The practice history's PostgreSQL refuses connections as the seller ends a call: the page shows the 503, keeps
-    the call on screen and saves it by itself after Retry-After, once the database is back; stored once."""
+    the call on screen and saves it by itself after Retry-After, once the database is back; stored once. A call
+    ended while the database is away survives a reload of the tab, and is saved once it is back."""
     import httpx
     from test_team import bearer, team_server
 
@@ -522,7 +523,26 @@ def test_a_call_ended_while_the_database_is_lost_is_kept_and_saved_once_it_is_ba
         postgres.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
         expect(page.locator("#coach-review .saved")).to_have_text("Saved in the practice history of “Ana”.")
         expect(page.locator("#error")).to_be_hidden()
+
+        # A second call, and the tab reloaded while the database is away: the call is kept in the tab and saved once
+        # the database is back.
+        page.get_by_role("button", name="New call").click()
+        expect(page.get_by_label("Customer", exact=True)).to_be_focused()  # the customers are filled in again
+        page.locator("#own-fields input").first.fill("Ana")
+        page.get_by_role("button", name="Start the call").click()
+        line.fill("What plan do you have today?")
+        line.press("Enter")
+        expect(page.locator("#transcript .turn.customer:not(.streaming)")).to_have_count(2)
+        postgres.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        postgres.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'")
+        page.get_by_role("button", name="End the call").click()
+        expect(page.locator("#error-text")).to_contain_text("the practice history's database is unreachable")
+        page.reload()
+        expect(page.locator("#error-text")).to_contain_text("Retrying in")  # the kept call, sent again
+        postgres.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        expect(page.locator("#notice")).to_contain_text("The call you ended earlier is now saved")
+        assert page.evaluate("sessionStorage.getItem('calltune.unsavedCall')") is None
         context.close()
         assert not errors, errors
         calls = httpx.get(f"{base}/practice/api/history", headers=bearer(key), timeout=60).json()["calls"]
-        assert len(calls) == 1 and calls[0]["turns"] == 3
+        assert [c["turns"] for c in calls] == [3, 3] and calls[0]["call_id"] != calls[1]["call_id"]

@@ -8,6 +8,7 @@
 const $ = (id) => document.getElementById(id);
 const KEY = "calltune.apiKey";  // sessionStorage only: the key leaves with the tab
 const SELLER = "calltune.seller";  // the name calls are filed under, for this tab
+const UNSAVED = "calltune.unsavedCall";  // a finished call not yet in the history: kept across a reload of the tab
 const params = new URLSearchParams(location.search);
 // Longest silence while waiting for a reply: a little over the server's own request timeout, unless set in the URL.
 const timeoutS = () => Number(params.get("timeout_s")) || (state.setup ? state.setup.timeout_s + 5 : 120);
@@ -469,8 +470,11 @@ async function review(call) {
 async function coachReview(call) {
   const box = $("coach-review");
   box.replaceChildren(el("h3", "Your review"), el("p", "The coach is reading your call…", "hint"));
+  const body = { ...call, seller: seller() };
+  sessionStorage.setItem(UNSAVED, JSON.stringify(body));
   try {
-    const saved = await api("/practice/api/calls", { ...call, seller: seller() });
+    const saved = await api("/practice/api/calls", body);
+    sessionStorage.removeItem(UNSAVED);
     box.replaceChildren(...coachSections(saved.review));
     if (saved.stored) box.append(el("p", `Saved in the practice history of “${seller()}”.`, "hint saved"));
   } catch (err) {
@@ -787,6 +791,21 @@ async function newCall() {
 
 // ---------------------------------------------------------------- wiring
 
+// A call that was ended but not saved when the tab was reloaded (the database was lost, say): saved now, under its
+// own call_id, so it is stored once however often it was sent.
+async function saveUnsaved() {
+  const raw = sessionStorage.getItem(UNSAVED);
+  if (!raw) return;
+  const call = JSON.parse(raw);
+  try {
+    const saved = await api("/practice/api/calls", call);
+    sessionStorage.removeItem(UNSAVED);
+    if (saved.stored) notice(`The call you ended earlier is now saved in your practice history (${call.call_id}).`);
+  } catch (err) {
+    showError(err, saveUnsaved);
+  }
+}
+
 async function init() {
   try {
     fillCustomers(await loadSetup());
@@ -795,7 +814,9 @@ async function init() {
   } catch (err) {
     $("served").textContent = "Not connected";
     showError(err, init);
+    return;
   }
+  await saveUnsaved();
 }
 
 $("customer").addEventListener("change", showCustomer);
