@@ -84,15 +84,7 @@ def main() -> None:
 
     import httpx
     from sqlalchemy import func, select
-    from team_harness import (
-        ENDPOINT,
-        TimedVertex,
-        postgres_cluster,
-        practise,
-        publish,
-        start_instances,
-        stop_instances,
-    )
+    from team_harness import ENDPOINT, TimedVertex, postgres_cluster, practise, publish, start_instances, stop_instances
 
     from calltune.coaching.history import calls, open_history
 
