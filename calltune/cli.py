@@ -287,7 +287,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="calltune", description=__doc__)
     parser.add_argument("--version", action="version", version=f"calltune {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, help="what to do (each has its own --help)")
 
     def common(p, default: Path = DEFAULT_CONFIG):
         p.add_argument("--config", type=Path, help=f"YAML config (default: {default} when present)")
@@ -358,14 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     users = sub.add_parser("users", help="who may sign in to `calltune serve` (serve.auth=keys): sellers' and "
                                          "managers' keys, kept in the practice history's database (serve.database_url)")
-    actions = users.add_subparsers(dest="action", required=True)
+    actions = users.add_subparsers(dest="action", required=True, help="add, list or revoke a user")
     p = actions.add_parser("add", help="issue a key to NAME and print it once (only its hash is kept)")
     p.add_argument("name", help="the seller's name (or, with serve.auth=iap, their email)")
     p.add_argument("--manager", action="store_true", help="a manager: sees the team view and every seller's calls")
     common(p)
     common(actions.add_parser("list", help="every user: seller or manager, valid or revoked"))
     p = actions.add_parser("revoke", help="revoke NAME's key (servers refuse it within serve.refresh_s)")
-    p.add_argument("name")
+    p.add_argument("name", help="the seller's or manager's name, as `calltune users list` shows it")
     common(p)
     users.set_defaults(func=cmd_users)
 
