@@ -130,9 +130,12 @@ def _number(value) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+def _item_rows(call: int, source: str, verdicts: dict[str, bool]) -> list[dict]:
+    return [{"call": call, "source": source, "item": k, "missed": v} for k, v in verdicts.items()]
+
+
 def _add_details(conn: Connection, call: int, review: dict, judge_review: dict | None = None) -> None:
-    rows = [{"call": call, "source": "coach", "item": k, "missed": v} for k, v in coach_items(review).items()]
-    rows += [{"call": call, "source": "judge", "item": k, "missed": v} for k, v in judge_items(judge_review).items()]
+    rows = _item_rows(call, "coach", coach_items(review)) + _item_rows(call, "judge", judge_items(judge_review))
     if rows:
         conn.execute(insert(items), rows)
     shown = [{"call": call, "metric": a["metric"][:64], "value": _number(a.get("value"))}
@@ -230,7 +233,7 @@ class SqlHistory:
             if pk is None:
                 return False
             conn.execute(items.delete().where(items.c.call == pk, items.c.source == "judge"))  # a second review replaces
-            found = [{"call": pk, "source": "judge", "item": k, "missed": v} for k, v in judge_items(review).items()]
+            found = _item_rows(pk, "judge", judge_items(review))
             if found:
                 conn.execute(insert(items), found)
         return True
@@ -246,13 +249,12 @@ class SqlHistory:
     def team(self, since: datetime, *, limit: int = PAGE, after: str = "") -> list[dict]:
         names_q = union(select(calls.c.seller.label("name")).where(calls.c.created_at >= since),
                         select(users.c.name.label("name")).where(users.c.revoked_at.is_(None))).subquery()
-        window = and_(calls.c.created_at >= since)
         with self.engine.connect() as conn:
             names = list(conn.execute(select(names_q.c.name).where(names_q.c.name > after)
                                       .order_by(names_q.c.name).limit(max(1, min(limit, PAGE)))).scalars())
             if not names:
                 return []
-            mine = and_(window, calls.c.seller.in_(names))
+            mine = and_(calls.c.created_at >= since, calls.c.seller.in_(names))
             day = func.date(calls.c.created_at)
             days = conn.execute(select(calls.c.seller, day.label("day"), func.count().label("n"),
                                        func.avg(calls.c.grade).label("grade"),
