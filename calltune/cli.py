@@ -1,4 +1,8 @@
-"""The `calltune` command: run, prepare, synthesize, chat, coach, rollback, serve, secrets, submit, upload."""
+"""The `calltune` command: run, prepare, synthesize, chat, coach, rollback, serve, users, secrets, submit, upload.
+
+It is over 400 lines on purpose: one argparse tree and one thin function a command, each a call into the layer that
+does the work; split by command, the flags a newcomer reads in `--help` would be scattered over as many files.
+"""
 from __future__ import annotations
 
 import argparse
@@ -226,6 +230,32 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_users(args) -> int:
+    from calltune.coaching.history import open_history
+
+    cfg = _config(args)
+    store = open_history(cfg.serve.database_url, cfg.state_path())
+    try:
+        if args.action == "add":
+            key = store.add_user(args.name, manager=args.manager)
+            print(f"{' '.join(args.name.split())}'s {'manager' if args.manager else 'seller'} key (shown this once; "
+                  f"calltune keeps only its hash):", file=sys.stderr)
+            print(key)
+        elif args.action == "revoke":
+            if not store.revoke_user(args.name):
+                raise ValueError(f"no user {args.name!r} with a valid key")
+            print(f"{args.name}: key revoked (running servers refuse it within serve.refresh_s="
+                  f"{cfg.serve.refresh_s:g} s)")
+        else:
+            for user in store.users():
+                state = f"revoked {user.revoked_at:%Y-%m-%d %H:%M}" if user.revoked_at else "valid"
+                print(f"{user.name}\t{'manager' if user.manager else 'seller'}\t{state}\t"
+                      f"added {user.created_at:%Y-%m-%d %H:%M}")
+    finally:
+        store.close()
+    return 0
+
+
 def cmd_submit(args) -> int:
     from functools import partial
 
@@ -261,7 +291,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="calltune", description=__doc__)
     parser.add_argument("--version", action="version", version=f"calltune {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, help="what to do (each has its own --help)")
 
     def common(p, default: Path = DEFAULT_CONFIG):
         p.add_argument("--config", type=Path, help=f"YAML config (default: {default} when present)")
@@ -329,6 +359,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, help="longest reply a request may ask for (default: serve.max_tokens)")
     vertex_base_url(p)
     p.set_defaults(func=cmd_serve)
+
+    users = sub.add_parser("users", help="who may sign in to `calltune serve` (serve.auth=keys): sellers' and "
+                                         "managers' keys, kept in the practice history's database (serve.database_url)")
+    actions = users.add_subparsers(dest="action", required=True, help="add, list or revoke a user")
+    p = actions.add_parser("add", help="issue a key to NAME and print it once (only its hash is kept)")
+    p.add_argument("name", help="the seller's name (or, with serve.auth=iap, their email)")
+    p.add_argument("--manager", action="store_true", help="a manager: sees the team view and every seller's calls")
+    common(p)
+    common(actions.add_parser("list", help="every user: seller or manager, valid or revoked"))
+    p = actions.add_parser("revoke", help="revoke NAME's key (servers refuse it within serve.refresh_s)")
+    p.add_argument("name", help="the seller's or manager's name, as `calltune users list` shows it")
+    common(p)
+    users.set_defaults(func=cmd_users)
 
     p = common(sub.add_parser("secrets", help="list a secret's versions; disable or enable one; check them against "
                                               "the Vertex endpoint"))

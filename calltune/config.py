@@ -488,9 +488,24 @@ class ServeConfig(Section):
     idle_timeout_s: float = Field(5.0, gt=0, description="Seconds an idle keep-alive connection stays open.")
     vertex_base_url: str = Field("", description="Vertex AI API endpoint override for a Vertex endpoint in the secret "
                                                  "(empty: REGION-aiplatform.googleapis.com).")
-    database_url: str = Field("", description="The practice page's history (calls and reviews per seller): a "
-                                              "SQLAlchemy database URL (e.g. postgresql://...); empty: the SQLite file "
-                                              "practice.sqlite in state_dir.")
+    database_url: str = Field("", description="The practice history (calls and reviews per seller, the sellers' "
+                                              "keys): a SQLAlchemy database URL, e.g. postgresql://USER:PASSWORD@HOST"
+                                              "/DB or, on Cloud Run, postgresql://USER:PASSWORD@/DB?host=/cloudsql/"
+                                              "PROJECT:REGION:INSTANCE; empty: the SQLite file practice.sqlite in "
+                                              "state_dir. Instances sharing one database share the history.")
+    auth: Literal["keys", "iap", "none"] = Field("keys", description="Who is calling: keys (each seller's key from "
+                                                                     "`calltune users add`, or the operator's key in "
+                                                                     "$<api_key_env>; on loopback with neither, none "
+                                                                     "is asked), iap (the verified Identity-Aware "
+                                                                     "Proxy JWT, on Cloud Run) or none (loopback "
+                                                                     "only).")
+    iap_audience: str = Field("", description="auth=iap: the audience IAP signs its JWT for, "
+                                              "/projects/PROJECT_NUMBER/locations/REGION/services/SERVICE (IAP on the "
+                                              "Cloud Run service) or /projects/PROJECT_NUMBER/global/backendServices/ID "
+                                              "(IAP on a load balancer).")
+    iap_certs_url: str = Field("https://www.gstatic.com/iap/verify/public_key-jwk",
+                               description="auth=iap: IAP's public keys (a JWK set), read again when their "
+                                           "Cache-Control says they are stale.")
 
 
 class GcpConfig(Section):

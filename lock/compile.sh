@@ -5,7 +5,7 @@
 # `--find-links DIR` where download.pytorch.org is out of reach, or `--upgrade-package NAME`.
 set -eu
 cd "$(dirname "$0")/.."
-exec python -m uv pip compile pyproject.toml --extra local --extra gcp --extra synth --extra test --extra vertex \
+exec python -m uv pip compile pyproject.toml --extra local --extra gcp --extra synth --extra test --extra vertex --extra serve \
     --python-version 3.11 --python-platform x86_64-manylinux_2_28 --override lock/cpu-torch.txt \
     --extra-index-url "${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}" --index-strategy unsafe-best-match \
     --custom-compile-command "sh lock/compile.sh" -o lock/requirements.txt "$@"

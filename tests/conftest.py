@@ -173,7 +173,7 @@ def chromium():
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if not exe:
         if os.environ.get("CI"):
-            pytest.fail("CI: no chromium executable; `make browser` installs Debian's chromium")
+            pytest.fail("CI: no chromium executable; `make system` installs Debian's chromium")
         pytest.skip("no chromium executable (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
@@ -243,3 +243,28 @@ def coach_dir(tmp_path_factory) -> Path:
     calls, splits = write_graded(folder / "data")
     build_coach(calls, splits, folder / "coach", CoachConfig(bootstrap_samples=200), seed=0)
     return folder / "coach"
+
+
+# ---- PostgreSQL: a throwaway cluster of Debian's server, one per test session, a fresh database per test ----
+@pytest.fixture(scope="session")
+def postgres():
+    """Debian's PostgreSQL in a temporary folder, run as a non-root user (tests/team_harness.py: under root, as the
+    `postgres` system user). Skips where the server is not installed, except under CI (`make test` installs it)."""
+    from team_harness import PostgresMissing, postgres_cluster
+
+    try:
+        with postgres_cluster() as cluster:
+            yield cluster
+    except PostgresMissing as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI: {exc}; `make system` installs Debian's postgresql")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """The same store test on both databases the practice history runs on: a SQLite file, and a new database on the
+    session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'practice.sqlite'}"
+    return request.getfixturevalue("postgres").new_database()

@@ -5,7 +5,7 @@ import warnings
 import pytest
 
 from calltune.apps.chat import ChatSession, repl
-from calltune.runtime.responders import LocalResponder
+from calltune.runtime.local_responder import LocalResponder
 
 from conftest import SYSTEM, TINY_DIALOGUES
 

@@ -48,8 +48,10 @@ def _env(values: dict) -> dict:
 
 
 def test_steps_run_in_order_and_push_only_tested_images():
-    assert list(STEPS) == ["test", "build-image", "build-trainer", "push", "compile", "upload", "submit"]
-    assert set(STEPS["push"]["waitFor"]) == {"test", "build-image", "build-trainer"}
+    assert list(STEPS) == ["test", "build-image", "build-trainer", "build-app", "push", "compile", "upload", "submit",
+                           "deploy-app"]
+    assert set(STEPS["push"]["waitFor"]) == {"test", "build-image", "build-trainer", "build-app"}
+    assert "waitFor" not in STEPS["deploy-app"]  # after every step before it: the run is over
     assert STEPS["compile"]["waitFor"] == ["push"]  # the template names images that exist
     assert "images" not in BUILD  # `images:` would push only at the very end, after the run was started
 
@@ -134,3 +136,46 @@ def test_the_run_substitution_turns_the_run_off(workspace, fakes):
     done = _run_step("submit", workspace, values, registry.host("test-project", "calltune-pipelines"))
     assert "no run started" in done.stdout
     assert vertex.requests == [] and registry.requests == []
+
+
+@pytest.fixture
+def stubs(tmp_path):
+    """docker, gcloud and the venv's calltune as stubs that record their arguments, one call a line."""
+    calls = tmp_path / "calls.txt"
+    bin_dir, venv_bin = tmp_path / "bin", tmp_path / "workspace" / ".venv" / "bin"
+    for folder, name in ((bin_dir, "docker"), (bin_dir, "gcloud"), (venv_bin, "calltune")):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\n')
+        (folder / name).chmod(0o755)
+    return tmp_path / "workspace", bin_dir, calls
+
+
+def _stubbed(stubs, values) -> list[str]:
+    workspace, bin_dir, calls = stubs
+    calls.write_text("")
+    env = {**os.environ, **_env(values), "CALLTUNE_TEMPLATES": "https://templates", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    for step_id in ("build-app", "push", "submit", "deploy-app"):
+        done = subprocess.run(["bash", "-c", _script(step_id, values)], cwd=workspace, env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, f"{step_id}:\n{done.stdout}\n{done.stderr}"
+    return calls.read_text().splitlines()
+
+
+def test_the_app_is_neither_built_nor_deployed_by_default(stubs):
+    values = _values()
+    env = _env(values)
+    calls = _stubbed(stubs, values)
+    assert calls[:2] == [f"docker push {env['CALLTUNE_IMAGE']}", f"docker push {env['CALLTUNE_TRAINER_IMAGE']}"]
+    assert len(calls) == 3 and calls[2].startswith("calltune submit ") and "--wait" not in calls[2]
+
+
+def test_a_named_service_gets_the_app_image_once_the_run_is_over(stubs):
+    values = _values(_APP_SERVICE="calltune-app")
+    app_image = _env(values)["CALLTUNE_APP_IMAGE"]
+    assert re.fullmatch(r"us-central1-docker\.pkg\.dev/test-project/calltune/calltune-serve:abc1234", app_image)
+    calls = _stubbed(stubs, values)
+    assert calls[0] == f"docker build -f images/Dockerfile.serve -t {app_image} ."
+    assert (ROOT / "images" / "Dockerfile.serve").is_file()
+    assert calls[3] == f"docker push {app_image}"
+    assert calls[4].startswith("calltune submit https://templates/calltune/abc1234 ") and calls[4].endswith(" --wait")
+    assert calls[5:] == [f"gcloud run deploy calltune-app --image {app_image} --region us-central1 --project test-project"]

@@ -316,8 +316,8 @@ def test_the_coach_step_writes_what_the_model_card_and_the_evaluation_report_sho
     assert "MAE (grade points)" in section and "36 graded training calls and measured on 12" in section
 
 
-def test_the_history_stores_each_call_once_and_loses_nothing_to_concurrent_writers(tmp_path):
-    history = open_history("", tmp_path)
+def test_the_history_stores_each_call_once_and_loses_nothing_to_concurrent_writers(database_url):
+    history = open_history(database_url, "unused")
     stored, created = history.add("Ana", "call-1", {"turns": []}, {"grade": {"estimate": 6}}, grade=6.0, model_version=2)
     again, created_again = history.add("Ana", "call-1", {"turns": []}, {"grade": {"estimate": 9}}, grade=9.0)
     assert (created, created_again) == (True, False) and again == stored  # a retry adds nothing and changes nothing
@@ -325,7 +325,7 @@ def test_the_history_stores_each_call_once_and_loses_nothing_to_concurrent_write
     assert history.list("Ana")[0].judge_grade == 7.0 and history.list("Bo") == []
 
     # Writers on their own connections, started together: every call of every writer is stored, each key once.
-    others = [SqlHistory(f"sqlite:///{tmp_path / 'practice.sqlite'}") for _ in range(4)]
+    others = [SqlHistory(database_url) for _ in range(4)]
     start = threading.Barrier(len(others))
     errors = []
 

@@ -2,6 +2,7 @@
 card, component input descriptions in the compiled YAML, and an evaluation report that fits the window."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import stat
@@ -60,10 +61,13 @@ def test_a_bad_value_in_the_file_names_the_file(tmp_path, capsys):
 
 
 def test_every_option_has_help():
-    parser = cli.build_parser()
-    sub = next(a for a in parser._actions if a.choices and "run" in a.choices)
-    missing = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, p in sub.choices.items()
-               for a in p._actions if not a.help]
+    missing, todo = [], [("calltune", cli.build_parser())]
+    while todo:  # every command, and every command's own actions (`calltune users add`)
+        name, parser = todo.pop()
+        for a in parser._actions:
+            if not a.help and not isinstance(a, argparse._HelpAction):
+                missing.append(f"{name} {'/'.join(a.option_strings) or a.dest}")
+            todo += [(f"{name} {n}", p) for n, p in (a.choices or {}).items() if isinstance(p, argparse.ArgumentParser)]
     assert missing == []
 
 

@@ -64,7 +64,8 @@ def test_a_sampled_reply_that_repeats_is_resampled_with_a_seed_derived_from_the_
 
 
 def test_the_local_responder_retries_behind_one_future_and_streams_only_the_kept_try(hang_up_model):
-    from calltune.runtime.responders import LocalResponder, Sampling, conversation
+    from calltune.runtime.local_responder import LocalResponder
+    from calltune.runtime.responders import Sampling, conversation
 
     responder = LocalResponder(hang_up_model, max_batch=4)
     try:
@@ -90,7 +91,8 @@ def test_the_local_responder_retries_behind_one_future_and_streams_only_the_kept
 
 
 def test_a_reply_that_says_the_end_of_call_marker_ends_the_call(hang_up_model):
-    from calltune.runtime.responders import LocalResponder, Sampling, conversation
+    from calltune.runtime.local_responder import LocalResponder
+    from calltune.runtime.responders import Sampling, conversation
 
     responder = LocalResponder(hang_up_model, max_batch=4)
     try:

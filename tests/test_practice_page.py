@@ -260,7 +260,7 @@ def test_errors_are_shown_and_recoverable_by_keyboard_on_a_phone(browser, person
     page.route("**/v1/chat/completions", network)
     with practice_serving(cfg) as url:
         page.goto(f"{url}/?timeout_s=2")
-        expect(page.get_by_label("API key")).to_be_focused()  # the page asks for the key first
+        expect(page.get_by_label("Your key")).to_be_focused()  # the page asks for the key first
         page.keyboard.type("pk-practice-key")
         page.keyboard.press("Enter")
         expect(page.locator("#served")).to_have_text("Customer model: llm-endpoint · version 1")
@@ -443,3 +443,132 @@ def test_a_judge_answering_in_the_scorecard_reviews_each_criterion_with_its_quot
             assert [f["title"] for f in shown["feedbacks"]] == list(SCORECARD)
             prompt = judge.bodies()[-1]["messages"][-1]["content"]
             assert "Opening and rapport" in prompt and f"seller: {seller_line}" in prompt
+
+
+def test_a_seller_signs_in_to_their_own_progress_and_a_manager_to_the_team(browser, coach_dir, tmp_path):
+    """Per-seller keys: a seller sees only their own calls (another's history is refused to the page too); a
+    manager sees the team, the checklist items a seller misses most as a chart, and any seller's calls."""
+    import httpx
+    from test_team import bearer, call, team_server
+
+    expect = playwright_api.expect
+    asked, next_step = "Asked whether the customer has time", "Proposed a next step"
+    with team_server(tmp_path, coach_dir, f"sqlite:///{tmp_path / 'team.sqlite'}") as (url, history, clock):
+        ana, bo, boss = history.add_user("Ana"), history.add_user("Bo"), history.add_user("Maria", manager=True)
+        clock.now += 30
+        with httpx.Client(base_url=url, timeout=60) as http:
+            for key, call_id, done in [(ana, "a1", {asked}), (ana, "a2", set()), (bo, "b1", {asked, next_step})]:
+                assert http.post("/practice/api/calls", json=call(call_id, done), headers=bearer(key)).status_code == 200
+
+        def signed_in(key: str):
+            context = browser.new_context(viewport={"width": 1100, "height": 900})
+            context.set_default_timeout(60_000)
+            page = context.new_page()
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(url)
+            expect(page.get_by_label("Your key")).to_be_focused()
+            page.keyboard.type(key)
+            page.keyboard.press("Enter")
+            return context, page, errors
+
+        context, page, errors = signed_in(ana)
+        expect(page.locator("#signed-in")).to_have_text("Signed in as Ana")
+        expect(page.locator("#name-field")).to_be_hidden()
+        expect(page.get_by_role("button", name="Team")).to_be_hidden()
+        page.get_by_role("button", name="My progress").click()
+        expect(page.locator("#progress-who")).to_have_text("Practice calls of “Ana”.")
+        expect(page.locator("#progress-table tbody tr")).to_have_count(2)
+        assert page.evaluate("""async (key) => [
+            (await fetch('/practice/api/history?seller=Bo', {headers: {Authorization: `Bearer ${key}`}})).status,
+            (await fetch('/practice/api/team', {headers: {Authorization: `Bearer ${key}`}})).status]""", ana) == [403, 403]
+        context.close()
+        assert not errors, errors
+
+        context, page, errors = signed_in(boss)
+        expect(page.locator("#signed-in")).to_have_text("Signed in as Maria (manager)")
+        page.get_by_role("button", name="Team").click()
+        rows = page.locator("#team-table tbody tr")
+        expect(rows).to_have_count(3)
+        expect(rows.nth(0).locator("td").nth(0)).to_have_text("Ana")
+        expect(rows.nth(0).locator("td").nth(1)).to_have_text("2")
+        expect(page.locator("#team-chart-label")).to_contain_text("The checklist items Ana misses most")
+        expect(page.locator("#team-chart .missed-bar")).to_have_count(3)  # Ana missed all three items once or more
+        page.screenshot(path=ARTIFACTS / "practice-team.png", full_page=True)
+        rows.nth(1).get_by_role("button", name="Missed items").click()
+        expect(page.locator("#team-chart-label")).to_contain_text("The checklist items Bo misses most")
+        rows.nth(1).get_by_role("button", name="Calls").click()
+        expect(page.locator("#progress-title")).to_have_text("Progress of Bo")
+        expect(page.locator("#progress-table tbody tr")).to_have_count(1)
+        page.get_by_role("button", name="Back").click()
+        expect(page.locator("#team")).to_be_visible()
+        context.close()
+        assert not errors, errors
+
+
+def test_a_call_ended_while_the_database_is_lost_is_kept_and_saved_once_it_is_back(browser, coach_dir, postgres,
+                                                                                   tmp_path):
+    """The practice history's PostgreSQL refuses connections as the seller ends a call: the page shows the 503, keeps
+    the call on screen and saves it by itself after Retry-After, once the database is back; stored once. A call
+    ended while the database is away survives a reload of the tab, and is saved once it is back."""
+    import httpx
+    from test_team import bearer, team_server
+
+    expect = playwright_api.expect
+    url = postgres.new_database()
+    database = url.split("?")[0].rsplit("/", 1)[1]
+    reply = {"model": "llm-endpoint/versions/1", "choices": [{"index": 0, "delta": {"content": "Who is calling?"}}]}
+    with team_server(tmp_path, coach_dir, url) as (base, history, clock):
+        key = history.add_user("Ana")
+        clock.now += 30
+        context = browser.new_context(viewport={"width": 1100, "height": 900})
+        context.set_default_timeout(60_000)
+        page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        # The customer's replies come from this fake network: the model is not what is under test here.
+        page.route("**/v1/chat/completions", lambda route: route.fulfill(
+            status=200, content_type="text/event-stream", body=f"data: {json.dumps(reply)}\n\ndata: [DONE]\n\n"))
+        page.goto(base)
+        page.get_by_label("Your key").fill(key)
+        page.keyboard.press("Enter")
+        expect(page.locator("#signed-in")).to_have_text("Signed in as Ana")
+        page.locator("#own-fields input").first.fill("Ana")
+        page.get_by_role("button", name="Start the call").click()
+        line = page.get_by_label("Your line")
+        line.fill("Do you have a minute to talk?")
+        line.press("Enter")
+        expect(page.locator(".turn.customer:not(.streaming)")).to_have_count(2)
+
+        postgres.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        postgres.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'")
+        page.get_by_role("button", name="End the call").click()
+        expect(page.locator("#error-text")).to_contain_text("the practice history's database is unreachable")
+        expect(page.locator("#error-text")).to_contain_text("Retrying in")
+        expect(page.locator("#after-transcript .turn")).to_have_count(3)  # the call stays on screen
+        postgres.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        expect(page.locator("#coach-review .saved")).to_have_text("Saved in the practice history of “Ana”.")
+        expect(page.locator("#error")).to_be_hidden()
+
+        # A second call, and the tab reloaded while the database is away: the call is kept in the tab and saved once
+        # the database is back.
+        page.get_by_role("button", name="New call").click()
+        expect(page.get_by_label("Customer", exact=True)).to_be_focused()  # the customers are filled in again
+        page.locator("#own-fields input").first.fill("Ana")
+        page.get_by_role("button", name="Start the call").click()
+        line.fill("What plan do you have today?")
+        line.press("Enter")
+        expect(page.locator("#transcript .turn.customer:not(.streaming)")).to_have_count(2)
+        postgres.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        postgres.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'")
+        page.get_by_role("button", name="End the call").click()
+        expect(page.locator("#error-text")).to_contain_text("the practice history's database is unreachable")
+        page.reload()
+        expect(page.locator("#error-text")).to_contain_text("Retrying in")  # the kept call, sent again
+        postgres.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        expect(page.locator("#notice")).to_contain_text("The call you ended earlier is now saved")
+        assert page.evaluate("sessionStorage.getItem('calltune.unsavedCall')") is None
+        context.close()
+        assert not errors, errors
+        calls = httpx.get(f"{base}/practice/api/history", headers=bearer(key), timeout=60).json()["calls"]
+        assert [c["turns"] for c in calls] == [3, 3] and calls[0]["call_id"] != calls[1]["call_id"]

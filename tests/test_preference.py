@@ -9,8 +9,8 @@ import pytest
 from calltune.config import SplitConfig, TuneConfig
 from calltune.conversation.windows import split_call
 from calltune.evaluation.simulate import Simulated, calls_from_examples
-from calltune.runtime.generation import Generation
 from calltune.runtime.guardrails import Guardrails
+from calltune.runtime.sampling import Generation
 from calltune.training.preference import Backend, candidate_pairs, decide, paired_gains, run_rounds, select_pairs
 
 SELLER = ["Good morning, I am calling from Acme about {p}. Do you have a minute?",

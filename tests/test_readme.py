@@ -120,10 +120,12 @@ def cli_problems(command: str) -> list[str]:
     if words[:1] in (["calltune"], [".venv/bin/calltune"]):
         if len(words) > 1 and "<" in words[1]:  # `calltune <command> --help`
             return []
-        sub = build_parser()._subparsers._group_actions[0].choices.get(words[1] if len(words) > 1 else "")
-        if sub is None:
-            return [f"{command}: no such calltune command"]
-        args = words[2:]
+        sub, args = build_parser(), words[1:]
+        while sub._subparsers is not None:  # down the commands and their actions (`calltune users add`)
+            sub = sub._subparsers._group_actions[0].choices.get(args[0] if args else "")
+            if sub is None:
+                return [f"{command}: no such calltune command"]
+            args = args[1:]
     elif words[:2] in (["python", "compile.py"], [".venv/bin/python", "compile.py"]):
         sub, args = _compile_parser(), words[2:]
     elif script := next((w for w in words[:2] if w.startswith("benchmarks/")), None):
@@ -148,7 +150,11 @@ def cli_problems(command: str) -> list[str]:
 @cache
 def _known_options() -> frozenset[str]:
     """Options a bare `--flag` span may name: calltune's (any command), compile.py's and the benchmark scripts'."""
-    parsers = [_compile_parser(), *build_parser()._subparsers._group_actions[0].choices.values()]
+    parsers, todo = [_compile_parser()], [build_parser()]
+    while todo:  # every command and every command's actions
+        parser = todo.pop()
+        parsers.append(parser)
+        todo += parser._subparsers._group_actions[0].choices.values() if parser._subparsers else []
     scripts = [p for p in (ROOT / "benchmarks").iterdir() if p.suffix in (".py", ".sh")]
     return frozenset({o for p in parsers for o in p._option_string_actions}
                      | {w for p in scripts for w in re.findall(r"--[\w-]+", p.read_text(encoding="utf-8"))})
@@ -182,14 +188,20 @@ def file_problem(name: str) -> str | None:
     return f"no file {name} in the tree or the code's outputs"
 
 
+def gcloud_options(text: str) -> frozenset[str]:
+    """Options the text's gcloud blocks use (test_google_cloud_blocks_are_marked_and_parse checks them against
+    gcloud's own --help where it is installed): prose may name them too."""
+    return frozenset(o for b in blocks(text) if "gcloud" in b.marks for o in re.findall(r"(?<![\w-])--[\w-]+", b.text))
+
+
 def readme_problems(text: str = README) -> list[str]:
     """Every field, CLI flag and file the text names in backticks or in a shell block."""
     problems = []
     for span in spans(text):
         if span.startswith(("calltune ", "python compile.py")):
             problems += cli_problems(span)
-        elif span.startswith("--") and span.split()[0] not in _known_options():
-            problems.append(f"{span}: no such option of calltune, compile.py or a benchmark script")
+        elif span.startswith("--") and span.split()[0] not in _known_options() | gcloud_options(text):
+            problems.append(f"{span}: no such option of calltune, compile.py, a benchmark script or a gcloud block")
         elif " " not in span and (FILE_NAME.match(span) or re.fullmatch(r"[\w.-]+(/[\w.<>-]+)*/", span)):
             problems += [p for p in [file_problem(span)] if p]
         elif re.fullmatch(r"[a-z_]+\.([a-z_]+|\*)(=\S*)?", span) and span.split(".")[0] in SECTIONS:
@@ -208,7 +220,7 @@ def test_a_wrong_flag_is_caught():
     assert readme_problems("```bash\n.venv/bin/python benchmarks/score_reply.py --example 8\n```\n") == [
         ".venv/bin/python benchmarks/score_reply.py --example 8: benchmarks/score_reply.py has no option --example"]
     assert readme_problems("Add `--verbos` for kfp's log.") == [
-        "--verbos: no such option of calltune, compile.py or a benchmark script"]
+        "--verbos: no such option of calltune, compile.py, a benchmark script or a gcloud block"]
     assert readme_problems("```bash\ncalltune secrets --disabel 1   # off\n```\n") == [
         "calltune secrets --disabel 1: no option --disabel"]
 
@@ -408,7 +420,7 @@ def test_every_runnable_block_runs_in_order_and_prints_what_the_readme_says(afte
 
     if not shutil.which("curl"):
         if os.environ.get("CI"):
-            pytest.fail("CI: no curl; `make curl` installs it")
+            pytest.fail("CI: no curl; `make system` installs it")
         pytest.skip("no curl (apt-get install curl)")
     work, env, state = after_make_run
     with serving(ServeConfig(port=0), DeployConfig(), state) as url:

@@ -10,7 +10,7 @@ from calltune.evaluation.metrics import Estimate
 from calltune.evaluation.realism import realism
 from calltune.evaluation.simulate import calls_from_examples, local_replier, simulate
 from calltune.runtime.embeddings import Embedder
-from calltune.runtime.generation import Generation
+from calltune.runtime.sampling import Generation
 
 PRODUCTS = ["solar panels", "a credit card", "health insurance", "a phone plan", "a new car", "home internet",
             "a gym membership", "accounting software", "a timeshare", "office chairs", "a cloud backup service",

@@ -245,7 +245,7 @@ def test_pipeline_run_with_a_seq2seq_base_completes_under_kfp_local(t5_dir, tmp_
 def test_chat_with_a_tuned_seq2seq_model(tuned):
     """`calltune chat` on a promoted T5: the encoder reads the same plain-text conversation as in training."""
     from calltune.apps.chat import ChatSession
-    from calltune.runtime.responders import LocalResponder
+    from calltune.runtime.local_responder import LocalResponder
 
     _, model_dir = tuned
     history, prompt, target = TINY_DIALOGUES[1]

@@ -13,9 +13,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -25,7 +27,7 @@ from calltune.backends.registry import open_registry
 from calltune.cli import main
 from calltune.config import DeployConfig, ServeConfig, SplitConfig
 from calltune.release.deploy import deploy, rollback
-from calltune.runtime.generation import Generation
+from calltune.runtime.sampling import Generation
 
 from conftest import HANG_UP_REPLY, SYSTEM, TINY_DIALOGUES
 from fakes.secret_manager import FakeSecretManager
@@ -222,7 +224,7 @@ class BlockedModel:
 def test_concurrent_requests_generate_together(tmp_path, base_model_dir, caplog):
     """Four requests to a model that waits for company until its batch is full (batch_wait_ms far above any
     scheduling delay, max_batch 4): the fourth arrival starts them, all four decoded together."""
-    caplog.set_level(logging.DEBUG, logger="calltune.runtime.responders")
+    caplog.set_level(logging.DEBUG, logger="calltune.runtime.local_responder")
     cfg = DeployConfig()
     publish(cfg, tmp_path, base_model_dir.as_uri())
     with running(cfg, tmp_path, max_batch=4, batch_wait_ms=600_000) as url:
@@ -394,32 +396,40 @@ def test_keeps_serving_through_a_registry_outage_and_a_model_that_fails_to_load(
             wait_for(lambda: reply(url, turn) == ("llm-endpoint/versions/3", "333 says: Hi"))
 
 
-def test_cli_serve(tmp_path, vertex):
-    cfg = DeployConfig()
-    publish(cfg, tmp_path, ENDPOINT.format(111))
+@contextmanager
+def cli_server(*args: str, program: tuple[str, ...] = ("-m", "calltune.cli")) -> Iterator[SimpleNamespace]:
+    """`calltune serve ARGS` in its own process (`program`: how python runs the CLI) on a free port, answering once
+    /health does; stopped with SIGINT when the block ends, its output and exit code then in `.out`, `.returncode`."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "calltune.cli", "serve", "--port", str(port), "--refresh-s", "1",
-                             "--vertex-base-url", vertex.endpoint, f"state_dir={tmp_path}"],
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, *program, "serve", "--port", str(port), *args], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    server = SimpleNamespace(url=f"http://127.0.0.1:{port}", out="", returncode=None)
     try:
-        url = f"http://127.0.0.1:{port}"
-
         def up():
             assert proc.poll() is None, proc.stdout.read()
             try:
-                return request(url, "/health").status_code == 200
+                return request(server.url, "/health").status_code == 200
             except httpx.TransportError:
                 return False
 
-        wait_for(up, timeout=60)
-        assert reply(url, [{"role": "user", "content": "Hi"}]) == ("llm-endpoint/versions/1", "111 says: Hi")
+        wait_for(up, timeout=120)
+        yield server
     finally:
         proc.send_signal(signal.SIGINT)
-        out = proc.communicate(timeout=30)[0]
-    assert proc.returncode in (0, 130)
+        server.out = proc.communicate(timeout=60)[0]
+        server.returncode = proc.returncode
+
+
+def test_cli_serve(tmp_path, vertex):
+    cfg = DeployConfig()
+    publish(cfg, tmp_path, ENDPOINT.format(111))
+    with cli_server("--refresh-s", "1", "--vertex-base-url", vertex.endpoint, f"state_dir={tmp_path}") as server:
+        assert reply(server.url, [{"role": "user", "content": "Hi"}]) == ("llm-endpoint/versions/1", "111 says: Hi")
+    out = server.out
+    assert server.returncode in (0, 130)
     assert "llm-endpoint version 1 at http://127.0.0.1" in out
     assert "POST /v1/chat/completions 200 tokens=1+1" in out and "version=1" in out
     assert ENDPOINT.format(111) not in out

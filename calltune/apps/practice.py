@@ -5,36 +5,44 @@ server's own `/v1/chat/completions` with `stream=true` and to small JSON endpoin
 - GET  /practice/api/setup: the served version, the customers to choose from and what the call needs;
 - POST /practice/api/persona: a customer described by the seller, rendered into a system instruction;
 - POST /practice/api/calls: the coach's offline review of a finished call (calltune.coaching.coach: the coach the
-  served model carries, in its folder's coach/), and, under the name the seller typed, the call and its review
-  stored in the practice history (calltune.coaching.history), once per call_id however often the page retries;
+  served model carries, in its folder's coach/), and, under the signed-in seller's name (or, for the operator, the
+  name typed), the call and its review stored in the practice history (calltune.coaching.history), once per call_id
+  however often the page retries;
 - POST /practice/api/review: the configured judge's review of the seller, in the served model's scorecard
   (calltune.coaching.review), attached to the stored call;
-- GET  /practice/api/history: a seller's past calls with their grades and analytics, newest first, a page at a time.
+- GET  /practice/api/history: a seller's past calls with their grades and analytics, newest first, a page at a time:
+  a seller's own only (another's: 403); a manager's, any seller's;
+- GET  /practice/api/team: managers only: every seller's calls, grades and analytics over time and the checklist
+  items each misses most, a page of sellers at a time.
 
 The customers are the system instructions the served model was trained on (its model card's `personas`), each
 sent back exactly as training rendered it; their fields (name, meeting type, ...) are read back through the
 `data.system_prompt` template. A customer the seller describes is rendered by the same function ingest uses.
 Nothing the page receives names a file, a secret's payload or a key: the served model is named by the secret and
-version number only. A seller's name proves nothing about who typed it (there is no sign-in yet): the page says so,
-and beyond loopback these endpoints need the API key like the rest of the API.
+version number only. Who is calling is calltune.apps.serve.auth's answer (a seller's key, IAP): a signed-in seller's
+calls are filed under their name. Without sign-in (loopback, or the operator's shared key) a typed name files them,
+and proves nothing: the page says so. A lost database connection is a 503 with Retry-After (the page keeps the call
+and retries), and nothing a seller said reaches the server log.
 """
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, FastAPI, Query
+from fastapi import APIRouter, Depends, FastAPI, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from calltune.apps.serve.auth import Caller, caller
 from calltune.apps.serve.protocol import ApiError
 from calltune.apps.serve.watcher import Watcher
 from calltune.backends.resources import is_vertex_model
 from calltune.coaching.coach import Coach, CoachError
-from calltune.coaching.history import KEY_CHARS, NAME_CHARS, PAGE, PracticeHistory, StoredCall, open_history
+from calltune.coaching.history import KEY_CHARS, NAME_CHARS, PAGE, PracticeHistory, StoredCall, normal_name
 from calltune.config import Config
 from calltune.data.formats.base import persona_fields, template_fields
 from calltune.release.model_card import COACH_DIR
@@ -53,8 +61,9 @@ HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; st
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
 MAX_TEXT = 20_000  # characters of one field or turn the page may send
 MAX_TURNS = 400
-NAME_NOTICE = ("Your name only files your calls under it: it proves nothing about who you are. Until sign-in is "
-               "added, anyone who can reach this server can read the history of any name.")
+NAME_NOTICE = ("Your name only files your calls under it: it proves nothing about who you are. Without sign-in "
+               "(serve.auth), anyone who can reach this server can read the history of any name.")
+CALLER = Annotated[Caller, Depends(caller)]
 
 
 def customers(card: dict | None, template: str, shown_fields: Sequence[str]) -> list[dict]:
@@ -88,8 +97,15 @@ class ReviewRequest(BaseModel):
     seller: str = Field("", max_length=NAME_CHARS, description="the name the call is filed under; empty: not stored")
     call_id: str = Field("", max_length=KEY_CHARS, description="the page's key of this call: a retry stores nothing twice")
 
-    def stored_under(self) -> tuple[str, str] | None:
-        seller = " ".join(self.seller.split())
+    def stored_under(self, who: Caller) -> tuple[str, str] | None:
+        """(seller, call_id) the call is filed under: the signed-in seller's own name (another's: 403), or for the
+        operator the name typed (none: not stored)."""
+        seller = normal_name(self.seller)
+        if who.name:
+            if seller and seller != who.name:
+                raise ApiError(403, f"signed in as {who.name!r}: calls are filed under your own name only",
+                               "permission_error", "forbidden", "seller")
+            seller = who.name
         if not seller:
             return None
         if not self.call_id.strip():
@@ -107,12 +123,11 @@ class Practice:
     """What the page's endpoints read: the config, the served model's card and coach (cached per endpoint), the judge,
     the practice history."""
 
-    def __init__(self, cfg: Config, watcher: Watcher):
-        self.cfg, self.watcher = cfg, watcher
+    def __init__(self, cfg: Config, watcher: Watcher, history: PracticeHistory):
+        self.cfg, self.watcher, self._history = cfg, watcher, history
         self._cards: dict[str, dict | None] = {}
         self._coaches: dict[str, Coach] = {}
         self._judge = None
-        self._history: PracticeHistory | None = None
         self._lock = threading.Lock()
 
     def card(self, endpoint: str) -> dict | None:
@@ -150,14 +165,7 @@ class Practice:
         return Coach(None, [])
 
     def history(self) -> PracticeHistory:
-        with self._lock:
-            if self._history is None:
-                self._history = open_history(self.cfg.serve.database_url, self.cfg.state_path())
-            return self._history
-
-    def close(self) -> None:
-        if self._history is not None:
-            self._history.close()
+        return self._history
 
     def template(self, card: dict | None) -> str:
         return (card or {}).get("system_prompt_template") or self.cfg.data.system_prompt
@@ -178,7 +186,7 @@ class Practice:
         served = self.watcher.current
         return (served.version, self.card(served.endpoint)) if served else (None, None)
 
-    def file_call(self, body: CallRequest) -> tuple[dict, bool, bool]:
+    def file_call(self, body: CallRequest, who: Caller) -> tuple[dict, bool, bool]:
         """(the coach's review of a finished call, stored?, stored by this request?). Under a name the call is stored
         once per call_id, and a retry gets the review stored the first time."""
         version, coach = self.served_coach()
@@ -187,7 +195,7 @@ class Practice:
             review = coach.review({"call_id": body.call_id, "turns": turns})
         except CoachError as exc:
             raise ApiError(400, str(exc), code="no_seller_turn", param="turns") from None
-        where = body.stored_under()
+        where = body.stored_under(who)
         if where is None:
             return review, False, False
         call = {"system": body.system, "persona": body.persona, "turns": turns, "served_by": body.served_by,
@@ -200,7 +208,7 @@ class Practice:
         served = self.watcher.current
         return (served.version, self.coach(served.endpoint)) if served else (None, self.coach(None))
 
-    def setup(self) -> dict:
+    def setup(self, who: Caller) -> dict:
         version, card = self.served_card()
         template = self.template(card)
         judge = self.cfg.judge
@@ -213,7 +221,8 @@ class Practice:
                 "coach": {"scorecard": coach.scorecard is not None, "trained": bool(coach.records),
                           "notice": coach.notice(), "scale": [coach.scorecard.grade_min, coach.scorecard.grade_max]
                           if coach.scorecard else None},
-                "name_notice": NAME_NOTICE, "timeout_s": self.cfg.serve.request_timeout_s}
+                "caller": {"name": who.name or None, "manager": who.manager}, "auth": self.cfg.serve.auth,
+                "name_notice": "" if who.name else NAME_NOTICE, "timeout_s": self.cfg.serve.request_timeout_s}
 
 
 def history_entry(stored: StoredCall) -> dict:
@@ -244,8 +253,8 @@ def practice_routers(practice: Practice) -> tuple[APIRouter, APIRouter]:
     page.add_api_route("/practice/{name}", static, methods=["GET"])
 
     @api.get("/setup")
-    def setup() -> dict:
-        return practice.setup()
+    def setup(who: CALLER) -> dict:
+        return practice.setup(who)
 
     @api.post("/persona")
     def persona(body: PersonaRequest) -> dict:
@@ -262,13 +271,13 @@ def practice_routers(practice: Practice) -> tuple[APIRouter, APIRouter]:
         return {"system": render_system(template, tuple(fields.items())), "fields": fields}
 
     @api.post("/calls")
-    def finished_call(body: CallRequest) -> dict:
-        review, stored, created = practice.file_call(body)
+    def finished_call(body: CallRequest, who: CALLER) -> dict:
+        review, stored, created = practice.file_call(body, who)
         # A retry gets the review stored the first time: the history holds one call, and the page shows it.
         return {"review": review, "stored": stored, **({"created": created} if stored else {})}
 
     @api.post("/review")
-    def review(body: CallRequest):
+    def review(body: CallRequest, who: CALLER):
         from calltune.coaching.review import ReviewError, review_call
 
         if cfg.judge.backend == "none":
@@ -278,9 +287,9 @@ def practice_routers(practice: Practice) -> tuple[APIRouter, APIRouter]:
             judge = practice.judge()
         except (ValueError, ImportError) as exc:  # e.g. the judge's key variable is not set: says which, not its value
             raise ApiError(503, f"the judge cannot be used: {exc}", "server_error", "judge_unavailable") from None
-        where = body.stored_under()
+        where = body.stored_under(who)
         if where is not None:  # the call is in the history before its judge's review: never a review without a call
-            practice.file_call(body)
+            practice.file_call(body, who)
         try:
             verdict = review_call(body.system, [t.model_dump() for t in body.turns], judge,
                                   practice.served_coach()[1].scorecard)
@@ -291,20 +300,37 @@ def practice_routers(practice: Practice) -> tuple[APIRouter, APIRouter]:
         return verdict
 
     @api.get("/history")
-    def history(seller: Annotated[str, Query(min_length=1, max_length=NAME_CHARS)],
+    def history(who: CALLER, seller: Annotated[str, Query(max_length=NAME_CHARS)] = "",
                 limit: Annotated[int, Query(ge=1, le=PAGE)] = PAGE, before: int | None = None) -> dict:
-        rows = practice.history().list(" ".join(seller.split()), limit=limit, before=before)
-        return {"seller": " ".join(seller.split()), "calls": [history_entry(r) for r in rows],
-                "next": rows[-1].id if len(rows) == limit else None, "notice": NAME_NOTICE}
+        name = normal_name(seller) or who.name
+        if not name:
+            raise ApiError(400, "name the seller whose calls to list", param="seller")
+        if who.name and name != who.name and not who.manager:
+            raise ApiError(403, f"signed in as {who.name!r}: a seller sees only their own calls", "permission_error",
+                           "forbidden", "seller")
+        rows = practice.history().list(name, limit=limit, before=before)
+        return {"seller": name, "calls": [history_entry(r) for r in rows],
+                "next": rows[-1].id if len(rows) == limit else None, "notice": "" if who.name else NAME_NOTICE}
+
+    @api.get("/team")
+    def team(who: CALLER, days: Annotated[int, Query(ge=1, le=3650)] = 90,
+             limit: Annotated[int, Query(ge=1, le=PAGE)] = PAGE,
+             after: Annotated[str, Query(max_length=NAME_CHARS)] = "") -> dict:
+        if not who.manager:
+            raise ApiError(403, "the team view is for managers (calltune users add NAME --manager)",
+                           "permission_error", "forbidden")
+        since = datetime.now(UTC) - timedelta(days=days)
+        sellers = practice.history().team(since, limit=limit, after=normal_name(after))
+        return {"since": since.isoformat(timespec="seconds"), "days": days, "sellers": sellers,
+                "next": sellers[-1]["seller"] if len(sellers) == limit else None}
 
     return page, api
 
 
-def mount_practice(app: FastAPI, cfg: Config, dependencies: Sequence = ()) -> None:
-    """Serve the practice page at `/` of `calltune serve`'s app (its `state.watcher` says which model answers);
-    `dependencies` (the API key check) guard the page's JSON endpoints."""
-    practice = Practice(cfg, app.state.watcher)
+def mount_practice(app: FastAPI, cfg: Config, history: PracticeHistory, dependencies: Sequence = ()) -> None:
+    """Serve the practice page at `/` of `calltune serve`'s app (its `state.watcher` says which model answers), its
+    calls kept in `history`; `dependencies` (the sign-in) guard the page's JSON endpoints."""
+    practice = Practice(cfg, app.state.watcher, history)
     page, api = practice_routers(practice)
     app.include_router(page)
     app.include_router(api, dependencies=list(dependencies))
-    app.state.on_stop.append(practice.close)

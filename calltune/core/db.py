@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,8 +24,22 @@ def connect_sqlite(path: Path, *, readonly: bool = False, any_thread: bool = Fal
         return sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=60, isolation_level=None)
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=not any_thread)
-    db.execute("PRAGMA journal_mode=WAL")
+    _use_wal(db)
     return db
+
+
+def _use_wal(db: sqlite3.Connection, attempts: int = 600) -> None:
+    """Switch the file to WAL (it stays so). Connections that open a new file together race to switch it, and SQLite
+    answers the losers "database is locked" at once, without its busy handler (two would deadlock waiting), so the
+    switch is tried again until one has made it; a plain loop, as tenacity is not on the GPU image (core/ is)."""
+    for attempt in range(attempts):
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
 
 
 @contextmanager

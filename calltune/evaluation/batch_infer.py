@@ -21,10 +21,11 @@ from calltune.backends.resources import is_vertex_model
 from calltune.config import InferConfig, TuneConfig
 from calltune.core.io import atomic_open, read_jsonl, write_json, write_jsonl
 from calltune.runtime.encoding import encode_file, encoder, instructions, prompt_ids
-from calltune.runtime.generation import Batch, Generation, PrefixCache, Request, stream
+from calltune.runtime.generation import Batch, PrefixCache, Request, stream
 from calltune.runtime.guardrails import Guardrails
 from calltune.runtime.loading import load_model, model_sha, model_source, read_model_card
-from calltune.runtime.responders import GeminiResponder, Sampling, card_split, earlier_turns
+from calltune.runtime.responders import GeminiResponder, card_split, earlier_turns
+from calltune.runtime.sampling import Generation, Sampling
 from calltune.runtime.scoring import score
 
 log = logging.getLogger(__name__)

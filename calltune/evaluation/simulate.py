@@ -129,7 +129,8 @@ def local_replier(model, tokenizer, cfg: InferConfig, max_len: int, decoding=Non
     sampled replies, no end-of-call marker, no guardrails)."""
     from calltune.evaluation.batch_infer import Decoding, generate_batch, prompt_ids
     from calltune.runtime.encoding import encoder
-    from calltune.runtime.generation import Generation, PrefixCache
+    from calltune.runtime.generation import PrefixCache
+    from calltune.runtime.sampling import Generation
 
     encode = encoder(model.config.is_encoder_decoder)
     prefixes = PrefixCache()  # turn k+1 of a call repeats turn k's conversation: only the new lines are read
@@ -151,7 +152,8 @@ def local_replier(model, tokenizer, cfg: InferConfig, max_len: int, decoding=Non
 def vertex_replier(resource: str, cfg: InferConfig):
     """Replies of a Vertex AI endpoint or tuned Gemini model, `cfg.max_concurrency` requests at once (the
     responder batch inference uses)."""
-    from calltune.runtime.responders import GeminiResponder, Sampling
+    from calltune.runtime.responders import GeminiResponder
+    from calltune.runtime.sampling import Sampling
 
     responder = GeminiResponder(resource, cfg.vertex_base_url, max_concurrency=cfg.max_concurrency)
     sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p)

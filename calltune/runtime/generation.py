@@ -25,6 +25,7 @@ from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, Sto
 from transformers.cache_utils import Cache, DynamicLayer
 
 from calltune.runtime.guardrails import Guardrails, Tries
+from calltune.runtime.sampling import Generation
 
 
 @dataclass
@@ -40,16 +41,6 @@ class Request:
     end_of_call: str = ""  # a stop string that ends the reply with finish_reason "end_of_call"
     banned: Mapping[tuple[int, ...], int] = field(default_factory=dict)  # token n-gram -> times it may occur
     min_tokens: int = 0  # the end of turn is not chosen before this many tokens
-
-
-@dataclass
-class Generation:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # "stop" (end of turn or a stop string), "end_of_call", "length" (max_new_tokens), "cancelled"
-    token_ids: list[int] = field(default_factory=list, repr=False)  # the reply's tokens, as generated
-    guard: object | None = None  # calltune.runtime.guardrails.Attempt: what guarded decoding did, when it ran
 
 
 class _Row:

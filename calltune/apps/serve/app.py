@@ -4,13 +4,13 @@ POST /v1/chat/completions (calltune.apps.serve.chat) answers as the customer mod
 (calltune.apps.serve.watcher); GET /v1/models and /v1/models/{id} name the served version (`<secret>/versions/<n>`,
 also answered to the bare secret id, which follows the latest version); GET /health says whether a model is being
 served, and why not. Every error is JSON in OpenAI's shape (calltune.apps.serve.protocol.ApiError), and the
-connection stays usable. With an API key in `$<serve.api_key_env>`, every /v1 route needs `Authorization: Bearer
-KEY`; without one the server listens on loopback only. With the whole config (`page`), the practice page
-(calltune.apps.practice) is served at `/`, its JSON endpoints behind the same key.
+connection stays usable. Every /v1 route knows who is calling (calltune.apps.serve.auth: a seller's key, the
+operator's, or the verified IAP identity, by serve.auth). With the whole config (`page`), the practice page
+(calltune.apps.practice) is served at `/`, its JSON endpoints behind the same sign-in, its history in the practice
+history's database (serve.database_url), which instances of the server may share.
 """
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import socket
@@ -20,37 +20,32 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from calltune.apps.practice import mount_practice
+from calltune.apps.serve.auth import AUTHENTICATED, Authenticator
 from calltune.apps.serve.chat import ServingChat, check_model, log_request, served_now
 from calltune.apps.serve.protocol import ApiError, model_id, model_object
 from calltune.apps.serve.watcher import Watcher, load_responder
+from calltune.coaching.history import open_history
 from calltune.config import Config, DeployConfig, ServeConfig, SplitConfig
-from calltune.core.net import is_loopback
 from calltune.runtime.responders import Responder
 
 log = logging.getLogger(__name__)
+DB_RETRY_S = 5  # Retry-After of a 503 while the practice history's database is unreachable
 
 
-def _authenticate(request: Request) -> None:
-    key = request.app.state.api_key
-    if key and not hmac.compare_digest(request.headers.get("authorization", "").encode(), f"Bearer {key}".encode()):
-        raise ApiError(401, "missing or wrong API key: send it as `Authorization: Bearer KEY`", "authentication_error",
-                       "invalid_api_key")
-
-
-AUTHENTICATED = Depends(_authenticate)  # for routes another module adds: dependencies=[AUTHENTICATED]
-
-
-def create_app(watcher: Watcher, cfg: ServeConfig | None = None, api_key: str = "") -> FastAPI:
-    """The ASGI app over a started `Watcher`. `api_key` empty: no authentication."""
+def create_app(watcher: Watcher, cfg: ServeConfig | None = None, auth: Authenticator | None = None) -> FastAPI:
+    """The ASGI app over a started `Watcher`. `auth` None: nobody is asked (everyone is the operator)."""
     cfg = cfg or ServeConfig()
     app = FastAPI(title="calltune", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.watcher, app.state.cfg, app.state.api_key = watcher, cfg, api_key
+    app.state.watcher, app.state.cfg = watcher, cfg
+    app.state.auth = auth or Authenticator(cfg.model_copy(update={"auth": "none", "host": "127.0.0.1"}), None)
     app.state.on_stop = []  # what the server closes when it stops (the practice history's connections)
     chat = app.state.chat = ServingChat(watcher, cfg)
     secret = watcher.cfg.secret_id
@@ -69,6 +64,16 @@ def create_app(watcher: Watcher, cfg: ServeConfig | None = None, api_key: str = 
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return ApiError(400, f"{where or 'body'}: {first.get('msg', 'invalid request')}", param=where or None).response()
+
+    async def database_lost(request: Request, exc: Exception):
+        # The type only: a driver's message may quote what it was sending (hide_parameters keeps SQLAlchemy's out).
+        log.error("serve: %s %s: the practice history's database is unreachable (%s)", request.method,
+                  request.url.path, type(exc).__name__)
+        return ApiError(503, "the practice history's database is unreachable; your call is kept: retry shortly",
+                        "server_error", "database_unavailable", headers={"Retry-After": str(DB_RETRY_S)}).response()
+
+    for lost in (OperationalError, InterfaceError, PoolTimeout):
+        app.add_exception_handler(lost, database_lost)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
@@ -110,14 +115,9 @@ def create_app(watcher: Watcher, cfg: ServeConfig | None = None, api_key: str = 
     return app
 
 
-def api_key_for(cfg: ServeConfig) -> str:
-    """The API key from `$<serve.api_key_env>`; a non-loopback bind without one is refused."""
-    key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
-    if not key and not is_loopback(cfg.host):
-        raise ValueError(f"serve.host={cfg.host} is reachable from other machines: set an API key in "
-                         f"${cfg.api_key_env or 'CALLTUNE_API_KEY'} (clients send it as `Authorization: Bearer KEY`), "
-                         f"or listen on 127.0.0.1")
-    return key
+def shared_key(cfg: ServeConfig) -> str:
+    """The operator's key from `$<serve.api_key_env>` (empty: none)."""
+    return os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
 
 
 class Server:
@@ -166,19 +166,30 @@ class Server:
 
 def open_server(cfg: ServeConfig, deploy: DeployConfig, state_dir: Path, split: SplitConfig | None = None,
                 load: Callable[[str], Responder] | None = None, page: Config | None = None) -> tuple[Server, Watcher]:
-    """Check the API key rule, load the latest version's model, start watching, bind; `Server.run()` or
-    `.start()` answers. The caller stops both (`server.stop()`, `watcher.stop()`). `page`: the whole config, to
-    serve the practice page (calltune.apps.practice) at `/` too."""
-    key = api_key_for(cfg)
-    watcher = Watcher(deploy, state_dir, cfg.refresh_s, load or (lambda endpoint: load_responder(endpoint, cfg, split)))
-    watcher.start()
+    """Open the practice history (its schema migrated), check the sign-in rules, load the latest version's model,
+    start watching, bind; `Server.run()` or `.start()` answers. The caller stops both (`server.stop()`,
+    `watcher.stop()`). `page`: the whole config, to serve the practice page (calltune.apps.practice) at `/` too."""
+    store = open_history(cfg.database_url, state_dir) if page is not None or cfg.auth != "none" else None
     try:
-        app = create_app(watcher, cfg, key)
+        auth = Authenticator(cfg, store, shared_key(cfg))
+        watcher = Watcher(deploy, state_dir, cfg.refresh_s,
+                          load or (lambda endpoint: load_responder(endpoint, cfg, split)))
+        watcher.start()
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
+    try:
+        app = create_app(watcher, cfg, auth)
+        if store is not None:
+            app.state.on_stop.append(store.close)
         if page is not None:
-            mount_practice(app, page, [AUTHENTICATED])
+            mount_practice(app, page, store, [AUTHENTICATED])
         return Server(app, cfg), watcher
     except BaseException:
         watcher.stop()
+        if store is not None:
+            store.close()
         raise
 
 
@@ -206,7 +217,7 @@ def serve(cfg: ServeConfig, deploy: DeployConfig, state_dir: Path, split: SplitC
         served = watcher.current
         log.info("serve: %s %s at %s/v1 (checking for new versions every %g s%s)", deploy.secret_id,
                  f"version {served.version}" if served else f"({watcher.problem})", server.url, cfg.refresh_s,
-                 "; API key required" if server.server.config.app.state.api_key else "")
+                 f"; sign-in: {cfg.auth}")
         server.run()
     finally:
         server.close()

@@ -20,7 +20,7 @@ from calltune.backends.registry import open_registry
 from calltune.backends.resources import ResourceName, is_vertex_model
 from calltune.config import DeployConfig, ServeConfig, SplitConfig
 from calltune.release.store import model_path_from_endpoint
-from calltune.runtime.responders import EndpointResponder, GeminiResponder, LocalResponder, Responder
+from calltune.runtime.responders import EndpointResponder, GeminiResponder, Responder
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ def load_responder(endpoint: str, cfg: ServeConfig | None = None, split: SplitCo
         if chat and chat.is_vllm():  # deploy.target=vertex-endpoint: the vLLM container's chat completions
             return EndpointResponder(endpoint, split=split, max_concurrency=cfg.max_batch, chat=chat)
         return GeminiResponder(endpoint, cfg.vertex_base_url, split, max_concurrency=cfg.max_batch)
+    from calltune.runtime.local_responder import LocalResponder  # the one path that imports torch
+
     return LocalResponder(model_path_from_endpoint(endpoint), split, max_batch=cfg.max_batch,
                           max_prompt_tokens=cfg.max_prompt_tokens, batch_wait_s=cfg.batch_wait_ms / 1000,
                           guardrails=cfg.guardrails)

@@ -1,12 +1,14 @@
 // The practice page: the seller chooses a customer, holds a call with the model (streamed replies from
 // /v1/chat/completions), ends it and reads the coach's review beside the call (and the judge's, with one configured);
-// under a typed name the call goes into the practice history ("My progress"). Plain JavaScript, no build step;
-// every text from the server goes into the page as text, never as HTML.
+// the call goes into the practice history ("My progress") under the signed-in seller's name (or, without sign-in,
+// a typed one); a manager also sees the team. Plain JavaScript, no build step; every text from the server goes into
+// the page as text, never as HTML.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const KEY = "calltune.apiKey";  // sessionStorage only: the key leaves with the tab
 const SELLER = "calltune.seller";  // the name calls are filed under, for this tab
+const UNSAVED = "calltune.unsavedCall";  // a finished call not yet in the history: kept across a reload of the tab
 const params = new URLSearchParams(location.search);
 // Longest silence while waiting for a reply: a little over the server's own request timeout, unless set in the URL.
 const timeoutS = () => Number(params.get("timeout_s")) || (state.setup ? state.setup.timeout_s + 5 : 120);
@@ -27,7 +29,11 @@ const state = {
   afterKey: null,    // what to do once the seller has entered the API key
   progressBefore: null,  // the history page to read next ("Older calls")
   progressFrom: null,    // the section "Back" returns to
+  progressSeller: null,  // a manager looking at another seller's calls
+  teamAfter: null,       // the team page to read next ("More sellers")
+  team: [],              // the sellers shown in the team view
 };
+const SECTIONS = ["choose", "call", "after", "team"];  // what "My progress" and "Team" return from
 
 class HttpError extends Error {
   constructor(status, message, retryAfter = null) {
@@ -86,9 +92,9 @@ function clearError() {
 
 function showError(err, retry) {
   clearError();
-  if (err.status === 401 || err.status === 403) {
-    askForKey(err.status === 401 && sessionStorage.getItem(KEY) ? "The API key was refused; enter it again."
-      : "This server needs the same API key as its API.", retry);
+  if (err.status === 401) {
+    askForKey(sessionStorage.getItem(KEY) ? "The key was refused; enter it again."
+      : "This server needs your key (from `calltune users add`) or the API's key.", retry);
     return;
   }
   state.retry = retry;
@@ -145,10 +151,17 @@ async function loadSetup() {
   $("served").textContent = versionLabel(setup);
   $("name-notice").textContent = setup.name_notice;
   $("forget-key").hidden = !sessionStorage.getItem(KEY);
+  const who = setup.caller || { name: null, manager: false };
+  $("name-field").hidden = Boolean(who.name);  // signed in: calls are filed under that name
+  $("signed-in").hidden = !who.name;
+  $("signed-in").textContent = who.name ? `Signed in as ${who.name}${who.manager ? " (manager)" : ""}` : "";
+  $("team-open").hidden = !(who.name && who.manager);
   return setup;
 }
 
 function seller() {
+  const who = state.setup && state.setup.caller;
+  if (who && who.name) return who.name;
   return $("seller").value.trim().replace(/\s+/g, " ");
 }
 
@@ -362,9 +375,7 @@ async function startCall() {
   state.autoRetries = 0;
   $("transcript").replaceChildren();
   $("call-with").textContent = `You are calling ${state.customer.label}. Version ${setup.version} answers.`;
-  $("choose").hidden = true;
-  $("after").hidden = true;
-  $("progress").hidden = true;
+  for (const id of ["choose", "after", "progress", "team"]) $(id).hidden = true;
   $("call").hidden = false;
   $("line").value = "";
   if ($("customer-opens").checked && setup.opening_prompt) await customerReplies();
@@ -467,8 +478,11 @@ async function review(call) {
 async function coachReview(call) {
   const box = $("coach-review");
   box.replaceChildren(el("h3", "Your review"), el("p", "The coach is reading your call…", "hint"));
+  const body = { ...call, seller: seller() };
+  sessionStorage.setItem(UNSAVED, JSON.stringify(body));
   try {
-    const saved = await api("/practice/api/calls", { ...call, seller: seller() });
+    const saved = await api("/practice/api/calls", body);
+    sessionStorage.removeItem(UNSAVED);
     box.replaceChildren(...coachSections(saved.review));
     if (saved.stored) box.append(el("p", `Saved in the practice history of “${seller()}”.`, "hint saved"));
   } catch (err) {
@@ -627,16 +641,18 @@ function progressRow(c) {
   return tr;
 }
 
-async function showProgress(more = false) {
+async function showProgress(more = false, of = null) {
   clearError();
-  const name = seller() || sessionStorage.getItem(SELLER) || "";
+  if (!more) state.progressSeller = of;
+  const name = state.progressSeller || seller() || sessionStorage.getItem(SELLER) || "";
   if (!more) {
-    state.progressFrom = ["choose", "call", "after"].find((id) => !$(id).hidden) || "choose";
+    state.progressFrom = SECTIONS.find((id) => !$(id).hidden) || "choose";
     state.progressBefore = null;
     $("progress-table").querySelector("tbody").replaceChildren();
   }
-  for (const id of ["choose", "call", "after"]) $(id).hidden = true;
+  for (const id of SECTIONS) $(id).hidden = true;
   $("progress").hidden = false;
+  $("progress-title").textContent = state.progressSeller ? `Progress of ${name}` : "My progress";
   $("progress-notice").textContent = state.setup ? state.setup.name_notice : "";
   if (!name) {
     $("progress-who").textContent = "Type your name where you choose a customer: your calls are kept under it.";
@@ -667,6 +683,97 @@ function closeProgress() {
   $(state.progressFrom || "choose").hidden = false;
 }
 
+// ---------------------------------------------------------------- the team (managers)
+
+function fixed(v, digits = 1) {
+  return v === null || v === undefined ? "-" : v.toFixed(digits);
+}
+
+// The checklist items one seller misses most: a bar per item, its length the share of judged calls that missed it.
+function missedChart(s) {
+  const svg = $("team-chart");
+  const ns = svg.namespaceURI;
+  const make = (tag, attrs, text) => {
+    const node = document.createElementNS(ns, tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+    if (text !== undefined) node.textContent = text;
+    return node;
+  };
+  svg.replaceChildren();
+  if (!s || !s.missed.length) {
+    $("team-chart-label").textContent = s ? `${s.seller}: no checklist item missed in these calls.` : "";
+    return;
+  }
+  $("team-chart-label").textContent = `The checklist items ${s.seller} misses most (share of the judged calls)`;
+  const left = 230, width = 200, row = 26;
+  svg.setAttribute("viewBox", `0 0 480 ${12 + s.missed.length * row}`);
+  s.missed.forEach((m, i) => {
+    const y = 8 + i * row;
+    const share = m.missed / m.judged;
+    const label = make("text", { x: 0, y: y + 14, "font-size": 11 }, m.item.length > 38 ? `${m.item.slice(0, 37)}…` : m.item);
+    label.append(make("title", {}, m.item));
+    const bar = make("rect", { x: left, y, width: Math.max(2, share * width), height: 18, fill: "#a4161a", class: "missed-bar" });
+    bar.append(make("title", {}, `${m.item}: missed in ${m.missed} of ${m.judged} judged calls`));
+    svg.append(label, bar, make("text", { x: left + share * width + 4, y: y + 14, "font-size": 11 },
+      `${m.missed}/${m.judged}`));
+  });
+}
+
+function teamRow(s) {
+  const tr = document.createElement("tr");
+  tr.dataset.seller = s.seller;
+  const days = s.days;
+  const weighted = (key) => {
+    const graded = days.filter((d) => d[key] !== null);
+    const n = graded.reduce((a, d) => a + d.calls, 0);
+    return n ? graded.reduce((a, d) => a + d[key] * d.calls, 0) / n : null;
+  };
+  const talk = s.analytics.talk_ratio;
+  const top = s.missed.length ? `${s.missed[0].item} (${s.missed[0].missed}/${s.missed[0].judged})` : "-";
+  for (const text of [s.seller, String(s.calls), fixed(weighted("grade")), fixed(weighted("judge_grade")),
+    talk === null || talk === undefined ? "-" : `${Math.round(talk * 100)}%`, top]) tr.append(el("td", text));
+  const actions = el("td");
+  const chartButton = el("button", "Missed items", "secondary team-missed");
+  chartButton.type = "button";
+  chartButton.addEventListener("click", () => missedChart(s));
+  const calls = el("button", "Calls", "secondary team-calls");
+  calls.type = "button";
+  calls.addEventListener("click", () => showProgress(false, s.seller));
+  actions.append(chartButton, calls);
+  tr.append(actions);
+  return tr;
+}
+
+async function showTeam(more = false) {
+  clearError();
+  if (!more) {
+    state.teamAfter = null;
+    state.team = [];
+    $("team-table").querySelector("tbody").replaceChildren();
+  }
+  for (const id of [...SECTIONS, "progress"]) $(id).hidden = true;
+  $("team").hidden = false;
+  try {
+    const query = new URLSearchParams();
+    if (more && state.teamAfter !== null) query.set("after", state.teamAfter);
+    const page = await api(`/practice/api/team?${query}`);
+    for (const s of page.sellers) $("team-table").querySelector("tbody").append(teamRow(s));
+    state.team = [...state.team, ...page.sellers];
+    state.teamAfter = page.next;
+    $("team-more").hidden = page.next === null;
+    $("team-who").textContent = state.team.length ? `${state.team.length} sellers.` : "No seller has practised yet.";
+    if (!more) missedChart(state.team.find((s) => s.missed.length) || null);
+  } catch (err) {
+    showError(err, () => showTeam(more));
+  }
+  $("team-title").focus();
+}
+
+function closeTeam() {
+  $("team").hidden = true;
+  $("choose").hidden = false;
+}
+
 async function copyTranscript() {
   const text = $("jsonl").value;
   try {
@@ -680,8 +787,7 @@ async function copyTranscript() {
 
 async function newCall() {
   clearError();
-  $("after").hidden = true;
-  $("progress").hidden = true;
+  for (const id of ["after", "progress", "team"]) $(id).hidden = true;
   $("choose").hidden = false;
   try {
     fillCustomers(await loadSetup());
@@ -693,6 +799,21 @@ async function newCall() {
 
 // ---------------------------------------------------------------- wiring
 
+// A call that was ended but not saved when the tab was reloaded (the database was lost, say): saved now, under its
+// own call_id, so it is stored once however often it was sent.
+async function saveUnsaved() {
+  const raw = sessionStorage.getItem(UNSAVED);
+  if (!raw) return;
+  const call = JSON.parse(raw);
+  try {
+    const saved = await api("/practice/api/calls", call);
+    sessionStorage.removeItem(UNSAVED);
+    if (saved.stored) notice(`The call you ended earlier is now saved in your practice history (${call.call_id}).`);
+  } catch (err) {
+    showError(err, saveUnsaved);
+  }
+}
+
 async function init() {
   try {
     fillCustomers(await loadSetup());
@@ -701,7 +822,9 @@ async function init() {
   } catch (err) {
     $("served").textContent = "Not connected";
     showError(err, init);
+    return;
   }
+  await saveUnsaved();
 }
 
 $("customer").addEventListener("change", showCustomer);
@@ -720,6 +843,9 @@ $("progress-open").addEventListener("click", () => showProgress());
 $("progress-after").addEventListener("click", () => showProgress());
 $("progress-more").addEventListener("click", () => showProgress(true));
 $("progress-close").addEventListener("click", closeProgress);
+$("team-open").addEventListener("click", () => showTeam());
+$("team-more").addEventListener("click", () => showTeam(true));
+$("team-close").addEventListener("click", closeTeam);
 $("seller").value = sessionStorage.getItem(SELLER) || "";
 $("error-retry").addEventListener("click", retryNow);
 $("error-dismiss").addEventListener("click", clearError);
