@@ -67,9 +67,11 @@ def test_every_rule_breaking_reply_is_rejected_and_the_most_recognisable_others_
     rest = sorted((p for p in candidate_pairs(calls, sims, embedder, Guardrails()) if not p.broken),
                   key=lambda p: -p.recognisable)
     assert [(p.call_id, p.turn) for p in pairs if not p.broken] == [(p.call_id, p.turn) for p in rest[:2]]
-    # Where a side ended the call, its text carries the marker: the real closing turn, the model's hang-up.
+    # A round teaches wording, not when to hang up: neither the real closing turn nor the model's hang-up carries
+    # the end-of-call marker.
     last = next(p for p in candidate_pairs(calls, sims, embedder, Guardrails()) if p.call_id == "t1" and p.turn == 3)
-    assert last.chosen.endswith("[hangs up]") and last.rejected.endswith("[hangs up]")
+    assert calls[1].examples[3].get("end_of_call") == "[hangs up]"
+    assert (last.chosen, last.rejected) == (calls[1].customers[3], sims[1].customers[3])
 
 
 def test_a_reply_that_breaks_character_under_a_training_line_is_rejected_for_a_real_deflection():

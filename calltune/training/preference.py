@@ -4,8 +4,10 @@ model is taught to prefer the real customer's reply over its own where its own g
 One round:
 1. **Data.** The tuned model plays the *train* split's calls closed-loop (calltune.evaluation.simulate, without
    guarded decoding: its own replies, faults and all). At every turn it produced, the pair's prompt is the context
-   it replied to, *chosen* the real customer's reply there and *rejected* its own (each with the end-of-call marker
-   where that side ended the call, so hanging up early and never hanging up are taught too).
+   it replied to, *chosen* the real customer's reply there and *rejected* its own, both without the end-of-call
+   marker: a round teaches how the customer words a reply, not when it hangs up (supervised tuning taught that).
+   With the marker on the side that ended the call, one round on the bundled data made the customer hang up before
+   the real call ended in 10 of 12 test calls (4 before it).
 2. **Which pairs.** A discriminator (realism's: MiniLM features, logistic regression) is trained on the train calls'
    real and simulated customer turns and scores every simulated turn out of fold (folds by call). The
    `tune.preference_pairs` pairs whose reply it finds the most recognisable are kept, and every pair whose reply
@@ -64,7 +66,6 @@ def candidate_pairs(calls, sims, embedder, rails) -> list[Pair]:
     """Every turn a simulated call produced, as a pair against the real reply there, with its out-of-fold
     discriminator score and the rules its reply breaks (`rails`: guarded decoding's rules, the length band of the
     model card)."""
-    from calltune.conversation.render import reply_text
     from calltune.evaluation.realism import out_of_fold, role_rules
     from calltune.evaluation.simulate import context
 
@@ -81,15 +82,11 @@ def candidate_pairs(calls, sims, embedder, rails) -> list[Pair]:
     for i, (call, sim) in enumerate(zip(calls, sims)):
         recognisable = proba[(groups == i) & (y == 1)]
         role = role_rules(sim.customers, sim.sellers, call.customers)
-        marker = call.examples[0].get("end_of_call") or next(
-            (e["end_of_call"] for e in call.examples if e.get("end_of_call")), "")
-        for k, reply in enumerate(sim.customers):
-            hung_up = sim.hung_up and k == len(sim.customers) - 1
-            rejected = f"{reply} {marker}".strip() if hung_up and marker else reply
-            chosen = reply_text(call.examples[k])
+        for k, rejected in enumerate(sim.customers):
+            chosen = call.customers[k]  # no end-of-call marker on either side (module docstring)
             if " ".join(chosen.split()).casefold() == " ".join(rejected.split()).casefold():
                 continue
-            broken = [*(rails.broken(reply, sim.customers[:k]) if rails else []),
+            broken = [*(rails.broken(rejected, sim.customers[:k]) if rails else []),
                       *(["role"] if role[k] else [])]
             pairs.append(Pair(call.call_id, k, context(call, k, sim.sellers, sim.customers), chosen, rejected,
                               float(recognisable[k]), tuple(broken)))
