@@ -160,7 +160,7 @@ def test_a_round_is_rolled_back_when_accuracy_drops_or_nothing_improves_beyond_n
     assert model == "before" and not report["rounds"][0]["kept"]
     assert "validation token accuracy dropped by 0.0500" in report["rounds"][0]["decision"]
 
-    same = FakeBackend({"before": real, "after": real}, {"before": 0.5, "after": 0.5})
+    same = FakeBackend({"before": parrot, "after": parrot}, {"before": 0.5, "after": 0.5})
     model, report = run_rounds("before", same.backend(), examples("t", 6), examples("v", 6), None, cfg,
                                samples=300, seed=1)
     assert model == "before" and "within noise" in report["rounds"][0]["decision"]
