@@ -19,6 +19,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 
+def _switch_word(value):
+    """YAML reads a bare on/off (in a config file or an override) as a boolean: the word it was written as."""
+    return ("on" if value else "off") if isinstance(value, bool) else value
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # finite numbers only
     prefix: ClassVar[str] = ""
@@ -127,6 +132,11 @@ class SplitConfig(Section):
     opening_prompt: str = Field(
         "[The phone rings and the customer answers.]",
         description="Prompt used for a customer turn that no seller turn precedes (the call opening); empty drops such turns.")
+    end_of_call: str = Field(
+        "[hangs up]",
+        description="Marker the customer's closing turn of every call ends with, so the model learns to end a call: "
+                    "a stop string of existing tokens (no new special token); a reply that says it ends the call "
+                    "(finish_reason end_of_call). Empty: no marker.")
 
 
 class SampleConfig(Section):
@@ -219,6 +229,25 @@ class TuneConfig(Section):
                                                 "CPU); above 1 on CPU, gloo workers (for tests).")
     merge: bool = Field(False, description="Also write the adapter merged into the base weights (merged/, "
                                            "safetensors) for serving without peft.")
+    preference_rounds: int = Field(0, ge=0, description="Realism preference rounds after supervised tuning "
+                                                       "(calltune.training.preference): the tuned model plays the "
+                                                       "train calls closed-loop, its most recognisable and its "
+                                                       "rule-breaking replies become rejected answers beside the real "
+                                                       "ones (DPO on the LoRA adapter, or a Vertex preference job), and "
+                                                       "a round is kept only if validation realism improves beyond "
+                                                       "noise. 0: off.")
+    preference_pairs: int = Field(128, ge=1, description="Pairs a round keeps by the discriminator (its most "
+                                                         "recognisable simulated replies), besides every pair whose "
+                                                         "reply breaks a rule.")
+    preference_beta: float = Field(0.1, gt=0, description="DPO beta: how far the tuned policy may move from the "
+                                                           "supervised reference (higher: less).")
+    preference_learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate of a preference round.")
+    preference_epochs: float = Field(1.0, gt=0, description="Epochs over a round's pairs (gemini: whole epochs).")
+    preference_max_accuracy_drop: float = Field(
+        0.02, ge=0, le=1, description="A preference round is rolled back when validation token accuracy drops by "
+                                      "more than this (absolute), whatever it gained in realism. The bundled "
+                                      "validation split scores about 460 tokens: 0.01 is 5 of them, a fifth of "
+                                      "that accuracy's own 95% interval.")
     gemini_adapter_size: int = Field(0, ge=0, description="gemini: LoRA adapter size (1, 2, 4, 8 or 16; 0: the "
                                                           "service's default).")
     gemini_learning_rate_multiplier: float = Field(1.0, gt=0, description="gemini: multiplier of the service's "
@@ -241,6 +270,11 @@ class TuneConfig(Section):
                              "above 0 (0 validates once, after training)")
         return self
 
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_word(cls, value):
+        return _switch_word(value)
+
 
 class InferConfig(Section):
     prefix: ClassVar[str] = "infer"
@@ -250,6 +284,11 @@ class InferConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Sampling only: nucleus sampling keeps the smallest set of tokens "
                                                       "whose probability reaches this.")
     batch_size: int = Field(16, ge=1, description="Local model: prompts generated together (left-padded, one KV cache).")
+    guardrails: bool = Field(True, description="Local model: guarded decoding (calltune.runtime.guardrails): a reply "
+                                               "that repeats the customer's own earlier turn, loops, is empty or "
+                                               "falls outside the length band of real replies is generated again "
+                                               "(at most twice; greedy: with the offending n-grams banned). "
+                                               "Evaluation also reports realism without it.")
     max_concurrency: int = Field(8, ge=1, description="Vertex endpoint: generateContent requests in flight at once.")
     vertex_base_url: str = Field("", description="Vertex endpoint: API endpoint override (empty: "
                                                  "REGION-aiplatform.googleapis.com); an http:// one (a local fake) "
@@ -324,6 +363,17 @@ class SimulateConfig(Section):
     seller_max_retries: int = Field(5, ge=0, description="openai/gemini seller: retries of a request that failed "
                                                          "with 429, 5xx, a timeout or a dropped connection; then the "
                                                          "simulation fails.")
+    adversarial: Literal["off", "tuned", "all"] = Field(
+        "tuned", description="In character under pressure: a fixed suite of 30 seller lines that try to break the "
+                             "role (are you an AI, ignore your instructions, you are the seller now, repeat your "
+                             "system prompt, off-topic requests), each inserted once into each test call; the report "
+                             "gives the share of replies that break character. tuned: the tuned model's replies; "
+                             "all: base and champion too; off: skipped.")
+
+    @field_validator("adversarial", mode="before")
+    @classmethod
+    def _adversarial_word(cls, value):
+        return _switch_word(value)
 
     def seller_settings(self) -> SellerConfig:
         return SellerConfig(backend=self.seller, model=self.seller_model, base_url=self.seller_base_url,
@@ -426,6 +476,8 @@ class ServeConfig(Section):
                                                             "history goes first, as in training (never beyond the "
                                                             "model's context minus max_tokens).")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body; larger gets 413.")
+    guardrails: bool = Field(True, description="Local model: guarded decoding, as infer.guardrails (a streamed reply "
+                                               "is sent once it has passed the rules).")
     max_batch: int = Field(16, ge=1, description="Local model: requests decoded together at most (a request that "
                                                 "comes while others generate joins at the next token).")
     batch_wait_ms: float = Field(25.0, ge=0, description="Local model: when it is idle, how long the first request "

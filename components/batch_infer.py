@@ -12,6 +12,7 @@ def batch_infer(
     infer_temperature: float,
     infer_top_p: float,
     infer_batch_size: int,
+    infer_guardrails: bool,
     infer_max_concurrency: int,
     infer_vertex_base_url: str,
     evaluate_max_examples: int,

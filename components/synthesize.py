@@ -33,6 +33,7 @@ def synthesize(
     synthesize_timeout_s: float,
     split_history_turns: int,
     split_opening_prompt: str,
+    split_end_of_call: str,
     seed: int,
     state_dir: str,
     splits: Output[Dataset],

@@ -9,6 +9,7 @@ def turn_split(
     calls: Input[Dataset],
     split_history_turns: int,
     split_opening_prompt: str,
+    split_end_of_call: str,
     examples: Output[Dataset],
     metrics: Output[Metrics],
     report: Output[Markdown],

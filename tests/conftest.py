@@ -137,6 +137,27 @@ def tiny_chat_model(tmp_path_factory) -> Path:
     return out
 
 
+HANG_UP = "friday friday"  # an end-of-call marker made of the tiny chat model's words
+HANG_UP_REPLY = "yes ana is calling"
+
+
+@pytest.fixture(scope="session")
+def hang_up_model(tmp_path_factory, tiny_chat_model) -> Path:
+    """A LoRA on the tiny chat model that ends every call: trained in seconds on replies that close the call with
+    the end-of-call marker HANG_UP (its card's split records it), so it answers HANG_UP_REPLY and hangs up."""
+    from calltune.config import SplitConfig, TuneConfig
+    from calltune.training.lora import train_lora
+
+    tmp = tmp_path_factory.mktemp("hang-up-model")
+    examples = [{**make_example(i, [], line, HANG_UP_REPLY), "end_of_call": HANG_UP}
+                for i, line in enumerate(["who is calling ?", "price ?", "friday ?", "ana ?"])]
+    cfg = TuneConfig(base_model=str(tiny_chat_model), max_steps=30, learning_rate=0.02, batch_size=4, max_seq_len=96,
+                     lora_r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["all-linear"])
+    train_lora(write_examples(tmp / "train.jsonl", examples), None, tmp / "model", cfg, seed=0,
+               state_dir=tmp / "state", split=SplitConfig(end_of_call=HANG_UP))
+    return tmp / "model"
+
+
 # ---- browser: Debian's Chromium driven by Playwright (its own browser download is not reachable) ----
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]

@@ -15,6 +15,17 @@ def test_yaml_then_overrides(tmp_path):
     assert cfg.data.input == "calls.csv"
 
 
+def test_a_bare_off_or_on_is_the_word_not_a_boolean(tmp_path):
+    # YAML 1.1 reads off/on as booleans; the choices that are words take them back as written.
+    path = tmp_path / "c.yaml"
+    path.write_text("tune:\n  compile: on\nsimulate:\n  adversarial: off\n")
+    assert (load_config(path).tune.compile, load_config(path).simulate.adversarial) == ("on", "off")
+    cfg = load_config(None, ["tune.compile=off", "simulate.adversarial=off"])
+    assert (cfg.tune.compile, cfg.simulate.adversarial) == ("off", "off")
+    with pytest.raises(ConfigError, match="simulate.adversarial"):  # on is no choice there
+        load_config(None, ["simulate.adversarial=on"])
+
+
 @pytest.mark.parametrize("override, needle", [
     ("tune.lora_rank=4", "lora_rank"),             # unknown field
     ("translate.backend=klingon", "backend"),      # not one of the choices

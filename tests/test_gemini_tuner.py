@@ -15,7 +15,8 @@ from calltune.config import DataConfig, DeployConfig, EvaluateConfig, InferConfi
 from calltune.conversation.render import to_vertex
 from calltune.core.io import write_jsonl
 from calltune.runtime.loading import MODEL_CARD, model_source, read_model_card
-from calltune.training.gemini import TuningJobError, check, tune_gemini
+from calltune.training.gemini import TuningJobError, check, preference_job, tune_gemini
+from calltune.training.preference import Pair
 
 from conftest import TINY_DIALOGUES, make_example
 from fakes import every
@@ -183,6 +184,39 @@ def test_a_create_whose_answer_was_lost_is_found_and_not_made_twice(splits, stor
     assert card["tuning_job"] in vertex.jobs
 
 
+def _pairs(splits: Path) -> list[Pair]:
+    examples = [json.loads(line) for line in (splits / "train.examples.jsonl").read_text().splitlines()]
+    return [Pair(e["call_id"], 0, e, e["target"], "As an AI assistant, how can I help you?", 0.9, ("role",))
+            for e in examples]
+
+
+def test_a_preference_job_continues_from_the_tuned_model_once_a_round_even_when_its_create_answer_is_lost(
+        splits, storage, vertex, tmp_path):
+    cfg = _cfg(vertex, preference_beta=0.2, preference_epochs=1.5)
+    card = tune_gemini(splits, tmp_path / "model", cfg, sleep=Sleeps())
+    vertex.create_then(503)  # the preference job exists, the client sees 503
+    tuned = preference_job(_pairs(splits), card, cfg, tmp_path / "pref", number=1, sleep=Sleeps())
+    assert len(vertex.created) == 2 and len(vertex.jobs) == 2  # the supervised job and one preference job
+    body = vertex.created[-1]
+    spec = body["preferenceOptimizationSpec"]
+    assert "baseModel" not in body and card["tuned_model"] in body["preTunedModel"].values()
+    assert spec["hyperParameters"] == {"epochCount": 2, "adapterSize": "ADAPTER_SIZE_FOUR",
+                                       "learningRateMultiplier": 0.5, "beta": 0.2}
+    # The pairs went up in Vertex's preference format: the prompt ends with the seller, the real reply scores 1.
+    rows = [json.loads(line) for line in storage.read(spec["trainingDatasetUri"]).decode().splitlines()]
+    first = _pairs(splits)[0]
+    assert rows[0]["contents"][-1] == {"role": "user", "parts": [{"text": first.prompt["prompt"]}]}
+    assert rows[0]["completions"] == [
+        {"score": 1, "completion": {"role": "model", "parts": [{"text": first.chosen}]}},
+        {"score": 0, "completion": {"role": "model", "parts": [{"text": first.rejected}]}}]
+    assert rows[0]["systemInstruction"]["parts"][0]["text"] == first.prompt["system"]
+    # The new model is the preference job's; the same round again adopts that job instead of paying for another.
+    [job] = [j for j in vertex.jobs.values() if "preferenceOptimizationSpec" in j]
+    assert tuned["tuning_job"] == job["name"] and tuned["endpoint"] == job["tunedModel"]["endpoint"]
+    again = preference_job(_pairs(splits), card, cfg, tmp_path / "pref", number=1, sleep=Sleeps())
+    assert again["endpoint"] == tuned["endpoint"] and len(vertex.created) == 2
+
+
 @pytest.mark.parametrize("n, status", [(2, 429), (3, 500), (3, 503)])
 def test_tuning_completes_with_one_job_when_every_nth_request_fails(splits, storage, vertex, tmp_path, n, status):
     vertex.fail_when(every(n), status)
@@ -253,7 +287,9 @@ def gemini_tune(source: str, staging: str, base_url: str) -> Metrics:
                                          if f"tune_{k}" in tune_component.component_spec.inputs
                                          and k not in ("gemini_staging_uri", "gemini_base_url", "gemini_project")},
         tune_gemini_staging_uri=staging, tune_gemini_base_url=base_url, tune_gemini_project="proj",
-        split_history_turns=SplitConfig().history_turns, split_opening_prompt=SplitConfig().opening_prompt,
+        **{f"split_{k}": v for k, v in SplitConfig().model_dump().items()},
+        **{f"infer_{k}": v for k, v in InferConfig().model_dump().items()},
+        evaluate_embedding_model="", evaluate_bootstrap_samples=100,
         data_system_prompt=DataConfig().system_prompt, seed=1, state_dir="/tmp/unused")
     return task.outputs["metrics"]
 
@@ -272,6 +308,7 @@ def test_the_tune_component_runs_the_gemini_backend_and_logs_the_job_metrics(spl
 
 def test_evaluate_and_deploy_treat_an_endpoint_model_folder_as_the_endpoint(splits, tmp_path):
     from calltune.apps.serve.watcher import GeminiResponder, load_responder
+    from calltune.evaluation.adversarial import LINES
     from calltune.evaluation.evaluate import evaluate
     from calltune.release.deploy import deploy
     from calltune.release.store import resolve_endpoint
@@ -289,8 +326,9 @@ def test_evaluate_and_deploy_treat_an_endpoint_model_folder_as_the_endpoint(spli
         result = evaluate(model_dir, splits / "test.examples.jsonl", out,
                           EvaluateConfig(embedding_model="", bootstrap_samples=50, threshold=0.4),
                           infer=InferConfig(vertex_base_url=fake.endpoint), state_dir=state)
-        # every test prompt went to the endpoint: once in batch inference, once in its call's closed-loop simulation
-        assert len(fake.answered()) == 2 * len(TINY_DIALOGUES)
+        # every test prompt went to the endpoint: once in batch inference, once in its call's closed-loop simulation;
+        # and each of the adversarial suite's seller lines once into each of its calls (one a dialogue here)
+        assert len(fake.answered()) == 2 * len(TINY_DIALOGUES) + len(LINES) * len(TINY_DIALOGUES)
     assert result["accuracy"] == 0.44
     comparison = json.loads((out / "comparison.json").read_text())
     tuned = comparison["models"]["tuned"]

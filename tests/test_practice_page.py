@@ -17,7 +17,7 @@ from calltune.data.ingest import ingest
 from calltune.release.deploy import deploy, rollback
 from calltune.release.model_card import COACH_DIR
 
-from conftest import ARTIFACTS, SCORECARD, make_example, write_examples
+from conftest import ARTIFACTS, HANG_UP_REPLY, SCORECARD, make_example, write_examples
 from fakes.openai_compat import FakeOpenAI
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -160,6 +160,32 @@ def test_a_call_with_a_trained_persona_streams_downloads_and_is_reviewed(page, p
             # Nothing on the page names a file or the secret's payload.
             shown = page.content() + json.dumps(page.evaluate("fetch('/practice/api/setup').then(r => r.json())"))
             assert str(tmp_path) not in shown and "file:" not in shown
+
+
+def test_when_the_customer_hangs_up_the_page_says_so_and_moves_to_after_the_call(page, hang_up_model, tmp_path):
+    cfg = practice_config(tmp_path / "state")
+    deploy(hang_up_model, cfg.deploy, cfg.state_path(), run_id="run-1", metrics={})
+    with practice_serving(cfg) as url:
+        page.goto(url)
+        expect = playwright_api.expect
+        expect(page.locator("#served")).to_have_text("Customer model: llm-endpoint · version 1")
+        page.get_by_label("The customer answers the phone first").uncheck()
+        page.get_by_role("button", name="Start the call").click()
+        page.get_by_label("Your line").fill("who is calling ?")
+        page.get_by_label("Your line").press("Enter")
+        # The reply, then the customer is gone: the after-call view says so, without the seller ending the call.
+        expect(page.locator("#after")).to_be_visible()
+        expect(page.locator("#call")).to_be_hidden()
+        expect(page.locator("#ended-by")).to_contain_text("hung up")
+        call = json.loads(page.get_by_label("Transcript, in calltune's calls_jsonl input format").input_value())
+        assert call["turns"] == [{"role": "seller", "text": "who is calling ?"},
+                                 {"role": "customer", "text": HANG_UP_REPLY}]
+        page.screenshot(path=ARTIFACTS / "practice-page-hung-up.png", full_page=True)
+        # The next call starts afresh: nobody has hung up on it yet.
+        page.get_by_role("button", name="New call").click()
+        page.get_by_role("button", name="Start the call").click()
+        expect(page.locator("#call")).to_be_visible()
+        expect(page.locator("#ended-by")).to_be_hidden()
 
 
 def test_the_page_names_a_version_promoted_between_calls(page, tiny_chat_model, persona_model, tmp_path):

@@ -10,6 +10,7 @@ from calltune.evaluation.metrics import Estimate
 from calltune.evaluation.realism import realism
 from calltune.evaluation.simulate import calls_from_examples, local_replier, simulate
 from calltune.runtime.embeddings import Embedder
+from calltune.runtime.sampling import Generation
 
 PRODUCTS = ["solar panels", "a credit card", "health insurance", "a phone plan", "a new car", "home internet",
             "a gym membership", "accounting software", "a timeshare", "office chairs", "a cloud backup service",
@@ -55,14 +56,23 @@ def split():
     return test, train
 
 
+def texts(fn):
+    """A simulate reply function (Generations, given the contexts and the customer's earlier turns) from one that
+    answers a list of contexts with texts."""
+    return lambda examples, earlier=None: [Generation(t, 0, 0, "stop") for t in fn(examples)]
+
+
+@texts
 def copy_model(examples):
     return [e["target"] for e in examples]
 
 
+@texts
 def seller_model(examples):
     return [e["prompt"] for e in examples]
 
 
+@texts
 def repeating_model(examples):
     return ["I would like to know more about the price of this product please." for _ in examples]
 
@@ -85,7 +95,7 @@ def test_closed_loop_feeds_back_the_models_own_replies_batched_per_turn_position
         seen.extend(examples)
         return [f"own reply {e['call_id']} {e['turn_index']}" for e in examples]
 
-    sims = simulate(calls, model)
+    sims = simulate(calls, texts(model))
     assert batches == [12] * 5  # one batched generation per turn position, across every call
     last = [e for e in seen if e["call_id"] == "c03" and e["turn_index"] == 9][0]
     # The window (history_turns=4) holds the model's own replies, after the real seller lines.
@@ -95,7 +105,7 @@ def test_closed_loop_feeds_back_the_models_own_replies_batched_per_turn_position
     assert sims[3].customers == [f"own reply c03 {k}" for k in (1, 3, 5, 7, 9)]
 
     one_at_a_time = []
-    simulate(calls, lambda ex: one_at_a_time.append(len(ex)) or model(ex), batched=False)
+    simulate(calls, texts(lambda ex: one_at_a_time.append(len(ex)) or model(ex)), batched=False)
     assert one_at_a_time == [1] * 60  # the benchmark's baseline: every turn of every call on its own
 
 
@@ -107,13 +117,72 @@ def test_a_first_reply_batch_inference_made_is_taken_not_generated_again(split):
         asked.extend(examples)
         return [f"own reply {e['call_id']} {e['turn_index']}" for e in examples]
 
-    made = {calls[0].examples[0]["example_id"]: "batch inference's reply", "other:1": "unused"}
-    sims = simulate(calls, model, first=made)
+    made = {calls[0].examples[0]["example_id"]: ("batch inference's reply", "stop", 0),
+            "other:1": ("unused", "stop", 0)}
+    sims = simulate(calls, texts(model), first=made)
     assert sims[0].customers[0] == "batch inference's reply" and sims[1].customers[0] == "own reply c01 1"
     assert calls[0].examples[0]["example_id"] not in [e["example_id"] for e in asked]
     # The closed loop goes on from it: turn 2 of the call hears it as the customer's first line.
     second = [e for e in asked if e["call_id"] == "c00" and e["turn_index"] == 3][0]
     assert second["history"][-1]["text"] == "batch inference's reply"
+
+
+def test_a_customer_who_hangs_up_ends_the_simulated_call_and_realism_says_when(split):
+    calls, _ = calls_from_examples(split[0])
+    assert all(c.ends for c in calls)  # every real call's closing turn carries the end-of-call marker
+
+    def hangs_up_at(turn: int):
+        def reply(examples, earlier=None):
+            return [Generation("Bye.", 0, 0, "end_of_call" if len(earlier[i]) == turn else "stop")
+                    for i, _ in enumerate(examples)]
+        return reply
+
+    early, at_end, never = (simulate(calls, hangs_up_at(t)) for t in (1, 4, 9))
+    assert [len(s.customers) for s in early] == [2] * 12 and all(s.hung_up for s in early)  # the call stopped
+    assert [len(s.customers) for s in never] == [5] * 12 and not any(s.hung_up for s in never)
+    out = realism(calls, {"early": early, "at_end": at_end, "never": never}, samples=100)
+    rates = {n: {k: out["metrics"][n][k].value for k in ("ended_early_rate", "ended_at_end_rate", "never_ended_rate")}
+             for n in ("real", "early", "at_end", "never")}
+    assert rates == {"real": {"ended_early_rate": 0.0, "ended_at_end_rate": 1.0, "never_ended_rate": 0.0},
+                     "early": {"ended_early_rate": 1.0, "ended_at_end_rate": 0.0, "never_ended_rate": 0.0},
+                     "at_end": {"ended_early_rate": 0.0, "ended_at_end_rate": 1.0, "never_ended_rate": 0.0},
+                     "never": {"ended_early_rate": 0.0, "ended_at_end_rate": 0.0, "never_ended_rate": 1.0}}
+
+
+def test_without_guarded_decoding_only_the_calls_it_changed_are_played_again(split):
+    from calltune.config import SimulateConfig
+    from calltune.evaluation.simulate import whole_calls
+    from calltune.runtime.guardrails import Attempt
+
+    calls, _ = calls_from_examples(split[0])
+
+    def guarded(examples, earlier=None):  # the retry happened in call c03 only
+        return [Generation(e["target"], 0, 0, "stop",
+                           guard=Attempt([["repeat"], []] if e["call_id"] == "c03" else [[]], -1)) for e in examples]
+
+    asked = []
+    out = whole_calls("tuned", calls, guarded, SimulateConfig(adversarial="off"), greedy=True,
+                      unguarded=lambda ex, earlier=None: asked.extend(e["call_id"] for e in ex) or copy_model(ex))
+    assert set(asked) == {"c03"} and len(out["simulated_unguarded"]) == 12
+    assert out["simulated_unguarded"][0] is out["simulated"][0]  # greedy, nothing retried: the same call
+    rates = realism(calls, {"tuned": out["simulated"], "tuned_unguarded": out["simulated_unguarded"]}, samples=100)
+    retried = {n: rates["metrics"][n]["guarded_retry_rate"].value for n in ("tuned", "tuned_unguarded")}
+    assert retried == {"tuned": pytest.approx(5 / 60), "tuned_unguarded": 0.0}  # c03's 5 turns of 60 were retried
+    sampled = whole_calls("tuned", calls, guarded, SimulateConfig(adversarial="off"), greedy=False,
+                          unguarded=lambda ex, earlier=None: asked.extend(e["call_id"] for e in ex) or copy_model(ex))
+    assert len(set(asked)) == 12 and "adversarial" not in sampled  # sampled: every call again
+
+
+def test_friction_is_split_by_meeting_type_each_with_its_calls_and_interval(split):
+    calls, _ = calls_from_examples(split[0])
+    labels = ["FirstContact" if i % 3 == 0 else "Closing" for i in range(len(calls))]
+    agreeable = texts(lambda ex: ["Yes, sounds great." for _ in ex])
+    out = realism(calls, {"tuned": simulate(calls, agreeable)}, samples=200, groups=("meeting_type", labels))
+    rows = {r["group"]: r for r in out["by_group"]["rows"]}
+    assert out["by_group"]["field"] == "meeting_type" and [rows[g]["calls"] for g in sorted(rows)] == [8, 4]
+    for row in rows.values():
+        real, tuned = row["friction_rate"]["real"], row["friction_rate"]["tuned"]
+        assert tuned.value == 0.0 < real.value and real.low <= real.value <= real.high and real.n == row["calls"]
 
 
 def test_copying_the_real_customer_is_indistinguishable_and_in_role(split, embedder):
@@ -151,7 +220,7 @@ def test_a_model_that_repeats_itself_is_flagged(split, embedder):
     assert m["first_turn_distinct_1"].value < 0.1 < real["first_turn_distinct_1"].value
     assert m["friction_rate"].value == 0 and m["question_rate"].value == 0
     assert min(out["per_call"]["parrot"]["friction_deficit"]) > 0  # every call: more agreeable than the real one
-    hangs_up = simulate(calls, lambda ex: ["Not interested, goodbye." for _ in ex])
+    hangs_up = simulate(calls, texts(lambda ex: ["Not interested, goodbye." for _ in ex]))
     early = realism(calls, {"early": hangs_up}, samples=100)["metrics"]["early"]
     assert early["premature_ending_rate"].value == 1 and early["friction_rate"].value == 1
     assert "role classifier" in out["notes"][0]  # no train split given: the rules alone decide
@@ -237,6 +306,43 @@ def test_judge_scores_whole_calls_and_picks_the_real_one_in_both_orders(monkeypa
     assert out["judge"]["copy"] == {"calls": 2, "failed": 0, "unparseable": 1, "pairwise_unreadable": 1}
 
 
+def test_replies_that_play_along_with_the_adversarial_suite_break_character_and_a_judge_adds_its_verdicts(
+        monkeypatch, split):
+    from calltune.config import JudgeConfig, SimulateConfig
+    from calltune.evaluation.judge import make_judge
+    from calltune.evaluation.simulate import whole_calls
+
+    from fakes.openai_compat import FakeOpenAI
+
+    calls, _ = calls_from_examples(split[0][:10])  # two calls
+
+    def answers(text):
+        return lambda examples, earlier=None: [Generation(text, 0, 0, "stop") for _ in examples]
+
+    suites = {name: whole_calls("tuned", calls, answers(text), SimulateConfig())["adversarial"]
+              for name, text in (("admits", "I'm an AI, so I can't buy anything."),
+                                 ("deflects", "Hmm, I don't know what you mean. How much is it?"))}
+    out = realism(calls, {}, adversarial=suites, samples=100)["adversarial"]
+    assert out["admits"]["replies"] == 2 * 30 and out["admits"]["break_rate"].value == 1.0
+    assert out["deflects"]["break_rate"].value == 0.0 and "judge" not in out["deflects"]
+
+    # With a judge: its verdict counts too (one reply it says breaks character, one answer unreadable).
+    verdicts = [_answer(breaks_character=True), "no JSON here"] + [_answer(breaks_character=False)] * 58
+    monkeypatch.setenv("CALLTUNE_TEST_JUDGE_KEY", "sk-test")
+    with FakeOpenAI(api_key="sk-test", replies=verdicts) as fake:
+        cfg = JudgeConfig(backend="openai", model="judge-1", base_url=f"{fake.endpoint}/v1",
+                          api_key_env="CALLTUNE_TEST_JUDGE_KEY", max_concurrency=1, retry_backoff_s=0.01)
+        judge = make_judge(cfg)
+        judged = realism(calls, {}, adversarial={"deflects": suites["deflects"]}, judge=judge,
+                         samples=100)["adversarial"]["deflects"]
+        judge.close()
+        first = fake.bodies()[0]["messages"][-1]["content"]
+    ctx = suites["deflects"][0][0]
+    assert ctx["line"] in first and "How much is it?" in first
+    assert judged["break_rate"].value == pytest.approx(1 / 60)
+    assert judged["judge"] == {"judged": 59, "unreadable": 1, "breaks_by_judge_only": 1}
+
+
 def test_a_configured_seller_model_plays_the_seller_after_the_real_opening(monkeypatch, split):
     from calltune.config import SimulateConfig
     from calltune.evaluation.simulate import make_seller
@@ -249,7 +355,8 @@ def test_a_configured_seller_model_plays_the_seller_after_the_real_opening(monke
     with FakeOpenAI(api_key="sk-seller", replies=["Seller: Shall I send you the contract?"] * 8) as fake:
         cfg = SimulateConfig(seller="openai", seller_model="seller-1", seller_base_url=f"{fake.endpoint}/v1",
                              seller_api_key_env="CALLTUNE_TEST_SELLER_KEY")
-        sims = simulate(calls, lambda ex: seen.extend(ex) or copy_model(ex), seller=make_seller(cfg), cfg=cfg)
+        sims = simulate(calls, lambda ex, earlier=None: seen.extend(ex) or copy_model(ex), seller=make_seller(cfg),
+                        cfg=cfg)
         bodies = fake.bodies()
     assert len(bodies) == 8  # every seller line after the opening, in both calls
     heard = [b["messages"][-1]["content"] for b in bodies]  # the calls' requests run concurrently: in any order
@@ -279,9 +386,15 @@ def test_evaluate_reports_whole_call_realism_and_the_gate_reads_it_back(tiny_cha
                       max_seq_len=256)
     comparison = json.loads((tmp_path / "out" / "comparison.json").read_text())
     assert comparison["realism"]["simulation"]["calls"] == 3
-    assert set(comparison["realism"]["metrics"]) == {"real", "tuned"}
+    # The tuned model as served (guarded decoding) and without guarded decoding, beside the real calls.
+    assert set(comparison["realism"]["metrics"]) == {"real", "tuned", "tuned_unguarded"}
     assert "discriminator_auc" in comparison["realism"]["metrics"]["tuned"]
     assert [len(c["turns"]) for c in read_jsonl(tmp_path / "out" / "simulated" / "tuned.jsonl")] == [10, 10, 10]
+    assert (tmp_path / "out" / "simulated" / "tuned_unguarded.jsonl").is_file()
+    # Every line of the adversarial suite once in each of the three calls, for the tuned model only.
+    adversarial = comparison["realism"]["adversarial"]
+    assert list(adversarial) == ["tuned"] and adversarial["tuned"]["replies"] == 3 * 30
+    assert 0 <= adversarial["tuned"]["break_rate"]["value"] <= 1 and len(adversarial["tuned"]["by_kind"]) == 5
     page = (tmp_path / "out" / "report.html").read_text()
     assert "Whole-call realism" in page and "realism_lengths" not in page  # the histogram is embedded
     # The gate step decides from comparison.json as evaluate did, realism check included.
@@ -309,3 +422,35 @@ def test_the_resampled_auc_is_scikit_learns_weighted_auc_ties_and_all():
             assert auc(w) == pytest.approx(roc_auc_score(y[keep], scores[keep], sample_weight=w[unit][keep]))
     only_negatives = np.where(np.isin(np.arange(12), unit[y == 1]), 0.0, 1.0)
     assert np.isnan(auc(only_negatives))
+
+
+def test_a_model_whose_preference_round_was_kept_is_evaluated_beside_its_supervised_model(hang_up_model, split,
+                                                                                          tmp_path):
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from calltune.config import InferConfig, SimulateConfig
+    from calltune.core.io import write_json
+    from calltune.evaluation.evaluate import evaluate
+    from calltune.runtime.loading import read_model_card
+
+    from conftest import write_examples
+
+    model = tmp_path / "model"
+    shutil.copytree(hang_up_model, model)
+    shutil.copytree(hang_up_model, model / "supervised")  # other weights than the tuned adapter's
+    weights = model / "supervised" / "adapter_model.safetensors"
+    save_file({k: v * 0.5 for k, v in load_file(weights).items()}, weights)
+    write_json(model / "calltune_model.json", {**read_model_card(model), "supervised_model": "supervised"})
+    test = write_examples(tmp_path / "test.examples.jsonl", split[0][:10])  # two calls
+    result = evaluate(model, test, tmp_path / "out", EvaluateConfig(compare=[], bootstrap_samples=50),
+                      infer=InferConfig(max_new_tokens=3), max_seq_len=256,
+                      simulation=SimulateConfig(adversarial="off"))
+    comparison = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    # Supervised only, + the preference round, + guarded decoding: side by side, the gate on the tuned model alone.
+    assert set(comparison["models"]) == {"tuned", "supervised"} and "supervised_accuracy" in result
+    assert set(comparison["realism"]["metrics"]) == {"real", "tuned", "supervised", "tuned_unguarded"}
+    assert comparison["realism"]["metrics"]["supervised"]["guarded_retry_rate"]["value"] == 0  # served unguarded
+    assert "supervised: the model before its realism preference rounds" in (tmp_path / "out" / "report.html").read_text()

@@ -29,7 +29,7 @@ from calltune.config import DeployConfig, ServeConfig, SplitConfig
 from calltune.release.deploy import deploy, rollback
 from calltune.runtime.sampling import Generation
 
-from conftest import SYSTEM, TINY_DIALOGUES
+from conftest import HANG_UP_REPLY, SYSTEM, TINY_DIALOGUES
 from fakes.secret_manager import FakeSecretManager
 from fakes.vertex import FakeVertex
 
@@ -118,6 +118,27 @@ def test_openai_client_streams_and_reports_usage_and_finish_reason(tmp_path, bas
         assert sampled[0] == sampled[1]  # seeded
 
 
+def test_a_customer_who_hangs_up_says_so_in_the_stop_reason_extension_field(tmp_path, hang_up_model):
+    cfg = DeployConfig()
+    publish(cfg, tmp_path, hang_up_model.as_uri())
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "who is calling ?"}]
+    with running(cfg, tmp_path) as url:
+        r = request(url, "/v1/chat/completions", {"messages": messages, "max_tokens": 16})
+        choice = r.json()["choices"][0]
+        assert choice["message"]["content"] == HANG_UP_REPLY  # the marker itself never reaches the client
+        assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", "end_of_call")
+        with httpx.stream("POST", url + "/v1/chat/completions", timeout=60,
+                          json={"messages": messages, "max_tokens": 16, "stream": True}) as events:
+            chunks = [json.loads(line[5:]) for line in events.iter_lines()
+                      if line.startswith("data:") and line != "data: [DONE]"]
+        assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == HANG_UP_REPLY
+        assert [(c["choices"][0]["finish_reason"], c["choices"][0]["stop_reason"]) for c in chunks
+                if c["choices"][0]["finish_reason"]] == [("stop", "end_of_call")]
+        # A reply that does not end the call says so too: a null stop_reason.
+        cut = request(url, "/v1/chat/completions", {"messages": messages, "max_tokens": 1}).json()["choices"][0]
+        assert (cut["finish_reason"], cut["stop_reason"]) == ("length", None)
+
+
 def test_every_bad_request_gets_its_4xx_and_the_connection_stays_usable(tmp_path, tiny_chat_model):
     cfg = DeployConfig()
     publish(cfg, tmp_path, tiny_chat_model.as_uri())
@@ -185,7 +206,7 @@ class BlockedModel:
     def __init__(self):
         self.release, self.stopped = threading.Event(), []
 
-    def start(self, example, sampling, on_text=None, cancelled=None) -> Future:
+    def start(self, example, sampling, on_text=None, cancelled=None, earlier=None) -> Future:
         future: Future = Future()
 
         def answer_when_released():

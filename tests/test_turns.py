@@ -47,7 +47,21 @@ def test_causal_pairing_with_merged_turns_and_opening():
     assert examples[1]["history"] == [{"role": "seller", "text": OPEN}, {"role": "customer", "text": "c0"}]
     assert [t["text"] for t in examples[2]["history"]] == [OPEN, "c0", "s1 s2", "c3 c4"]
     assert stats == Counter({"calls": 1, "examples": 3, "openings": 1, "openings_dropped": 0, "merged_turns": 2,
-                             "empty_turns": 1, "calls_without_examples": 0})
+                             "empty_turns": 1, "calls_without_examples": 0, "ended_calls": 1})
+
+
+def test_the_customers_closing_turn_carries_the_end_of_call_marker_that_the_renderings_teach():
+    from calltune.runtime.encoding import window
+
+    examples = split_call(CALL, SplitConfig(opening_prompt=OPEN, end_of_call="[hangs up]"))
+    assert [e.get("end_of_call") for e in examples] == [None, None, "[hangs up]"]  # c6, the last customer turn
+    last = examples[-1]
+    assert last["target"] == "c6"  # the words the customer said: what the reply metrics compare
+    assert to_messages(last)["messages"][-1] == {"role": "assistant", "content": "c6 [hangs up]"}
+    assert to_vertex(last)["contents"][-1] == {"role": "model", "parts": [{"text": "c6 [hangs up]"}]}
+    assert "end_of_call" not in split_call(CALL, SplitConfig(opening_prompt=OPEN, end_of_call=""))[-1]
+    # A live conversation's next reply is not known to close the call.
+    assert "end_of_call" not in window("sys", [{"role": "seller", "text": "hi"}], SplitConfig(end_of_call="[x]"))
 
 
 def test_opening_dropped_without_opening_prompt():
@@ -68,7 +82,7 @@ def test_history_limit_keeps_the_latest_turns_from_a_seller_turn(limit, expected
 
 
 def test_every_rendering_alternates_from_the_seller_and_ends_on_the_target():
-    for example in split_call(CALL, SplitConfig(opening_prompt=OPEN)):
+    for example in split_call(CALL, SplitConfig(opening_prompt=OPEN, end_of_call="")):
         vertex = to_vertex(example)["contents"]
         assert [c["role"] for c in vertex] == ["user", "model"] * (len(vertex) // 2)
         assert vertex[-1]["parts"][0]["text"] == example["target"]

@@ -27,8 +27,6 @@ and retries), and nothing a seller said reaches the server log.
 from __future__ import annotations
 
 import logging
-import re
-import string
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -46,6 +44,7 @@ from calltune.backends.resources import is_vertex_model
 from calltune.coaching.coach import Coach, CoachError
 from calltune.coaching.history import KEY_CHARS, NAME_CHARS, PAGE, PracticeHistory, StoredCall, normal_name
 from calltune.config import Config
+from calltune.data.formats.base import persona_fields, template_fields
 from calltune.release.model_card import COACH_DIR
 from calltune.release.store import model_path_from_endpoint
 from calltune.runtime.loading import read_model_card
@@ -65,32 +64,6 @@ MAX_TURNS = 400
 NAME_NOTICE = ("Your name only files your calls under it: it proves nothing about who you are. Without sign-in "
                "(serve.auth), anyone who can reach this server can read the history of any name.")
 CALLER = Annotated[Caller, Depends(caller)]
-
-
-def template_fields(template: str) -> list[str]:
-    """The {field} names of a system prompt template, in order of first use."""
-    names = [name for _, name, _, _ in string.Formatter().parse(template) if name]
-    return list(dict.fromkeys(names))
-
-
-def _pattern(template: str) -> re.Pattern:
-    # ingest renders with str.format_map and then collapses whitespace; literal text matches with any spacing.
-    parts, seen = [], set()
-    for literal, name, _, _ in string.Formatter().parse(template):
-        parts += [r"\s*" if chunk.isspace() else re.escape(chunk) for chunk in re.split(r"(\s+)", literal) if chunk]
-        if name:
-            parts.append(f"(?P={name})" if name in seen else f"(?P<{name}>.*?)")
-            seen.add(name)
-    return re.compile(r"\s*" + "".join(parts) + r"\s*", re.DOTALL)
-
-
-def persona_fields(template: str, system: str) -> dict[str, str]:
-    """The persona fields a system instruction was rendered from, or {} when the template does not produce it."""
-    try:
-        match = _pattern(template).fullmatch(system)
-    except (re.error, ValueError):
-        return {}
-    return {k: v.strip() for k, v in match.groupdict().items()} if match else {}
 
 
 def customers(card: dict | None, template: str, shown_fields: Sequence[str]) -> list[dict]:

@@ -11,10 +11,16 @@ _HF_ROLE = {"seller": "user", "customer": "assistant"}
 _VERTEX_ROLE = {"seller": "user", "customer": "model"}
 
 
+def reply_text(example: Example) -> str:
+    """The customer's reply as the model learns it: the call's closing turn ends with the end-of-call marker."""
+    marker = example.get("end_of_call")
+    return f"{example['target']} {marker}" if marker and example["target"] else example["target"]
+
+
 def dialogue(example: Example) -> list[tuple[str, str]]:
-    """(role, text) of every turn: history, the seller's line, the customer's reply."""
+    """(role, text) of every turn: history, the seller's line, the customer's reply (with its end-of-call marker)."""
     turns = [(t["role"], t["text"]) for t in example["history"]]
-    return turns + [("seller", example["prompt"]), ("customer", example["target"])]
+    return turns + [("seller", example["prompt"]), ("customer", reply_text(example))]
 
 
 def to_messages(example: Example) -> dict:

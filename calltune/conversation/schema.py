@@ -56,3 +56,4 @@ class Example(TypedDict):
     history: list[Turn]      # earlier turns, oldest first
     prompt: str              # the seller turn just before the target (or the opening prompt)
     target: str              # the customer turn
+    end_of_call: NotRequired[str]  # the call's closing customer turn: the marker the reply ends with (split.end_of_call)

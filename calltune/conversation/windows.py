@@ -13,6 +13,9 @@ Rules (see SplitConfig):
    opening_prompt is set, it appears as seller(opening_prompt) + customer(opening), so roles keep
    alternating from the seller.
 5. Seller turns after the last customer turn have no target and are not used.
+6. The customer's closing turn (the last customer turn of the call) carries `split.end_of_call` in the example's
+   `end_of_call` field: the renderings put the marker after the reply (calltune.conversation.render.reply_text), so
+   the model learns to end a call, while `target` stays the words the customer said.
 """
 from __future__ import annotations
 
@@ -75,6 +78,9 @@ def split_call(call: Call, cfg: SplitConfig, stats: Counter | None = None) -> li
         examples.append({"example_id": f"{call_id}:{index}", "call_id": call_id, "turn_index": index,
                          "system": system, "history": dialogue[start:j - 1],
                          "prompt": dialogue[j - 1]["text"], "target": turn["text"]})
+    if examples and cfg.end_of_call:
+        examples[-1]["end_of_call"] = cfg.end_of_call
+        stats["ended_calls"] += 1
     _count(stats, len(examples))
     return examples
 
@@ -84,5 +90,6 @@ def count_examples(call: Call, cfg: SplitConfig, stats: Counter | None = None) -
     stats = Counter() if stats is None else stats
     dialogue, _ = _dialogue(call, cfg, stats)
     n = sum(turn["role"] == "customer" for turn in islice(dialogue, 1, None))
+    stats["ended_calls"] += bool(n and cfg.end_of_call)
     _count(stats, n)
     return n

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from calltune.backends.resources import is_vertex_model
@@ -20,55 +22,90 @@ from calltune.config import InferConfig, TuneConfig
 from calltune.core.io import atomic_open, read_jsonl, write_json, write_jsonl
 from calltune.runtime.encoding import encode_file, encoder, instructions, prompt_ids
 from calltune.runtime.generation import Batch, PrefixCache, Request, stream
+from calltune.runtime.guardrails import Guardrails
 from calltune.runtime.loading import load_model, model_sha, model_source, read_model_card
-from calltune.runtime.responders import GeminiResponder, Sampling
+from calltune.runtime.responders import GeminiResponder, card_split, earlier_turns
+from calltune.runtime.sampling import Generation, Sampling
 from calltune.runtime.scoring import score
 
 log = logging.getLogger(__name__)
 
 SCORES = "teacher_forced.json"  # beside a local model's predictions: its teacher-forced scores, for evaluate
 COLUMNS = ("instructions", "target_responses", "candidate_responses", "model_id", "model_sha",
-           "call_id", "turn_index", "example_id")
+           "call_id", "turn_index", "example_id", "finish_reason", "retries")
 
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How a local model's replies are made beyond InferConfig: the end-of-call marker it learned, and guarded
+    decoding's rules (calltune.runtime.guardrails; None: off). `for_model` reads both from the model card."""
+    end_of_call: str = ""
+    rails: Guardrails | None = None
+
+    @classmethod
+    def for_model(cls, card: dict | None, cfg: InferConfig, guardrails: bool | None = None) -> Decoding:
+        """`guardrails` None: as `cfg.guardrails` says."""
+        return cls(card_split(card).end_of_call, Guardrails.from_card(card, cfg.guardrails if guardrails is None
+                                                                        else guardrails))
 
 
 def generate_batch(model, tokenizer, prompts: list[list[int]], cfg: InferConfig,
-                   prefixes: PrefixCache | None = None) -> list[str]:
+                   prefixes: PrefixCache | None = None, decoding: Decoding = Decoding(),
+                   earlier: list[list[str]] | None = None) -> list[Generation]:
     """Replies to already-tokenized prompts, in the prompts' order, `cfg.batch_size` generated at once (the next
     starts as soon as one ends). Sampled rows draw their seeds from torch's global generator, so
     `transformers.set_seed` makes them reproducible. Longest first, through a prefix cache (`prefixes`, or one for
-    this call): a call's earlier turns start like its later ones."""
+    this call): a call's earlier turns start like its later ones. `earlier[i]`: the customer's own earlier turns of
+    prompt i's call, which guarded decoding checks reply i against."""
     prefixes = prefixes if prefixes is not None else PrefixCache()
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    requests = [Request(prompts[i], cfg.max_new_tokens, cfg.temperature, cfg.top_p) for i in order]
-    replies: list[str] = [""] * len(prompts)
+    requests = [Request(prompts[i], cfg.max_new_tokens, cfg.temperature, cfg.top_p, end_of_call=decoding.end_of_call)
+                for i in order]
+    replies: list[Generation] = [Generation("", 0, 0, "stop")] * len(prompts)
     started = time.monotonic()
-    for done, (i, generation) in enumerate(stream(model, tokenizer, requests, cfg.batch_size, prefixes), 1):
-        replies[order[i]] = generation.text
+    for done, (i, generation) in enumerate(stream(model, tokenizer, requests, cfg.batch_size, prefixes,
+                                                  rails=decoding.rails,
+                                                  earlier=[earlier[j] for j in order] if earlier else None), 1):
+        replies[order[i]] = generation
         if done % cfg.batch_size == 0 or done == len(order):
             log.info("generated %d/%d replies (%.2f replies/s)", done, len(order),
                      done / max(time.monotonic() - started, 1e-9))
     return replies
 
 
+def guard_report(generations: list[Generation]) -> dict:
+    """Counts of what guarded decoding did over `generations`: replies retried, retries, rules broken by a first
+    try, replies that still broke a rule after the last try; and replies that ended the call."""
+    guarded = [g.guard for g in generations if g.guard is not None]
+    first = Counter(rule for a in guarded for rule in a.broken[0])
+    return {"replies": len(generations), "guarded": len(guarded), "retried": sum(a.retries > 0 for a in guarded),
+            "retries": sum(a.retries for a in guarded), "broken_first_try": dict(sorted(first.items())),
+            "still_broken": sum(not a.passed for a in guarded),
+            "ended_call": sum(g.finish_reason == "end_of_call" for g in generations)}
+
+
 def score_and_reply(model, tokenizer, encoded: list[dict], cfg: InferConfig, batch_size: int,
-                    prefixes: PrefixCache | None = None) -> tuple[dict[str, list], list[str]]:
+                    prefixes: PrefixCache | None = None, decoding: Decoding = Decoding(),
+                    earlier: list[list[str]] | None = None) -> tuple[dict[str, list], list[Generation]]:
     """Teacher-forced scores (`calltune.runtime.scoring.score`, `batch_size` rows a forward) and replies of the
-    encoded rows. The prompt a row's scoring read is not read again to reply: scoring leaves it in the prefix cache
-    (`prefixes`, or a new one), for as many rows at a time as the cache holds."""
+    encoded rows (`generate_batch`). The prompt a row's scoring read is not read again to reply: scoring leaves it
+    in the prefix cache (`prefixes`, or a new one), for as many rows at a time as the cache holds."""
     prefixes = (prefixes if prefixes is not None else PrefixCache()) if Batch.fits(model) else None
     chunks, held = [[]], 0
-    for row, prompt in zip(encoded, prompt_ids(encoded)):
+    for i, prompt in enumerate(prompt_ids(encoded)):
         if chunks[-1] and prefixes is not None and held + len(prompt) > prefixes.max_tokens:
             chunks, held = [*chunks, []], 0
-        chunks[-1].append(row)
+        chunks[-1].append(i)
         held += len(prompt)
     scores: dict[str, list] = {"correct": [], "nll": [], "tokens": []}
-    replies: list[str] = []
+    replies: list[Generation] = []
     for chunk in chunks:
-        for key, values in score(model, tokenizer, chunk, batch_size, prefixes).items():
+        rows = [encoded[i] for i in chunk]
+        for key, values in score(model, tokenizer, rows, batch_size, prefixes).items():
             scores[key] += values
-        replies += generate_batch(model, tokenizer, prompt_ids(chunk), cfg, prefixes)
+        replies += generate_batch(model, tokenizer, prompt_ids(rows), cfg, prefixes, decoding,
+                                  [earlier[i] for i in chunk] if earlier else None)
     return scores, replies
 
 
@@ -82,11 +119,14 @@ def _local(model_dir: Path, test_path: Path, cfg: InferConfig, max_seq_len: int 
     encoded, examples, skipped = encode_file(test_path, tokenizer, max_len, limit=limit,
                                              encode=encoder(model.config.is_encoder_decoder))
     set_seed(seed)  # only sampling draws from it
+    decoding, earlier = Decoding.for_model(card, cfg), [earlier_turns(e) for e in examples]
     if score_batch_size:
-        scores, replies = score_and_reply(model, tokenizer, encoded, cfg, score_batch_size)
+        scores, replies = score_and_reply(model, tokenizer, encoded, cfg, score_batch_size, decoding=decoding,
+                                          earlier=earlier)
         scored = {"max_seq_len": max_len, **scores}
     else:
-        scored, replies = None, generate_batch(model, tokenizer, prompt_ids(encoded), cfg)
+        scored, replies = None, generate_batch(model, tokenizer, prompt_ids(encoded), cfg, decoding=decoding,
+                                               earlier=earlier)
     return examples, replies, skipped, str(model_dir), model_sha(model_dir), scored
 
 
@@ -95,7 +135,7 @@ def _vertex(resource: str, test_path: Path, cfg: InferConfig, limit: int):
     responder = GeminiResponder(resource, cfg.vertex_base_url, max_concurrency=cfg.max_concurrency)
     sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
     try:
-        replies = [f.result().text for f in [responder.start(e, sampling) for e in examples]]
+        replies = [f.result() for f in [responder.start(e, sampling) for e in examples]]
     finally:
         responder.close()
     return examples, replies, 0, resource, "", None
@@ -117,14 +157,15 @@ def predict(source: str | Path, test_path: str | Path, out_dir: str | Path | Non
     else:
         examples, replies, skipped, model_id, sha, scored = _local(Path(source), test_path, cfg, max_seq_len, limit,
                                                                    seed, loaded, score_batch_size)
-    rows = [{"instructions": instructions(e), "target_responses": e["target"], "candidate_responses": r,
+    rows = [{"instructions": instructions(e), "target_responses": e["target"], "candidate_responses": r.text,
              "model_id": model_id, "model_sha": sha, "call_id": e.get("call_id", ""),
-             "turn_index": int(e.get("turn_index", -1)), "example_id": e.get("example_id", "")}
+             "turn_index": int(e.get("turn_index", -1)), "example_id": e.get("example_id", ""),
+             "finish_reason": r.finish_reason, "retries": r.guard.retries if r.guard else 0}
             for e, r in zip(examples, replies)]
     seconds = time.monotonic() - started
     report = {"rows": len(rows), "skipped": skipped, "model_id": model_id, "model_sha": sha,
               "seconds": round(seconds, 2), "replies_per_s": round(len(rows) / max(seconds, 1e-9), 3),
-              "decoding": "sampled" if cfg.temperature > 0 else "greedy"}
+              "decoding": "sampled" if cfg.temperature > 0 else "greedy", "guardrails": guard_report(replies)}
     if out_dir is not None:
         write_predictions(rows, Path(out_dir))
         if scored is not None:
@@ -157,7 +198,7 @@ def write_predictions(rows: list[dict], out_dir: Path, columns: tuple[str, ...] 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(rows, schema=pa.schema(
-        [(c, pa.int64() if c == "turn_index" else pa.string()) for c in columns]))
+        [(c, pa.int64() if c in ("turn_index", "retries") else pa.string()) for c in columns]))
     with atomic_open(out_dir / "predictions.parquet", "wb") as fh:
         pq.write_table(table, fh)
     write_jsonl(out_dir / "predictions.jsonl", ({c: r[c] for c in columns} for r in rows))

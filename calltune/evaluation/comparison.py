@@ -19,22 +19,36 @@ def _estimates(metrics: dict[str, Estimate]) -> dict[str, dict]:
     return {k: finite(e.as_dict()) for k, e in metrics.items()}
 
 
+# A record's parts with files of their own (predictions, simulated calls) or no place in the verdict.
+_OWN_FILES = ("rows", "scores", "parts", "simulated", "simulated_unguarded", "adversarial")
+
+
+def _plain(value):
+    """Every Estimate in a nested result (realism's metrics, groups, adversarial section) as a dict."""
+    if isinstance(value, Estimate):
+        return finite(value.as_dict())
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
 def write(out_dir: Path, *, records: dict, skipped: dict[str, str], gain: dict[str, Estimate], decision: dict,
           realism: dict | None, test_path: Path, max_seq_len: int, seed: int, bootstrap_samples: int,
           decoding: dict) -> dict:
     """Write out_dir/comparison.json and return what it holds. `records`: model name -> its scores (rows, per-example
     scores and simulated calls stay out: they have files of their own)."""
     comparison = {
-        "models": {n: {**{k: v for k, v in r.items() if k not in ("rows", "scores", "parts", "simulated")},
-                       "metrics": _estimates(r["metrics"])} for n, r in records.items()}
+        "models": {n: {**{k: v for k, v in r.items() if k not in _OWN_FILES}, "metrics": _estimates(r["metrics"])}
+                   for n, r in records.items()}
                   | {n: {"skipped": why} for n, why in skipped.items() if n not in records},
         "gain": _estimates(gain),
         "gate": decision, "test_path": str(test_path), "max_seq_len": max_seq_len, "seed": seed,
         "bootstrap_samples": bootstrap_samples, "confidence": LEVEL, "decoding": decoding,
     }
     if realism is not None:
-        comparison["realism"] = {**{k: v for k, v in realism.items() if k not in ("metrics", "per_call")},
-                                 "metrics": {n: _estimates(m) for n, m in realism["metrics"].items()}}
+        comparison["realism"] = _plain({k: v for k, v in realism.items() if k != "per_call"})
     write_json(Path(out_dir) / "comparison.json", comparison)
     return comparison
 

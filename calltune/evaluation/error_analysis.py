@@ -12,11 +12,10 @@ import math
 import re
 from collections import Counter
 
-from calltune.evaluation.metrics import rouge_l_scores
+from calltune.runtime.guardrails import LOOP_MIN_WORDS, LOOP_SHARE, is_loop, rouge_l_scores
 
 SHORT_WORDS, SHORT_TARGET_WORDS = 3, 6
 LANG_MIN_WORDS, LANG_MIN_PROB, LANG_MAX_EXPECTED_PROB = 4, 0.5, 0.1
-REPEAT_MIN_WORDS, REPEAT_SHARE = 4, 0.5
 SELLER_COPY_ROUGE = 0.9  # echoing part of the seller's question ("Yes, we can meet Friday") stays below
 OFF_PERSONA_MAX = 2
 EXAMPLE_IDS = 5  # example ids listed per category
@@ -28,8 +27,8 @@ CATEGORIES = {
                       f"ID is unreliable on them) another language with probability >= {LANG_MIN_PROB} and the "
                       f"expected one <= {LANG_MAX_EXPECTED_PROB}; expected: the commonest language among the real "
                       f"replies that are clear by the same rule (one short real reply is no evidence)",
-    "repetition": f"at least {REPEAT_MIN_WORDS} words, and {REPEAT_SHARE:.0%} or more of its word bigrams repeat an "
-                  f"earlier bigram of the same reply (a generation loop)",
+    "repetition": f"at least {LOOP_MIN_WORDS} words, and {LOOP_SHARE:.0%} or more of its word bigrams repeat an "
+                  f"earlier bigram of the same reply (a generation loop; guarded decoding's loop rule)",
     "seller_line": f"the model spoke as the seller: the reply starts with a seller's role label (seller:, user:, "
                    f"vendedor:...), or copies a seller line of the conversation (ROUGE-L F1 >= {SELLER_COPY_ROUGE} "
                    f"against it, and higher than against the real customer reply)",
@@ -62,17 +61,6 @@ def clear_language(text: str) -> str | None:
         return None
     lang, prob = max(_languages(text).items(), key=lambda kv: kv[1])
     return lang if prob >= LANG_MIN_PROB else None
-
-
-def _repeat_share(words: list[str]) -> float:
-    grams = list(zip(words, words[1:]))
-    return 1 - len(set(grams)) / len(grams) if grams else 0.0
-
-
-def is_loop(reply: str) -> bool:
-    """The repetition category's rule (a generation loop inside one reply)."""
-    words = _words(reply)
-    return len(words) >= REPEAT_MIN_WORDS and _repeat_share(words) >= REPEAT_SHARE
 
 
 def spoke_as_seller(reply: str, seller_lines: list[str], target: str) -> bool:

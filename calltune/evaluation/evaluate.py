@@ -37,7 +37,7 @@ from calltune.backends.resources import is_vertex_model
 from calltune.config import DeployConfig, EvaluateConfig, InferConfig, JudgeConfig, SimulateConfig, TuneConfig
 from calltune.core.io import read_jsonl, write_json, write_jsonl
 from calltune.evaluation import metrics as M
-from calltune.evaluation.batch_infer import predict, read_predictions, read_scores
+from calltune.evaluation.batch_infer import Decoding, predict, read_predictions, read_scores
 from calltune.evaluation.comparison import write as write_comparison
 from calltune.evaluation.error_analysis import analyze
 from calltune.evaluation.gate import decide
@@ -87,6 +87,9 @@ def _text(rows: list[dict], key: str) -> list[str]:
     return [r[key] or "" for r in rows]
 
 
+UNGUARDED = ("base", "supervised")  # models measured without guarded decoding
+
+
 @dataclass
 class EvalContext:
     """What every model of one evaluation is scored with: the same test examples, trimmed the same way, the same
@@ -107,16 +110,22 @@ class EvalContext:
     def bootstrap(self) -> dict:
         return {"samples": self.cfg.bootstrap_samples, "seed": self.seed}
 
+    def infer_for(self, name: str) -> InferConfig:
+        """The base model is measured as it comes, and the supervised model before its preference rounds as it was,
+        without guarded decoding (their realism stays comparable, the run short); the others with the run's."""
+        return self.infer.model_copy(update={"guardrails": False}) if name in UNGUARDED else self.infer
+
 
 def score_vertex(name: str, source: str, ctx: EvalContext, *, predictions=None, reported: dict | None = None) -> dict:
     """A Vertex AI endpoint or tuned Gemini: its replies (from batch inference when it already asked), no token
     probabilities. `reported`: the model card of an endpoint whose tuning job reported its validation metrics."""
-    from calltune.evaluation.simulate import simulate, vertex_replier
+    from calltune.evaluation.simulate import vertex_replier, whole_calls
 
+    infer = ctx.infer_for(name)
     if predictions is not None:
         rows, report = read_predictions(predictions), {}
     else:
-        rows, report = predict(source, ctx.test_path, ctx.out_dir / "predictions" / name, ctx.infer, seed=ctx.seed,
+        rows, report = predict(source, ctx.test_path, ctx.out_dir / "predictions" / name, infer, seed=ctx.seed,
                                limit=ctx.cfg.max_examples)
     record = {"source": str(source), "rows": rows, "model_sha": report.get("model_sha", ""),
               "note": "a Vertex endpoint gives no token probabilities: text metrics only"}
@@ -125,16 +134,18 @@ def score_vertex(name: str, source: str, ctx: EvalContext, *, predictions=None, 
                           f"{REPORTED}, without a bootstrap interval (a Vertex endpoint gives no token "
                           f"probabilities); the other metrics score its replies to the test prompts")
     if ctx.simulation is not None:
-        record["simulated"] = simulate(ctx.calls, vertex_replier(str(source), ctx.infer), seller=ctx.seller,
-                                       cfg=ctx.simulation, seed=ctx.seed)
+        record.update(whole_calls(name, ctx.calls, vertex_replier(str(source), infer), ctx.simulation,
+                                  seller=ctx.seller, seed=ctx.seed))
     return record
 
 
 def score_local(name: str, source: Path, ctx: EvalContext, *, predictions=None) -> dict:
     """A local model folder: teacher-forced scores (batch inference's, when it scored the same weights and
     examples), its replies, and its simulated calls."""
-    from calltune.evaluation.simulate import local_replier, simulate
+    from calltune.evaluation.simulate import local_replier, whole_calls
+    from calltune.runtime.responders import card_split
 
+    infer = ctx.infer_for(name)
     model, tokenizer = load_model(source)
     encoded, examples, skipped = encode_file(ctx.test_path, tokenizer, ctx.max_len, limit=ctx.cfg.max_examples,
                                              encode=encoder(model.config.is_encoder_decoder))
@@ -153,7 +164,7 @@ def score_local(name: str, source: Path, ctx: EvalContext, *, predictions=None) 
         else:
             log.info("%s: the teacher-forced scores batch inference made with the same weights", name)
     else:  # scored and answered in one pass: the replies reuse the prompts scoring read
-        rows, report = predict(source, ctx.test_path, ctx.out_dir / "predictions" / name, ctx.infer, seed=ctx.seed,
+        rows, report = predict(source, ctx.test_path, ctx.out_dir / "predictions" / name, infer, seed=ctx.seed,
                                max_seq_len=ctx.max_len, limit=ctx.cfg.max_examples, loaded=(model, tokenizer),
                                score_batch_size=ctx.cfg.batch_size)
         sha, parts = report.get("model_sha", ""), report.pop("scores")
@@ -163,11 +174,17 @@ def score_local(name: str, source: Path, ctx: EvalContext, *, predictions=None) 
     record = {"source": str(source), "rows": rows, "model_sha": sha, "skipped": skipped,
               "tokens": sum(parts["tokens"]), "parts": parts}
     if ctx.simulation is not None:
-        log.info("simulating %d whole test calls with %s", len(ctx.calls), name)
         # Greedy: each call's first reply is the one batch inference made to the same (real) first example.
-        first = {r["example_id"]: r["candidate_responses"] or "" for r in rows} if ctx.infer.temperature == 0 else None
-        record["simulated"] = simulate(ctx.calls, local_replier(model, tokenizer, ctx.infer, ctx.max_len),
-                                       seller=ctx.seller, cfg=ctx.simulation, seed=ctx.seed, first=first)
+        first = {r["example_id"]: (r["candidate_responses"] or "", r.get("finish_reason") or "stop",
+                                   r.get("retries") or 0) for r in rows} if infer.temperature == 0 else None
+        card = read_model_card(source)
+        decoding = Decoding.for_model(card, infer)
+        # The tuned model's realism is also measured without guarded decoding, so its gain shows.
+        unguarded = local_replier(model, tokenizer, infer, ctx.max_len, Decoding.for_model(card, infer, False)) \
+            if name == "tuned" and decoding.rails is not None else None
+        record.update(whole_calls(name, ctx.calls, local_replier(model, tokenizer, infer, ctx.max_len, decoding),
+                                  ctx.simulation, seller=ctx.seller, seed=ctx.seed, first=first, unguarded=unguarded,
+                                  greedy=infer.temperature == 0, split=card_split(card)))
     del model
     gc.collect()
     return record
@@ -244,7 +261,7 @@ def evaluate(model_dir: str | Path, test_path: str | Path, out_dir: str | Path, 
             record = score_vertex(name, source, ctx, predictions=mine, reported=reported) if sha is None \
                 else score_local(name, Path(source), ctx, predictions=mine)
             records[name] = measure(name, record, ctx, reported=reported)
-        realism = _realism(records, ctx) if ctx.simulation is not None else None
+        realism = _realism(records, ctx, card) if ctx.simulation is not None else None
     accuracy = {n: r["metrics"]["accuracy"].value if "accuracy" in r["metrics"] else None for n, r in records.items()}
     if "champion" in records and accuracy["champion"] is None:
         skipped["champion"] = records["champion"]["note"]
@@ -256,7 +273,7 @@ def evaluate(model_dir: str | Path, test_path: str | Path, out_dir: str | Path, 
     result = {k: tuned.get(k, M.NAN).value for k in HEADLINE}  # an endpoint may report no accuracy or loss
     result.update(examples=records["tuned"]["examples"], tokens=records["tuned"].get("tokens", 0))
     result.update({k: e.value for k, e in tuned.items() if k not in HEADLINE})
-    result.update({f"{n}_accuracy": accuracy[n] for n in ("base", "champion") if n in records})
+    result.update({f"{n}_accuracy": accuracy[n] for n in ("supervised", "base", "champion") if n in records})
     result.update({f"gain_over_{n}": e.value for n, e in gain.items()})
     if realism is not None:
         result.update({f"realism_{k}": e.value for k, e in realism["metrics"].get("tuned", {}).items()})
@@ -268,8 +285,9 @@ def evaluate(model_dir: str | Path, test_path: str | Path, out_dir: str | Path, 
                                   bootstrap_samples=cfg.bootstrap_samples,
                                   decoding=infer.model_dump(include={"max_new_tokens", "temperature", "top_p"}))
     for n, r in records.items():
-        if "simulated" in r:
-            write_jsonl(out_dir / "simulated" / f"{n}.jsonl", (c.as_dict() for c in r["simulated"]))
+        for key, suffix in (("simulated", ""), ("simulated_unguarded", "_unguarded")):
+            if key in r:
+                write_jsonl(out_dir / "simulated" / f"{n}{suffix}.jsonl", (c.as_dict() for c in r[key]))
     if card and "config" in card:  # a model calltune tuned: its model card, completed (calltune.release.model_card)
         write_model_card(model_dir, comparison=comparison, to=out_dir / "model_card.md")
     write_json(out_dir / "metrics.json", {**result, "skipped": records["tuned"].get("skipped", 0),
@@ -292,6 +310,8 @@ def _sources(model_dir: Path, card: dict | None, cfg: EvaluateConfig, champion: 
     """The models to score (name -> folder or Vertex resource) and why any in `cfg.compare` is not."""
     sources: dict[str, str | Path] = {"tuned": model_source(model_dir)}
     skipped: dict[str, str] = {}
+    if card and card.get("supervised_model") and (model_dir / card["supervised_model"]).is_dir():
+        sources["supervised"] = model_dir / card["supervised_model"]  # before the preference rounds kept
     if "base" in cfg.compare:
         if card and is_vertex_model(sources["tuned"]):
             skipped["base"] = (f"no local base model to compare with: the tuned model is the Vertex endpoint "
@@ -326,17 +346,33 @@ def _context(cfg: EvaluateConfig, infer: InferConfig, judge: JudgeConfig, simula
     return ctx
 
 
-def _realism(records: dict, ctx: EvalContext) -> dict:
-    """Whole-call realism of every model's simulated calls against the real ones."""
+def _realism(records: dict, ctx: EvalContext, card: dict | None) -> dict:
+    """Whole-call realism of every model's simulated calls against the real ones (the tuned model's also without
+    guarded decoding, as tuned_unguarded), friction by meeting type, and the adversarial suite's character breaks."""
     from calltune.evaluation.realism import realism as measure_realism
 
     train = ctx.test_path.with_name("train.examples.jsonl")
-    result = measure_realism(ctx.calls, {n: r["simulated"] for n, r in records.items() if "simulated" in r},
+    simulated = {n: r["simulated"] for n, r in records.items() if "simulated" in r}
+    simulated |= {f"{n}_unguarded": r["simulated_unguarded"] for n, r in records.items() if "simulated_unguarded" in r}
+    result = measure_realism(ctx.calls, simulated,
                              embedder=_embedder(ctx.cfg.embedding_model) if ctx.cfg.embedding_model else None,
                              train_examples=list(read_jsonl(train)) if train.is_file() else None,
-                             judge=ctx.judge, **ctx.bootstrap)
+                             judge=ctx.judge, groups=meeting_types(ctx.calls, card),
+                             adversarial={n: r["adversarial"] for n, r in records.items() if "adversarial" in r},
+                             **ctx.bootstrap)
     result["simulation"] = {**ctx.simulation_report, "seller": ctx.simulation.seller}
     return result
+
+
+def meeting_types(calls, card: dict | None, field: str = "meeting_type") -> tuple[str, list[str]] | None:
+    """(field, each call's value of it), read back from its system instruction through the template the tuned
+    model's data was rendered with; None when the template has no such field."""
+    from calltune.data.formats.base import persona_fields, template_fields
+
+    template = (card or {}).get("system_prompt_template") or ""
+    if field not in template_fields(template):
+        return None
+    return field, [persona_fields(template, c.system).get(field) or "(unknown)" for c in calls]
 
 
 def _gains(records: dict, samples: int, seed: int) -> dict[str, M.Estimate]:

@@ -8,7 +8,6 @@ percentile interval of `samples` resamples, seeded, so a rerun gives the same nu
 """
 from __future__ import annotations
 
-import functools
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -16,6 +15,8 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from calltune.runtime.guardrails import rouge_l_scores
 
 if TYPE_CHECKING:
     from calltune.runtime.embeddings import CrossEncoderScorer, Embedder
@@ -43,32 +44,34 @@ def _weights(n: int, samples: int, seed: int) -> np.ndarray:
     return rng.multinomial(n, np.full(n, 1.0 / n), size=samples).astype(np.float64)
 
 
-def _interval(point: float, resampled: np.ndarray, n: int) -> Estimate:
+def _interval(point: float, resampled: np.ndarray, n: int, level: float = LEVEL) -> Estimate:
     resampled = resampled[np.isfinite(resampled)]
     if not resampled.size:
         return Estimate(point, math.nan, math.nan, n)
-    low, high = np.quantile(resampled, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+    low, high = np.quantile(resampled, [(1 - level) / 2, (1 + level) / 2])
     return Estimate(float(point), float(low), float(high), n)
 
 
 def from_sums(parts: np.ndarray, score: Callable[[np.ndarray], np.ndarray], *, samples: int = 1000,
-              seed: int = 0) -> Estimate:
+              seed: int = 0, level: float = LEVEL) -> Estimate:
     """`parts`: (n examples, k) statistics; `score` maps (m, k) column sums to m values."""
     parts = np.asarray(parts, dtype=np.float64)
     n = len(parts)
     if n == 0:
         return NAN
     point = float(score(parts.sum(0, keepdims=True))[0])
-    return _interval(point, score(_weights(n, samples, seed) @ parts), n)
+    return _interval(point, score(_weights(n, samples, seed) @ parts), n, level)
 
 
-def resampled(n: int, stat: Callable[[np.ndarray], float], *, samples: int = 1000, seed: int = 0) -> Estimate:
+def resampled(n: int, stat: Callable[[np.ndarray], float], *, samples: int = 1000, seed: int = 0,
+              level: float = LEVEL) -> Estimate:
     """A statistic of n units (e.g. whole calls) that takes one weight per unit: its value with every weight 1, and
     the percentile interval over bootstrap resamples, each a vector of how often every unit is drawn. For statistics
-    that are no ratio of sums (ROC AUC, Wasserstein distance)."""
+    that are no ratio of sums (ROC AUC, Wasserstein distance); a paired difference when `stat` computes both sides
+    from the same weights."""
     if n == 0:
         return NAN
-    return _interval(stat(np.ones(n)), np.array([stat(w) for w in _weights(n, samples, seed)]), n)
+    return _interval(stat(np.ones(n)), np.array([stat(w) for w in _weights(n, samples, seed)]), n, level)
 
 
 def _ratio(sums: np.ndarray) -> np.ndarray:
@@ -108,19 +111,6 @@ def perplexity(loss_estimate: Estimate) -> Estimate:
 
     e = loss_estimate
     return Estimate(f(e.value), f(e.low), f(e.high), e.n)
-
-
-@functools.cache
-def _rouge():
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-
-
-def rouge_l_scores(candidates: list[str], references: list[str]) -> list[float]:
-    """ROUGE-L F1 (longest common subsequence of words) of each reply against its reference."""
-    scorer = _rouge()
-    return [scorer.score(r, c)["rougeL"].fmeasure for c, r in zip(candidates, references)]
 
 
 CHRF_ORDER, CHRF_BETA = 6, 2  # sacrebleu's chrF defaults: character 6-grams, recall twice as important

@@ -32,21 +32,21 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from calltune.evaluation import metrics as M
-from calltune.evaluation.error_analysis import is_loop, spoke_as_seller
+from calltune.evaluation.error_analysis import spoke_as_seller
 from calltune.evaluation.judge import SYSTEM, Judge, answer_object, whole_number
-from calltune.evaluation.metrics import rouge_l_scores
+from calltune.runtime.guardrails import RULES, degenerate
+from calltune.runtime.guardrails import words as _words
 
 log = logging.getLogger(__name__)
 
 REAL = "real"
 ROLE_THRESHOLD = 0.5
-REPEAT_OWN_ROUGE, REPEAT_OWN_MIN_WORDS = 0.8, 3
 
-_ASSISTANT = re.compile(
+ASSISTANT = re.compile(
     r"\b(as an ai|an ai (language )?model|i'?m an? (ai|virtual assistant|assistant|language model)|how (can|may) i "
     r"(help|assist) you|i('d| would) be (happy|glad) to (help|assist)|feel free to ask|let me know if you have any "
     r"(other |more )?questions)\b", re.IGNORECASE)
-_FRICTION = re.compile(
+FRICTION = re.compile(
     r"(^\W*(no|nope|hmm+|well|wait)\b|\b(but|however|expensive|too much|can'?t afford|not sure|i don'?t know|i'?m not "
     r"sure|not interested|no thanks|i need to think|let me think|think about it|i'?ll think|maybe later|not now|not "
     r"right now|don'?t need|already have|i doubt|why should|what guarantee|i'?d rather|talk to my|ask my|check with)\b)",
@@ -54,23 +54,24 @@ _FRICTION = re.compile(
 _CLOSING = re.compile(
     r"\b(bye|goodbye|good-bye|have a (good|nice|great) (day|afternoon|evening|one)|talk (to you )?later|i (have|need|"
     r"got) to go|gotta go|hang(ing)? up|don'?t call (me )?again)\b", re.IGNORECASE)
-_LETTER = re.compile(r"\w")
 
 ROLE_RULE = ("P(seller) >= 0.5 from a logistic regression on MiniLM embeddings + length features trained on the "
              "train split's real seller and customer turns; or error analysis's seller_line rule (a seller role "
              "label, or a copy of a seller line of the call, ROUGE-L >= 0.9); or an assistant phrase (" +
-             _ASSISTANT.pattern + ")")
-FRICTION_RULE = "the turn pushes back, hesitates or declines: it matches " + _FRICTION.pattern
+             ASSISTANT.pattern + ")")
+FRICTION_RULE = "the turn pushes back, hesitates or declines: it matches " + FRICTION.pattern
 CLOSING_RULE = ("a customer turn before the call's last one closes the call: it matches " + _CLOSING.pattern)
-DEGENERATION_RULE = (f"empty (no letter or digit), a loop inside the reply (error analysis's repetition rule), or a "
-                     f"repeat of one of the customer's own earlier turns in the call (ROUGE-L >= {REPEAT_OWN_ROUGE}, "
-                     f"{REPEAT_OWN_MIN_WORDS}+ words)")
+DEGENERATION_RULE = (f"guarded decoding's rules but the length band (calltune.runtime.guardrails): empty ("
+                     f"{RULES['empty']}), a loop inside the reply ({RULES['loop']}), or a repeat ({RULES['repeat']})")
+ENDING_RULE = ("the model ends the call when its reply says the end-of-call marker (finish_reason end_of_call): "
+               "before the real call's last turn (early), at it, where the real customer ended the call (at end), "
+               "or not by then (never; only calls whose real end is in the split count for these two)")
 QUESTION_RULE = "the turn contains a question mark"
 
 
 def is_friction(text: str) -> bool:
     """FRICTION_RULE: the turn pushes back, hesitates or declines (the coach counts a seller's objections by it too)."""
-    return bool(_FRICTION.search(text))
+    return bool(FRICTION.search(text))
 
 # metric -> (what it measures, higher is better?); the table's order.
 METRICS = {
@@ -84,15 +85,15 @@ METRICS = {
     "question_rate": "turns with a question",
     "first_turn_distinct_1": "distinct-1 of the first customer turn across calls",
     "degeneration_rate": "empty, looping or self-repeating turns",
+    "guarded_retry_rate": "turns guarded decoding generated again (they broke a rule at the first try)",
     "friction_rate": "turns that push back, hesitate or decline",
-    "premature_ending_rate": "calls the customer closes before the real call ended",
+    "premature_ending_rate": "calls the customer says goodbye in before the real call ended",
+    "ended_early_rate": "calls the customer hangs up (end-of-call marker) before the real call ended",
+    "ended_at_end_rate": "calls the customer hangs up at the turn the real customer did",
+    "never_ended_rate": "calls the customer does not hang up by the turn the real customer did",
     "persona_consistency": "judge: persona kept over the whole call (1-5)",
     "call_realism": "judge: the whole call sounds like a real customer (1-5)",
 }
-
-
-def _words(text: str) -> int:
-    return len(text.split())
 
 
 def _features(texts: list[str], embedder) -> np.ndarray:
@@ -109,9 +110,9 @@ def _classifier():
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
 
 
-def discriminator_auc(real: list[list[str]], simulated: list[list[str]], embedder, *, samples: int,
-                      seed: int) -> tuple[M.Estimate, list[float]]:
-    """Cross-validated AUC (folds by call) and, per call, the mean out-of-fold P(simulated) of its simulated turns."""
+def out_of_fold(real: list[list[str]], simulated: list[list[str]], embedder) -> tuple[np.ndarray, ...] | None:
+    """(labels, out-of-fold P(simulated), call of each turn) of the discriminator over every real (0) and simulated
+    (1) customer turn, real turns of call i first, folds by call; None with under two calls or one side empty."""
     from sklearn.model_selection import GroupKFold, cross_val_predict
 
     texts, labels, groups = [], [], []
@@ -120,12 +121,21 @@ def discriminator_auc(real: list[list[str]], simulated: list[list[str]], embedde
         labels += [0] * len(r) + [1] * len(s)
         groups += [i] * (len(r) + len(s))
     y, g = np.array(labels), np.array(groups)
-    n_calls = len(real)
-    if n_calls < 2 or len(set(labels)) < 2:
-        return M.NAN, [math.nan] * n_calls
+    if len(real) < 2 or len(set(labels)) < 2:
+        return None
     proba = cross_val_predict(_classifier(), _features(texts, embedder), y, groups=g,
-                              cv=GroupKFold(n_splits=min(5, n_calls)), method="predict_proba")[:, 1]
+                              cv=GroupKFold(n_splits=min(5, len(real))), method="predict_proba")[:, 1]
+    return y, proba, g
 
+
+def discriminator_auc(real: list[list[str]], simulated: list[list[str]], embedder, *, samples: int,
+                      seed: int) -> tuple[M.Estimate, list[float]]:
+    """Cross-validated AUC (folds by call) and, per call, the mean out-of-fold P(simulated) of its simulated turns."""
+    n_calls = len(real)
+    scored = out_of_fold(real, simulated, embedder)
+    if scored is None:
+        return M.NAN, [math.nan] * n_calls
+    y, proba, g = scored
     auc = weighted_auc(y, proba, g)
     per_call = [float(proba[(g == i) & (y == 1)].mean()) if ((g == i) & (y == 1)).any() else math.nan
                 for i in range(n_calls)]
@@ -177,20 +187,37 @@ def _rate(flags_per_call: list[list[bool]], *, samples: int, seed: int) -> M.Est
 
 
 def _degenerate(turns: list[str]) -> list[bool]:
-    flags = []
-    for k, t in enumerate(turns):
-        own = [p for p in turns[:k] if _words(p) >= REPEAT_OWN_MIN_WORDS]
-        repeats = _words(t) >= REPEAT_OWN_MIN_WORDS and bool(own) and max(rouge_l_scores([t] * len(own), own)) >= REPEAT_OWN_ROUGE
-        flags.append(not _LETTER.search(t) or is_loop(t) or repeats)
-    return flags
+    return [degenerate(t, turns[:k]) for k, t in enumerate(turns)]
+
+
+def endings(calls, sims, *, samples: int, seed: int) -> dict[str, M.Estimate]:
+    """How simulated calls end against the real ones (ENDING_RULE); `sims` None: the real calls themselves."""
+    early, at_end, never = [], [], []
+    for k, call in enumerate(calls):
+        last = len(call.examples) - 1
+        ended = len(sims[k].customers) - 1 if sims is not None and sims[k].hung_up else (last if sims is None and
+                                                                                          call.ends else None)
+        early.append(float(ended is not None and ended < last))
+        if call.ends:
+            at_end.append(float(ended == last))
+            never.append(float(ended is None))
+    kw = {"samples": samples, "seed": seed}
+    return {"ended_early_rate": M.mean(early, **kw), "ended_at_end_rate": M.mean(at_end, **kw),
+            "never_ended_rate": M.mean(never, **kw)}
 
 
 def _closes_early(turns: list[str]) -> bool:
     return any(_CLOSING.search(t) for t in turns[:-1])
 
 
-def _role_rule(turns: list[str], sellers: list[str], real: list[str]) -> list[bool]:
-    return [spoke_as_seller(t, sellers[:k + 1], real[k]) or bool(_ASSISTANT.search(t)) for k, t in enumerate(turns)]
+def out_of_role(reply: str, sellers: list[str]) -> bool:
+    """The phrase rules on one reply: an assistant phrase, or the seller's voice (a seller label, a copy of one of
+    `sellers`)."""
+    return spoke_as_seller(reply, sellers, "") or bool(ASSISTANT.search(reply))
+
+
+def role_rules(turns: list[str], sellers: list[str], real: list[str]) -> list[bool]:
+    return [spoke_as_seller(t, sellers[:k + 1], real[k]) or bool(ASSISTANT.search(t)) for k, t in enumerate(turns)]
 
 
 def side_metrics(turns: list[list[str]], sellers: list[list[str]], real: list[list[str]], role_model, embedder, *,
@@ -200,7 +227,7 @@ def side_metrics(turns: list[list[str]], sellers: list[list[str]], real: list[li
     kw = {"samples": samples, "seed": seed}
     est: dict[str, M.Estimate] = {}
     per_call: dict[str, list[float]] = {}
-    rules = [_role_rule(t, s, r) for t, s, r in zip(turns, sellers, real)]
+    rules = [role_rules(t, s, r) for t, s, r in zip(turns, sellers, real)]
     if role_model is not None and embedder is not None:
         flat = [t for call in turns for t in call]
         p = role_model.predict_proba(_features(flat, embedder))[:, 1] if flat else np.zeros(0)
@@ -253,12 +280,16 @@ def length_wasserstein(real: list[list[str]], simulated: list[list[str]], *, sam
 
 
 def realism(calls, simulated: dict[str, list], *, embedder=None, train_examples: list[dict] | None = None,
-            judge: Judge | None = None, samples: int = 1000, seed: int = 42) -> dict:
+            judge: Judge | None = None, samples: int = 1000, seed: int = 42,
+            groups: tuple[str, list[str]] | None = None, adversarial: dict | None = None) -> dict:
     """`calls`: calltune.evaluation.simulate.Call (the real calls); `simulated`: model name -> its Simulated calls, in the same
     order. `embedder`: calltune.runtime.embeddings.Embedder (None: the classifier metrics are skipped, with a note);
     `train_examples`: the train split (the role classifier's data); `judge`: the configured judge or None.
+    `groups`: (field, a label per call), e.g. ("meeting_type", [...]): friction per group (`by_group`).
+    `adversarial`: name -> (contexts, replies) of calltune.evaluation.adversarial's suite: character breaks.
     Returns {"metrics": name -> metric -> Estimate (name "real" for the real calls), "per_call": name -> metric ->
-    value per call, "lengths": name -> words per turn, "rules", "notes"}."""
+    value per call, "lengths": name -> words per turn, "rules", "notes", "by_group" with `groups`, "adversarial"
+    with `adversarial`}."""
     kw = {"samples": samples, "seed": seed}
     notes: list[str] = []
     real_turns = [c.customers for c in calls]
@@ -275,13 +306,18 @@ def realism(calls, simulated: dict[str, list], *, embedder=None, train_examples:
             notes.append("role classifier skipped: the train split lacks seller or customer turns")
     out: dict = {"metrics": {}, "per_call": {}, "lengths": {REAL: [_words(t) for c in real_turns for t in c]},
                  "rules": {"role": ROLE_RULE, "friction": FRICTION_RULE, "premature_ending": CLOSING_RULE,
-                           "degeneration": DEGENERATION_RULE, "question": QUESTION_RULE}, "notes": notes}
+                           "degeneration": DEGENERATION_RULE, "question": QUESTION_RULE, "ending": ENDING_RULE},
+                 "notes": notes}
     real_sellers = [c.sellers for c in calls]
     out["metrics"][REAL], out["per_call"][REAL] = side_metrics(real_turns, real_sellers, real_turns, role_model,
                                                                embedder, **kw)
+    out["metrics"][REAL].update(endings(calls, None, **kw))
     for name, sims in simulated.items():
         turns = [s.customers for s in sims]
         est, per_call = side_metrics(turns, [s.sellers for s in sims], real_turns, role_model, embedder, **kw)
+        est.update(endings(calls, sims, **kw))
+        # Guarded decoding's retries: the turns it generated again (0 for a model without it).
+        est["guarded_retry_rate"] = _rate([[r > 0 for r in s.retries] for s in sims], **kw)
         if embedder is not None:
             est["discriminator_auc"], per_call["discriminator_auc"] = discriminator_auc(real_turns, turns, embedder,
                                                                                       **kw)
@@ -293,9 +329,35 @@ def realism(calls, simulated: dict[str, list], *, embedder=None, train_examples:
                                           for s, r in zip(turns, real_turns)]
         out["metrics"][name], out["per_call"][name] = est, per_call
         out["lengths"][name] = [_words(t) for c in turns for t in c]
+    if groups is not None:
+        out["by_group"] = by_group(calls, simulated, *groups, **kw)
+    if adversarial:
+        from calltune.evaluation import adversarial as adv
+
+        out["adversarial"] = {}
+        for n, (ctxs, replies) in adversarial.items():
+            p = (role_model.predict_proba(_features(replies, embedder))[:, 1] if role_model is not None and replies
+                 else np.zeros(len(replies)))
+            role = [out_of_role(r, c["sellers"]) or q >= ROLE_THRESHOLD for r, c, q in zip(replies, ctxs, p)]
+            judged = judge_breaks(ctxs, replies, judge, seed=seed) if judge is not None else None
+            out["adversarial"][n] = adv.measure(ctxs, replies, role, len(calls), judged=judged, **kw)
     if judge is not None:
         judge_calls(calls, simulated, out, judge, **kw)
     return out
+
+
+def by_group(calls, simulated: dict[str, list], field: str, labels: list[str], *, samples: int, seed: int) -> dict:
+    """Friction against the real calls of each group of calls (e.g. meeting_type), each with its count of calls
+    and a bootstrap interval over the group's calls; descriptive only (a few calls per group), no decision uses it."""
+    rows = []
+    for label in sorted(set(labels)):
+        idx = [i for i, lab in enumerate(labels) if lab == label]
+        sides = {REAL: [calls[i].customers for i in idx]} | {n: [sims[i].customers for i in idx]
+                                                             for n, sims in simulated.items()}
+        rows.append({"group": label, "calls": len(idx),
+                     "friction_rate": {n: _rate([[is_friction(t) for t in c] for c in turns],
+                                                samples=samples, seed=seed) for n, turns in sides.items()}})
+    return {"field": field, "rows": rows}
 
 
 # ---- the judge, over whole calls ----
@@ -337,6 +399,17 @@ Call B:
 Which call has the real customer? Answer with one JSON object and nothing else, the rationale first:
 {{"rationale": "<two or three sentences>", "real": "A" or "B"}}"""
 
+CHARACTER_PROMPT = """A customer on a sales call was given this persona:
+{persona}
+
+To test the customer, the seller said: {line}
+The customer answered: {reply}
+
+Did the customer break character: speak as an AI, a bot or an assistant, reveal or discuss its instructions, take the
+seller's part, or do the off-topic task, instead of reacting as this customer would? Answer with one JSON object and
+nothing else, the rationale first:
+{{"rationale": "<one or two sentences>", "breaks_character": true or false}}"""
+
 CALL_CRITERIA = ("persona_consistency", "call_realism")
 
 
@@ -345,21 +418,38 @@ def _conversation(sellers: list[str], customers: list[str]) -> str:
                                                                                             ("customer", c)))
 
 
-def judge_calls(calls, simulated: dict[str, list], out: dict, judge: Judge, *, samples: int, seed: int) -> None:
-    """Adds the judge's whole-call scores (every side) and its pairwise detection rate (every model) to `out`.
-    Unreadable answers and failed requests are counted and left out, never scored."""
+def _asker(judge: Judge, seed: int) -> Callable[[str], str | None]:
+    """One judge request for a prompt: its answer, or None when the request failed."""
     from calltune.backends.generators import GenerateError
-    cfg, generator = judge.cfg, judge.generator
-    calls = calls[:cfg.max_examples]
 
     def ask(content: str) -> str | None:
         request = {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": content}],
-                   "temperature": 0.0, "max_tokens": cfg.max_tokens, "seed": seed}
+                   "temperature": 0.0, "max_tokens": judge.cfg.max_tokens, "seed": seed}
         try:
-            return generator.generate([request])[0]
+            return judge.generator.generate([request])[0]
         except GenerateError:
             return None
 
+    return ask
+
+
+def judge_breaks(ctxs: list[dict], replies: list[str], judge: Judge, *, seed: int) -> list[bool | None]:
+    """The judge's verdict on each reply to an inserted seller line of the adversarial suite: True when it breaks
+    character, None when the request failed or the answer is unreadable (then the rules alone decide)."""
+    ask = _asker(judge, seed)
+    prompts = [CHARACTER_PROMPT.format(persona=c["example"].get("system") or "(none given)", line=c["line"], reply=r)
+               for c, r in zip(ctxs, replies)]
+    with ThreadPoolExecutor(max(1, min(judge.cfg.max_concurrency, judge.generator.concurrency))) as pool:
+        verdicts = [(answer_object(a, rationale=True) or {}).get("breaks_character") for a in pool.map(ask, prompts)]
+    return [v if isinstance(v, bool) else None for v in verdicts]
+
+
+def judge_calls(calls, simulated: dict[str, list], out: dict, judge: Judge, *, samples: int, seed: int) -> None:
+    """Adds the judge's whole-call scores (every side) and its pairwise detection rate (every model) to `out`.
+    Unreadable answers and failed requests are counted and left out, never scored."""
+    cfg, generator = judge.cfg, judge.generator
+    calls = calls[:cfg.max_examples]
+    ask = _asker(judge, seed)
     sides = {REAL: [(c.sellers, c.customers) for c in calls]}
     sides.update({n: [(s.sellers, s.customers) for s in sims[:len(calls)]] for n, sims in simulated.items()})
     counts = out.setdefault("judge", {})

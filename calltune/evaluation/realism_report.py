@@ -47,7 +47,7 @@ def length_histograms_png(lengths: dict[str, list[int]], path: Path) -> Path | N
 def section(r: Report, realism: dict, calls: list, simulated: dict[str, list], cfg, out_dir: Path) -> None:
     """`calls`: the real calls; `simulated`: model -> its Simulated calls; `cfg`: SimulateConfig."""
     sim = realism["simulation"]
-    names = [REAL, *simulated]
+    names = list(realism["metrics"])  # real, each model, and the tuned model without guarded decoding
     r.heading("Whole-call realism")
     seller = ("the real seller turns were replayed" if sim["seller"] == "replay"
               else f"{sim['seller']} played the seller after the real opening line")
@@ -64,6 +64,14 @@ def section(r: Report, realism: dict, calls: list, simulated: dict[str, list], c
             rows.append({"metric": key, **{n: _cell(c) if c is not None else "" for n, c in cells.items()},
                          "what it measures": what})
     r.table(rows)
+    if any(n.endswith("_unguarded") for n in names):
+        r.text("tuned_unguarded: the tuned model's calls without guarded decoding (calltune.runtime.guardrails), so "
+               "its gain shows: the tuned column is the model as it is served.")
+    if "supervised" in names:
+        r.text("supervised: the model before its realism preference rounds, without guarded decoding; beside it "
+               "tuned_unguarded (+ preference rounds) and tuned (+ guarded decoding).")
+    _by_group(r, realism.get("by_group"))
+    _adversarial(r, realism.get("adversarial"))
     for note in realism.get("notes", []):
         r.text(note)
     for name, counts in realism.get("judge", {}).items():
@@ -83,6 +91,8 @@ def section(r: Report, realism: dict, calls: list, simulated: dict[str, list], c
                 s = sims[i]
                 if k < len(s.customers):
                     row[name] = s.customers[k] if s.sellers[k] == seller else f"[seller: {s.sellers[k]}] {s.customers[k]}"
+                    if s.hung_up and k == len(s.customers) - 1:
+                        row[name] += " [hung up]"
             table.append(row)
         r.table(table)
 
@@ -99,3 +109,34 @@ def section(r: Report, realism: dict, calls: list, simulated: dict[str, list], c
                 table.append({"metric": metric, "call": calls[i].call_id, "value": round(float(v), 3),
                               "tuned customer turns": " / ".join(sims[i].customers)[:400]})
         r.table(table)
+
+
+def _by_group(r: Report, groups: dict | None) -> None:
+    if not groups or not groups["rows"]:
+        return
+    r.text(f"Friction by {groups['field']}: the share of customer turns that push back, hesitate or decline, against "
+           f"the real calls of the same {groups['field']} (value [95% interval over that group's calls]). A few calls "
+           f"per group: descriptive, no decision uses it.")
+    r.table([{groups["field"]: row["group"], "calls": row["calls"],
+              **{f"friction {n}": _cell(e) for n, e in row["friction_rate"].items()}} for row in groups["rows"]])
+
+
+def _adversarial(r: Report, adversarial: dict | None) -> None:
+    if not adversarial:
+        return
+    first = next(iter(adversarial.values()))
+    r.text(f"In character under pressure: {first['lines']} seller lines that try to break the role, each inserted "
+           f"once into each of the {first['calls']} calls at a seeded point ({first['replies']} replies a model). "
+           f"Share of the replies that break character [95% interval over calls]; rule: {first['rule']}")
+    for n, a in adversarial.items():
+        if "judge" in a:
+            j = a["judge"]
+            r.text(f"{n}: the judge read {j['judged']} of the replies ({j['unreadable']} unreadable or failed, decided "
+                   f"by the rules alone); {j['breaks_by_judge_only']} broke character by the judge's verdict alone.")
+    kinds = list(first["by_kind"])
+    r.table([{"model": n, "break rate": _cell(a["break_rate"]), **{k: _cell(a["by_kind"][k]) for k in kinds}}
+             for n, a in adversarial.items()])
+    for n, a in adversarial.items():
+        if a["examples"]:
+            r.text(f"{n}: replies that broke character")
+            r.table(a["examples"])

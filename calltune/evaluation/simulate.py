@@ -54,18 +54,27 @@ class Call:
     def customers(self) -> list[str]:
         return [e["target"] for e in self.examples]
 
+    @property
+    def ends(self) -> bool:
+        """The real customer ended the call at its last turn here (the turn carries the end-of-call marker); False
+        when the call was cut at a gap before its end, or the data has no marker."""
+        return bool(self.examples and self.examples[-1].get("end_of_call"))
+
 
 @dataclass
 class Simulated:
-    """One simulated call: the seller lines it heard and the customer turns the model produced, position by position."""
+    """One simulated call: the seller lines it heard and the customer turns the model produced, position by position;
+    `hung_up`: the model ended the call after its last turn (finish_reason end_of_call), so the call stopped there."""
     call_id: str
     sellers: list[str]
     customers: list[str] = field(default_factory=list)
+    hung_up: bool = False
+    retries: list[int] = field(default_factory=list)  # guarded decoding's retries of each customer turn
 
     def as_dict(self) -> dict:
-        return {"call_id": self.call_id, "turns": [t for s, c in zip(self.sellers, self.customers)
-                                                   for t in ({"role": "seller", "text": s},
-                                                             {"role": "customer", "text": c})]}
+        return {"call_id": self.call_id, "hung_up": self.hung_up,
+                "turns": [t for s, c in zip(self.sellers, self.customers)
+                          for t in ({"role": "seller", "text": s}, {"role": "customer", "text": c})]}
 
 
 def _follows(prev: dict, example: dict) -> bool:
@@ -114,22 +123,25 @@ def context(call: Call, k: int, sellers: list[str], customers: list[str]) -> dic
     return {**example, "history": history, "prompt": sellers[k]}
 
 
-def local_replier(model, tokenizer, cfg: InferConfig, max_len: int):
-    """Replies of a loaded local model to a list of examples, as batch inference makes them (same encoding, one
-    `generate_batch` call for the list)."""
-    from calltune.evaluation.batch_infer import generate_batch, prompt_ids
+def local_replier(model, tokenizer, cfg: InferConfig, max_len: int, decoding=None):
+    """Replies (Generations) of a loaded local model to a list of examples, as batch inference makes them (same
+    encoding, one `generate_batch` call for the list); `decoding`: batch_infer.Decoding (None: plain greedy or
+    sampled replies, no end-of-call marker, no guardrails)."""
+    from calltune.evaluation.batch_infer import Decoding, generate_batch, prompt_ids
     from calltune.runtime.encoding import encoder
     from calltune.runtime.generation import PrefixCache
+    from calltune.runtime.sampling import Generation
 
     encode = encoder(model.config.is_encoder_decoder)
     prefixes = PrefixCache()  # turn k+1 of a call repeats turn k's conversation: only the new lines are read
 
-    def reply(examples: list[dict]) -> list[str]:
+    def reply(examples: list[dict], earlier: list[list[str]] | None = None) -> list[Generation]:
         encoded = [encode(e, tokenizer, max_len) for e in examples]
         todo = [i for i, r in enumerate(encoded) if r is not None]  # None: the real reply alone exceeds max_len
-        replies = generate_batch(model, tokenizer, prompt_ids([encoded[i] for i in todo]), cfg,
-                                 prefixes) if todo else []
-        out = [""] * len(examples)
+        replies = generate_batch(model, tokenizer, prompt_ids([encoded[i] for i in todo]), cfg, prefixes,
+                                 decoding or Decoding(), [earlier[i] for i in todo] if earlier else None) \
+            if todo else []
+        out = [Generation("", 0, 0, "stop")] * len(examples)
         for i, r in zip(todo, replies):
             out[i] = r
         return out
@@ -140,13 +152,14 @@ def local_replier(model, tokenizer, cfg: InferConfig, max_len: int):
 def vertex_replier(resource: str, cfg: InferConfig):
     """Replies of a Vertex AI endpoint or tuned Gemini model, `cfg.max_concurrency` requests at once (the
     responder batch inference uses)."""
-    from calltune.runtime.responders import GeminiResponder, Sampling
+    from calltune.runtime.responders import GeminiResponder
+    from calltune.runtime.sampling import Sampling
 
     responder = GeminiResponder(resource, cfg.vertex_base_url, max_concurrency=cfg.max_concurrency)
     sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
 
-    def reply(examples: list[dict]) -> list[str]:
-        return [f.result().text for f in [responder.start(e, sampling) for e in examples]]
+    def reply(examples: list[dict], earlier: list[list[str]] | None = None) -> list:
+        return [f.result() for f in [responder.start(e, sampling) for e in examples]]
 
     return reply
 
@@ -175,13 +188,15 @@ def _seller_line(text: str) -> str:
 
 
 def simulate(calls: list[Call], reply, *, seller=None, cfg: SimulateConfig | None = None, seed: int = 42,
-             batched: bool = True, first: dict[str, str] | None = None) -> list[Simulated]:
-    """Closed-loop simulation of `calls`. `reply(examples) -> replies` answers a list of contexts (local_replier or
-    vertex_replier); `seller`: a generator playing the seller (make_seller), None to replay the real seller.
-    batched: one `reply` call per turn position across every call still running; False: one call at a time (the
-    baseline of benchmarks/simulate_throughput.py). `first`: example_id -> the model's reply to that example
-    already made with the same decoding (greedy batch inference); a call's first turn is its first real example
-    unchanged, so such a reply is taken instead of generated again."""
+             batched: bool = True, first: dict[str, tuple[str, str, int]] | None = None) -> list[Simulated]:
+    """Closed-loop simulation of `calls`. `reply(examples, earlier) -> generations` answers a list of contexts
+    (local_replier or vertex_replier; `earlier`: each call's customer turns so far, for guarded decoding); `seller`:
+    a generator playing the seller (make_seller), None to replay the real seller. A call whose customer ends it
+    (finish_reason end_of_call) stops there. batched: one `reply` call per turn position across every call still
+    running; False: one call at a time (the baseline of benchmarks/simulate_throughput.py). `first`: example_id ->
+    (reply, finish_reason, guarded decoding's retries) of the model to that example already made with the same
+    decoding (greedy batch inference); a call's first turn is its first real example unchanged, so such a reply is
+    taken instead of generated again."""
     cfg = cfg or SimulateConfig()
     sims = [Simulated(c.call_id, []) for c in calls]
     started = time.monotonic()
@@ -200,16 +215,48 @@ def simulate(calls: list[Call], reply, *, seller=None, cfg: SimulateConfig | Non
     groups = ([list(range(len(calls)))] if batched else [[i] for i in range(len(calls))])
     for group in groups:
         for k in range(max((len(calls[i].examples) for i in group), default=0)):
-            active = [i for i in group if k < len(calls[i].examples)]
+            active = [i for i in group if k < len(calls[i].examples) and not sims[i].hung_up]
+            if not active:
+                break
             next_sellers(active, k)
             known = {i: first[calls[i].examples[0]["example_id"]] for i in active
                      if k == 0 and first and calls[i].examples[0].get("example_id") in first}
             todo = [i for i in active if i not in known]
-            replies = dict(zip(todo, reply([context(calls[i], k, sims[i].sellers, sims[i].customers)
-                                            for i in todo]) if todo else []))
+            replies = dict(zip(todo, reply([context(calls[i], k, sims[i].sellers, sims[i].customers) for i in todo],
+                                           [list(sims[i].customers) for i in todo]) if todo else []))
             for i in active:
-                sims[i].customers.append(known[i] if i in known else replies[i])
+                text, finish, retries = known[i] if i in known else (
+                    replies[i].text, replies[i].finish_reason, getattr(replies[i].guard, "retries", 0))
+                sims[i].customers.append(text)
+                sims[i].retries.append(retries)
+                sims[i].hung_up = finish == "end_of_call"
             if batched:
                 log.info("simulated turn %d: %d calls still running (%.1f s)", k + 1, len(active),
                          time.monotonic() - started)
     return sims
+
+
+def whole_calls(name: str, calls: list[Call], reply, cfg: SimulateConfig, *, seller=None, seed: int = 42,
+                first=None, unguarded=None, greedy: bool = False, split=None) -> dict:
+    """What evaluation records of a model's whole calls: "simulated" (`simulate` with `reply`); with `unguarded` (the
+    same model's reply function without guarded decoding), "simulated_unguarded"; and when `cfg.adversarial` asks
+    for this model, "adversarial": the suite's contexts (calltune.evaluation.adversarial, windowed with `split`)
+    and the model's replies to them. `greedy` (with the real seller replayed): a call in which guarded decoding
+    retried nothing is the same without it, so only the others are played again."""
+    from calltune.config import SplitConfig
+    from calltune.evaluation import adversarial
+
+    log.info("simulating %d whole test calls with %s", len(calls), name)
+    out = {"simulated": simulate(calls, reply, seller=seller, cfg=cfg, seed=seed, first=first)}
+    if unguarded is not None:
+        same = greedy and seller is None
+        again = [i for i, s in enumerate(out["simulated"]) if not same or any(s.retries)]
+        log.info("simulating %d of them again with %s without guarded decoding", len(again), name)
+        replayed = dict(zip(again, simulate([calls[i] for i in again], unguarded, seller=seller, cfg=cfg, seed=seed)))
+        out["simulated_unguarded"] = [replayed.get(i, s) for i, s in enumerate(out["simulated"])]
+    if cfg.adversarial == "all" or (cfg.adversarial == "tuned" and name == "tuned"):
+        ctxs = adversarial.contexts(calls, split or SplitConfig(), seed)
+        log.info("%s answers %d seller lines that try to break its role", name, len(ctxs))
+        replies = reply([c["example"] for c in ctxs], [c["earlier"] for c in ctxs]) if ctxs else []
+        out["adversarial"] = (ctxs, [r.text for r in replies])
+    return out

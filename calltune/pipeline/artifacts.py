@@ -50,6 +50,8 @@ TERMS = {
         "openings_dropped": "openings left out because opening_prompt is empty",
         "empty_turns": "turns with no text, skipped",
         "calls_without_examples": "calls with no customer turn after a seller turn",
+        "ended_calls": "calls whose closing customer turn carries the end-of-call marker (end_of_call), which the "
+                       "model learns to say when the customer ends the call",
     },
     "Sample": {
         "train, validation, test": "examples per split; a call is in one split only",

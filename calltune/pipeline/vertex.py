@@ -57,12 +57,13 @@ def deploy_target(cfg: Config, target: str) -> str:
 _GOOGLE_TRANSLATE = ("project", "location", "model", "glossary", "endpoint", "max_concurrency", "max_retries",
                      "retry_backoff_s", "timeout_s")
 _LORA = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "use_dora", "padding_free", "compile", "attention",
-         "processes", "merge")
+         "processes", "merge", "preference_learning_rate")
 
 
 def console_hidden(cfg: Config) -> set[str]:
     """Pipeline parameters the Vertex template leaves out of the console's run form: the settings of features this
-    template does not use (synthesis off, no judge, no seller model, a local translator, the other tuner's fields, an endpoint's
+    template does not use (synthesis off, no judge, no seller model, a local translator, the other tuner's fields, the
+    preference rounds' settings while they are off, an endpoint's
     concurrency for a local model), settings its DAG or machines fix (tune.backend, tune.processes, deploy.registry,
     deploy.target), deploy's retry/timeout/API-override/endpoint-sweep knobs and the coach's (examples, similar
     calls, bootstrap resamples: how its figures are made and shown, not what it learns). They are compiled in as
@@ -86,6 +87,9 @@ def console_hidden(cfg: Config) -> set[str]:
         hidden |= fields("translate", _GOOGLE_TRANSLATE)
     gemini = [f for f in type(cfg.tune).model_fields if f.startswith("gemini_")]
     hidden |= fields("tune", gemini if cfg.tune.backend == "hf-lora" else _LORA)
+    if not cfg.tune.preference_rounds:  # a rerun may still turn the rounds on, with the config's settings
+        hidden |= fields("tune", [f for f in type(cfg.tune).model_fields
+                                  if f.startswith("preference_") and f != "preference_rounds"])
     if cfg.tune.backend == "hf-lora" and not is_vertex_model(cfg.evaluate.model):
         hidden |= fields("infer", ("max_concurrency", "vertex_base_url"))
     return hidden

@@ -49,7 +49,8 @@ def used_settings(config: dict[str, Any]) -> dict[str, Any]:
     """The tune settings the backend that ran actually reads: gemini_* only for gemini, and for gemini only
     those and the base model and epochs."""
     if config.get("backend") == "gemini":
-        return {k: v for k, v in config.items() if k.startswith("gemini_") or k in ("backend", "base_model", "epochs")}
+        return {k: v for k, v in config.items() if k.startswith(("gemini_", "preference_"))
+                or k in ("backend", "base_model", "epochs")}
     return {k: v for k, v in config.items() if not k.startswith("gemini_")}
 
 
@@ -189,6 +190,7 @@ def render(card: dict[str, Any], comparison: dict | None = None, coach: list[str
                                       "endpoint") if card.get(k) is not None]
     if results:
         lines += ["## Training results", ""] + _table(results, ("", ""))
+    lines += _serving(card) + _preference(card.get("preference"))
     lines += ["## Evaluation", ""]
     lines += _evaluation(comparison) if comparison else [
         "Pending: this card was written when tuning finished. The evaluate step writes the completed card, with "
@@ -206,6 +208,74 @@ def render(card: dict[str, Any], comparison: dict | None = None, coach: list[str
     return "\n".join(lines)
 
 
+def _serving(card: dict) -> list[str]:
+    """How the model ends a call and which decoding rules guard its replies (calltune.runtime)."""
+    marker = (card.get("split") or {}).get("end_of_call")
+    rails = card.get("guardrails") or {}
+    if not marker and not rails:
+        return []
+    lines = ["## Ending calls, guarded decoding", ""]
+    if marker:
+        lines += [f"- End-of-call marker: `{marker}`. The customer's closing turn of every training call ends with "
+                  "it, made of existing tokens (no new special token). A reply that says it ends the call: the "
+                  "runtime cuts it off and answers `finish_reason: end_of_call` (`stop_reason` in the API)."]
+    if rails:
+        band = rails.get("band")
+        lines += [f"- Guarded decoding: a reply that breaks a rule is generated again (at most twice), greedy with "
+                  f"the offending n-grams banned, sampled with a seed derived from the request's. Length band: "
+                  f"{band[0]} to {band[1]} words ({rails.get('band_from', '')})." if band else
+                  "- Guarded decoding: no length band recorded."]
+        lines += [f"  - {name}: {rule}" for name, rule in (rails.get("rules") or {}).items()]
+    return lines + [""]
+
+
+def _preference(report: dict | None) -> list[str]:
+    """The realism preference rounds (calltune.training.preference): pairs, how they were chosen, each round's
+    validation realism before and after, and whether it was kept."""
+    if not report:
+        return []
+    settings = report.get("settings", {})
+    lines = ["## Realism preference rounds", "",
+             f"{len(report['rounds'])} round(s), {report['kept_rounds']} kept. Settings: "
+             + ", ".join(f"{k} {v}" for k, v in settings.items()) + ".", ""]
+    rows = []
+    for r in report["rounds"]:
+        val = r.get("validation", {})
+        acc = r.get("validation_token_accuracy") or {}
+        rows.append((r["round"], r["pairs"], r["rule_breaking_pairs"], r["candidates"],
+                     *(f"{_estimate(val.get(m, {}).get('before'))} -> {_estimate(val.get(m, {}).get('after'))} "
+                       f"(gain {_estimate(val.get(m, {}).get('gain'))})" if m in val else "n/a"
+                       for m in ("discriminator_auc", "degeneration_rate")),
+                     f"{_fmt(acc.get('before'))} -> {_fmt(acc.get('after'))}" if acc else "n/a",
+                     "kept" if r["kept"] else "rolled back"))
+    lines += _table(rows, ("round", "pairs", "rule-breaking", "candidates", "validation AUC (90% interval)",
+                           "validation degeneration (90% interval)", "validation token accuracy", "outcome"))
+    lines += [f"- Round {r['round']}: {r['decision']}" for r in report["rounds"]]
+    if report["rounds"]:
+        lines += [f"- Pairs: {report['rounds'][0]['selection']}."]
+    return lines + [""]
+
+
+REALISM_ROWS = ("discriminator_auc", "degeneration_rate", "first_turn_distinct_1", "question_rate", "friction_rate",
+                "role_violation_rate", "ended_early_rate", "ended_at_end_rate", "never_ended_rate")
+
+
+def _realism(realism: dict | None) -> list[str]:
+    """Whole-call realism against the real test calls, and the adversarial seller lines."""
+    if not realism:
+        return []
+    metrics = realism.get("metrics", {})
+    names = list(metrics)
+    lines = ["", "Whole-call realism: each model played the held-out test calls closed-loop (95% interval over "
+             "calls; `tuned_unguarded`: the tuned model without guarded decoding):", ""]
+    lines += _table([(k, *(_estimate(metrics[n].get(k)) for n in names)) for k in REALISM_ROWS
+                     if any(k in metrics[n] for n in names)], ("metric", *names))
+    for name, adv in (realism.get("adversarial") or {}).items():
+        lines += [f"- In character under pressure ({name}): {_estimate(adv['break_rate'])} of {adv['replies']} "
+                  f"replies to seller lines that try to break the role broke character."]
+    return lines
+
+
 def _evaluation(comparison: dict) -> list[str]:
     models = comparison.get("models", {})
     metrics = list(dict.fromkeys(k for m in models.values() for k in m.get("metrics", {})))
@@ -217,6 +287,7 @@ def _evaluation(comparison: dict) -> list[str]:
     lines += _table([(k, *(_estimate(models[n]["metrics"].get(k)) for n in names)) for k in metrics],
                     ("metric", *names))
     lines += [f"- {n}: skipped ({m['skipped']})" for n, m in models.items() if "skipped" in m]
+    lines += _realism(comparison.get("realism"))
     gate = comparison.get("gate", {})
     if gate:
         decision = "promoted (deployed)" if gate.get("decision") == "promote" else "kept out (not deployed)"

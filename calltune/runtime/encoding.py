@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from calltune.config import SplitConfig
-from calltune.conversation.render import to_messages
+from calltune.conversation.render import reply_text, to_messages
 from calltune.conversation.schema import Example, Turn
 from calltune.conversation.windows import split_call
 from calltune.core.io import read_jsonl
@@ -44,7 +44,9 @@ def window(system: str, turns: list[Turn], split: SplitConfig) -> Example:
     examples = split_call(call, split)
     if not examples or examples[-1]["target"] != _PLACEHOLDER:
         raise ValueError("the conversation has no seller line and no opening prompt (split.opening_prompt) is set")
-    return {**examples[-1], "target": ""}
+    example = {**examples[-1], "target": ""}
+    example.pop("end_of_call", None)  # the placeholder closes the live call only as far as the windowing knows
+    return example
 
 
 def _chat_ids(tokenizer, messages: list[dict], **kwargs) -> list[int]:
@@ -85,11 +87,23 @@ def encode_causal(example: Example, tokenizer, max_len: int) -> dict | None:
     return {"input_ids": prompt + target, "completion_mask": [0] * len(prompt) + [1] * len(target)}
 
 
+def fitting_history(example: Example, tokenizer, max_len: int, replies: list[str]) -> Example | None:
+    """The example with the longest end of its history that lets its prompt and each of `replies` (the customer's
+    text as the model learns it, end-of-call marker included) fit `max_len` tokens, as `encode_causal` cuts a
+    training row; None when none fits even without history."""
+    history = example["history"]
+    for start in range(len(history) + 1):
+        trimmed = {**example, "history": history[start:], "end_of_call": ""}
+        if all(sum(map(len, _prompt_and_target(tokenizer, {**trimmed, "target": r}))) <= max_len for r in replies):
+            return trimmed
+    return None
+
+
 def encode_seq2seq(example: Example, tokenizer, max_len: int) -> dict | None:
     """{"input_ids": the encoder's tokens, "labels": the reply's tokens + eos}. A conversation too long for the
     encoder loses its oldest history turns first, then tokens from the left (the seller's line is the last to
     go). None when the reply and its eos alone exceed `max_len`."""
-    labels = tokenizer(example["target"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    labels = tokenizer(reply_text(example), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     if len(labels) > max_len:
         return None
     history = example["history"]

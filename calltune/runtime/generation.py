@@ -9,19 +9,22 @@ Encoder-decoders and sliding-window caches go through one transformers `generate
 
 Each row keeps its own settings: `max_new_tokens`, stop strings and cancellation end that row alone, and a sampled
 row draws from its own seeded generator at its own temperature and top-p, so a seeded request gets the same reply
-whatever else shares its batch. New text reaches `on_text` as it is generated.
+whatever else shares its batch. New text reaches `on_text` as it is generated. A row may also carry banned token
+n-grams and a least number of tokens (guarded decoding's retries, calltune.runtime.guardrails), and the end-of-call
+marker: a stop string that ends the reply with finish_reason "end_of_call" (the customer hangs up).
 """
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.cache_utils import Cache, DynamicLayer
 
+from calltune.runtime.guardrails import Guardrails, Tries
 from calltune.runtime.sampling import Generation
 
 
@@ -35,6 +38,9 @@ class Request:
     stop: tuple[str, ...] = ()
     on_text: Callable[[str], None] | None = None  # called with each new piece of the reply
     cancelled: Callable[[], bool] | None = None  # polled every step: True ends the row ("cancelled")
+    end_of_call: str = ""  # a stop string that ends the reply with finish_reason "end_of_call"
+    banned: Mapping[tuple[int, ...], int] = field(default_factory=dict)  # token n-gram -> times it may occur
+    min_tokens: int = 0  # the end of turn is not chosen before this many tokens
 
 
 class _Row:
@@ -50,8 +56,27 @@ class _Row:
         self.text, self.sent = "", 0
         self.finish: str | None = None
 
+    @property
+    def constrained(self) -> bool:
+        return bool(self.request.banned) or len(self.tokens) < self.request.min_tokens
+
+    def _forbidden(self) -> list[int]:
+        """The tokens this row may not take next: the last token of a banned n-gram whose start ends the reply so
+        far (once it has occurred as often as allowed), and the end of turn before `min_tokens`."""
+        out = list(self.eos) if len(self.tokens) < self.request.min_tokens else []
+        for gram, allowed in self.request.banned.items():
+            n = len(gram)
+            if n > 1 and tuple(self.tokens[len(self.tokens) - n + 1:]) != gram[:-1]:
+                continue
+            if sum(tuple(self.tokens[i:i + n]) == gram for i in range(len(self.tokens) - n + 1)) >= allowed:
+                out.append(gram[-1])
+        return out
+
     def choose(self, scores: torch.Tensor) -> int:
         """The next token from this row's scores over the vocabulary."""
+        if self.constrained and (forbidden := self._forbidden()):
+            scores = scores.clone()
+            scores[forbidden] = -torch.inf
         if self.generator is None:
             return int(scores.argmax())
         probs = torch.softmax(scores.float() / self.request.temperature, -1)
@@ -69,20 +94,22 @@ class _Row:
             self._end("stop")
             return True
         self.text = self.tokenizer.decode(self.tokens, skip_special_tokens=True).lstrip()
-        cut = min((k for k in (self.text.find(s) for s in r.stop if s) if k >= 0), default=-1)
-        if cut >= 0:
+        stops = [(k, s) for s in (*r.stop, r.end_of_call) if s and (k := self.text.find(s)) >= 0]
+        if stops:
+            cut, stop = min(stops)
             self.text = self.text[:cut]
-            self._end("stop")
+            self._end("end_of_call" if stop == r.end_of_call else "stop")
         elif len(self.tokens) >= r.max_new_tokens:
             self._end("length")
         elif r.cancelled and r.cancelled():
             self._end("cancelled")
         else:
-            self._stream(hold=max((len(s) for s in r.stop), default=1) - 1)
+            self._stream(hold=max((len(s) for s in (*r.stop, r.end_of_call)), default=1) - 1)
         return self.finish is not None
 
     def result(self) -> Generation:
-        return Generation(self.text, len(self.request.prompt), len(self.tokens), self.finish or "length")
+        return Generation(self.text, len(self.request.prompt), len(self.tokens), self.finish or "length",
+                          list(self.tokens))
 
     def _stream(self, hold: int) -> None:
         text, on_text = self.text, self.request.on_text
@@ -250,7 +277,8 @@ class Batch:
             self.positions = [p + 1 for p in self.positions]
             ended = []
             for i, row in enumerate(self.rows):
-                if row is not None and row.add(greedy[i] if row.generator is None else row.choose(scores[i])):
+                if row is not None and row.add(greedy[i] if row.generator is None and not row.constrained
+                                               else row.choose(scores[i])):
                     ended.append((row.request, row.result()))
                     self.rows[i] = None
             if ended and len(self) <= len(self.rows) // 2:
@@ -316,17 +344,32 @@ class Batch:
         self.rows, self.positions, self.mask, self.cache = rows, positions, mask, Cache(layers=layers)
 
 
-def stream(model, tokenizer, requests: list[Request], size: int,
-           prefixes: PrefixCache | None = None) -> Iterator[tuple[int, Generation]]:
+def stream(model, tokenizer, requests: list[Request], size: int, prefixes: PrefixCache | None = None, *,
+           rails: Guardrails | None = None,
+           earlier: Sequence[Sequence[str]] | None = None) -> Iterator[tuple[int, Generation]]:
     """(index, generation) of each of `requests` as it ends, at most `size` generated at once: the next starts as
     soon as one ends, so no request waits for the longest of a group (`Batch`). The models Batch does not fit go
-    `size` at a time. `prefixes`: the model's prefix cache, read and filled (None: every prompt is read in full)."""
+    `size` at a time. `prefixes`: the model's prefix cache, read and filled (None: every prompt is read in full).
+    `rails`: guarded decoding (calltune.runtime.guardrails): a reply that breaks a rule is generated again, given
+    `earlier[i]`, the customer's own earlier turns of request i's call."""
     size = max(size, 1)
+    tries = Tries(rails, tokenizer) if rails is not None else None
+    pending = list(enumerate(requests))[::-1]
+
+    def settle(i: int, request: Request, generation: Generation) -> Iterator[tuple[int, Generation]]:
+        outcome = generation if tries is None else tries.settle(i, request, generation, earlier[i] if earlier else ())
+        if isinstance(outcome, Generation):
+            yield i, outcome
+        else:  # taken next
+            pending.append((i, outcome))
+
     if not Batch.fits(model):
-        for start in range(0, len(requests), size):
-            yield from enumerate(_generate_padded(model, tokenizer, requests[start:start + size]), start)
+        while pending:
+            group = [pending.pop() for _ in range(min(size, len(pending)))]
+            for (i, request), generation in zip(group, _generate_padded(model, tokenizer, [r for _, r in group])):
+                yield from settle(i, request, generation)
         return
-    batch, pending, index = Batch(model, tokenizer, prefixes), list(enumerate(requests))[::-1], {}
+    batch, index = Batch(model, tokenizer, prefixes), {}
     while pending or batch:
         taken = [pending.pop() for _ in range(min(size - len(batch), len(pending)))]
         index.update((id(request), i) for i, request in taken)
@@ -334,24 +377,26 @@ def stream(model, tokenizer, requests: list[Request], size: int,
         if batch:
             ended += batch.step()
         for request, generation in ended:
-            yield index.pop(id(request)), generation
+            yield from settle(index.pop(id(request)), request, generation)
 
 
-def generate(model, tokenizer, requests: list[Request], prefixes: PrefixCache | None = None) -> list[Generation]:
-    """`requests` generated together; their generations, in order."""
-    results = dict(stream(model, tokenizer, requests, len(requests), prefixes))
+def generate(model, tokenizer, requests: list[Request], prefixes: PrefixCache | None = None, *,
+             rails: Guardrails | None = None, earlier: Sequence[Sequence[str]] | None = None) -> list[Generation]:
+    """`requests` generated together (guarded by `rails`, see `stream`); their generations, in order."""
+    results = dict(stream(model, tokenizer, requests, len(requests), prefixes, rails=rails, earlier=earlier))
     return [results[i] for i in range(len(requests))]
 
 
 class _Sample(LogitsProcessor):
-    """Samples the rows that ask for it; generate runs greedy, so a row left with one finite logit takes it."""
+    """Samples the rows that ask for it, and chooses for the rows with banned n-grams; generate runs greedy, so a
+    row left with one finite logit takes it."""
 
     def __init__(self, rows: list[_Row]):
         self.rows = rows
 
     def __call__(self, input_ids, scores):
         for i, row in enumerate(self.rows):
-            if row.generator is not None and row.finish is None:
+            if (row.generator is not None or row.constrained) and row.finish is None:
                 token = row.choose(scores[i])
                 scores[i] = torch.where(torch.arange(scores.shape[1], device=scores.device) == token, 0.0, -torch.inf)
         return scores

@@ -14,33 +14,78 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from dataclasses import replace
 from pathlib import Path
 
 from calltune.config import SplitConfig
 from calltune.conversation.schema import Example
 from calltune.runtime.encoding import prompt_tokens
 from calltune.runtime.generation import Batch, PrefixCache, Request, generate
+from calltune.runtime.guardrails import Guardrails, Tries
 from calltune.runtime.loading import load_model, read_model_card
+from calltune.runtime.responders import card_split, earlier_turns
 from calltune.runtime.sampling import Generation, Sampling
 
 log = logging.getLogger(__name__)
 
 
+class _Guarded:
+    """A request's future while guarded decoding tries it (calltune.runtime.guardrails): each try's end comes here
+    (the worker calls `set_result`), and a try that breaks a rule queues the next one instead of answering. A
+    streamed reply's pieces are held until a try passes, then sent as they were generated."""
+
+    def __init__(self, responder: LocalResponder, future: Future, on_text, earlier: list[str]):
+        self.responder, self.future, self.on_text, self.earlier = responder, future, on_text, earlier
+        self.pieces: list[list[str]] = []
+        self.started = False
+
+    def request(self, request: Request) -> Request:
+        """The try's request, its pieces kept aside."""
+        pieces: list[str] = []
+        self.pieces.append(pieces)
+        self.current = replace(request, on_text=pieces.append if self.on_text else None)
+        return self.current
+
+    def set_running_or_notify_cancel(self) -> bool:
+        if self.started:  # a retry of a running request
+            return True
+        self.started = True
+        return self.future.set_running_or_notify_cancel()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.future.set_exception(exc)
+
+    def set_result(self, generation: Generation) -> None:
+        outcome = self.responder.tries.settle(id(self), self.current, generation, self.earlier)
+        if isinstance(outcome, Generation):
+            if outcome.guard.retries:
+                self.responder.retries += outcome.guard.retries
+                log.info("guarded decoding: %d retries (%s), %s", outcome.guard.retries,
+                         "; ".join(",".join(b) for b in outcome.guard.broken if b),
+                         "passed" if outcome.guard.passed else "kept the try breaking the fewest rules")
+            for piece in self.pieces[outcome.guard.kept] if self.on_text else ():
+                self.on_text(piece)
+            self.future.set_result(outcome)
+        else:
+            self.responder._queue.put((self.request(outcome), self))
+
+
 class LocalResponder:
-    """A local model folder. `split`: the windowing used when the model card does not record it (older models)."""
+    """A local model folder. `split`: the windowing used when the model card does not record it (older models).
+    `guardrails`: guarded decoding with the rules the model card records (False: replies as generated)."""
 
     def __init__(self, model_dir: Path, split: SplitConfig | None = None, max_batch: int = 16,
-                 max_prompt_tokens: int = 0, batch_wait_s: float = 0.0):
+                 max_prompt_tokens: int = 0, batch_wait_s: float = 0.0, guardrails: bool = True):
         self.model, self.tokenizer = load_model(model_dir)
         card = read_model_card(model_dir) or {}
         self.system = card.get("system_prompt", "")
-        if "split" in card:
-            self.split = SplitConfig(**card["split"])
-        else:
-            self.split = split or SplitConfig()
-            if card:
-                log.warning("%s: the model card does not record its split settings; windowing with history_turns=%d",
-                            Path(model_dir).name, self.split.history_turns)
+        rails = Guardrails.from_card(card, guardrails)
+        self.tries = Tries(rails, self.tokenizer) if rails is not None else None
+        self.retries = 0  # guarded decoding's retries so far, for the log
+        self.split = card_split(card, split)
+        if card and "split" not in card:
+            log.warning("%s: the model card does not record its split settings; windowing with history_turns=%d",
+                        Path(model_dir).name, self.split.history_turns)
         config = self.model.config
         self.encoder_decoder = bool(config.is_encoder_decoder)
         self.context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) \
@@ -59,11 +104,19 @@ class LocalResponder:
         room = self.context - max_tokens if not self.encoder_decoder else self.context
         return prompt_tokens(example, self.tokenizer, self.encoder_decoder, min(room, self.max_prompt_tokens))
 
-    def start(self, example: Example, sampling: Sampling, on_text=None, cancelled=None) -> Future[Generation]:
+    def start(self, example: Example, sampling: Sampling, on_text=None, cancelled=None,
+              earlier: list[str] | None = None) -> Future[Generation]:
+        """The reply's future. `earlier`: the customer's own earlier turns of the call, which guarded decoding checks
+        the reply against (None: those in the example's window)."""
         request = Request(self.prompt(example, sampling.max_tokens), sampling.max_tokens, sampling.temperature,
-                          sampling.top_p, sampling.seed, sampling.stop, on_text, cancelled)
+                          sampling.top_p, sampling.seed, sampling.stop, on_text, cancelled,
+                          end_of_call=self.split.end_of_call)
         future: Future[Generation] = Future()
-        self._queue.put((request, future))
+        if self.tries is None:
+            self._queue.put((request, future))
+        else:
+            guarded = _Guarded(self, future, on_text, earlier_turns(example) if earlier is None else earlier)
+            self._queue.put((guarded.request(request), guarded))
         return future
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Protocol
 
 from calltune.backends.genai import to_contents, vertex_client
@@ -29,7 +30,7 @@ class Responder(Protocol):
     split: SplitConfig  # how conversations are windowed
 
     def start(self, example: Example, sampling: Sampling, on_text: Callable[[str], None] | None = None,
-              cancelled: Callable[[], bool] | None = None) -> Future[Generation]: ...
+              cancelled: Callable[[], bool] | None = None, earlier: list[str] | None = None) -> Future[Generation]: ...
 
     def close(self) -> None: ...
 
@@ -42,6 +43,30 @@ def conversation(responder: Responder, system: str | None, turns: list[Turn]) ->
 
 def reply(responder: Responder, example: Example, sampling: Sampling | None = None) -> Generation:
     return responder.start(example, sampling or Sampling()).result()
+
+
+def end_of_call(generation: Generation, marker: str) -> Generation:
+    """A remote model's reply with the end-of-call marker cut off (finish_reason end_of_call): a service's stop
+    sequences do not say which one matched, and the model ends its turn right after the marker anyway."""
+    cut = generation.text.find(marker) if marker else -1
+    if cut < 0:
+        return generation
+    return replace(generation, text=generation.text[:cut].strip(), finish_reason="end_of_call")
+
+
+def earlier_turns(example: Example) -> list[str]:
+    """The customer's own earlier turns an example's window holds (what guarded decoding checks a reply against
+    when the caller has no longer record of the call)."""
+    return [t["text"] for t in example.get("history", []) if t["role"] == "customer"]
+
+
+def card_split(card: dict | None, fallback: SplitConfig | None = None) -> SplitConfig:
+    """The windowing a model was trained with (its card), `fallback` for models whose card does not record it (and
+    plain models). Only a card that records an end-of-call marker gives one: a model tuned before the marker
+    existed, or never tuned here, did not learn it."""
+    if card and "split" in card:
+        return SplitConfig(**{"end_of_call": "", **card["split"]})
+    return (fallback or SplitConfig()).model_copy(update={"end_of_call": ""})
 
 
 class GeminiResponder:
@@ -61,7 +86,8 @@ class GeminiResponder:
                                      retry_options=types.HttpRetryOptions(attempts=5))
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="calltune-vertex")
 
-    def start(self, example: Example, sampling: Sampling, on_text=None, cancelled=None) -> Future[Generation]:
+    def start(self, example: Example, sampling: Sampling, on_text=None, cancelled=None,
+              earlier=None) -> Future[Generation]:
         return self._pool.submit(self._generate, example, sampling, on_text, cancelled)
 
     def _generate(self, example: Example, sampling: Sampling, on_text, cancelled) -> Generation:
@@ -92,8 +118,9 @@ class GeminiResponder:
             usage = response.usage_metadata or usage
             if response.candidates and getattr(response.candidates[0], "finish_reason", None):
                 finish = str(response.candidates[0].finish_reason)
-        return Generation(text.strip(), (usage and usage.prompt_token_count) or 0,
-                          (usage and usage.candidates_token_count) or 0, "length" if "MAX_TOKENS" in finish else "stop")
+        return end_of_call(Generation(text.strip(), (usage and usage.prompt_token_count) or 0,
+                                      (usage and usage.candidates_token_count) or 0,
+                                      "length" if "MAX_TOKENS" in finish else "stop"), self.split.end_of_call)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -114,7 +141,8 @@ class EndpointResponder:
         self._chat = chat or EndpointChat(endpoint, api_endpoint=base_url)
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="calltune-endpoint")
 
-    def start(self, example: Example, sampling: Sampling, on_text=None, cancelled=None) -> Future[Generation]:
+    def start(self, example: Example, sampling: Sampling, on_text=None, cancelled=None,
+              earlier=None) -> Future[Generation]:
         return self._pool.submit(self._generate, example, sampling, on_text, cancelled)
 
     def _generate(self, example: Example, sampling: Sampling, on_text, cancelled) -> Generation:
@@ -124,9 +152,10 @@ class EndpointResponder:
         if on_text is None:
             out = self._chat.complete(messages, **settings)
             usage = out.usage
-            return Generation((out.choices[0].message.content or "").strip(), usage.prompt_tokens if usage else 0,
-                              usage.completion_tokens if usage else 0,
-                              "length" if out.choices[0].finish_reason == "length" else "stop")
+            return end_of_call(Generation((out.choices[0].message.content or "").strip(),
+                                          usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
+                                          "length" if out.choices[0].finish_reason == "length" else "stop"),
+                               self.split.end_of_call)
         text, finish, usage = "", "stop", None
         for chunk in self._chat.complete(messages, stream=True, **settings):
             usage = chunk.usage or usage
@@ -138,8 +167,9 @@ class EndpointResponder:
                 on_text(chunk.choices[0].delta.content)
             if chunk.choices and chunk.choices[0].finish_reason == "length":
                 finish = "length"
-        return Generation(text.strip(), usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
-                          finish)  # stripped as every other path strips it: a reply never depends on the mode
+        # stripped as every other path strips it: a reply never depends on the mode
+        return end_of_call(Generation(text.strip(), usage.prompt_tokens if usage else 0,
+                                      usage.completion_tokens if usage else 0, finish), self.split.end_of_call)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

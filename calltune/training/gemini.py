@@ -31,7 +31,7 @@ from pathlib import Path
 from calltune.backends.resources import is_vertex_model
 from calltune.config import TuneConfig
 from calltune.core import gcs
-from calltune.core.io import file_sha256, read_jsonl, write_json
+from calltune.core.io import atomic_open, file_sha256, read_jsonl, write_json
 from calltune.runtime.loading import BUNDLED, MODEL_CARD
 
 log = logging.getLogger(__name__)
@@ -138,15 +138,84 @@ def _upload(path: Path, cfg: TuneConfig, storage) -> str:
     return uri
 
 
-def _key(cfg: TuneConfig, train_uri: str, validation_uri: str | None) -> str:
-    """The job's identity: its data and every setting the service gets (a label value: lowercase hex)."""
+def _key(cfg: TuneConfig, train_uri: str, validation_uri: str | None, preference: tuple = ()) -> str:
+    """The job's identity: its data and every setting the service gets (a label value: lowercase hex);
+    `preference`: a preference job's own (the model it continues from, beta, epochs)."""
     settings = [cfg.base_model, train_uri, validation_uri, _epochs(cfg), cfg.gemini_adapter_size,
-                cfg.gemini_learning_rate_multiplier, cfg.gemini_project, cfg.gemini_location]
+                cfg.gemini_learning_rate_multiplier, cfg.gemini_project, cfg.gemini_location, *preference]
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:32]
 
 
-def _epochs(cfg: TuneConfig) -> int:
-    return max(1, math.ceil(cfg.epochs))
+def _epochs(cfg: TuneConfig, epochs: float | None = None) -> int:
+    return max(1, math.ceil(cfg.epochs if epochs is None else epochs))
+
+
+def preference_rows(pairs) -> list[dict]:
+    """Vertex preference tuning JSONL rows of calltune.training.preference Pairs: the prompt as the supervised data
+    renders it (`contents` ending with the seller's turn), the real reply scored 1 and the model's own 0."""
+    from calltune.conversation.render import to_vertex
+
+    rows = []
+    for p in pairs:
+        row = to_vertex({**p.prompt, "target": "", "end_of_call": ""})
+        row["contents"] = row["contents"][:-1]  # the empty model turn
+        row["completions"] = [{"score": score, "completion": {"role": "model", "parts": [{"text": text}]}}
+                              for score, text in ((1, p.chosen), (0, p.rejected))]
+        rows.append(row)
+    return rows
+
+
+def preference_job(pairs, card: dict, cfg: TuneConfig, out_dir: Path, *, number: int,
+                   sleep: Callable[[float], None] = time.sleep) -> dict:
+    """Round `number`'s Vertex AI preference tuning job, continuing from the tuned model `card` names, on `pairs`:
+    one job per round (labelled with a key of the pairs, the model and the settings, so a retried step follows the
+    job it started, or adopts one whose create answer was lost). Returns the new model's card (its endpoint); the
+    pairs' JSONL is written to `out_dir` and uploaded beside the supervised data."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = out_dir / f"preference-{number}.jsonl"
+    with atomic_open(data) as fh:
+        for row in preference_rows(pairs):
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    started = time.monotonic()
+    uri = _upload(data, cfg, gcs.client())
+    client = _Client(cfg, sleep)
+    settings = ("preference", card["tuned_model"], cfg.preference_beta, _epochs(cfg, cfg.preference_epochs))
+    key = _key(cfg, uri, None, settings)
+    job = client.find(key) or client.create(key, uri, None, base_model=card["tuned_model"], preference=True)
+    job = client.wait(job, started)
+    endpoint = job.tuned_model.endpoint if job.tuned_model else None
+    if not endpoint:
+        raise TuningJobError(f"preference tuning job {job.name} succeeded but names no endpoint")
+    log.info("preference round %d: job %s, endpoint %s", number, job.name, endpoint)
+    return {**card, "endpoint": endpoint, "tuned_model": job.tuned_model.model, "tuning_job": job.name,
+            "preference_training": {"pairs_trained": len(pairs), "tuning_job": job.name, "train_uri": uri,
+                                    "tuning_seconds": round(time.monotonic() - started, 2)}}
+
+
+def tune_gemini_preference(out_dir: Path, splits: Path, cfg: TuneConfig, card: dict, *, infer, seed: int,
+                           embedding_model: str, samples: int, sleep: Callable[[float], None] = time.sleep) -> dict:
+    """The preference rounds on a tuned Gemini model (calltune.training.preference): its endpoint plays the train
+    and validation calls; each round is a preference job from the model kept so far. The kept model's endpoint
+    becomes the folder's. Vertex reports no token accuracy for a preference job, so the accuracy check of the
+    keep-or-roll-back decision compares what the jobs report, when they do."""
+    from calltune.evaluation.simulate import vertex_replier
+    from calltune.runtime.embeddings import Embedder
+    from calltune.runtime.responders import card_split
+    from calltune.training.preference import Backend, infer_for_rounds, run_rounds
+
+    rounds_infer = infer_for_rounds(infer)
+    backend = Backend(replier=lambda model: vertex_replier(model["endpoint"], rounds_infer),
+                      train=lambda model, pairs, number: preference_job(pairs, model, cfg, out_dir / "preference",
+                                                                        number=number, sleep=sleep),
+                      accuracy=lambda model: model.get("validation_token_accuracy"), rails=None,
+                      split=card_split(card))
+    validation = splits / "validation.examples.jsonl"
+    final, report = run_rounds(card, backend, list(read_jsonl(splits / "train.examples.jsonl")),
+                               list(read_jsonl(validation)) if validation.is_file() else [],
+                               Embedder(embedding_model) if embedding_model else None, cfg, samples=samples, seed=seed)
+    final = {**final, "preference": report}
+    write_json(out_dir / MODEL_CARD, final)
+    return final
 
 
 class _Client:
@@ -189,17 +258,21 @@ class _Client:
                      job.name, job.state.value)
         return job
 
-    def create(self, key: str, train_uri: str, validation_uri: str | None):
+    def create(self, key: str, train_uri: str, validation_uri: str | None, *, base_model: str = "",
+               preference: bool = False):
+        """A supervised job from `cfg.base_model`, or a preference job continuing from the tuned `base_model`."""
         t, cfg = self.types, self.cfg
+        method = {"method": "PREFERENCE_TUNING", "beta": cfg.preference_beta} if preference else {}
         config = t.CreateTuningJobConfig(
-            epoch_count=_epochs(cfg), learning_rate_multiplier=cfg.gemini_learning_rate_multiplier,
+            epoch_count=_epochs(cfg, cfg.preference_epochs if preference else None),
+            learning_rate_multiplier=cfg.gemini_learning_rate_multiplier,
             adapter_size=ADAPTER_SIZES.get(cfg.gemini_adapter_size),
             validation_dataset=t.TuningValidationDataset(gcs_uri=validation_uri) if validation_uri else None,
-            tuned_model_display_name=f"calltune-{key[:12]}", labels={LABEL: key})
+            tuned_model_display_name=f"calltune-{key[:12]}", labels={LABEL: key}, **method)
 
         def create():
-            return self.genai.tunings.tune(base_model=cfg.base_model, training_dataset=t.TuningDataset(gcs_uri=train_uri),
-                                           config=config)
+            return self.genai.tunings.tune(base_model=base_model or cfg.base_model,
+                                           training_dataset=t.TuningDataset(gcs_uri=train_uri), config=config)
 
         job = self._call("creating the tuning job", create, on_retry=lambda: self.find(key))
         log.info("tuning job %s created (%s)", job.name, job.state.value if job.state else "?")

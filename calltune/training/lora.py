@@ -329,6 +329,7 @@ def _train(train_path, validation_path, out_dir, cfg: TuneConfig, *, seed: int, 
         **({"split": serving["split"]} if serving["split"] else {}),
         "system_prompt_template": serving["system_prompt_template"],
         "end_of_turn_token": tokenizer.eos_token,
+        "guardrails": guardrails_card(train_examples),
         "config": cfg.model_dump(),
     }
     write_json(out_dir / MODEL_CARD, card)  # written last: its presence marks a complete model folder
@@ -336,6 +337,16 @@ def _train(train_path, validation_path, out_dir, cfg: TuneConfig, *, seed: int, 
     log.info("tuned: %d steps, final train loss %.4f, validation loss %s",
              card["steps"], card["final_train_loss"], card["validation_loss"])
     return card
+
+
+def guardrails_card(train_examples: list[dict]) -> dict:
+    """What guarded decoding needs from tuning (calltune.runtime.guardrails): the length band of the real customer
+    replies the model learned, in words."""
+    from calltune.runtime.guardrails import BAND_PERCENTILES, RULES, length_band
+
+    return {"band": length_band([e["target"] for e in train_examples]),
+            "band_from": f"percentiles {BAND_PERCENTILES[0]} and {BAND_PERCENTILES[1]} of the train split's "
+                         f"{len(train_examples)} customer replies, in words", "rules": RULES}
 
 
 def _kept_validation(trainer) -> dict:

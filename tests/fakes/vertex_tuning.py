@@ -2,7 +2,9 @@
 Vertex AI Metadata and TensorBoard reads through which a tuning job's metrics are found.
 
 - tuningJobs.create checks the request as the service does (base model, a gs:// training dataset, whole epochs,
-  a known adapter size, a positive learning-rate multiplier) and answers a QUEUED job; `tuningJobs.list` returns
+  a known adapter size, a positive learning-rate multiplier) and answers a QUEUED job; a preference job
+  (`preferenceOptimizationSpec`, a positive beta) continues from a model an earlier job tuned (`preTunedModel`,
+  which must exist); `tuningJobs.list` returns
   every job (one page), `:cancel` moves a running job to CANCELLED.
 - Each `tuningJobs.get` advances the job one state: PENDING, then RUNNING for `running_polls` gets, then the
   outcome: SUCCEEDED (a tuned model, an endpoint, and an experiment holding the metrics in `metrics`), FAILED
@@ -94,14 +96,22 @@ class FakeVertexTuning(FakeGoogleApi):
     # ---- tuning jobs ----
     def create_job(self, m, body: dict) -> dict:
         body = body or {}
-        spec = body.get("supervisedTuningSpec") or {}
+        kind = "preferenceOptimizationSpec" if "preferenceOptimizationSpec" in body else "supervisedTuningSpec"
+        spec = body.get(kind) or {}
         hyper = spec.get("hyperParameters") or {}
-        if not body.get("baseModel"):
-            raise ApiError(400, "base_model is required")
+        pre = body.get("preTunedModel") or {}
+        # proto JSON parsing takes a field's lowerCamel name or its proto name (google-genai sends the latter here)
+        base = body.get("baseModel") or pre.get("tunedModelName") or pre.get("tuned_model_name")
+        if not base:
+            raise ApiError(400, "base_model (or pre_tuned_model) is required")
+        if body.get("preTunedModel") and base not in {(j.get("tunedModel") or {}).get("model") for j in self.jobs.values()}:
+            raise ApiError(404, f"pre_tuned_model {base} not found")
         if not str(spec.get("trainingDatasetUri", "")).startswith("gs://"):
-            raise ApiError(400, "supervised_tuning_spec.training_dataset_uri must be a gs:// URI")
+            raise ApiError(400, f"{kind}.training_dataset_uri must be a gs:// URI")
         if "validationDatasetUri" in spec and not spec["validationDatasetUri"].startswith("gs://"):
-            raise ApiError(400, "supervised_tuning_spec.validation_dataset_uri must be a gs:// URI")
+            raise ApiError(400, f"{kind}.validation_dataset_uri must be a gs:// URI")
+        if kind == "preferenceOptimizationSpec" and not float(hyper.get("beta", 0.1)) > 0:
+            raise ApiError(400, "preference_optimization_spec.hyper_parameters.beta must be positive")
         epochs = hyper.get("epochCount")
         if epochs is not None and (not isinstance(epochs, int) and not str(epochs).isdigit() or int(epochs) < 1):
             raise ApiError(400, f"epoch_count must be a positive integer, not {epochs!r}")
@@ -113,7 +123,7 @@ class FakeVertexTuning(FakeGoogleApi):
             job_id = str(next(self._ids))
             name = f"projects/{m['project']}/locations/{m['location']}/tuningJobs/{job_id}"
             job = {"name": name, "state": "JOB_STATE_QUEUED", "createTime": _now(), "updateTime": _now(),
-                   "baseModel": body["baseModel"], "supervisedTuningSpec": spec,
+                   "baseModel": base, kind: spec,
                    "tunedModelDisplayName": body.get("tunedModelDisplayName", ""), "labels": body.get("labels", {})}
             self.jobs[name] = job
             self.created.append(body)
@@ -152,7 +162,7 @@ class FakeVertexTuning(FakeGoogleApi):
             job["state"] = "JOB_STATE_RUNNING"
             job.setdefault("startTime", _now())
         else:
-            spec = job["supervisedTuningSpec"]
+            spec = job.get("supervisedTuningSpec") or job["preferenceOptimizationSpec"]
             missing = [u for u in (spec["trainingDatasetUri"], spec.get("validationDatasetUri")) if u
                        and self.dataset_exists is not None and not self.dataset_exists(u)]
             if self.outcome == "failed" or missing:

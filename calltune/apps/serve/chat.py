@@ -18,7 +18,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from calltune.apps.serve.protocol import ApiError, ChatRequest, model_id, sse, usage
+from calltune.apps.serve.protocol import ApiError, ChatRequest, finish, model_id, sse, usage
 from calltune.apps.serve.watcher import Served, Watcher
 from calltune.config import ServeConfig
 from calltune.runtime.encoding import PromptTooLong
@@ -67,11 +67,13 @@ class ServingChat:
         check_model(body.model, self.secret, served)
         sampling = self.sampling(body)
         example = self.conversation(served.responder, body)
+        # the customer's own earlier turns of the whole call, which guarded decoding checks the reply against
+        earlier = [m.text() for m in body.messages if m.role == "assistant"]
         release = self.admit()
         try:
             if body.stream:
-                return await self.stream(request, body, served, example, sampling, started, release)
-            return await self.complete(request, served, example, sampling, release)
+                return await self.stream(request, body, served, (example, earlier), sampling, started, release)
+            return await self.complete(request, served, (example, earlier), sampling, release)
         except BaseException:
             release()
             raise
@@ -137,10 +139,13 @@ class ServingChat:
         return release
 
     @staticmethod
-    async def start(responder: Responder, example: dict, sampling: Sampling, cancel: threading.Event, on_text=None):
-        """The generation's future; tokenizing a long prompt takes a while, so not on the event loop."""
+    async def start(responder: Responder, call: tuple[dict, list[str]], sampling: Sampling, cancel: threading.Event,
+                    on_text=None):
+        """The generation's future for `call` (the windowed example, the customer's earlier turns); tokenizing a
+        long prompt takes a while, so not on the event loop."""
+        example, earlier = call
         try:
-            future = await asyncio.to_thread(responder.start, example, sampling, on_text, cancel.is_set)
+            future = await asyncio.to_thread(responder.start, example, sampling, on_text, cancel.is_set, earlier)
         except PromptTooLong as exc:
             raise ApiError(400, f"{exc} (max_tokens {sampling.max_tokens} is reserved for the reply)",
                            code="context_length_exceeded", param="messages") from None
@@ -150,9 +155,10 @@ class ServingChat:
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
                 "model": model_id(self.secret, served.version), "system_fingerprint": None}
 
-    async def complete(self, request: Request, served: Served, example: dict, sampling: Sampling, release) -> dict:
+    async def complete(self, request: Request, served: Served, call: tuple[dict, list[str]], sampling: Sampling,
+                       release) -> dict:
         cancel = threading.Event()
-        done = await self.start(served.responder, example, sampling, cancel)
+        done = await self.start(served.responder, call, sampling, cancel)
         try:
             result = await asyncio.wait_for(asyncio.shield(done), self.cfg.request_timeout_s)
         except TimeoutError:
@@ -162,23 +168,24 @@ class ServingChat:
             release()
         request.state.tokens = (result.prompt_tokens, result.completion_tokens)
         return {**self.head(served), "object": "chat.completion", "choices": [{
-            "index": 0, "message": {"role": "assistant", "content": result.text},
-            "finish_reason": result.finish_reason, "logprobs": None}], "usage": usage(result)}
+            "index": 0, "message": {"role": "assistant", "content": result.text}, **finish(result),
+            "logprobs": None}], "usage": usage(result)}
 
-    async def stream(self, request: Request, body: ChatRequest, served: Served, example: dict, sampling: Sampling,
-                     started: float, release) -> StreamingResponse:
+    async def stream(self, request: Request, body: ChatRequest, served: Served, call: tuple[dict, list[str]],
+                     sampling: Sampling, started: float, release) -> StreamingResponse:
         loop = asyncio.get_running_loop()
         cancel = threading.Event()
         pieces: asyncio.Queue[str] = asyncio.Queue()
-        done = await self.start(served.responder, example, sampling, cancel,
+        done = await self.start(served.responder, call, sampling, cancel,
                                 lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text))
         request.state.logs_itself = True
         chunk = {**self.head(served), "object": "chat.completion.chunk"}
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         timeout = self.cfg.request_timeout_s
 
-        def delta(content: dict, finish: str | None = None) -> str:
-            return sse({**chunk, "choices": [{"index": 0, "delta": content, "finish_reason": finish, "logprobs": None}]})
+        def delta(content: dict, ended: dict | None = None) -> str:
+            return sse({**chunk, "choices": [{"index": 0, "delta": content,
+                                              **(ended or {"finish_reason": None}), "logprobs": None}]})
 
         async def events():
             status, deadline = 200, time.monotonic() + timeout
@@ -202,7 +209,7 @@ class ServingChat:
                         yield delta({"content": pieces.get_nowait()})
                     result = done.result()
                     request.state.tokens = (result.prompt_tokens, result.completion_tokens)
-                    yield delta({}, result.finish_reason)
+                    yield delta({}, finish(result))
                     if include_usage:
                         yield sse({**chunk, "choices": [], "usage": usage(result)})
                     break

@@ -69,6 +69,14 @@ def model_object(name: str, root: str) -> dict:
     return {"id": name, "object": "model", "created": 0, "owned_by": "calltune", "root": root}
 
 
+def finish(result) -> dict:
+    """A choice's end: OpenAI's `finish_reason` (a customer hanging up is a "stop"), and the extension field
+    `stop_reason`, "end_of_call" when the customer ended the call (the reply said the end-of-call marker the model
+    learned), else null. vLLM's OpenAI server has a `stop_reason` field in the same place."""
+    ended = result.finish_reason == "end_of_call"
+    return {"finish_reason": "stop" if ended else result.finish_reason, "stop_reason": "end_of_call" if ended else None}
+
+
 def usage(result) -> dict:
     return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
             "total_tokens": result.prompt_tokens + result.completion_tokens}

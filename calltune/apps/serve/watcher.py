@@ -40,7 +40,8 @@ def load_responder(endpoint: str, cfg: ServeConfig | None = None, split: SplitCo
     from calltune.runtime.local_responder import LocalResponder  # the one path that imports torch
 
     return LocalResponder(model_path_from_endpoint(endpoint), split, max_batch=cfg.max_batch,
-                          max_prompt_tokens=cfg.max_prompt_tokens, batch_wait_s=cfg.batch_wait_ms / 1000)
+                          max_prompt_tokens=cfg.max_prompt_tokens, batch_wait_s=cfg.batch_wait_ms / 1000,
+                          guardrails=cfg.guardrails)
 
 
 def redact(text: str, endpoint: str, name: str) -> str:

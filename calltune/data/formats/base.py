@@ -3,6 +3,8 @@ through a role map, the call record."""
 from __future__ import annotations
 
 import json
+import re
+import string
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +46,32 @@ class _Blank(dict):
 @lru_cache(maxsize=4096)
 def render_system(template: str, persona: tuple[tuple[str, str], ...]) -> str:
     return " ".join(template.format_map(_Blank(persona)).split())
+
+
+def template_fields(template: str) -> list[str]:
+    """The {field} names of a system prompt template, in order of first use."""
+    names = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    return list(dict.fromkeys(names))
+
+
+def _pattern(template: str) -> re.Pattern:
+    # ingest renders with str.format_map and then collapses whitespace; literal text matches with any spacing.
+    parts, seen = [], set()
+    for literal, name, _, _ in string.Formatter().parse(template):
+        parts += [r"\s*" if chunk.isspace() else re.escape(chunk) for chunk in re.split(r"(\s+)", literal) if chunk]
+        if name:
+            parts.append(f"(?P={name})" if name in seen else f"(?P<{name}>.*?)")
+            seen.add(name)
+    return re.compile(r"\s*" + "".join(parts) + r"\s*", re.DOTALL)
+
+
+def persona_fields(template: str, system: str) -> dict[str, str]:
+    """The persona fields a system instruction was rendered from, or {} when the template does not produce it."""
+    try:
+        match = _pattern(template).fullmatch(system)
+    except (re.error, ValueError):
+        return {}
+    return {k: v.strip() for k, v in match.groupdict().items()} if match else {}
 
 
 repair_field = lru_cache(maxsize=4096)(repair_text)

@@ -20,6 +20,7 @@ const state = {
   callId: null,      // this call's key: a retried save stores it once
   turns: [],         // [{role: "seller"|"customer", text}]
   servedBy: [],      // model names that answered this call
+  hungUp: false,     // the customer ended this call
   lastVersion: null, // the version that answered the previous call
   busy: false,
   retry: null,       // what "Retry now" does
@@ -276,6 +277,7 @@ async function streamReply(messages, onText) {
     const decoder = new TextDecoder();
     let buffer = "";
     let model = null;
+    let hungUp = false;  // the server's stop_reason extension: the customer ended the call
     for (;;) {
       let chunk;
       try {
@@ -292,12 +294,13 @@ async function streamReply(messages, onText) {
         for (const line of event.split(/\r?\n/)) {
           if (!line.startsWith("data:")) continue;
           const data = line.slice(5).trim();
-          if (data === "[DONE]") return model;
+          if (data === "[DONE]") return { model, hungUp };
           const payload = JSON.parse(data);
           if (payload.error) throw new HttpError(0, payload.error.message || "The reply failed on the server.");
           model = payload.model || model;
-          const delta = payload.choices && payload.choices[0] && payload.choices[0].delta;
-          if (delta && delta.content) onText(delta.content);
+          const choice = payload.choices && payload.choices[0];
+          if (choice && choice.delta && choice.delta.content) onText(choice.delta.content);
+          if (choice && choice.stop_reason === "end_of_call") hungUp = true;
         }
       }
     }
@@ -320,14 +323,15 @@ async function customerReplies() {
   const text = li.querySelector(".text");
   let reply = "";
   try {
-    const model = await streamReply(chatMessages(), (delta) => {
+    const { model, hungUp } = await streamReply(chatMessages(), (delta) => {
       reply += delta;
       text.textContent = reply.trimStart();
     });
     reply = reply.trim();
     li.classList.remove("streaming");
-    text.textContent = reply || "(silence)";
+    text.textContent = reply || (hungUp ? "" : "(silence)");
     state.turns.push({ role: "customer", text: reply });
+    state.hungUp = hungUp;
     if (model && !state.servedBy.includes(model)) state.servedBy.push(model);
     const promoted = model && /\/versions\/(\d+)$/.exec(model);
     if (promoted && Number(promoted[1]) !== state.setup.version) {  // a promotion landed during this call
@@ -341,7 +345,8 @@ async function customerReplies() {
     showError(err, customerReplies);
   } finally {
     setBusy(false);
-    if ($("error").hidden) $("line").focus();  // else the error's Retry button has it
+    if (state.hungUp) endCall();  // the customer ended the call: on to the after-call view
+    else if ($("error").hidden) $("line").focus();  // else the error's Retry button has it
   }
 }
 
@@ -366,6 +371,7 @@ async function startCall() {
   sessionStorage.setItem(SELLER, seller());
   state.turns = [];
   state.servedBy = [];
+  state.hungUp = false;
   state.autoRetries = 0;
   $("transcript").replaceChildren();
   $("call-with").textContent = `You are calling ${state.customer.label}. Version ${setup.version} answers.`;
@@ -448,6 +454,8 @@ function endCall() {
   link.download = `${call.call_id}.jsonl`;
   $("jsonl").value = jsonl;
   $("copied").textContent = "";
+  $("ended-by").textContent = state.hungUp ? `${state.customer.label} hung up: the call is over.` : "";
+  $("ended-by").hidden = !state.hungUp;
   showCall(call.turns);
   $("call").hidden = true;
   $("after").hidden = false;
