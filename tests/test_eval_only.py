@@ -188,7 +188,8 @@ def test_cli_refuses_a_bad_reference_before_running_anything(tmp_path, capsys):
 TINY = ["translate.backend=none", "sample.train_size=24", "sample.validation_size=0", "sample.test_size=8",
         "tune.max_steps=2", "tune.batch_size=4", "tune.max_seq_len=128", "evaluate.max_examples=8",
         "evaluate.threshold=0.0", "evaluate.compare=[champion]", "evaluate.bootstrap_samples=10",
-        "evaluate.embedding_model=", "evaluate.samples=2", "infer.max_new_tokens=8"]
+        "evaluate.embedding_model=", "evaluate.samples=2", "infer.max_new_tokens=8",
+        "simulate.adversarial=off"]  # the adversarial suite (30 lines a test call) is tested in test_realism.py
 
 
 def test_evaluation_only_run_of_the_promoted_model_reproduces_its_gate_metric(tmp_path, base_model_state, capsys):

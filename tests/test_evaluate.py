@@ -26,6 +26,8 @@ TEST_EXAMPLES = [
 ]
 
 
+NO_SUITE = SimulateConfig(adversarial="off")  # the adversarial suite is tested in test_realism.py
+
 def by_hand(model_dir, examples):
     """One example at a time, no padding: argmax at the position before each reply token."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -50,7 +52,8 @@ def by_hand(model_dir, examples):
 def test_accuracy_is_the_share_of_correct_next_reply_tokens(base_model_dir, tmp_path):
     test = write_examples(tmp_path / "test.examples.jsonl", TEST_EXAMPLES)
     cfg = EvaluateConfig(batch_size=2, max_examples=2, embedding_model="", bootstrap_samples=100)
-    result = evaluate(base_model_dir, test, tmp_path / "out", cfg, infer=InferConfig(max_new_tokens=4))
+    result = evaluate(base_model_dir, test, tmp_path / "out", cfg, infer=InferConfig(max_new_tokens=4),
+                      simulation=NO_SUITE)
 
     correct, total, nll = by_hand(base_model_dir, TEST_EXAMPLES[:2])  # max_examples: the first two only
     assert result["tokens"] == total and result["examples"] == 2
@@ -72,7 +75,7 @@ def test_tuned_model_is_compared_with_the_base_model_and_the_champion(tuned_mode
     cfg = EvaluateConfig(threshold=0.0, min_gain_over_base=0.05, bootstrap_samples=200, samples=2)
     # The champion is the tuned model itself here: the same weights score the same.
     result = evaluate(out, tiny_examples_path, tmp_path / "out", cfg, infer=InferConfig(max_new_tokens=8),
-                      champion=str(out), seed=3)
+                      champion=str(out), seed=3, simulation=NO_SUITE)
     comparison = json.loads((tmp_path / "out" / "comparison.json").read_text())
     models = comparison["models"]
     assert set(models) == {"tuned", "base", "champion"}
@@ -124,8 +127,9 @@ def test_the_scores_batch_inference_made_with_the_same_weights_are_taken_not_mad
     cfg = EvaluateConfig(batch_size=2, embedding_model="", bootstrap_samples=100)
     infer = InferConfig(max_new_tokens=4)
     predict(base_model_dir, test, tmp_path / "predictions", infer, score_batch_size=2)
-    own = evaluate(base_model_dir, test, tmp_path / "own", cfg, infer=infer)
-    taken = evaluate(base_model_dir, test, tmp_path / "taken", cfg, infer=infer, predictions=tmp_path / "predictions")
+    own = evaluate(base_model_dir, test, tmp_path / "own", cfg, infer=infer, simulation=NO_SUITE)
+    taken = evaluate(base_model_dir, test, tmp_path / "taken", cfg, infer=infer, predictions=tmp_path / "predictions",
+                     simulation=NO_SUITE)
     assert (taken["accuracy"], taken["tokens"]) == (own["accuracy"], own["tokens"])
     assert taken["loss"] == pytest.approx(own["loss"])
 
@@ -133,10 +137,10 @@ def test_the_scores_batch_inference_made_with_the_same_weights_are_taken_not_mad
     scores = tmp_path / "predictions" / "teacher_forced.json"
     saved = json.loads(scores.read_text())
     scores.write_text(json.dumps({**saved, "correct": saved["tokens"]}))
-    assert evaluate(base_model_dir, test, tmp_path / "doctored", cfg, infer=infer,
+    assert evaluate(base_model_dir, test, tmp_path / "doctored", cfg, infer=infer, simulation=NO_SUITE,
                     predictions=tmp_path / "predictions")["accuracy"] == 1.0
     scores.write_text(json.dumps({**saved, "correct": saved["tokens"], "max_seq_len": 64}))
-    assert evaluate(base_model_dir, test, tmp_path / "other", cfg, infer=infer,
+    assert evaluate(base_model_dir, test, tmp_path / "other", cfg, infer=infer, simulation=NO_SUITE,
                     predictions=tmp_path / "predictions")["accuracy"] == own["accuracy"]
 
 

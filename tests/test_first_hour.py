@@ -193,7 +193,8 @@ def test_data_step_reports_show_example_rows_and_explain_their_terms(tmp_path):
 
     split = {"examples": Dataset(uri=str(tmp_path / "examples")), "metrics": Metrics(uri=str(tmp_path / "m2")),
              "report": Markdown(uri=str(tmp_path / "split.md"))}
-    components.turn_split.python_func(calls=art["calls"], split_history_turns=2, split_opening_prompt="[ring]", **split)
+    components.turn_split.python_func(calls=art["calls"], split_history_turns=2, split_opening_prompt="[ring]",
+                                      split_end_of_call=params["split_end_of_call"], **split)
     report = (tmp_path / "split.md").read_text()
     example = next(read_jsonl(tmp_path / "examples"))
     assert f"| {example['example_id']} |" in report and example["target"] in report

@@ -35,8 +35,8 @@ def test_batched_greedy_replies_equal_one_by_one_generation(loaded):
     single = [tokenizer.decode(model.generate(torch.tensor([p]), max_new_tokens=8, do_sample=False, top_p=None,
                                               top_k=None, temperature=None)[0, len(p):],
                                skip_special_tokens=True).strip() for p in prompts]
-    assert batched == single
-    assert all(batched)
+    assert [g.text for g in batched] == single
+    assert all(single)
 
 
 def test_predictions_table_has_every_column_in_parquet_and_jsonl(base_model_dir, loaded, tmp_path):

@@ -20,7 +20,8 @@ from calltune.runtime.loading import model_sha
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["sample.train_size=24", "sample.validation_size=0", "sample.test_size=8", "tune.max_steps=2",
-        "tune.batch_size=4", "tune.max_seq_len=128", "evaluate.max_examples=8"]
+        "tune.batch_size=4", "tune.max_seq_len=128", "evaluate.max_examples=8",
+        "simulate.adversarial=off"]  # the adversarial suite (30 lines a test call) is tested in test_realism.py
 
 
 @pytest.fixture

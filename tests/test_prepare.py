@@ -10,6 +10,7 @@ import ftfy
 import pytest
 
 from calltune.config import load_config
+from calltune.conversation.render import reply_text
 from calltune.core.io import read_jsonl
 from calltune.data.ingest import IngestError
 from calltune.data.prepare import prepare
@@ -43,8 +44,9 @@ def test_prepare_writes_the_splits_quarantine_and_report(tmp_path):
         assert len(vertex) == len(messages) == len(examples) == report[split] > 0
         for v, m, e in zip(vertex, messages, examples):
             assert v["systemInstruction"]["parts"][0]["text"] == e["system"] == m["messages"][0]["content"]
-            assert v["contents"][0]["role"] == "user" and v["contents"][-1] == {"role": "model", "parts": [{"text": e["target"]}]}
-            assert m["messages"][-2:] == [{"role": "user", "content": e["prompt"]}, {"role": "assistant", "content": e["target"]}]
+            # The reply as the model learns it: the call's closing turn ends with the end-of-call marker.
+            assert v["contents"][0]["role"] == "user" and v["contents"][-1] == {"role": "model", "parts": [{"text": reply_text(e)}]}
+            assert m["messages"][-2:] == [{"role": "user", "content": e["prompt"]}, {"role": "assistant", "content": reply_text(e)}]
 
 
 def test_parallel_prepare_matches_serial(tmp_path, monkeypatch):
@@ -86,7 +88,8 @@ def test_prepare_real_export_targets_follow_their_prompts(tmp_path):
         for v, e in zip(read_jsonl(tmp_path / f"{split}.jsonl"), read_jsonl(tmp_path / f"{split}.examples.jsonl")):
             original, i = originals[e["call_id"]], e["turn_index"]
             contents = [c["parts"][0]["text"] for c in v["contents"]]
-            assert original[i]["role"] == "bot" and contents[-1] == " ".join(ftfy.fix_text(original[i]["message"]).split())
+            assert original[i]["role"] == "bot" and e["target"] == " ".join(ftfy.fix_text(original[i]["message"]).split())
+            assert contents[-1] == reply_text(e)  # the closing turn with the end-of-call marker
             if i > 0:  # the prompt is the seller line right before
                 assert original[i - 1]["role"] == "user"
                 assert contents[-2] == " ".join(ftfy.fix_text(original[i - 1]["message"]).split())

@@ -16,7 +16,7 @@ from fakes.storage import FakeStorage
 BUCKET = "calltune-preds"
 ROWS = [{"instructions": f"seller: hi {i}", "target_responses": "Yes?", "candidate_responses": f"reply {i}",
          "model_id": "/models/tuned", "model_sha": "abc123", "call_id": f"call{i}", "turn_index": 1,
-         "example_id": f"call{i}:1"} for i in range(3)]
+         "example_id": f"call{i}:1", "finish_reason": "stop", "retries": 0} for i in range(3)]
 
 
 @pytest.fixture
@@ -36,7 +36,8 @@ def _batch_infer(model_dir: Path, tmp_path: Path, publish_uri: str, run_id: str)
     predictions = Dataset(name="predictions", uri=str(tmp_path / "predictions"))
     batch_infer.python_func(
         model=Model(name="model", uri=str(model_dir)), splits=Dataset(name="splits", uri=str(splits)),
-        infer_max_new_tokens=4, infer_temperature=0.0, infer_top_p=1.0, infer_batch_size=2, infer_max_concurrency=1,
+        infer_max_new_tokens=4, infer_temperature=0.0, infer_top_p=1.0, infer_batch_size=2, infer_guardrails=True,
+        infer_max_concurrency=1,
         infer_vertex_base_url="", evaluate_max_examples=0, evaluate_batch_size=2, evaluate_publish_uri=publish_uri,
         seed=1, run_id=run_id,
         predictions=predictions, metrics=Metrics(name="metrics", uri=str(tmp_path / "metrics.json")))

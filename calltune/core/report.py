@@ -104,7 +104,7 @@ class Report:
                 out.append(f"<p>{e(value)}</p>")
             elif kind == "table":
                 cols = list(value[0])
-                out.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>")
+                out.append("<table><tr>" + "".join(f"<th>{_breakable(c)}</th>" for c in cols) + "</tr>")
                 for row in value:
                     out.append("<tr>" + "".join(_td(_cell(row.get(c, ""))) for c in cols) + "</tr>")
                 out.append("</table>")
@@ -129,7 +129,12 @@ class Report:
 def _td(text: str) -> str:
     # Only a cell with a long unbreakable token (a path, a hash) may break it anywhere: elsewhere words stay whole.
     long = any(len(word) > 30 for word in text.split())
-    return f"<td class='long'>{html.escape(text)}</td>" if long else f"<td>{html.escape(text)}</td>"
+    return f"<td class='long'>{html.escape(text)}</td>" if long else f"<td>{_breakable(text)}</td>"
+
+
+def _breakable(text: str) -> str:
+    # snake_case names (metrics, models) may break after an underscore: a realism table has seven columns of them.
+    return html.escape(text).replace("_", "_<wbr>")
 
 
 def _md_cell(value: Any) -> str:
