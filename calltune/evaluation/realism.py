@@ -186,7 +186,8 @@ def _rate(flags_per_call: list[list[bool]], *, samples: int, seed: int) -> M.Est
                                                   where=s[:, 1] > 0), samples=samples, seed=seed)
 
 
-def _degenerate(turns: list[str]) -> list[bool]:
+def degenerate_turns(turns: list[str]) -> list[bool]:
+    """DEGENERATION_RULE on each customer turn of one call, given the turns before it."""
     return [degenerate(t, turns[:k]) for k, t in enumerate(turns)]
 
 
@@ -210,14 +211,14 @@ def _closes_early(turns: list[str]) -> bool:
     return any(_CLOSING.search(t) for t in turns[:-1])
 
 
-def out_of_role(reply: str, sellers: list[str]) -> bool:
+def out_of_role(reply: str, sellers: list[str], real: str = "") -> bool:
     """The phrase rules on one reply: an assistant phrase, or the seller's voice (a seller label, a copy of one of
-    `sellers`)."""
-    return spoke_as_seller(reply, sellers, "") or bool(ASSISTANT.search(reply))
+    `sellers` closer than to `real`, the real customer's reply there)."""
+    return spoke_as_seller(reply, sellers, real) or bool(ASSISTANT.search(reply))
 
 
 def role_rules(turns: list[str], sellers: list[str], real: list[str]) -> list[bool]:
-    return [spoke_as_seller(t, sellers[:k + 1], real[k]) or bool(ASSISTANT.search(t)) for k, t in enumerate(turns)]
+    return [out_of_role(t, sellers[:k + 1], real[k]) for k, t in enumerate(turns)]
 
 
 def side_metrics(turns: list[list[str]], sellers: list[list[str]], real: list[list[str]], role_model, embedder, *,
@@ -247,7 +248,7 @@ def side_metrics(turns: list[list[str]], sellers: list[list[str]], real: list[li
     est["question_rate"] = _rate([["?" in t for t in c] for c in turns], **kw)
     firsts = [c[0] for c in turns if c]
     est["first_turn_distinct_1"] = M.distinct_n(firsts, 1, **kw)
-    degenerate = [_degenerate(c) for c in turns]
+    degenerate = [degenerate_turns(c) for c in turns]
     est["degeneration_rate"] = _rate(degenerate, **kw)
     per_call["degeneration_rate"] = [sum(f) / len(f) if f else math.nan for f in degenerate]
     friction = [[is_friction(t) for t in c] for c in turns]

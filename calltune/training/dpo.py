@@ -94,8 +94,8 @@ def lora_backend(model_dir: Path, validation_path: Path, cfg: TuneConfig, infer:
     from calltune.runtime.scoring import score
 
     card = read_model_card(model_dir)
-    decoding = Decoding.for_model(card, infer, guardrails=False)
     rounds_infer = infer_for_rounds(infer)
+    decoding = Decoding.for_model(card, rounds_infer)  # the end-of-call marker; no guarded decoding
 
     @functools.lru_cache(maxsize=2)
     def loaded(folder: Path):

@@ -132,7 +132,7 @@ def paired_gains(real: list[list[str]], before: list[list[str]], after: list[lis
     CONFIDENCE: the discriminator AUC's drop (each side's own cross-validated discriminator, as evaluation's) and the
     degeneration rate's drop; and each side's values."""
     from calltune.evaluation import metrics as M
-    from calltune.evaluation.realism import _degenerate, out_of_fold, weighted_auc
+    from calltune.evaluation.realism import degenerate_turns, out_of_fold, weighted_auc
 
     kw = {"samples": samples, "seed": seed, "level": CONFIDENCE}
     n = len(real)
@@ -146,7 +146,7 @@ def paired_gains(real: list[list[str]], before: list[list[str]], after: list[lis
         out["discriminator_auc"] = {name: M.resampled(n, aucs[name], **kw).as_dict() for name in sides}
         out["discriminator_auc"]["gain"] = M.resampled(n, lambda w: aucs["before"](w) - aucs["after"](w),
                                                        **kw).as_dict()
-    flags = {name: [_degenerate(c) for c in turns] for name, turns in sides.items()}
+    flags = {name: [degenerate_turns(c) for c in turns] for name, turns in sides.items()}
     parts = np.array([[sum(b), len(b), sum(a), len(a)] for b, a in zip(flags["before"], flags["after"])], float)
     with np.errstate(invalid="ignore", divide="ignore"):
         rate = {name: M.from_sums(parts[:, 2 * j:2 * j + 2], lambda s: s[:, 0] / s[:, 1], **kw).as_dict()
